@@ -1,0 +1,8 @@
+//! The CA's gRPC surface: the node API over TLS, the admin API on a unix
+//! socket, and the standard gRPC health service on both.
+
+pub mod admin;
+pub mod convert;
+pub mod node;
+pub mod status;
+pub mod tls;

@@ -1,0 +1,266 @@
+//! The node API (`signet.ca.v1.Node`): what node agents call over TLS.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use signet_identity::SpiffeId;
+use signet_proto::ca::v1 as pb;
+use signet_proto::ca::v1::node_server::Node;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::tls::PeerInfo;
+use crate::ca::{Ca, CaError, SignItem};
+
+/// The node API over a shared CA.
+pub struct NodeApi {
+    ca: Arc<Ca>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl NodeApi {
+    pub fn new(ca: Arc<Ca>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { ca, shutdown }
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> Option<&PeerInfo> {
+    req.extensions().get::<PeerInfo>()
+}
+
+fn caller_label<T>(req: &Request<T>) -> String {
+    peer(req).map_or_else(|| "unknown".to_owned(), |p| match &p.spiffe_id {
+        Some(id) => format!("{id}@{}", p.remote),
+        None => p.remote.to_string(),
+    })
+}
+
+/// The calling node, from its verified client certificate.
+fn node_of<T>(ca: &Ca, req: &Request<T>) -> Result<SpiffeId, CaError> {
+    let id = peer(req)
+        .and_then(|p| p.spiffe_id.clone())
+        .ok_or_else(|| CaError::Unauthenticated("this call requires a node SVID as TLS client certificate".into()))?;
+    ca.authorize_node(&id)?;
+    Ok(id)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Runs blocking CA work (signing, SQLite) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CaError> + Send + 'static) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Status::from),
+        Err(e) => Err(Status::internal(format!("worker failed: {e}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    async fn attest_node(&self, req: Request<pb::AttestNodeRequest>) -> Result<Response<pb::AttestNodeResponse>, Status> {
+        let caller = caller_label(&req);
+        let body = req.into_inner();
+        let ca = self.ca.clone();
+        let (id, cert) = blocking(move || ca.attest_node(&body.join_token, &body.csr, &caller)).await?;
+        Ok(Response::new(pb::AttestNodeResponse {
+            svid: Some(convert::svid(&id, &cert)),
+            bundle: Some(convert::bundle(&self.ca.bundle())),
+        }))
+    }
+
+    async fn renew_node_svid(&self, req: Request<pb::RenewNodeSvidRequest>) -> Result<Response<pb::RenewNodeSvidResponse>, Status> {
+        let node = match node_of(&self.ca, &req) {
+            Ok(n) => n,
+            Err(e) => return Err(self.refuse(&req, "renew_node", e)),
+        };
+        let ca = self.ca.clone();
+        let csr = req.into_inner().csr;
+        let node2 = node.clone();
+        let cert = blocking(move || ca.renew_node(&node2, &csr)).await?;
+        Ok(Response::new(pb::RenewNodeSvidResponse {
+            svid: Some(convert::svid(&node, &cert)),
+        }))
+    }
+
+    async fn batch_sign_x509_svid(
+        &self,
+        req: Request<pb::BatchSignX509SvidRequest>,
+    ) -> Result<Response<pb::BatchSignX509SvidResponse>, Status> {
+        let node = match node_of(&self.ca, &req) {
+            Ok(n) => n,
+            Err(e) => return Err(self.refuse(&req, "sign_batch", e)),
+        };
+        let items: Vec<SignItem> = req
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|i| SignItem {
+                entry_id: i.entry_id,
+                csr: i.csr,
+                ttl: u64::try_from(i.ttl_seconds).ok().filter(|s| *s > 0).map(Duration::from_secs),
+            })
+            .collect();
+        let ca = self.ca.clone();
+        let ids: Vec<String> = items.iter().map(|i| i.entry_id.clone()).collect();
+        let results = blocking(move || ca.sign_batch(&node, &items)).await?;
+        let results = results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, entry_id)| pb::SignResult {
+                entry_id,
+                result: Some(match r {
+                    Ok((id, cert)) => pb::sign_result::Result::Svid(convert::svid(&id, &cert)),
+                    Err(e) => pb::sign_result::Result::Error(pb::ItemError {
+                        code: super::status::code_of(&e) as i32,
+                        message: e.to_string(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::BatchSignX509SvidResponse { results }))
+    }
+
+    async fn list_authorized_entries(
+        &self,
+        req: Request<pb::ListAuthorizedEntriesRequest>,
+    ) -> Result<Response<pb::ListAuthorizedEntriesResponse>, Status> {
+        let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "list_entries", e))?;
+        let (entries, revision) = self.ca.authorized_entries(&node)?;
+        Ok(Response::new(pb::ListAuthorizedEntriesResponse {
+            entries: entries.iter().map(convert::entry).collect(),
+            revision,
+        }))
+    }
+
+    type WatchAuthorizedEntriesStream = BoxStream<pb::AuthorizedEntriesUpdate>;
+
+    async fn watch_authorized_entries(
+        &self,
+        req: Request<pb::WatchAuthorizedEntriesRequest>,
+    ) -> Result<Response<Self::WatchAuthorizedEntriesStream>, Status> {
+        let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_entries", e))?;
+        let (tx, rx) = mpsc::channel(4);
+        let ca = self.ca.clone();
+        let mut revisions = ca.watch_entries();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut sent: HashMap<String, pb::Entry> = HashMap::new();
+            let mut first = true;
+            loop {
+                revisions.borrow_and_update();
+                let update = match ca.authorized_entries(&node) {
+                    Ok((entries, revision)) => diff(&mut sent, entries.iter().map(convert::entry).collect(), revision, first),
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                if let Some(update) = update
+                    && tx.send(Ok(update)).await.is_err()
+                {
+                    return;
+                }
+                first = false;
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchBundleStream = BoxStream<pb::Bundle>;
+
+    async fn watch_bundle(&self, req: Request<pb::WatchBundleRequest>) -> Result<Response<Self::WatchBundleStream>, Status> {
+        node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_bundle", e))?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut bundles = self.ca.watch_bundle();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let current = convert::bundle(&bundles.borrow_and_update());
+                if tx.send(Ok(current)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = bundles.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl NodeApi {
+    fn refuse<T>(&self, req: &Request<T>, action: &str, e: CaError) -> Status {
+        let caller = caller_label(req);
+        tracing::info!(%caller, action, error = %e, "request refused");
+        let _ = self.ca.store().audit(&crate::store::AuditRecord {
+            at: crate::ca::authorities::unix(self.ca.now()),
+            caller,
+            action: action.into(),
+            result: "rejected".into(),
+            detail: e.to_string(),
+            ..Default::default()
+        });
+        Status::from(e)
+    }
+}
+
+/// What changed since the last message of a stream; `None` when nothing did.
+fn diff(sent: &mut HashMap<String, pb::Entry>, now: Vec<pb::Entry>, revision: u64, snapshot: bool) -> Option<pb::AuthorizedEntriesUpdate> {
+    let mut upserted = Vec::new();
+    let mut current = HashMap::with_capacity(now.len());
+    for e in now {
+        if snapshot || sent.get(&e.id) != Some(&e) {
+            upserted.push(e.clone());
+        }
+        current.insert(e.id.clone(), e);
+    }
+    let mut removed_ids: Vec<String> = sent.keys().filter(|id| !current.contains_key(*id)).cloned().collect();
+    removed_ids.sort();
+    *sent = current;
+    if !snapshot && upserted.is_empty() && removed_ids.is_empty() {
+        return None;
+    }
+    Some(pb::AuthorizedEntriesUpdate {
+        snapshot,
+        upserted,
+        removed_ids,
+        revision,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(id: &str, rev: u64) -> pb::Entry {
+        pb::Entry {
+            id: id.into(),
+            revision: rev,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn diff_sends_a_snapshot_then_only_changes() {
+        let mut sent = HashMap::new();
+        let first = diff(&mut sent, vec![e("a", 1), e("b", 2)], 2, true).unwrap();
+        assert!(first.snapshot);
+        assert_eq!(first.upserted.len(), 2);
+        assert!(diff(&mut sent, vec![e("a", 1), e("b", 2)], 3, false).is_none());
+        let next = diff(&mut sent, vec![e("a", 1), e("c", 4)], 4, false).unwrap();
+        assert!(!next.snapshot);
+        assert_eq!(next.upserted, vec![e("c", 4)]);
+        assert_eq!(next.removed_ids, vec!["b".to_owned()]);
+    }
+}

@@ -1,0 +1,209 @@
+//! The trust domain's signing authorities: the root(s) that form the bundle
+//! and the one active intermediate that signs. Roots and intermediates are
+//! rows in the store with their key in a 0600 file; the model holds many roots
+//! per trust domain so that rotation can add one without a format change.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use rustls_pki_types::CertificateDer;
+use signet_identity::x509::{SigningAuthority, SigningCaParams, new_intermediate, new_root};
+use signet_identity::{KeyType, PrivateKey, TrustDomain};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::Config;
+use crate::fsutil;
+use crate::store::{AuthorityRow, Store};
+
+/// Where the signing intermediate comes from.
+pub struct Authorities {
+    /// The CA that signs intermediates (generated root or upstream CA).
+    pub parent: SigningAuthority,
+    /// The trust anchors published in the bundle.
+    pub anchors: Vec<CertificateDer<'static>>,
+    /// The active intermediate.
+    pub signer: SigningAuthority,
+}
+
+pub(crate) fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A short stable id for a certificate: the first 8 bytes of its SHA-256, hex.
+pub fn cert_id(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    hex::encode(&digest.as_ref()[..8])
+}
+
+fn validity(der: &[u8]) -> anyhow::Result<(i64, i64)> {
+    let (_, cert) = X509Certificate::from_der(der).context("parsing certificate")?;
+    Ok((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+}
+
+fn key_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("keys").join(format!("{id}.key.pem"))
+}
+
+fn save_key(data_dir: &Path, id: &str, key: &PrivateKey) -> anyhow::Result<String> {
+    let path = key_path(data_dir, id);
+    fsutil::write_atomic(&path, key.to_pem().as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))?;
+    Ok(format!("keys/{id}.key.pem"))
+}
+
+fn load_key(data_dir: &Path, rel: &str) -> anyhow::Result<PrivateKey> {
+    let path = data_dir.join(rel);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading key {}", path.display()))?;
+    PrivateKey::from_pem(&text).with_context(|| format!("loading key {}", path.display()))
+}
+
+/// Loads the authorities from the store, creating what is missing: a root on
+/// first start (unless an upstream CA is configured) and an intermediate
+/// whenever there is none, the parent changed, or half its life has passed.
+///
+/// # Errors
+/// Unreadable or inconsistent key material, store errors, a failed self-test.
+pub fn load_or_create(config: &Config, store: &Store, now: SystemTime) -> anyhow::Result<Authorities> {
+    let td = &config.trust_domain;
+    let (parent, anchors) = match &config.upstream_ca {
+        Some((cert, key)) => load_upstream(td, cert, key)?,
+        None => load_or_create_root(config, store, now)?,
+    };
+    let signer = match load_signer(config, store, &parent, now)? {
+        Some(signer) => signer,
+        None => create_signer(config, store, &parent, &anchors, now)?,
+    };
+    Ok(Authorities { parent, anchors, signer })
+}
+
+fn load_upstream(td: &TrustDomain, cert: &Path, key: &Path) -> anyhow::Result<(SigningAuthority, Vec<CertificateDer<'static>>)> {
+    let pem_text = std::fs::read(cert).with_context(|| format!("reading upstream CA certificate {}", cert.display()))?;
+    let certs: Vec<CertificateDer<'static>> = pem::parse_many(&pem_text)
+        .with_context(|| format!("parsing {}", cert.display()))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    let Some((first, rest)) = certs.split_first() else {
+        bail!("{} holds no CERTIFICATE", cert.display());
+    };
+    let key_text = std::fs::read_to_string(key).with_context(|| format!("reading upstream CA key {}", key.display()))?;
+    let key = PrivateKey::from_pem(&key_text).with_context(|| format!("loading upstream CA key {}", key.display()))?;
+    // The top of the given chain is the trust anchor; the rest are served.
+    let (anchor, upstream) = match rest.split_last() {
+        Some((top, between)) => (top.clone(), between.to_vec()),
+        None => (first.clone(), Vec::new()),
+    };
+    let parent = SigningAuthority::new(td.clone(), first.clone(), upstream, key).context("upstream CA")?;
+    Ok((parent, vec![anchor]))
+}
+
+fn load_or_create_root(config: &Config, store: &Store, now: SystemTime) -> anyhow::Result<(SigningAuthority, Vec<CertificateDer<'static>>)> {
+    let td = &config.trust_domain;
+    let roots = store.authorities(Some("root"))?;
+    let anchors: Vec<CertificateDer<'static>> = roots
+        .iter()
+        .filter(|r| r.state != "retired" && r.not_after > unix(now))
+        .map(|r| CertificateDer::from(r.cert_der.clone()))
+        .collect();
+    if let Some(active) = roots.iter().find(|r| r.state == "active") {
+        let key = load_key(&config.data_dir, &active.key_file)?;
+        let parent = SigningAuthority::new(td.clone(), CertificateDer::from(active.cert_der.clone()), Vec::new(), key)
+            .with_context(|| format!("root {}", active.id))?;
+        if parent.not_after() <= now {
+            bail!("the active root {} has expired; automatic root rotation is not implemented yet", active.id);
+        }
+        return Ok((parent, anchors));
+    }
+    let key = PrivateKey::generate(KeyType::EcdsaP256)?;
+    let params = SigningCaParams {
+        trust_domain: td.clone(),
+        ttl: config.root_ttl,
+        backdate: config.backdate,
+    };
+    let cert = new_root(&params, &key, now)?;
+    let parent = SigningAuthority::new(td.clone(), cert.clone(), Vec::new(), key)?;
+    let id = cert_id(&cert);
+    let key_file = save_key(&config.data_dir, &id, parent.key())?;
+    let (not_before, not_after) = validity(&cert)?;
+    store.insert_authority(&AuthorityRow {
+        id: id.clone(),
+        kind: "root".into(),
+        state: "active".into(),
+        cert_der: cert.to_vec(),
+        key_file,
+        not_before,
+        not_after,
+        created_at: unix(now),
+    })?;
+    tracing::info!(root = %id, not_after, "created the trust domain's root");
+    let mut anchors = anchors;
+    anchors.push(cert);
+    Ok((parent, anchors))
+}
+
+fn load_signer(config: &Config, store: &Store, parent: &SigningAuthority, now: SystemTime) -> anyhow::Result<Option<SigningAuthority>> {
+    let Some(row) = store.authorities(Some("intermediate"))?.into_iter().find(|r| r.state == "active") else {
+        return Ok(None);
+    };
+    let parent_id = cert_id(parent.cert());
+    if store.meta(&format!("parent_of:{}", row.id))?.as_deref() != Some(parent_id.as_str()) {
+        tracing::info!(intermediate = %row.id, "the parent CA changed; a new intermediate is needed");
+        return Ok(None);
+    }
+    let key = load_key(&config.data_dir, &row.key_file)?;
+    let signer = SigningAuthority::new(config.trust_domain.clone(), CertificateDer::from(row.cert_der.clone()), parent.served_chain(), key)
+        .with_context(|| format!("intermediate {}", row.id))?;
+    if needs_rotation(&signer, now) {
+        tracing::info!(intermediate = %row.id, "the intermediate is past half of its life");
+        return Ok(None);
+    }
+    Ok(Some(signer))
+}
+
+/// Whether half of the authority's lifetime has passed.
+pub fn needs_rotation(signer: &SigningAuthority, now: SystemTime) -> bool {
+    let life = signer.not_after().duration_since(signer.not_before()).unwrap_or_default();
+    now >= signer.not_before() + life / 2
+}
+
+/// Creates, self-tests and persists a new active intermediate under `parent`.
+///
+/// # Errors
+/// Key generation, signing, the self-test or the store.
+pub fn create_signer(
+    config: &Config,
+    store: &Store,
+    parent: &SigningAuthority,
+    anchors: &[CertificateDer<'static>],
+    now: SystemTime,
+) -> anyhow::Result<SigningAuthority> {
+    let key = PrivateKey::generate(KeyType::EcdsaP256)?;
+    let params = SigningCaParams {
+        trust_domain: config.trust_domain.clone(),
+        ttl: config.intermediate_ttl,
+        backdate: config.backdate,
+    };
+    let issued = new_intermediate(&params, &key, parent, now)?;
+    let signer = SigningAuthority::new(config.trust_domain.clone(), issued.der.clone(), parent.served_chain(), key)?;
+    signer.self_test(anchors, now).context("the new intermediate failed its self-test")?;
+    if signer.not_after() < now + Duration::from_secs(60) {
+        bail!("the parent CA expires too soon to create an intermediate");
+    }
+    let id = cert_id(&issued.der);
+    let key_file = save_key(&config.data_dir, &id, signer.key())?;
+    store.set_meta(&format!("parent_of:{id}"), &cert_id(parent.cert()))?;
+    let (not_before, not_after) = validity(&issued.der)?;
+    store.insert_authority(&AuthorityRow {
+        id: id.clone(),
+        kind: "intermediate".into(),
+        state: "active".into(),
+        cert_der: issued.der.to_vec(),
+        key_file,
+        not_before,
+        not_after,
+        created_at: unix(now),
+    })?;
+    tracing::info!(intermediate = %id, not_after, "new signing intermediate passed its self-test and is active");
+    Ok(signer)
+}

@@ -1,0 +1,271 @@
+//! signet-ca's configuration: a TOML file, every setting also a flag, and an
+//! embedded default so that `signet-ca run` with nothing else works. The
+//! whole configuration is read and checked before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use signet_identity::TrustDomain;
+
+/// Trust domain used when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "signet.local";
+/// Listen address used when none is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Data directory used when none is configured (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "signet-data";
+
+/// Settings as they may appear in the file or on the command line; every
+/// field is optional so that the two can be layered.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Trust domain, e.g. example.org.
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// Address of the node API (TLS).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the keys, certificates and the database.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Unix socket of the admin API [default: DATA_DIR/admin.sock].
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
+    /// DNS names in the server certificate (repeat the flag for several) [default: localhost].
+    #[arg(long = "server-name")]
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Lifetime of a generated root [default: 365d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub root_ttl: Option<Duration>,
+    /// Lifetime of the intermediate signing CA [default: 7d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub intermediate_ttl: Option<Duration>,
+    /// X.509-SVID lifetime when an entry sets none [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub default_x509_svid_ttl: Option<Duration>,
+    /// Longest X.509-SVID lifetime any entry may have [default: 24h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub max_x509_svid_ttl: Option<Duration>,
+    /// How far notBefore is backdated for clock skew [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub backdate: Option<Duration>,
+    /// Join token lifetime when the admin sets none [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub join_token_ttl: Option<Duration>,
+    /// Lifetime of node SVIDs [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub node_svid_ttl: Option<Duration>,
+    /// Use an existing CA as the parent: CERT,KEY (PEM files; CERT may hold the
+    /// CA's chain up to its root).
+    #[arg(long, value_name = "CERT,KEY")]
+    pub upstream_ca: Option<String>,
+    /// Most CSRs in one batch request [default: 500].
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub server_names: Vec<String>,
+    pub log_json: bool,
+    pub root_ttl: Duration,
+    pub intermediate_ttl: Duration,
+    pub default_x509_svid_ttl: Duration,
+    pub max_x509_svid_ttl: Duration,
+    pub backdate: Duration,
+    pub join_token_ttl: Duration,
+    pub node_svid_ttl: Duration,
+    pub upstream_ca: Option<(PathBuf, PathBuf)>,
+    pub max_batch: usize,
+    pub shutdown_grace: Duration,
+    /// Which settings came from the embedded default, for the start-up log.
+    pub defaulted: Vec<&'static str>,
+}
+
+impl Config {
+    /// Layers `flags` over the file (if any) over the embedded defaults, and
+    /// checks the result.
+    ///
+    /// # Errors
+    /// Unreadable file, unknown keys, invalid values.
+    pub fn load(file: Option<&Path>, flags: Settings) -> anyhow::Result<Self> {
+        let from_file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<Settings>(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        Self::resolve(from_file, flags)
+    }
+
+    fn resolve(file: Settings, flags: Settings) -> anyhow::Result<Self> {
+        let mut defaulted = Vec::new();
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                match flags.$field.clone().or(file.$field.clone()) {
+                    Some(v) => v,
+                    None => {
+                        defaulted.push(stringify!($field));
+                        $default
+                    }
+                }
+            };
+        }
+        let td = pick!(trust_domain, DEFAULT_TRUST_DOMAIN.to_owned());
+        let trust_domain = TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
+        let listen = pick!(listen, DEFAULT_LISTEN.parse()?);
+        let data_dir = pick!(data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        let admin_socket = pick!(admin_socket, data_dir.join("admin.sock"));
+        let server_names = if !flags.server_names.is_empty() {
+            flags.server_names.clone()
+        } else if !file.server_names.is_empty() {
+            file.server_names.clone()
+        } else {
+            defaulted.push("server_names");
+            vec!["localhost".to_owned()]
+        };
+        for name in &server_names {
+            signet_identity::x509::issue::validate_dns_name(name).with_context(|| "invalid server_names")?;
+        }
+        let log_format = pick!(log_format, "text".to_owned());
+        let log_json = match log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => bail!("log_format must be text or json, not {other:?}"),
+        };
+        let root_ttl = pick!(root_ttl, Duration::from_secs(365 * 24 * 3600));
+        let intermediate_ttl = pick!(intermediate_ttl, Duration::from_secs(7 * 24 * 3600));
+        let default_x509_svid_ttl = pick!(default_x509_svid_ttl, Duration::from_secs(3600));
+        let max_x509_svid_ttl = pick!(max_x509_svid_ttl, Duration::from_secs(24 * 3600));
+        let backdate = pick!(backdate, Duration::from_secs(30));
+        let join_token_ttl = pick!(join_token_ttl, Duration::from_secs(3600));
+        let node_svid_ttl = pick!(node_svid_ttl, Duration::from_secs(3600));
+        let max_batch = pick!(max_batch, 500);
+        let shutdown_grace = pick!(shutdown_grace, Duration::from_secs(10));
+        let upstream_ca = match flags.upstream_ca.clone().or(file.upstream_ca.clone()) {
+            None => None,
+            Some(spec) => {
+                let (cert, key) = spec
+                    .split_once(',')
+                    .with_context(|| format!("upstream_ca must be CERT,KEY, not {spec:?}"))?;
+                Some((PathBuf::from(cert.trim()), PathBuf::from(key.trim())))
+            }
+        };
+        for (name, ttl) in [
+            ("root_ttl", root_ttl),
+            ("intermediate_ttl", intermediate_ttl),
+            ("default_x509_svid_ttl", default_x509_svid_ttl),
+            ("max_x509_svid_ttl", max_x509_svid_ttl),
+            ("join_token_ttl", join_token_ttl),
+            ("node_svid_ttl", node_svid_ttl),
+        ] {
+            if ttl < Duration::from_secs(1) {
+                bail!("{name} must be at least 1s");
+            }
+        }
+        if default_x509_svid_ttl > max_x509_svid_ttl {
+            bail!("default_x509_svid_ttl ({}) exceeds max_x509_svid_ttl ({})", humantime::format_duration(default_x509_svid_ttl), humantime::format_duration(max_x509_svid_ttl));
+        }
+        if intermediate_ttl > root_ttl {
+            bail!("intermediate_ttl must not exceed root_ttl");
+        }
+        if max_batch == 0 || max_batch > 10_000 {
+            bail!("max_batch must be between 1 and 10000");
+        }
+        Ok(Self {
+            trust_domain,
+            listen,
+            data_dir,
+            admin_socket,
+            server_names,
+            log_json,
+            root_ttl,
+            intermediate_ttl,
+            default_x509_svid_ttl,
+            max_x509_svid_ttl,
+            backdate,
+            join_token_ttl,
+            node_svid_ttl,
+            upstream_ca,
+            max_batch,
+            shutdown_grace,
+            defaulted,
+        })
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_complete_and_reported() {
+        let c = Config::resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(c.trust_domain.as_str(), DEFAULT_TRUST_DOMAIN);
+        assert_eq!(c.admin_socket, PathBuf::from("signet-data/admin.sock"));
+        assert_eq!(c.server_names, vec!["localhost"]);
+        assert!(c.defaulted.contains(&"trust_domain"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: Settings = toml::from_str("trust_domain = \"file.org\"\nintermediate_ttl = \"2d\"\n").unwrap();
+        let flags = Settings {
+            trust_domain: Some("flag.org".into()),
+            ..Settings::default()
+        };
+        let c = Config::resolve(file, flags).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "flag.org");
+        assert_eq!(c.intermediate_ttl, Duration::from_secs(2 * 86400));
+        assert!(!c.defaulted.contains(&"intermediate_ttl"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(toml::from_str::<Settings>("no_such_key = 1").is_err());
+        for flags in [
+            Settings { trust_domain: Some("Upper.org".into()), ..Settings::default() },
+            Settings { log_format: Some("xml".into()), ..Settings::default() },
+            Settings { upstream_ca: Some("only-a-cert.pem".into()), ..Settings::default() },
+            Settings { default_x509_svid_ttl: Some(Duration::from_secs(7200)), max_x509_svid_ttl: Some(Duration::from_secs(3600)), ..Settings::default() },
+            Settings { server_names: vec!["bad name".into()], ..Settings::default() },
+        ] {
+            assert!(Config::resolve(Settings::default(), flags.clone()).is_err(), "{flags:?}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! signet-ca: the control-plane certificate authority of a Signet trust domain.
+
+pub mod api;
+pub mod ca;
+pub mod config;
+pub mod fsutil;
+pub mod server;
+pub mod store;

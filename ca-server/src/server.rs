@@ -1,0 +1,141 @@
+//! Wires the CA to its listeners and runs until SIGTERM/SIGINT, then drains
+//! in-flight requests within the configured grace period.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use signet_proto::ca::v1::admin_server::AdminServer;
+use signet_proto::ca::v1::node_server::NodeServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::Instrument;
+
+use crate::api::admin::AdminApi;
+use crate::api::node::NodeApi;
+use crate::api::tls::{self, ServerCertResolver};
+use crate::ca::Ca;
+use crate::config::Config;
+
+/// Largest request accepted on the node API (a full batch of RSA-4096 CSRs fits).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Runs the CA until a termination signal.
+///
+/// # Errors
+/// Start-up failures: unusable data directory or keys, ports in use.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        admin_socket = %config.admin_socket.display(),
+        defaults = ?config.defaulted,
+        "starting signet-ca"
+    );
+    let ca = Arc::new(Ca::open(config.clone()).context("opening the CA")?);
+    let signing = ca.signing();
+    tracing::info!(
+        bundle_sequence = ca.bundle().sequence(),
+        roots = ca.bundle().x509_authorities().len(),
+        signer_not_after = %humantime::format_rfc3339_seconds(signing.signer.not_after()),
+        "CA ready"
+    );
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the node API to {}", config.listen))?;
+    let listen_addr = listener.local_addr()?;
+    if config.admin_socket.exists() {
+        std::fs::remove_file(&config.admin_socket)
+            .with_context(|| format!("removing a stale admin socket {}", config.admin_socket.display()))?;
+    }
+    if let Some(dir) = config.admin_socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let admin_listener = UnixListener::bind(&config.admin_socket)
+        .with_context(|| format!("binding the admin socket {}", config.admin_socket.display()))?;
+    std::fs::set_permissions(&config.admin_socket, std::fs::Permissions::from_mode(0o600))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (resolver, not_after) = ServerCertResolver::new(&ca)?;
+    let tls_config = tls::server_config(&ca, resolver.clone())?;
+    tokio::spawn(resolver.run(ca.clone(), not_after, shutdown_rx.clone()).instrument(tracing::info_span!("server-cert")));
+    tokio::spawn(rotate_loop(ca.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("rotation")));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<NodeServer<NodeApi>>().await;
+    health_reporter.set_serving::<AdminServer<AdminApi>>().await;
+
+    let node_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            NodeServer::new(NodeApi::new(ca.clone(), shutdown_rx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(64 * MAX_MESSAGE_BYTES),
+        )
+        .add_service(health_service.clone())
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls_config, shutdown_rx.clone()), wait_for(shutdown_rx.clone()));
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(AdminApi::new(ca.clone())))
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), wait_for(shutdown_rx.clone()));
+
+    tracing::info!(listen = %listen_addr, "serving the node API (TLS) and the admin API");
+    let node_task = tokio::spawn(node_server.instrument(tracing::info_span!("node-api")));
+    let admin_task = tokio::spawn(admin_server.instrument(tracing::info_span!("admin-api")));
+
+    terminate().await;
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight requests");
+    health_reporter.set_not_serving::<NodeServer<NodeApi>>().await;
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        let _ = node_task.await;
+        let _ = admin_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+    let _ = std::fs::remove_file(&config.admin_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+async fn terminate() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn rotate_loop(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let ca2 = ca.clone();
+        match tokio::task::spawn_blocking(move || ca2.rotate_if_due()).await {
+            Ok(Ok(true)) => tracing::info!("rotated the signing intermediate"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "intermediate rotation failed; the current one stays active"),
+            Err(e) => tracing::error!(error = %e, "rotation task failed"),
+        }
+    }
+}

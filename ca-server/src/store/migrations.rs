@@ -1,0 +1,76 @@
+//! Numbered schema migrations, applied in order inside one transaction each.
+//! `PRAGMA user_version` records how far a database has come.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE revision (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+     INSERT INTO revision (id, value) VALUES (1, 0);
+     CREATE TABLE entries (
+         id TEXT PRIMARY KEY,
+         spiffe_id TEXT NOT NULL,
+         parent_id TEXT NOT NULL,
+         selectors TEXT NOT NULL,
+         ttl_seconds INTEGER NOT NULL,
+         dns_names TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         revision INTEGER NOT NULL);
+     CREATE INDEX entries_by_parent ON entries (parent_id);
+     CREATE UNIQUE INDEX entries_unique ON entries (spiffe_id, parent_id, selectors);
+     CREATE TABLE join_tokens (
+         token_hash TEXT PRIMARY KEY,
+         node_name TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         expires_at INTEGER NOT NULL,
+         used_at INTEGER);
+     CREATE TABLE nodes (
+         spiffe_id TEXT PRIMARY KEY,
+         name TEXT NOT NULL,
+         attested_at INTEGER NOT NULL,
+         last_serial TEXT NOT NULL,
+         svid_expires_at INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL);
+     CREATE TABLE authorities (
+         id TEXT PRIMARY KEY,
+         kind TEXT NOT NULL,
+         state TEXT NOT NULL,
+         cert_der BLOB NOT NULL,
+         key_file TEXT NOT NULL,
+         not_before INTEGER NOT NULL,
+         not_after INTEGER NOT NULL,
+         created_at INTEGER NOT NULL);
+     CREATE TABLE audit (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         at INTEGER NOT NULL,
+         caller TEXT NOT NULL,
+         action TEXT NOT NULL,
+         spiffe_id TEXT NOT NULL,
+         serial TEXT NOT NULL,
+         not_after INTEGER NOT NULL,
+         result TEXT NOT NULL,
+         detail TEXT NOT NULL);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,551 @@
+//! The CA's embedded transactional store (SQLite, in the data directory):
+//! registration entries, join tokens, node records, signing authorities and
+//! the audit log. Schema changes are numbered migrations.
+
+mod migrations;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+pub use migrations::SCHEMA_VERSION;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value does not decode.
+    #[error("store holds a corrupt value: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer Signet.
+    #[error("store schema version {found} is newer than this build's {supported}")]
+    TooNew {
+        /// In the file.
+        found: i64,
+        /// Known here.
+        supported: i64,
+    },
+    /// A unique constraint would be broken.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A registration entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRow {
+    pub id: String,
+    pub spiffe_id: String,
+    pub parent_id: String,
+    pub selectors: Vec<(String, String)>,
+    pub ttl_seconds: i64,
+    pub dns_names: Vec<String>,
+    pub created_at: i64,
+    pub revision: u64,
+}
+
+/// A signing authority as stored. The key lives in a file in the data dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityRow {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub cert_der: Vec<u8>,
+    pub key_file: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub created_at: i64,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub at: i64,
+    pub caller: String,
+    pub action: String,
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after: i64,
+    pub result: String,
+    pub detail: String,
+}
+
+/// What a join token exchange finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenState {
+    /// Usable: not used, not expired. Holds the node name.
+    Valid(String),
+    /// Unknown token.
+    Unknown,
+    /// Already used.
+    Used,
+    /// Past its expiry.
+    Expired,
+}
+
+/// The store. Cheap to clone; one connection behind a mutex (SQLite
+/// serializes writers anyway, and every operation here is short).
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    ///
+    /// # Errors
+    /// SQLite errors, or a schema newer than this build.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens an in-memory store, for tests.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    #[cfg(test)]
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        migrations::migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every change
+        // is in a transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` in one transaction; commits when it returns `Ok`.
+    ///
+    /// # Errors
+    /// Whatever `f` returns, or SQLite errors.
+    pub fn transaction<T, E: From<StoreError>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(StoreError::from)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    // ---- entries -------------------------------------------------------
+
+    /// Inserts an entry, assigning its revision.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when an identical entry exists.
+    pub fn create_entry(&self, mut entry: EntryRow) -> Result<EntryRow, StoreError> {
+        self.transaction(|tx| {
+            let rev = bump_revision(tx)?;
+            entry.revision = rev;
+            let selectors = serde_json::to_string(&entry.selectors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let dns = serde_json::to_string(&entry.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let res = tx.execute(
+                "INSERT INTO entries (id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![entry.id, entry.spiffe_id, entry.parent_id, selectors, entry.ttl_seconds, dns, entry.created_at, rev as i64],
+            );
+            match res {
+                Ok(_) => Ok(entry.clone()),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(
+                    StoreError::Conflict("an entry with the same SPIFFE ID, parent and selectors exists".into()),
+                ),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Deletes an entry. Returns whether it existed.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {
+        self.transaction(|tx| {
+            let n = tx.execute("DELETE FROM entries WHERE id = ?1", params![id])?;
+            if n > 0 {
+                bump_revision(tx)?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    /// One entry by id.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn get_entry(&self, id: &str) -> Result<Option<EntryRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!("{ENTRY_SELECT} WHERE id = ?1"))?;
+        let row = stmt.query_row(params![id], entry_from_row).optional()?;
+        row.transpose()
+    }
+
+    /// Entries, all or those of one parent, ordered by SPIFFE ID.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn list_entries(&self, parent_id: Option<&str>) -> Result<Vec<EntryRow>, StoreError> {
+        let conn = self.lock();
+        let rows: Vec<Result<EntryRow, StoreError>> = match parent_id {
+            Some(p) => {
+                let mut stmt = conn.prepare_cached(&format!("{ENTRY_SELECT} WHERE parent_id = ?1 ORDER BY spiffe_id, id"))?;
+                stmt.query_map(params![p], entry_from_row)?.collect::<Result<_, _>>()?
+            }
+            None => {
+                let mut stmt = conn.prepare_cached(&format!("{ENTRY_SELECT} ORDER BY spiffe_id, id"))?;
+                stmt.query_map([], entry_from_row)?.collect::<Result<_, _>>()?
+            }
+        };
+        rows.into_iter().collect()
+    }
+
+    /// The current entry revision (bumped by every entry change).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let v: i64 = conn.query_row("SELECT value FROM revision WHERE id = 1", [], |r| r.get(0))?;
+        Ok(v as u64)
+    }
+
+    // ---- join tokens and nodes -----------------------------------------
+
+    /// Stores a join token by its SHA-256 hash (the token itself is never stored).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn create_join_token(&self, token_hash: &str, node_name: &str, created_at: i64, expires_at: i64) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO join_tokens (token_hash, node_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, node_name, created_at, expires_at],
+        )?;
+        Ok(())
+    }
+
+    // ---- authorities ---------------------------------------------------
+
+    /// Authorities of a kind, newest first.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn authorities(&self, kind: Option<&str>) -> Result<Vec<AuthorityRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, state, cert_der, key_file, not_before, not_after, created_at FROM authorities
+             WHERE (?1 IS NULL OR kind = ?1) ORDER BY created_at DESC, rowid DESC",
+        )?;
+        let rows = stmt
+            .query_map(params![kind], |r| {
+                Ok(AuthorityRow {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    state: r.get(2)?,
+                    cert_der: r.get(3)?,
+                    key_file: r.get(4)?,
+                    not_before: r.get(5)?,
+                    not_after: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records a new authority; when it is `active`, every other authority of
+    /// the same kind that was active becomes `retired` in the same transaction.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn insert_authority(&self, row: &AuthorityRow) -> Result<(), StoreError> {
+        self.transaction(|tx| {
+            if row.state == "active" {
+                tx.execute(
+                    "UPDATE authorities SET state = 'retired' WHERE kind = ?1 AND state = 'active'",
+                    params![row.kind],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO authorities (id, kind, state, cert_der, key_file, not_before, not_after, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![row.id, row.kind, row.state, row.cert_der, row.key_file, row.not_before, row.not_after, row.created_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A value from the meta table.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets a value in the meta table.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- audit ---------------------------------------------------------
+
+    /// Appends to the audit log outside any other transaction.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        let conn = self.lock();
+        insert_audit(&conn, rec)
+    }
+
+    /// The last `limit` audit records, oldest first.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, caller, action, spiffe_id, serial, not_after, result, detail FROM
+             (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id ASC",
+        )?;
+        let rows = stmt
+            .query_map(params![limit], |r| {
+                Ok(AuditRecord {
+                    at: r.get(0)?,
+                    caller: r.get(1)?,
+                    action: r.get(2)?,
+                    spiffe_id: r.get(3)?,
+                    serial: r.get(4)?,
+                    not_after: r.get(5)?,
+                    result: r.get(6)?,
+                    detail: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+/// Appends an audit record on a connection or inside a transaction.
+///
+/// # Errors
+/// SQLite errors.
+pub fn insert_audit(conn: &Connection, rec: &AuditRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, caller, action, spiffe_id, serial, not_after, result, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![rec.at, rec.caller, rec.action, rec.spiffe_id, rec.serial, rec.not_after, rec.result, rec.detail])?;
+    Ok(())
+}
+
+/// Looks a join token up inside a transaction.
+///
+/// # Errors
+/// SQLite errors.
+pub fn token_state(tx: &Transaction<'_>, token_hash: &str, now: i64) -> Result<TokenState, StoreError> {
+    let row: Option<(String, i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT node_name, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
+            params![token_hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        None => TokenState::Unknown,
+        Some((_, _, Some(_))) => TokenState::Used,
+        Some((_, expires_at, None)) if expires_at <= now => TokenState::Expired,
+        Some((name, _, None)) => TokenState::Valid(name),
+    })
+}
+
+/// Marks a join token used inside a transaction.
+///
+/// # Errors
+/// SQLite errors.
+pub fn consume_token(tx: &Transaction<'_>, token_hash: &str, now: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE join_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
+        params![token_hash, now],
+    )?;
+    Ok(())
+}
+
+/// Records (or refreshes) an attested node inside a transaction.
+///
+/// # Errors
+/// SQLite errors.
+pub fn upsert_node(tx: &Transaction<'_>, spiffe_id: &str, name: &str, now: i64, serial: &str, expires_at: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO nodes (spiffe_id, name, attested_at, last_serial, svid_expires_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?3)
+         ON CONFLICT(spiffe_id) DO UPDATE SET last_serial = excluded.last_serial,
+           svid_expires_at = excluded.svid_expires_at, updated_at = excluded.updated_at,
+           attested_at = CASE WHEN ?6 THEN excluded.attested_at ELSE nodes.attested_at END",
+        params![spiffe_id, name, now, serial, expires_at, true],
+    )?;
+    Ok(())
+}
+
+/// Whether a node has been attested.
+///
+/// # Errors
+/// SQLite errors.
+pub fn node_exists(conn: &Connection, spiffe_id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row("SELECT 1 FROM nodes WHERE spiffe_id = ?1", params![spiffe_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn bump_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    tx.execute("UPDATE revision SET value = value + 1 WHERE id = 1", [])?;
+    let v: i64 = tx.query_row("SELECT value FROM revision WHERE id = 1", [], |r| r.get(0))?;
+    Ok(v as u64)
+}
+
+const ENTRY_SELECT: &str =
+    "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision FROM entries";
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow, StoreError>> {
+    let selectors: String = r.get(3)?;
+    let dns: String = r.get(5)?;
+    let rev: i64 = r.get(7)?;
+    let id: String = r.get(0)?;
+    let spiffe_id: String = r.get(1)?;
+    let parent_id: String = r.get(2)?;
+    let ttl_seconds: i64 = r.get(4)?;
+    let created_at: i64 = r.get(6)?;
+    Ok((|| {
+        Ok(EntryRow {
+            selectors: serde_json::from_str(&selectors).map_err(|e| StoreError::Corrupt(format!("entry {id} selectors: {e}")))?,
+            dns_names: serde_json::from_str(&dns).map_err(|e| StoreError::Corrupt(format!("entry {id} dns names: {e}")))?,
+            id,
+            spiffe_id,
+            parent_id,
+            ttl_seconds,
+            created_at,
+            revision: rev as u64,
+        })
+    })())
+}
+
+impl Store {
+    /// Runs `f` with the connection (for lookups that need several queries).
+    pub fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        f(&self.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, parent: &str) -> EntryRow {
+        EntryRow {
+            id: id.into(),
+            spiffe_id: format!("spiffe://td/w/{id}"),
+            parent_id: parent.into(),
+            selectors: vec![("unix".into(), "uid:1000".into())],
+            ttl_seconds: 0,
+            dns_names: vec!["a.example".into()],
+            created_at: 1,
+            revision: 0,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_bump_the_revision() {
+        let store = Store::open_in_memory().unwrap();
+        let r0 = store.revision().unwrap();
+        let e = store.create_entry(entry("e1", "spiffe://td/signet/node/a")).unwrap();
+        assert!(e.revision > r0);
+        assert_eq!(store.get_entry("e1").unwrap().unwrap(), e);
+        store.create_entry(entry("e2", "spiffe://td/signet/node/b")).unwrap();
+        assert_eq!(store.list_entries(Some("spiffe://td/signet/node/a")).unwrap().len(), 1);
+        assert_eq!(store.list_entries(None).unwrap().len(), 2);
+        let before = store.revision().unwrap();
+        assert!(store.delete_entry("e1").unwrap());
+        assert!(!store.delete_entry("e1").unwrap());
+        assert_eq!(store.revision().unwrap(), before + 1);
+    }
+
+    #[test]
+    fn duplicate_entries_conflict() {
+        let store = Store::open_in_memory().unwrap();
+        store.create_entry(entry("e1", "p")).unwrap();
+        let mut dup = entry("e1", "p");
+        dup.id = "other".into();
+        assert!(matches!(store.create_entry(dup), Err(StoreError::Conflict(_))));
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_expire() {
+        let store = Store::open_in_memory().unwrap();
+        store.create_join_token("h1", "node-a", 0, 100).unwrap();
+        store.create_join_token("h2", "node-b", 0, 10).unwrap();
+        store
+            .transaction(|tx| {
+                assert_eq!(token_state(tx, "h1", 50)?, TokenState::Valid("node-a".into()));
+                consume_token(tx, "h1", 50)?;
+                assert_eq!(token_state(tx, "h1", 51)?, TokenState::Used);
+                assert_eq!(token_state(tx, "h2", 50)?, TokenState::Expired);
+                assert_eq!(token_state(tx, "nope", 50)?, TokenState::Unknown);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_failed_transaction_changes_nothing() {
+        let store = Store::open_in_memory().unwrap();
+        store.create_join_token("h1", "node-a", 0, 100).unwrap();
+        let res: Result<(), StoreError> = store.transaction(|tx| {
+            consume_token(tx, "h1", 50)?;
+            Err(StoreError::Conflict("signing failed".into()))
+        });
+        assert!(res.is_err());
+        store
+            .transaction(|tx| {
+                assert_eq!(token_state(tx, "h1", 51)?, TokenState::Valid("node-a".into()));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signet.db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.create_entry(entry("e1", "p")).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.list_entries(None).unwrap().len(), 1);
+        let v: i64 = store.with_conn(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+}
