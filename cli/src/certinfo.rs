@@ -342,6 +342,8 @@ mod tests {
     fn reports_findings_for_a_nonconforming_ca() {
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let mut params = CertificateParams::default();
+        // Encoded in push order; RFC 4514 writes the last RDN first.
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Acme, Inc.");

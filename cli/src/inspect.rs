@@ -168,3 +168,77 @@ fn render(report: &Report, now: i64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    use signet_identity::{JwtAuthority, KeyType, PrivateKey};
+
+    fn jwks() -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![SanType::URI("spiffe://example.org".try_into().unwrap())];
+        let root = params.self_signed(&key).unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let mut bundle = TrustBundle::new(td)
+            .with_x509_authorities([root.der().clone()])
+            .unwrap();
+        let jwt_key = PrivateKey::generate(KeyType::EcdsaP384).unwrap();
+        bundle
+            .add_jwt_authority(JwtAuthority::new("kid-1", &jwt_key.public_key_spki()).unwrap())
+            .unwrap();
+        bundle.set_sequence(42);
+        bundle.set_refresh_hint(Some(std::time::Duration::from_secs(300)));
+        bundle.to_jwks()
+    }
+
+    #[test]
+    fn a_jwks_bundle_shows_its_metadata_and_authorities() {
+        let report = inspect_jwks(jwks().as_bytes(), None, 0).unwrap();
+        let bundle = report.bundle.as_ref().unwrap();
+        assert_eq!(bundle.trust_domain, "example.org");
+        assert_eq!(bundle.sequence, 42);
+        assert_eq!(bundle.refresh_hint_seconds, Some(300));
+        assert_eq!(bundle.x509_authorities, 1);
+        assert_eq!(bundle.jwt_authorities[0].key_id, "kid-1");
+        assert_eq!(bundle.jwt_authorities[0].key_type, "ECDSA P-384");
+        assert_eq!(report.certificates.len(), 1);
+        assert!(report.certificates[0].is_ca);
+
+        let text = render(&report, 0);
+        assert!(
+            text.starts_with("Bundle\n  Trust domain: example.org\n"),
+            "{text}"
+        );
+        assert!(text.contains("JWT keys:     kid-1 (ECDSA P-384)"), "{text}");
+        assert!(text.contains("Refresh hint: 5m"), "{text}");
+
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["bundle"]["sequence"], 42);
+        assert_eq!(json["certificates"][0]["is_ca"], true);
+    }
+
+    #[test]
+    fn the_trust_domain_flag_wins_and_unknown_is_the_fallback() {
+        let other = TrustDomain::new("other.org").unwrap();
+        let report = inspect_jwks(jwks().as_bytes(), Some(&other), 0).unwrap();
+        assert_eq!(report.bundle.unwrap().trust_domain, "other.org");
+
+        let empty = r#"{"keys": [], "spiffe_sequence": 1}"#;
+        let report = inspect_jwks(empty.as_bytes(), None, 0).unwrap();
+        assert_eq!(report.bundle.unwrap().trust_domain, "unknown");
+        assert!(report.certificates.is_empty());
+    }
+
+    #[test]
+    fn a_broken_jwks_says_so() {
+        let err = inspect_jwks(br#"{"keys": 5}"#, None, 0).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a valid SPIFFE bundle"),
+            "{err:#}"
+        );
+    }
+}
