@@ -114,8 +114,10 @@ impl Config {
     pub fn load(file: Option<&Path>, flags: Settings) -> anyhow::Result<Self> {
         let from_file = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<Settings>(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<Settings>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => Settings::default(),
         };
@@ -136,7 +138,8 @@ impl Config {
             };
         }
         let td = pick!(trust_domain, DEFAULT_TRUST_DOMAIN.to_owned());
-        let trust_domain = TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
+        let trust_domain =
+            TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
         let listen = pick!(listen, DEFAULT_LISTEN.parse()?);
         let data_dir = pick!(data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         let admin_socket = pick!(admin_socket, data_dir.join("admin.sock"));
@@ -149,7 +152,8 @@ impl Config {
             vec!["localhost".to_owned()]
         };
         for name in &server_names {
-            signet_identity::x509::issue::validate_dns_name(name).with_context(|| "invalid server_names")?;
+            signet_identity::x509::issue::validate_dns_name(name)
+                .with_context(|| "invalid server_names")?;
         }
         let log_format = pick!(log_format, "text".to_owned());
         let log_json = match log_format.as_str() {
@@ -188,7 +192,11 @@ impl Config {
             }
         }
         if default_x509_svid_ttl > max_x509_svid_ttl {
-            bail!("default_x509_svid_ttl ({}) exceeds max_x509_svid_ttl ({})", humantime::format_duration(default_x509_svid_ttl), humantime::format_duration(max_x509_svid_ttl));
+            bail!(
+                "default_x509_svid_ttl ({}) exceeds max_x509_svid_ttl ({})",
+                humantime::format_duration(default_x509_svid_ttl),
+                humantime::format_duration(max_x509_svid_ttl)
+            );
         }
         if intermediate_ttl > root_ttl {
             bail!("intermediate_ttl must not exceed root_ttl");
@@ -225,7 +233,8 @@ mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -244,7 +253,8 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let file: Settings = toml::from_str("trust_domain = \"file.org\"\nintermediate_ttl = \"2d\"\n").unwrap();
+        let file: Settings =
+            toml::from_str("trust_domain = \"file.org\"\nintermediate_ttl = \"2d\"\n").unwrap();
         let flags = Settings {
             trust_domain: Some("flag.org".into()),
             ..Settings::default()
@@ -259,13 +269,32 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(toml::from_str::<Settings>("no_such_key = 1").is_err());
         for flags in [
-            Settings { trust_domain: Some("Upper.org".into()), ..Settings::default() },
-            Settings { log_format: Some("xml".into()), ..Settings::default() },
-            Settings { upstream_ca: Some("only-a-cert.pem".into()), ..Settings::default() },
-            Settings { default_x509_svid_ttl: Some(Duration::from_secs(7200)), max_x509_svid_ttl: Some(Duration::from_secs(3600)), ..Settings::default() },
-            Settings { server_names: vec!["bad name".into()], ..Settings::default() },
+            Settings {
+                trust_domain: Some("Upper.org".into()),
+                ..Settings::default()
+            },
+            Settings {
+                log_format: Some("xml".into()),
+                ..Settings::default()
+            },
+            Settings {
+                upstream_ca: Some("only-a-cert.pem".into()),
+                ..Settings::default()
+            },
+            Settings {
+                default_x509_svid_ttl: Some(Duration::from_secs(7200)),
+                max_x509_svid_ttl: Some(Duration::from_secs(3600)),
+                ..Settings::default()
+            },
+            Settings {
+                server_names: vec!["bad name".into()],
+                ..Settings::default()
+            },
         ] {
-            assert!(Config::resolve(Settings::default(), flags.clone()).is_err(), "{flags:?}");
+            assert!(
+                Config::resolve(Settings::default(), flags.clone()).is_err(),
+                "{flags:?}"
+            );
         }
     }
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use signet_ca_server::config::{Config, Settings};
 
 #[derive(Parser)]
-#[command(name = "signet-ca", version, about = "Signet's control-plane certificate authority")]
+#[command(
+    name = "signet-ca",
+    version,
+    about = "Signet's control-plane certificate authority"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_logging(config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("signet-ca: cannot start the runtime: {e}");
@@ -53,8 +60,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

@@ -50,10 +50,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the node API to {}", config.listen))?;
     let listen_addr = listener.local_addr()?;
     if config.admin_socket.exists() {
-        std::fs::remove_file(&config.admin_socket)
-            .with_context(|| format!("removing a stale admin socket {}", config.admin_socket.display()))?;
+        std::fs::remove_file(&config.admin_socket).with_context(|| {
+            format!(
+                "removing a stale admin socket {}",
+                config.admin_socket.display()
+            )
+        })?;
     }
-    if let Some(dir) = config.admin_socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = config
+        .admin_socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)?;
     }
     let admin_listener = UnixListener::bind(&config.admin_socket)
@@ -63,8 +71,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (resolver, not_after) = ServerCertResolver::new(&ca)?;
     let tls_config = tls::server_config(&ca, resolver.clone())?;
-    tokio::spawn(resolver.run(ca.clone(), not_after, shutdown_rx.clone()).instrument(tracing::info_span!("server-cert")));
-    tokio::spawn(rotate_loop(ca.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("rotation")));
+    tokio::spawn(
+        resolver
+            .run(ca.clone(), not_after, shutdown_rx.clone())
+            .instrument(tracing::info_span!("server-cert")),
+    );
+    tokio::spawn(
+        rotate_loop(ca.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("rotation")),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NodeServer<NodeApi>>().await;
@@ -78,11 +92,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .max_encoding_message_size(64 * MAX_MESSAGE_BYTES),
         )
         .add_service(health_service.clone())
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls_config, shutdown_rx.clone()), wait_for(shutdown_rx.clone()));
+        .serve_with_incoming_shutdown(
+            tls::incoming(listener, tls_config, shutdown_rx.clone()),
+            wait_for(shutdown_rx.clone()),
+        );
     let admin_server = tonic::transport::Server::builder()
         .add_service(AdminServer::new(AdminApi::new(ca.clone())))
         .add_service(health_service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), wait_for(shutdown_rx.clone()));
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(admin_listener),
+            wait_for(shutdown_rx.clone()),
+        );
 
     tracing::info!(listen = %listen_addr, "serving the node API (TLS) and the admin API");
     let node_task = tokio::spawn(node_server.instrument(tracing::info_span!("node-api")));
@@ -90,7 +110,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     terminate().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight requests");
-    health_reporter.set_not_serving::<NodeServer<NodeApi>>().await;
+    health_reporter
+        .set_not_serving::<NodeServer<NodeApi>>()
+        .await;
     let _ = shutdown_tx.send(true);
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         let _ = node_task.await;
@@ -111,7 +133,10 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 
 async fn terminate() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -134,7 +159,9 @@ async fn rotate_loop(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {
         match tokio::task::spawn_blocking(move || ca2.rotate_if_due()).await {
             Ok(Ok(true)) => tracing::info!("rotated the signing intermediate"),
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "intermediate rotation failed; the current one stays active"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "intermediate rotation failed; the current one stays active")
+            }
             Err(e) => tracing::error!(error = %e, "rotation task failed"),
         }
     }

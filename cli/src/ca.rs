@@ -212,6 +212,16 @@ struct EntryView {
 }
 
 #[derive(Debug, Serialize)]
+struct EntryList<'a> {
+    entries: &'a [EntryView],
+}
+
+#[derive(Debug, Serialize)]
+struct Deleted<'a> {
+    deleted: &'a str,
+}
+
+#[derive(Debug, Serialize)]
 struct SelectorView {
     #[serde(rename = "type")]
     kind: String,
@@ -259,7 +269,7 @@ impl EntryView {
             Ok(0) | Err(_) => "server default".to_owned(),
             Ok(s) => humantime::format_duration(Duration::from_secs(s)).to_string(),
         };
-        f(&mut out, "X509-SVID TTL", &ttl);
+        f(&mut out, "SVID TTL", &ttl);
         if !self.dns_names.is_empty() {
             f(&mut out, "DNS names", &self.dns_names.join(", "));
         }
@@ -307,7 +317,7 @@ async fn entry(
                 .map(EntryView::from)
                 .collect();
             match format {
-                Format::Json => output::print_json(&serde_json::json!({ "entries": entries })),
+                Format::Json => output::print_json(&EntryList { entries: &entries }),
                 Format::Text => {
                     let n = entries.len();
                     let mut out =
@@ -326,7 +336,7 @@ async fn entry(
                 .await
                 .map_err(status_error)?;
             match format {
-                Format::Json => output::print_json(&serde_json::json!({ "deleted": id })),
+                Format::Json => output::print_json(&Deleted { deleted: &id }),
                 Format::Text => {
                     output::print(&format!("Deleted entry {}\n", output::printable(&id)))
                 }
@@ -372,6 +382,13 @@ fn print_entry(entry: EntryView, format: Format) -> anyhow::Result<()> {
 
 // ---- join tokens ----
 
+#[derive(Debug, Serialize)]
+struct TokenView<'a> {
+    token: &'a str,
+    node_spiffe_id: &'a str,
+    expires_at: &'a str,
+}
+
 async fn token_create(
     client: &mut AdminClient<Channel>,
     node: String,
@@ -389,11 +406,11 @@ async fn token_create(
         .into_inner();
     let expires_at = output::rfc3339(token.expires_at);
     match format {
-        Format::Json => output::print_json(&serde_json::json!({
-            "token": token.token,
-            "node_spiffe_id": token.node_spiffe_id,
-            "expires_at": expires_at,
-        })),
+        Format::Json => output::print_json(&TokenView {
+            token: &token.token,
+            node_spiffe_id: &token.node_spiffe_id,
+            expires_at: &expires_at,
+        }),
         // The token alone on the first line, so `| head -n1` captures it.
         Format::Text => output::print(&format!(
             "{}\nnode: {}\nexpires: {expires_at}\n",
@@ -458,6 +475,11 @@ fn trust_bundle(message: pb::Bundle) -> anyhow::Result<TrustBundle> {
 // ---- authorities ----
 
 #[derive(Debug, Serialize)]
+struct AuthorityList<'a> {
+    authorities: &'a [AuthorityView],
+}
+
+#[derive(Debug, Serialize)]
 struct AuthorityView {
     id: String,
     kind: String,
@@ -482,11 +504,13 @@ async fn authority_list(client: &mut AdminClient<Channel>, format: Format) -> an
             state: a.state,
             not_before: output::rfc3339(a.not_before),
             not_after: output::rfc3339(a.not_after),
-            subject: a.subject,
+            subject: subject_of(&a.certificate).unwrap_or(a.subject),
         })
         .collect();
     match format {
-        Format::Json => output::print_json(&serde_json::json!({ "authorities": views })),
+        Format::Json => output::print_json(&AuthorityList {
+            authorities: &views,
+        }),
         Format::Text => {
             let rows: Vec<Vec<String>> = views
                 .iter()
@@ -503,6 +527,13 @@ async fn authority_list(client: &mut AdminClient<Channel>, format: Format) -> an
             ))
         }
     }
+}
+
+/// The subject in the same RFC 4514 form `signet inspect` prints, when the
+/// certificate is there to read it from.
+fn subject_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(crate::certinfo::rfc4514(cert.subject()))
 }
 
 // ---- mint ----

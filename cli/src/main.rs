@@ -23,7 +23,7 @@ use clap::Parser;
 #[command(name = "signet", version)]
 struct Cli {
     /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = output::Format::Text)]
+    #[arg(short, long, global = true, value_enum, default_value_t = output::Format::Text)]
     output: output::Format,
     #[command(subcommand)]
     command: Command,

@@ -69,7 +69,10 @@ impl PrivateKey {
     /// The PKCS#8 PEM encoding. Handle with care: this is the secret.
     #[must_use]
     pub fn to_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", self.pkcs8.to_vec())))
+        Zeroizing::new(pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            self.pkcs8.to_vec(),
+        )))
     }
 
     /// The PKCS#8 DER encoding. Handle with care: this is the secret.

@@ -27,7 +27,10 @@ impl AdminApi {
     }
 
     fn caller<T>(req: &Request<T>) -> String {
-        match req.extensions().get::<tonic::transport::server::UdsConnectInfo>() {
+        match req
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+        {
             Some(info) => match &info.peer_cred {
                 Some(cred) => format!("admin(uid={},pid={})", cred.uid(), cred.pid().unwrap_or(0)),
                 None => "admin".to_owned(),
@@ -50,17 +53,25 @@ impl AdminApi {
 
     fn validate_entry(&self, req: &pb::CreateEntryRequest) -> Result<EntryRow, CaError> {
         let td = &self.ca.config().trust_domain;
-        let id = SpiffeId::parse(&req.spiffe_id).map_err(|e| CaError::InvalidArgument(format!("invalid spiffe_id {:?}: {e}", req.spiffe_id)))?;
+        let id = SpiffeId::parse(&req.spiffe_id).map_err(|e| {
+            CaError::InvalidArgument(format!("invalid spiffe_id {:?}: {e}", req.spiffe_id))
+        })?;
         if !id.is_member_of(td) {
-            return Err(CaError::InvalidArgument(format!("spiffe_id {id} is not in trust domain {td}")));
+            return Err(CaError::InvalidArgument(format!(
+                "spiffe_id {id} is not in trust domain {td}"
+            )));
         }
         if id.path().is_empty() {
             return Err(CaError::InvalidArgument("spiffe_id needs a path".into()));
         }
         if id.path().starts_with("/signet/") {
-            return Err(CaError::InvalidArgument("the path /signet/ is reserved for Signet's own identities".into()));
+            return Err(CaError::InvalidArgument(
+                "the path /signet/ is reserved for Signet's own identities".into(),
+            ));
         }
-        let parent = SpiffeId::parse(&req.parent_id).map_err(|e| CaError::InvalidArgument(format!("invalid parent_id {:?}: {e}", req.parent_id)))?;
+        let parent = SpiffeId::parse(&req.parent_id).map_err(|e| {
+            CaError::InvalidArgument(format!("invalid parent_id {:?}: {e}", req.parent_id))
+        })?;
         if self.ca.node_name(&parent).is_none() {
             return Err(CaError::InvalidArgument(format!(
                 "parent_id {parent} is not a node of {td} (spiffe://{td}/signet/node/<name>)"
@@ -69,18 +80,25 @@ impl AdminApi {
         let mut selectors = Vec::with_capacity(req.selectors.len());
         for s in &req.selectors {
             if s.r#type.is_empty() || s.value.is_empty() || s.r#type.contains(':') {
-                return Err(CaError::InvalidArgument(format!("invalid selector {}:{}", s.r#type, s.value)));
+                return Err(CaError::InvalidArgument(format!(
+                    "invalid selector {}:{}",
+                    s.r#type, s.value
+                )));
             }
             selectors.push((s.r#type.clone(), s.value.clone()));
         }
         if selectors.is_empty() {
-            return Err(CaError::InvalidArgument("an entry needs at least one selector".into()));
+            return Err(CaError::InvalidArgument(
+                "an entry needs at least one selector".into(),
+            ));
         }
         selectors.sort();
         selectors.dedup();
         let max = self.ca.config().max_x509_svid_ttl.as_secs() as i64;
         if req.x509_svid_ttl_seconds < 0 || req.x509_svid_ttl_seconds > max {
-            return Err(CaError::InvalidArgument(format!("x509_svid_ttl_seconds must be between 0 and {max}")));
+            return Err(CaError::InvalidArgument(format!(
+                "x509_svid_ttl_seconds must be between 0 and {max}"
+            )));
         }
         for name in &req.dns_names {
             validate_dns_name(name).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
@@ -108,38 +126,68 @@ fn random_hex<const N: usize>() -> Result<String, CaError> {
 }
 
 fn secs(s: i64) -> Option<Duration> {
-    u64::try_from(s).ok().filter(|s| *s > 0).map(Duration::from_secs)
+    u64::try_from(s)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
 }
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
-    async fn create_entry(&self, req: Request<pb::CreateEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+    async fn create_entry(
+        &self,
+        req: Request<pb::CreateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
         let caller = Self::caller(&req);
         let body = req.into_inner();
-        let result = self.validate_entry(&body).and_then(|row| Ok(self.ca.store().create_entry(row)?));
+        let result = self
+            .validate_entry(&body)
+            .and_then(|row| Ok(self.ca.store().create_entry(row)?));
         match result {
             Ok(entry) => {
-                self.audit(&caller, "create_entry", &entry.spiffe_id, "ok", format!("entry {}", entry.id));
+                self.audit(
+                    &caller,
+                    "create_entry",
+                    &entry.spiffe_id,
+                    "ok",
+                    format!("entry {}", entry.id),
+                );
                 self.ca.entries_changed();
                 Ok(Response::new(convert::entry(&entry)))
             }
             Err(e) => {
-                self.audit(&caller, "create_entry", &body.spiffe_id, "rejected", e.to_string());
+                self.audit(
+                    &caller,
+                    "create_entry",
+                    &body.spiffe_id,
+                    "rejected",
+                    e.to_string(),
+                );
                 Err(e.into())
             }
         }
     }
 
-    async fn list_entries(&self, req: Request<pb::ListEntriesRequest>) -> Result<Response<pb::ListEntriesResponse>, Status> {
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let parent = req.into_inner().parent_id;
         let parent = (!parent.is_empty()).then_some(parent);
-        let entries = self.ca.store().list_entries(parent.as_deref()).map_err(CaError::from)?;
+        let entries = self
+            .ca
+            .store()
+            .list_entries(parent.as_deref())
+            .map_err(CaError::from)?;
         Ok(Response::new(pb::ListEntriesResponse {
             entries: entries.iter().map(convert::entry).collect(),
         }))
     }
 
-    async fn get_entry(&self, req: Request<pb::GetEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+    async fn get_entry(
+        &self,
+        req: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
         let id = req.into_inner().id;
         match self.ca.store().get_entry(&id).map_err(CaError::from)? {
             Some(e) => Ok(Response::new(convert::entry(&e))),
@@ -147,7 +195,10 @@ impl Admin for AdminApi {
         }
     }
 
-    async fn delete_entry(&self, req: Request<pb::DeleteEntryRequest>) -> Result<Response<pb::DeleteEntryResponse>, Status> {
+    async fn delete_entry(
+        &self,
+        req: Request<pb::DeleteEntryRequest>,
+    ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
         let caller = Self::caller(&req);
         let id = req.into_inner().id;
         if self.ca.store().delete_entry(&id).map_err(CaError::from)? {
@@ -159,7 +210,10 @@ impl Admin for AdminApi {
         }
     }
 
-    async fn create_join_token(&self, req: Request<pb::CreateJoinTokenRequest>) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
         let caller = Self::caller(&req);
         let body = req.into_inner();
         let node = self.ca.node_id(&body.node_name)?;
@@ -172,9 +226,20 @@ impl Admin for AdminApi {
         let expires_at = now + ttl.as_secs() as i64;
         self.ca
             .store()
-            .create_join_token(&crate::ca::token_hash(&token), &body.node_name, now, expires_at)
+            .create_join_token(
+                &crate::ca::token_hash(&token),
+                &body.node_name,
+                now,
+                expires_at,
+            )
             .map_err(CaError::from)?;
-        self.audit(&caller, "create_join_token", node.as_str(), "ok", format!("expires_at {expires_at}"));
+        self.audit(
+            &caller,
+            "create_join_token",
+            node.as_str(),
+            "ok",
+            format!("expires_at {expires_at}"),
+        );
         Ok(Response::new(pb::CreateJoinTokenResponse {
             token,
             node_spiffe_id: node.to_string(),
@@ -182,11 +247,17 @@ impl Admin for AdminApi {
         }))
     }
 
-    async fn get_bundle(&self, _req: Request<pb::GetBundleRequest>) -> Result<Response<pb::Bundle>, Status> {
+    async fn get_bundle(
+        &self,
+        _req: Request<pb::GetBundleRequest>,
+    ) -> Result<Response<pb::Bundle>, Status> {
         Ok(Response::new(convert::bundle(&self.ca.bundle())))
     }
 
-    async fn list_authorities(&self, _req: Request<pb::ListAuthoritiesRequest>) -> Result<Response<pb::ListAuthoritiesResponse>, Status> {
+    async fn list_authorities(
+        &self,
+        _req: Request<pb::ListAuthoritiesRequest>,
+    ) -> Result<Response<pb::ListAuthoritiesResponse>, Status> {
         let mut out = Vec::new();
         let signing = self.ca.signing();
         if self.ca.config().upstream_ca.is_some() {
@@ -203,19 +274,59 @@ impl Admin for AdminApi {
                 not_after: row.not_after,
             });
         }
-        Ok(Response::new(pb::ListAuthoritiesResponse { authorities: out }))
+        Ok(Response::new(pb::ListAuthoritiesResponse {
+            authorities: out,
+        }))
     }
 
-    async fn mint_x509_svid(&self, req: Request<pb::MintX509SvidRequest>) -> Result<Response<pb::MintX509SvidResponse>, Status> {
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self
+            .ca
+            .store()
+            .nodes()
+            .map_err(CaError::from)?
+            .into_iter()
+            .map(|n| pb::Agent {
+                spiffe_id: n.spiffe_id,
+                name: n.name,
+                attested_at: n.attested_at,
+                svid_serial: n.last_serial,
+                svid_expires_at: n.svid_expires_at,
+                bundle_sequence: n.bundle_sequence,
+                last_seen: n.last_seen,
+                svid_count: n.svid_count,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents,
+            bundle_sequence: self.ca.bundle().sequence(),
+        }))
+    }
+
+    async fn mint_x509_svid(
+        &self,
+        req: Request<pb::MintX509SvidRequest>,
+    ) -> Result<Response<pb::MintX509SvidResponse>, Status> {
         let caller = Self::caller(&req);
         let body = req.into_inner();
         if body.ttl_seconds < 0 {
             return Err(CaError::InvalidArgument("ttl_seconds must not be negative".into()).into());
         }
         let ca = self.ca.clone();
-        let (id, cert) = tokio::task::spawn_blocking(move || ca.mint(&body.spiffe_id, &body.csr, secs(body.ttl_seconds), &body.dns_names, &caller))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let (id, cert) = tokio::task::spawn_blocking(move || {
+            ca.mint(
+                &body.spiffe_id,
+                &body.csr,
+                secs(body.ttl_seconds),
+                &body.dns_names,
+                &caller,
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(pb::MintX509SvidResponse {
             svid: Some(convert::svid(&id, &cert)),
             bundle: Some(convert::bundle(&self.ca.bundle())),
@@ -224,12 +335,19 @@ impl Admin for AdminApi {
 }
 
 fn subject_of(der: &[u8]) -> String {
-    X509Certificate::from_der(der).map(|(_, c)| c.subject().to_string()).unwrap_or_default()
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_default()
 }
 
 fn authority(kind: &str, state: &str, der: &[u8]) -> pb::Authority {
     let (nb, na) = X509Certificate::from_der(der)
-        .map(|(_, c)| (c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+        .map(|(_, c)| {
+            (
+                c.validity().not_before.timestamp(),
+                c.validity().not_after.timestamp(),
+            )
+        })
         .unwrap_or((0, 0));
     pb::Authority {
         id: crate::ca::authorities::cert_id(der),

@@ -34,17 +34,20 @@ fn peer<T>(req: &Request<T>) -> Option<&PeerInfo> {
 }
 
 fn caller_label<T>(req: &Request<T>) -> String {
-    peer(req).map_or_else(|| "unknown".to_owned(), |p| match &p.spiffe_id {
-        Some(id) => format!("{id}@{}", p.remote),
-        None => p.remote.to_string(),
-    })
+    peer(req).map_or_else(
+        || "unknown".to_owned(),
+        |p| match &p.spiffe_id {
+            Some(id) => format!("{id}@{}", p.remote),
+            None => p.remote.to_string(),
+        },
+    )
 }
 
 /// The calling node, from its verified client certificate.
 fn node_of<T>(ca: &Ca, req: &Request<T>) -> Result<SpiffeId, CaError> {
-    let id = peer(req)
-        .and_then(|p| p.spiffe_id.clone())
-        .ok_or_else(|| CaError::Unauthenticated("this call requires a node SVID as TLS client certificate".into()))?;
+    let id = peer(req).and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
+        CaError::Unauthenticated("this call requires a node SVID as TLS client certificate".into())
+    })?;
     ca.authorize_node(&id)?;
     Ok(id)
 }
@@ -52,7 +55,9 @@ fn node_of<T>(ca: &Ca, req: &Request<T>) -> Result<SpiffeId, CaError> {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Runs blocking CA work (signing, SQLite) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CaError> + Send + 'static) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CaError> + Send + 'static,
+) -> Result<T, Status> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(Status::from),
         Err(e) => Err(Status::internal(format!("worker failed: {e}"))),
@@ -61,18 +66,25 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CaError> + Se
 
 #[tonic::async_trait]
 impl Node for NodeApi {
-    async fn attest_node(&self, req: Request<pb::AttestNodeRequest>) -> Result<Response<pb::AttestNodeResponse>, Status> {
+    async fn attest_node(
+        &self,
+        req: Request<pb::AttestNodeRequest>,
+    ) -> Result<Response<pb::AttestNodeResponse>, Status> {
         let caller = caller_label(&req);
         let body = req.into_inner();
         let ca = self.ca.clone();
-        let (id, cert) = blocking(move || ca.attest_node(&body.join_token, &body.csr, &caller)).await?;
+        let (id, cert) =
+            blocking(move || ca.attest_node(&body.join_token, &body.csr, &caller)).await?;
         Ok(Response::new(pb::AttestNodeResponse {
             svid: Some(convert::svid(&id, &cert)),
             bundle: Some(convert::bundle(&self.ca.bundle())),
         }))
     }
 
-    async fn renew_node_svid(&self, req: Request<pb::RenewNodeSvidRequest>) -> Result<Response<pb::RenewNodeSvidResponse>, Status> {
+    async fn renew_node_svid(
+        &self,
+        req: Request<pb::RenewNodeSvidRequest>,
+    ) -> Result<Response<pb::RenewNodeSvidResponse>, Status> {
         let node = match node_of(&self.ca, &req) {
             Ok(n) => n,
             Err(e) => return Err(self.refuse(&req, "renew_node", e)),
@@ -101,7 +113,10 @@ impl Node for NodeApi {
             .map(|i| SignItem {
                 entry_id: i.entry_id,
                 csr: i.csr,
-                ttl: u64::try_from(i.ttl_seconds).ok().filter(|s| *s > 0).map(Duration::from_secs),
+                ttl: u64::try_from(i.ttl_seconds)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
             })
             .collect();
         let ca = self.ca.clone();
@@ -153,7 +168,12 @@ impl Node for NodeApi {
             loop {
                 revisions.borrow_and_update();
                 let update = match ca.authorized_entries(&node) {
-                    Ok((entries, revision)) => diff(&mut sent, entries.iter().map(convert::entry).collect(), revision, first),
+                    Ok((entries, revision)) => diff(
+                        &mut sent,
+                        entries.iter().map(convert::entry).collect(),
+                        revision,
+                        first,
+                    ),
                     Err(e) => {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;
@@ -175,9 +195,33 @@ impl Node for NodeApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<pb::MintJwtSvidRequest>,
+    ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
+        self.mint_jwt(req).await
+    }
+
+    async fn report_status(
+        &self,
+        req: Request<pb::ReportStatusRequest>,
+    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "report_status", e))?;
+        let body = req.into_inner();
+        let now = crate::ca::authorities::unix(self.ca.now());
+        self.ca
+            .store()
+            .report_status(node.as_str(), body.bundle_sequence, body.svid_count, now)
+            .map_err(CaError::from)?;
+        Ok(Response::new(pb::ReportStatusResponse {}))
+    }
+
     type WatchBundleStream = BoxStream<pb::Bundle>;
 
-    async fn watch_bundle(&self, req: Request<pb::WatchBundleRequest>) -> Result<Response<Self::WatchBundleStream>, Status> {
+    async fn watch_bundle(
+        &self,
+        req: Request<pb::WatchBundleRequest>,
+    ) -> Result<Response<Self::WatchBundleStream>, Status> {
         node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_bundle", e))?;
         let (tx, rx) = mpsc::channel(4);
         let mut bundles = self.ca.watch_bundle();
@@ -200,6 +244,26 @@ impl Node for NodeApi {
 }
 
 impl NodeApi {
+    async fn mint_jwt(
+        &self,
+        req: Request<pb::MintJwtSvidRequest>,
+    ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
+        let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "mint_jwt_svid", e))?;
+        let body = req.into_inner();
+        let ttl = u64::try_from(body.ttl_seconds)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        let ca = self.ca.clone();
+        let (id, token, expires) =
+            blocking(move || ca.mint_jwt(&node, &body.entry_id, &body.audience, ttl)).await?;
+        Ok(Response::new(pb::MintJwtSvidResponse {
+            spiffe_id: id.to_string(),
+            token,
+            expires_at: crate::ca::authorities::unix(expires),
+        }))
+    }
+
     fn refuse<T>(&self, req: &Request<T>, action: &str, e: CaError) -> Status {
         let caller = caller_label(req);
         tracing::info!(%caller, action, error = %e, "request refused");
@@ -216,7 +280,12 @@ impl NodeApi {
 }
 
 /// What changed since the last message of a stream; `None` when nothing did.
-fn diff(sent: &mut HashMap<String, pb::Entry>, now: Vec<pb::Entry>, revision: u64, snapshot: bool) -> Option<pb::AuthorizedEntriesUpdate> {
+fn diff(
+    sent: &mut HashMap<String, pb::Entry>,
+    now: Vec<pb::Entry>,
+    revision: u64,
+    snapshot: bool,
+) -> Option<pb::AuthorizedEntriesUpdate> {
     let mut upserted = Vec::new();
     let mut current = HashMap::with_capacity(now.len());
     for e in now {
@@ -225,7 +294,11 @@ fn diff(sent: &mut HashMap<String, pb::Entry>, now: Vec<pb::Entry>, revision: u6
         }
         current.insert(e.id.clone(), e);
     }
-    let mut removed_ids: Vec<String> = sent.keys().filter(|id| !current.contains_key(*id)).cloned().collect();
+    let mut removed_ids: Vec<String> = sent
+        .keys()
+        .filter(|id| !current.contains_key(*id))
+        .cloned()
+        .collect();
     removed_ids.sort();
     *sent = current;
     if !snapshot && upserted.is_empty() && removed_ids.is_empty() {

@@ -48,13 +48,21 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -105,7 +113,9 @@ impl ClientCertVerifier for SvidClientVerifier {
         let when = std::time::UNIX_EPOCH + Duration::from_secs(now.as_secs());
         verify_x509_svid(&chain, &bundle, when)
             .map(|_| ClientCertVerified::assertion())
-            .map_err(|e| rustls::Error::General(format!("client certificate is not a valid X.509-SVID: {e}")))
+            .map_err(|e| {
+                rustls::Error::General(format!("client certificate is not a valid X.509-SVID: {e}"))
+            })
     }
     fn verify_tls12_signature(
         &self,
@@ -136,7 +146,12 @@ pub struct ServerCertResolver {
 
 impl ResolvesServerCert for ServerCertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
     }
 }
 
@@ -156,7 +171,12 @@ impl ServerCertResolver {
     }
 
     /// Keeps the server SVID fresh until `shutdown` fires.
-    pub async fn run(self: Arc<Self>, ca: Arc<Ca>, mut not_after: std::time::SystemTime, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        ca: Arc<Ca>,
+        mut not_after: std::time::SystemTime,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let left = not_after.duration_since(ca.now()).unwrap_or_default();
             let wait = (left / 2).max(Duration::from_secs(1));
@@ -166,11 +186,16 @@ impl ServerCertResolver {
             }
             match issue_server_cert(&ca) {
                 Ok((key, na)) => {
-                    *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(key);
+                    *self
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(key);
                     not_after = na;
                     tracing::info!("renewed the server certificate");
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "could not renew the server certificate; retrying"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "could not renew the server certificate; retrying")
+                }
             }
         }
     }
@@ -181,17 +206,25 @@ fn issue_server_cert(ca: &Ca) -> anyhow::Result<(CertifiedKey, std::time::System
     let csr = signet_identity::x509::VerifiedCsr::from_der(&key.csr_der()?)?;
     let id = SpiffeId::from_segments(&ca.config().trust_domain, &["signet", "ca-server"])?;
     let ttl = ca.config().node_svid_ttl;
-    let cert = ca.sign(&csr, &id, &ca.config().server_names, ttl).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cert = ca
+        .sign(&csr, &id, &ca.config().server_names, ttl)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)?;
-    Ok((CertifiedKey::new(cert.chain.clone(), signer), cert.not_after))
+    Ok((
+        CertifiedKey::new(cert.chain.clone(), signer),
+        cert.not_after,
+    ))
 }
 
 /// The rustls configuration of the node API.
 ///
 /// # Errors
 /// rustls configuration errors.
-pub fn server_config(ca: &Ca, resolver: Arc<ServerCertResolver>) -> anyhow::Result<Arc<ServerConfig>> {
+pub fn server_config(
+    ca: &Ca,
+    resolver: Arc<ServerCertResolver>,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SvidClientVerifier {
         bundle: ca.watch_bundle(),
@@ -231,7 +264,8 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
                 let stream = match handshake {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {

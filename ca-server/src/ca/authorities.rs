@@ -24,10 +24,14 @@ pub struct Authorities {
     pub anchors: Vec<CertificateDer<'static>>,
     /// The active intermediate.
     pub signer: SigningAuthority,
+    /// The active JWT-SVID key.
+    pub jwt: JwtKey,
 }
 
 pub(crate) fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A short stable id for a certificate: the first 8 bytes of its SHA-256, hex.
@@ -38,7 +42,10 @@ pub fn cert_id(der: &[u8]) -> String {
 
 fn validity(der: &[u8]) -> anyhow::Result<(i64, i64)> {
     let (_, cert) = X509Certificate::from_der(der).context("parsing certificate")?;
-    Ok((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 fn key_path(data_dir: &Path, id: &str) -> PathBuf {
@@ -47,13 +54,15 @@ fn key_path(data_dir: &Path, id: &str) -> PathBuf {
 
 fn save_key(data_dir: &Path, id: &str, key: &PrivateKey) -> anyhow::Result<String> {
     let path = key_path(data_dir, id);
-    fsutil::write_atomic(&path, key.to_pem().as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))?;
+    fsutil::write_atomic(&path, key.to_pem().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(format!("keys/{id}.key.pem"))
 }
 
 fn load_key(data_dir: &Path, rel: &str) -> anyhow::Result<PrivateKey> {
     let path = data_dir.join(rel);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading key {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading key {}", path.display()))?;
     PrivateKey::from_pem(&text).with_context(|| format!("loading key {}", path.display()))
 }
 
@@ -63,7 +72,11 @@ fn load_key(data_dir: &Path, rel: &str) -> anyhow::Result<PrivateKey> {
 ///
 /// # Errors
 /// Unreadable or inconsistent key material, store errors, a failed self-test.
-pub fn load_or_create(config: &Config, store: &Store, now: SystemTime) -> anyhow::Result<Authorities> {
+pub fn load_or_create(
+    config: &Config,
+    store: &Store,
+    now: SystemTime,
+) -> anyhow::Result<Authorities> {
     let td = &config.trust_domain;
     let (parent, anchors) = match &config.upstream_ca {
         Some((cert, key)) => load_upstream(td, cert, key)?,
@@ -73,11 +86,22 @@ pub fn load_or_create(config: &Config, store: &Store, now: SystemTime) -> anyhow
         Some(signer) => signer,
         None => create_signer(config, store, &parent, &anchors, now)?,
     };
-    Ok(Authorities { parent, anchors, signer })
+    let jwt = load_or_create_jwt(config, store, now)?;
+    Ok(Authorities {
+        parent,
+        anchors,
+        signer,
+        jwt,
+    })
 }
 
-fn load_upstream(td: &TrustDomain, cert: &Path, key: &Path) -> anyhow::Result<(SigningAuthority, Vec<CertificateDer<'static>>)> {
-    let pem_text = std::fs::read(cert).with_context(|| format!("reading upstream CA certificate {}", cert.display()))?;
+fn load_upstream(
+    td: &TrustDomain,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<(SigningAuthority, Vec<CertificateDer<'static>>)> {
+    let pem_text = std::fs::read(cert)
+        .with_context(|| format!("reading upstream CA certificate {}", cert.display()))?;
     let certs: Vec<CertificateDer<'static>> = pem::parse_many(&pem_text)
         .with_context(|| format!("parsing {}", cert.display()))?
         .into_iter()
@@ -87,18 +111,25 @@ fn load_upstream(td: &TrustDomain, cert: &Path, key: &Path) -> anyhow::Result<(S
     let Some((first, rest)) = certs.split_first() else {
         bail!("{} holds no CERTIFICATE", cert.display());
     };
-    let key_text = std::fs::read_to_string(key).with_context(|| format!("reading upstream CA key {}", key.display()))?;
-    let key = PrivateKey::from_pem(&key_text).with_context(|| format!("loading upstream CA key {}", key.display()))?;
+    let key_text = std::fs::read_to_string(key)
+        .with_context(|| format!("reading upstream CA key {}", key.display()))?;
+    let key = PrivateKey::from_pem(&key_text)
+        .with_context(|| format!("loading upstream CA key {}", key.display()))?;
     // The top of the given chain is the trust anchor; the rest are served.
     let (anchor, upstream) = match rest.split_last() {
         Some((top, between)) => (top.clone(), between.to_vec()),
         None => (first.clone(), Vec::new()),
     };
-    let parent = SigningAuthority::new(td.clone(), first.clone(), upstream, key).context("upstream CA")?;
+    let parent =
+        SigningAuthority::new(td.clone(), first.clone(), upstream, key).context("upstream CA")?;
     Ok((parent, vec![anchor]))
 }
 
-fn load_or_create_root(config: &Config, store: &Store, now: SystemTime) -> anyhow::Result<(SigningAuthority, Vec<CertificateDer<'static>>)> {
+fn load_or_create_root(
+    config: &Config,
+    store: &Store,
+    now: SystemTime,
+) -> anyhow::Result<(SigningAuthority, Vec<CertificateDer<'static>>)> {
     let td = &config.trust_domain;
     let roots = store.authorities(Some("root"))?;
     let anchors: Vec<CertificateDer<'static>> = roots
@@ -108,10 +139,18 @@ fn load_or_create_root(config: &Config, store: &Store, now: SystemTime) -> anyho
         .collect();
     if let Some(active) = roots.iter().find(|r| r.state == "active") {
         let key = load_key(&config.data_dir, &active.key_file)?;
-        let parent = SigningAuthority::new(td.clone(), CertificateDer::from(active.cert_der.clone()), Vec::new(), key)
-            .with_context(|| format!("root {}", active.id))?;
+        let parent = SigningAuthority::new(
+            td.clone(),
+            CertificateDer::from(active.cert_der.clone()),
+            Vec::new(),
+            key,
+        )
+        .with_context(|| format!("root {}", active.id))?;
         if parent.not_after() <= now {
-            bail!("the active root {} has expired; automatic root rotation is not implemented yet", active.id);
+            bail!(
+                "the active root {} has expired; automatic root rotation is not implemented yet",
+                active.id
+            );
         }
         return Ok((parent, anchors));
     }
@@ -142,8 +181,17 @@ fn load_or_create_root(config: &Config, store: &Store, now: SystemTime) -> anyho
     Ok((parent, anchors))
 }
 
-fn load_signer(config: &Config, store: &Store, parent: &SigningAuthority, now: SystemTime) -> anyhow::Result<Option<SigningAuthority>> {
-    let Some(row) = store.authorities(Some("intermediate"))?.into_iter().find(|r| r.state == "active") else {
+fn load_signer(
+    config: &Config,
+    store: &Store,
+    parent: &SigningAuthority,
+    now: SystemTime,
+) -> anyhow::Result<Option<SigningAuthority>> {
+    let Some(row) = store
+        .authorities(Some("intermediate"))?
+        .into_iter()
+        .find(|r| r.state == "active")
+    else {
         return Ok(None);
     };
     let parent_id = cert_id(parent.cert());
@@ -152,8 +200,13 @@ fn load_signer(config: &Config, store: &Store, parent: &SigningAuthority, now: S
         return Ok(None);
     }
     let key = load_key(&config.data_dir, &row.key_file)?;
-    let signer = SigningAuthority::new(config.trust_domain.clone(), CertificateDer::from(row.cert_der.clone()), parent.served_chain(), key)
-        .with_context(|| format!("intermediate {}", row.id))?;
+    let signer = SigningAuthority::new(
+        config.trust_domain.clone(),
+        CertificateDer::from(row.cert_der.clone()),
+        parent.served_chain(),
+        key,
+    )
+    .with_context(|| format!("intermediate {}", row.id))?;
     if needs_rotation(&signer, now) {
         tracing::info!(intermediate = %row.id, "the intermediate is past half of its life");
         return Ok(None);
@@ -163,7 +216,10 @@ fn load_signer(config: &Config, store: &Store, parent: &SigningAuthority, now: S
 
 /// Whether half of the authority's lifetime has passed.
 pub fn needs_rotation(signer: &SigningAuthority, now: SystemTime) -> bool {
-    let life = signer.not_after().duration_since(signer.not_before()).unwrap_or_default();
+    let life = signer
+        .not_after()
+        .duration_since(signer.not_before())
+        .unwrap_or_default();
     now >= signer.not_before() + life / 2
 }
 
@@ -185,8 +241,15 @@ pub fn create_signer(
         backdate: config.backdate,
     };
     let issued = new_intermediate(&params, &key, parent, now)?;
-    let signer = SigningAuthority::new(config.trust_domain.clone(), issued.der.clone(), parent.served_chain(), key)?;
-    signer.self_test(anchors, now).context("the new intermediate failed its self-test")?;
+    let signer = SigningAuthority::new(
+        config.trust_domain.clone(),
+        issued.der.clone(),
+        parent.served_chain(),
+        key,
+    )?;
+    signer
+        .self_test(anchors, now)
+        .context("the new intermediate failed its self-test")?;
     if signer.not_after() < now + Duration::from_secs(60) {
         bail!("the parent CA expires too soon to create an intermediate");
     }
@@ -206,4 +269,118 @@ pub fn create_signer(
     })?;
     tracing::info!(intermediate = %id, not_after, "new signing intermediate passed its self-test and is active");
     Ok(signer)
+}
+
+/// The active JWT-SVID signing key. Its public half is published in the
+/// bundle as a `jwt-svid` key under `key_id`.
+pub struct JwtKey {
+    pub key_id: String,
+    pub key: PrivateKey,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl JwtKey {
+    /// Whether half of the key's life has passed.
+    pub fn needs_rotation(&self, now: SystemTime) -> bool {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        now >= self.not_before + life / 2
+    }
+}
+
+/// Loads the active JWT key, or creates one when there is none or it is past
+/// half of its life. JWT keys live as long as intermediates.
+///
+/// # Errors
+/// Key files and the store.
+pub fn load_or_create_jwt(
+    config: &Config,
+    store: &Store,
+    now: SystemTime,
+) -> anyhow::Result<JwtKey> {
+    if let Some(row) = store
+        .authorities(Some("jwt"))?
+        .into_iter()
+        .find(|r| r.state == "active")
+    {
+        let key = load_key(&config.data_dir, &row.key_file)?;
+        let loaded = JwtKey {
+            key_id: row.id.clone(),
+            key,
+            not_before: SystemTime::UNIX_EPOCH + Duration::from_secs(row.not_before.max(0) as u64),
+            not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(row.not_after.max(0) as u64),
+        };
+        if !loaded.needs_rotation(now) {
+            return Ok(loaded);
+        }
+    }
+    create_jwt(config, store, now)
+}
+
+/// Creates, tests and persists a new active JWT key.
+///
+/// # Errors
+/// Key generation, the self-test, key files and the store.
+pub fn create_jwt(config: &Config, store: &Store, now: SystemTime) -> anyhow::Result<JwtKey> {
+    let key = PrivateKey::generate(KeyType::EcdsaP256)?;
+    let spki = key.public_key_spki();
+    let id = cert_id(&spki);
+    // Same rule as for X.509 signers: sign and verify a throwaway token first.
+    let probe =
+        signet_identity::SpiffeId::from_segments(&config.trust_domain, &["signet", "self-test"])?;
+    let token = signet_identity::jwt::sign_es256(
+        &key,
+        &id,
+        &probe,
+        &["self-test".into()],
+        Duration::from_secs(60),
+        now,
+    )?;
+    let mut bundle = signet_identity::TrustBundle::new(config.trust_domain.clone());
+    bundle.add_jwt_authority(signet_identity::JwtAuthority::new(id.clone(), &spki)?)?;
+    signet_identity::jwt::validate(&token, &bundle, Some("self-test"), now)
+        .context("the new JWT key failed its self-test")?;
+    let key_file = save_key(&config.data_dir, &id, &key)?;
+    let not_after = now + config.intermediate_ttl;
+    store.insert_authority(&AuthorityRow {
+        id: id.clone(),
+        kind: "jwt".into(),
+        state: "active".into(),
+        cert_der: spki,
+        key_file,
+        not_before: unix(now),
+        not_after: unix(not_after),
+        created_at: unix(now),
+    })?;
+    tracing::info!(kid = %id, "new JWT signing key passed its self-test and is active");
+    Ok(JwtKey {
+        key_id: id,
+        key,
+        not_before: SystemTime::UNIX_EPOCH + Duration::from_secs(unix(now) as u64),
+        not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(unix(not_after) as u64),
+    })
+}
+
+/// The JWT authorities to publish: every JWT key not yet expired.
+///
+/// # Errors
+/// Store errors or an unreadable stored key.
+pub fn jwt_authorities(
+    store: &Store,
+    now: SystemTime,
+) -> anyhow::Result<Vec<signet_identity::JwtAuthority>> {
+    store
+        .authorities(Some("jwt"))?
+        .into_iter()
+        .filter(|r| r.not_after > unix(now))
+        .map(|r| {
+            Ok(
+                signet_identity::JwtAuthority::new(r.id.clone(), &r.cert_der)?
+                    .with_expires_at(r.not_after),
+            )
+        })
+        .collect()
 }

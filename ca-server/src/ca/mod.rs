@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
-use signet_identity::x509::{IssuedCert, SigningAuthority, VerifiedCsr, X509SvidParams, issue_x509_svid};
+use signet_identity::x509::{
+    IssuedCert, SigningAuthority, VerifiedCsr, X509SvidParams, issue_x509_svid,
+};
 use signet_identity::{SpiffeId, TrustBundle};
 use tokio::sync::watch;
 
@@ -63,6 +65,8 @@ pub struct Signing {
     pub signer: Arc<SigningAuthority>,
     /// The roots of the bundle.
     pub anchors: Vec<CertificateDer<'static>>,
+    /// Signs JWT-SVIDs.
+    pub jwt: Arc<authorities::JwtKey>,
 }
 
 /// The CA.
@@ -105,9 +109,7 @@ impl Ca {
         crate::fsutil::ensure_private_dir(&config.data_dir.join("keys"))?;
         let store = Store::open(&config.data_dir.join("signet.db"))?;
         let auth = authorities::load_or_create(&config, &store, clock())?;
-        let sequence = bundle_sequence(&store, &auth.anchors)?;
-        let mut bundle = TrustBundle::new(config.trust_domain.clone()).with_x509_authorities(auth.anchors.clone())?;
-        bundle.set_sequence(sequence);
+        let bundle = build_bundle(&config, &store, &auth.anchors, clock())?;
         write_bundle_file(&config, &bundle)?;
         let (bundle_tx, _) = watch::channel(Arc::new(bundle));
         let (entries_tx, _) = watch::channel(store.revision()?);
@@ -118,6 +120,7 @@ impl Ca {
                 parent: Arc::new(auth.parent),
                 signer: Arc::new(auth.signer),
                 anchors: auth.anchors,
+                jwt: Arc::new(auth.jwt),
             })),
             bundle: bundle_tx,
             entries: entries_tx,
@@ -142,7 +145,10 @@ impl Ca {
 
     /// The current signing state.
     pub fn signing(&self) -> Arc<Signing> {
-        self.signing.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.signing
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The current bundle.
@@ -168,17 +174,124 @@ impl Ca {
     pub fn rotate_if_due(&self) -> anyhow::Result<bool> {
         let now = self.now();
         let current = self.signing();
-        if !authorities::needs_rotation(&current.signer, now) {
+        let rotate_x509 = authorities::needs_rotation(&current.signer, now);
+        let rotate_jwt = current.jwt.needs_rotation(now);
+        if !rotate_x509 && !rotate_jwt {
             return Ok(false);
         }
-        let signer = authorities::create_signer(&self.config, &self.store, &current.parent, &current.anchors, now)?;
+        let signer = if rotate_x509 {
+            Arc::new(authorities::create_signer(
+                &self.config,
+                &self.store,
+                &current.parent,
+                &current.anchors,
+                now,
+            )?)
+        } else {
+            current.signer.clone()
+        };
+        let jwt = if rotate_jwt {
+            Arc::new(authorities::create_jwt(&self.config, &self.store, now)?)
+        } else {
+            current.jwt.clone()
+        };
         let next = Signing {
             parent: current.parent.clone(),
-            signer: Arc::new(signer),
+            signer,
             anchors: current.anchors.clone(),
+            jwt,
         };
-        *self.signing.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        *self
+            .signing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        if rotate_jwt {
+            self.republish_bundle()?;
+        }
         Ok(true)
+    }
+
+    /// Rebuilds the bundle from the store and publishes it when it changed.
+    ///
+    /// # Errors
+    /// Store and file errors.
+    pub fn republish_bundle(&self) -> anyhow::Result<()> {
+        let anchors = self.signing().anchors.clone();
+        let bundle = build_bundle(&self.config, &self.store, &anchors, self.now())?;
+        if *self.bundle.borrow().as_ref() != bundle {
+            write_bundle_file(&self.config, &bundle)?;
+            tracing::info!(
+                sequence = bundle.sequence(),
+                "publishing a new trust bundle"
+            );
+            self.bundle.send_replace(Arc::new(bundle));
+        }
+        Ok(())
+    }
+
+    /// Signs a JWT-SVID for an entry parented to `node`.
+    ///
+    /// # Errors
+    /// PermissionDenied for an entry not authorized for `node`;
+    /// InvalidArgument for a missing audience.
+    pub fn mint_jwt(
+        &self,
+        node: &SpiffeId,
+        entry_id: &str,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<(SpiffeId, String, SystemTime), CaError> {
+        let result = (|| {
+            self.authorize_node(node)?;
+            let entry = self
+                .store
+                .get_entry(entry_id)?
+                .filter(|e| e.parent_id == node.as_str())
+                .ok_or_else(|| {
+                    CaError::PermissionDenied(format!(
+                        "entry {entry_id:?} does not exist or is not authorized for {node}"
+                    ))
+                })?;
+            let id =
+                SpiffeId::parse(&entry.spiffe_id).map_err(|e| CaError::Internal(e.to_string()))?;
+            let ttl = ttl
+                .filter(|t| !t.is_zero())
+                .unwrap_or(DEFAULT_JWT_TTL)
+                .min(MAX_JWT_TTL);
+            let signing = self.signing();
+            let now = self.now();
+            let expires = (now + ttl).min(signing.jwt.not_after);
+            let ttl = expires.duration_since(now).unwrap_or_default();
+            let token = signet_identity::jwt::sign_es256(
+                &signing.jwt.key,
+                &signing.jwt.key_id,
+                &id,
+                audience,
+                ttl,
+                now,
+            )
+            .map_err(|e| match e {
+                signet_identity::jwt::JwtError::MissingAudience => CaError::InvalidArgument(
+                    "a JWT-SVID needs at least one non-empty audience".into(),
+                ),
+                other => CaError::Internal(other.to_string()),
+            })?;
+            self.audit(AuditRecord {
+                at: unix(now),
+                caller: node.to_string(),
+                action: "mint_jwt_svid".into(),
+                spiffe_id: id.to_string(),
+                not_after: unix(expires),
+                result: "issued".into(),
+                detail: format!("entry {entry_id} aud {audience:?}"),
+                ..AuditRecord::default()
+            });
+            Ok((id, token, expires))
+        })();
+        if let Err(e) = &result {
+            self.audit_rejection(node.as_str(), "mint_jwt_svid", "", e);
+        }
+        result
     }
 
     /// The SPIFFE ID of a node.
@@ -195,14 +308,22 @@ impl Ca {
         if !id.is_member_of(&self.config.trust_domain) {
             return None;
         }
-        id.path().strip_prefix("/signet/node/").filter(|n| !n.contains('/'))
+        id.path()
+            .strip_prefix("/signet/node/")
+            .filter(|n| !n.contains('/'))
     }
 
     /// Signs `csr` for `spiffe_id` with the active intermediate.
     ///
     /// # Errors
     /// [`CaError::InvalidArgument`] for a bad DNS name or TTL; internal errors.
-    pub fn sign(&self, csr: &VerifiedCsr, spiffe_id: &SpiffeId, dns_names: &[String], ttl: Duration) -> Result<IssuedCert, CaError> {
+    pub fn sign(
+        &self,
+        csr: &VerifiedCsr,
+        spiffe_id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedCert, CaError> {
         let signing = self.signing();
         let params = X509SvidParams {
             spiffe_id: spiffe_id.clone(),
@@ -214,7 +335,9 @@ impl Ca {
             signet_identity::x509::IssueError::InvalidDnsName(_)
             | signet_identity::x509::IssueError::ZeroTtl
             | signet_identity::x509::IssueError::WrongTrustDomain { .. }
-            | signet_identity::x509::IssueError::EmptyPath(_) => CaError::InvalidArgument(e.to_string()),
+            | signet_identity::x509::IssueError::EmptyPath(_) => {
+                CaError::InvalidArgument(e.to_string())
+            }
             other => CaError::Internal(other.to_string()),
         })
     }
@@ -238,7 +361,13 @@ impl Ca {
         });
     }
 
-    fn issued_record(caller: &str, action: &str, id: &SpiffeId, cert: &IssuedCert, now: i64) -> AuditRecord {
+    fn issued_record(
+        caller: &str,
+        action: &str,
+        id: &SpiffeId,
+        cert: &IssuedCert,
+        now: i64,
+    ) -> AuditRecord {
         AuditRecord {
             at: now,
             caller: caller.into(),
@@ -257,7 +386,12 @@ impl Ca {
     /// # Errors
     /// InvalidArgument for a bad CSR; PermissionDenied for an unknown, used
     /// or expired token.
-    pub fn attest_node(&self, token: &str, csr: &[u8], caller: &str) -> Result<(SpiffeId, IssuedCert), CaError> {
+    pub fn attest_node(
+        &self,
+        token: &str,
+        csr: &[u8],
+        caller: &str,
+    ) -> Result<(SpiffeId, IssuedCert), CaError> {
         let result = self.attest_node_inner(token, csr, caller);
         if let Err(e) = &result {
             self.audit_rejection(caller, "attest_node", "", e);
@@ -265,25 +399,49 @@ impl Ca {
         result
     }
 
-    fn attest_node_inner(&self, token: &str, csr: &[u8], caller: &str) -> Result<(SpiffeId, IssuedCert), CaError> {
+    fn attest_node_inner(
+        &self,
+        token: &str,
+        csr: &[u8],
+        caller: &str,
+    ) -> Result<(SpiffeId, IssuedCert), CaError> {
         if token.is_empty() {
             return Err(CaError::Unauthenticated("a join token is required".into()));
         }
-        let csr = VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
+        let csr =
+            VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
         let hash = token_hash(token);
         let now = self.now();
         self.store.transaction(|tx| {
             let name = match store::token_state(tx, &hash, unix(now))? {
                 TokenState::Valid(name) => name,
-                TokenState::Unknown => return Err(CaError::PermissionDenied("join token is not valid".into())),
-                TokenState::Used => return Err(CaError::PermissionDenied("join token has already been used".into())),
-                TokenState::Expired => return Err(CaError::PermissionDenied("join token has expired".into())),
+                TokenState::Unknown => {
+                    return Err(CaError::PermissionDenied("join token is not valid".into()));
+                }
+                TokenState::Used => {
+                    return Err(CaError::PermissionDenied(
+                        "join token has already been used".into(),
+                    ));
+                }
+                TokenState::Expired => {
+                    return Err(CaError::PermissionDenied("join token has expired".into()));
+                }
             };
             let id = self.node_id(&name)?;
             let cert = self.sign(&csr, &id, &[], self.config.node_svid_ttl)?;
             store::consume_token(tx, &hash, unix(now))?;
-            store::upsert_node(tx, id.as_str(), &name, unix(now), &cert.serial_hex(), unix(cert.not_after))?;
-            store::insert_audit(tx, &Self::issued_record(caller, "attest_node", &id, &cert, unix(now)))?;
+            store::upsert_node(
+                tx,
+                id.as_str(),
+                &name,
+                unix(now),
+                &cert.serial_hex(),
+                unix(cert.not_after),
+            )?;
+            store::insert_audit(
+                tx,
+                &Self::issued_record(caller, "attest_node", &id, &cert, unix(now)),
+            )?;
             tracing::info!(node = %id, serial = %cert.serial_hex(), "node attested");
             Ok((id, cert))
         })
@@ -295,10 +453,17 @@ impl Ca {
     /// PermissionDenied otherwise.
     pub fn authorize_node(&self, node: &SpiffeId) -> Result<(), CaError> {
         if self.node_name(node).is_none() {
-            return Err(CaError::PermissionDenied(format!("{node} is not a node identity")));
+            return Err(CaError::PermissionDenied(format!(
+                "{node} is not a node identity"
+            )));
         }
-        if !self.store.with_conn(|c| store::node_exists(c, node.as_str()))? {
-            return Err(CaError::PermissionDenied(format!("node {node} is not attested")));
+        if !self
+            .store
+            .with_conn(|c| store::node_exists(c, node.as_str()))?
+        {
+            return Err(CaError::PermissionDenied(format!(
+                "node {node} is not attested"
+            )));
         }
         Ok(())
     }
@@ -310,13 +475,24 @@ impl Ca {
     pub fn renew_node(&self, node: &SpiffeId, csr: &[u8]) -> Result<IssuedCert, CaError> {
         let result = (|| {
             self.authorize_node(node)?;
-            let csr = VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
+            let csr =
+                VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
             let now = self.now();
             let name = self.node_name(node).unwrap_or_default().to_owned();
             self.store.transaction(|tx| {
                 let cert = self.sign(&csr, node, &[], self.config.node_svid_ttl)?;
-                store::upsert_node(tx, node.as_str(), &name, unix(now), &cert.serial_hex(), unix(cert.not_after))?;
-                store::insert_audit(tx, &Self::issued_record(node.as_str(), "renew_node", node, &cert, unix(now)))?;
+                store::upsert_node(
+                    tx,
+                    node.as_str(),
+                    &name,
+                    unix(now),
+                    &cert.serial_hex(),
+                    unix(cert.not_after),
+                )?;
+                store::insert_audit(
+                    tx,
+                    &Self::issued_record(node.as_str(), "renew_node", node, &cert, unix(now)),
+                )?;
                 Ok(cert)
             })
         })();
@@ -332,9 +508,17 @@ impl Ca {
     /// # Errors
     /// The whole batch fails only when the node is not authorized, the batch
     /// is too large, or the audit log cannot be written (then nothing is returned).
-    pub fn sign_batch(&self, node: &SpiffeId, items: &[SignItem]) -> Result<Vec<ItemResult>, CaError> {
+    pub fn sign_batch(
+        &self,
+        node: &SpiffeId,
+        items: &[SignItem],
+    ) -> Result<Vec<ItemResult>, CaError> {
         if items.len() > self.config.max_batch {
-            let e = CaError::InvalidArgument(format!("batch has {} items; the limit is {}", items.len(), self.config.max_batch));
+            let e = CaError::InvalidArgument(format!(
+                "batch has {} items; the limit is {}",
+                items.len(),
+                self.config.max_batch
+            ));
             self.audit_rejection(node.as_str(), "sign_batch", "", &e);
             return Err(e);
         }
@@ -343,12 +527,21 @@ impl Ca {
             return Err(e);
         }
         let now = self.now();
-        let results: Vec<ItemResult> = items.iter().map(|item| self.sign_item(node, item)).collect();
+        let results: Vec<ItemResult> = items
+            .iter()
+            .map(|item| self.sign_item(node, item))
+            .collect();
         self.store.transaction(|tx| {
             for (item, result) in items.iter().zip(&results) {
                 let rec = match result {
                     Ok((id, cert)) => {
-                        let mut r = Self::issued_record(node.as_str(), "sign_x509_svid", id, cert, unix(now));
+                        let mut r = Self::issued_record(
+                            node.as_str(),
+                            "sign_x509_svid",
+                            id,
+                            cert,
+                            unix(now),
+                        );
                         r.detail = format!("entry {}", item.entry_id);
                         r
                     }
@@ -373,9 +566,16 @@ impl Ca {
             .store
             .get_entry(&item.entry_id)?
             .filter(|e| e.parent_id == node.as_str())
-            .ok_or_else(|| CaError::PermissionDenied(format!("entry {:?} does not exist or is not authorized for {node}", item.entry_id)))?;
-        let csr = VerifiedCsr::from_der(&item.csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
-        let id = SpiffeId::parse(&entry.spiffe_id).map_err(|e| CaError::Internal(format!("stored entry {}: {e}", entry.id)))?;
+            .ok_or_else(|| {
+                CaError::PermissionDenied(format!(
+                    "entry {:?} does not exist or is not authorized for {node}",
+                    item.entry_id
+                ))
+            })?;
+        let csr = VerifiedCsr::from_der(&item.csr)
+            .map_err(|e| CaError::InvalidArgument(e.to_string()))?;
+        let id = SpiffeId::parse(&entry.spiffe_id)
+            .map_err(|e| CaError::Internal(format!("stored entry {}: {e}", entry.id)))?;
         let ttl = self.effective_ttl(&entry, item.ttl);
         let cert = self.sign(&csr, &id, &entry.dns_names, ttl)?;
         Ok((id, cert))
@@ -388,9 +588,14 @@ impl Ca {
             let t = Duration::from_secs(entry.ttl_seconds as u64);
             (t, t)
         } else {
-            (self.config.default_x509_svid_ttl, self.config.max_x509_svid_ttl)
+            (
+                self.config.default_x509_svid_ttl,
+                self.config.max_x509_svid_ttl,
+            )
         };
-        requested.filter(|d| !d.is_zero()).map_or(default, |r| r.min(max))
+        requested
+            .filter(|d| !d.is_zero())
+            .map_or(default, |r| r.min(max))
     }
 
     /// The entries `node` may obtain SVIDs for, and the revision they reflect.
@@ -417,14 +622,29 @@ impl Ca {
     ///
     /// # Errors
     /// InvalidArgument for a bad ID, CSR, DNS name or TTL.
-    pub fn mint(&self, id: &str, csr: &[u8], ttl: Option<Duration>, dns_names: &[String], caller: &str) -> Result<(SpiffeId, IssuedCert), CaError> {
+    pub fn mint(
+        &self,
+        id: &str,
+        csr: &[u8],
+        ttl: Option<Duration>,
+        dns_names: &[String],
+        caller: &str,
+    ) -> Result<(SpiffeId, IssuedCert), CaError> {
         let result = (|| {
-            let id = SpiffeId::parse(id).map_err(|e| CaError::InvalidArgument(format!("invalid SPIFFE ID {id:?}: {e}")))?;
+            let id = SpiffeId::parse(id)
+                .map_err(|e| CaError::InvalidArgument(format!("invalid SPIFFE ID {id:?}: {e}")))?;
             if !id.is_member_of(&self.config.trust_domain) {
-                return Err(CaError::InvalidArgument(format!("{id} is not in trust domain {}", self.config.trust_domain)));
+                return Err(CaError::InvalidArgument(format!(
+                    "{id} is not in trust domain {}",
+                    self.config.trust_domain
+                )));
             }
-            let csr = VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
-            let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(self.config.default_x509_svid_ttl).min(self.config.max_x509_svid_ttl);
+            let csr =
+                VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
+            let ttl = ttl
+                .filter(|t| !t.is_zero())
+                .unwrap_or(self.config.default_x509_svid_ttl)
+                .min(self.config.max_x509_svid_ttl);
             let cert = self.sign(&csr, &id, dns_names, ttl)?;
             let now = unix(self.now());
             self.store.transaction(|tx| {
@@ -442,15 +662,44 @@ impl Ca {
 
 /// The stored form of a join token: its SHA-256, hex.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
 }
 
-/// The bundle sequence: bumped whenever the set of anchors changes.
-fn bundle_sequence(store: &Store, anchors: &[CertificateDer<'static>]) -> anyhow::Result<u64> {
+/// Default lifetime of JWT-SVIDs.
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
+/// Longest lifetime of JWT-SVIDs.
+pub const MAX_JWT_TTL: Duration = Duration::from_secs(3600);
+
+/// The bundle: the anchors and every unexpired JWT key, with a sequence
+/// number that is bumped whenever that set changes.
+fn build_bundle(
+    config: &Config,
+    store: &Store,
+    anchors: &[CertificateDer<'static>],
+    now: SystemTime,
+) -> anyhow::Result<TrustBundle> {
+    let jwt = authorities::jwt_authorities(store, now)?;
     let mut ids: Vec<String> = anchors.iter().map(|a| authorities::cert_id(a)).collect();
+    ids.extend(jwt.iter().map(|j| format!("jwt:{}", j.key_id())));
+    let mut bundle =
+        TrustBundle::new(config.trust_domain.clone()).with_x509_authorities(anchors.to_vec())?;
+    for j in jwt {
+        bundle.add_jwt_authority(j)?;
+    }
+    bundle.set_sequence(bundle_sequence(store, ids)?);
+    Ok(bundle)
+}
+
+fn bundle_sequence(store: &Store, mut ids: Vec<String>) -> anyhow::Result<u64> {
     ids.sort();
     let fingerprint = ids.join(",");
-    let seq: u64 = store.meta("bundle_sequence")?.and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seq: u64 = store
+        .meta("bundle_sequence")?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     if store.meta("bundle_anchors")?.as_deref() == Some(fingerprint.as_str()) {
         return Ok(seq);
     }
@@ -462,6 +711,10 @@ fn bundle_sequence(store: &Store, anchors: &[CertificateDer<'static>]) -> anyhow
 
 /// Writes DATA_DIR/bundle.pem for operators and for bootstrapping agents.
 fn write_bundle_file(config: &Config, bundle: &TrustBundle) -> anyhow::Result<()> {
-    crate::fsutil::write_atomic(&config.data_dir.join("bundle.pem"), bundle.to_pem().as_bytes(), 0o644)?;
+    crate::fsutil::write_atomic(
+        &config.data_dir.join("bundle.pem"),
+        bundle.to_pem().as_bytes(),
+        0o644,
+    )?;
     Ok(())
 }

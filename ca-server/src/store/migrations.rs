@@ -53,6 +53,10 @@ const MIGRATIONS: &[&str] = &[
          not_after INTEGER NOT NULL,
          result TEXT NOT NULL,
          detail TEXT NOT NULL);",
+    // 2: what each agent reports it serves.
+    "ALTER TABLE nodes ADD COLUMN bundle_sequence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN svid_count INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

@@ -125,14 +125,19 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (every change
         // is in a transaction), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `f` in one transaction; commits when it returns `Ok`.
     ///
     /// # Errors
     /// Whatever `f` returns, or SQLite errors.
-    pub fn transaction<T, E: From<StoreError>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E> {
+    pub fn transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(StoreError::from)?;
         let out = f(&tx)?;
@@ -200,12 +205,17 @@ impl Store {
         let conn = self.lock();
         let rows: Vec<Result<EntryRow, StoreError>> = match parent_id {
             Some(p) => {
-                let mut stmt = conn.prepare_cached(&format!("{ENTRY_SELECT} WHERE parent_id = ?1 ORDER BY spiffe_id, id"))?;
-                stmt.query_map(params![p], entry_from_row)?.collect::<Result<_, _>>()?
+                let mut stmt = conn.prepare_cached(&format!(
+                    "{ENTRY_SELECT} WHERE parent_id = ?1 ORDER BY spiffe_id, id"
+                ))?;
+                stmt.query_map(params![p], entry_from_row)?
+                    .collect::<Result<_, _>>()?
             }
             None => {
-                let mut stmt = conn.prepare_cached(&format!("{ENTRY_SELECT} ORDER BY spiffe_id, id"))?;
-                stmt.query_map([], entry_from_row)?.collect::<Result<_, _>>()?
+                let mut stmt =
+                    conn.prepare_cached(&format!("{ENTRY_SELECT} ORDER BY spiffe_id, id"))?;
+                stmt.query_map([], entry_from_row)?
+                    .collect::<Result<_, _>>()?
             }
         };
         rows.into_iter().collect()
@@ -227,7 +237,13 @@ impl Store {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn create_join_token(&self, token_hash: &str, node_name: &str, created_at: i64, expires_at: i64) -> Result<(), StoreError> {
+    pub fn create_join_token(
+        &self,
+        token_hash: &str,
+        node_name: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO join_tokens (token_hash, node_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![token_hash, node_name, created_at, expires_at],
@@ -293,7 +309,9 @@ impl Store {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .lock()
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -357,7 +375,16 @@ pub fn insert_audit(conn: &Connection, rec: &AuditRecord) -> Result<(), StoreErr
         "INSERT INTO audit (at, caller, action, spiffe_id, serial, not_after, result, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![rec.at, rec.caller, rec.action, rec.spiffe_id, rec.serial, rec.not_after, rec.result, rec.detail])?;
+    .execute(params![
+        rec.at,
+        rec.caller,
+        rec.action,
+        rec.spiffe_id,
+        rec.serial,
+        rec.not_after,
+        rec.result,
+        rec.detail
+    ])?;
     Ok(())
 }
 
@@ -365,7 +392,11 @@ pub fn insert_audit(conn: &Connection, rec: &AuditRecord) -> Result<(), StoreErr
 ///
 /// # Errors
 /// SQLite errors.
-pub fn token_state(tx: &Transaction<'_>, token_hash: &str, now: i64) -> Result<TokenState, StoreError> {
+pub fn token_state(
+    tx: &Transaction<'_>,
+    token_hash: &str,
+    now: i64,
+) -> Result<TokenState, StoreError> {
     let row: Option<(String, i64, Option<i64>)> = tx
         .query_row(
             "SELECT node_name, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
@@ -397,7 +428,14 @@ pub fn consume_token(tx: &Transaction<'_>, token_hash: &str, now: i64) -> Result
 ///
 /// # Errors
 /// SQLite errors.
-pub fn upsert_node(tx: &Transaction<'_>, spiffe_id: &str, name: &str, now: i64, serial: &str, expires_at: i64) -> Result<(), StoreError> {
+pub fn upsert_node(
+    tx: &Transaction<'_>,
+    spiffe_id: &str,
+    name: &str,
+    now: i64,
+    serial: &str,
+    expires_at: i64,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO nodes (spiffe_id, name, attested_at, last_serial, svid_expires_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?3)
@@ -415,7 +453,11 @@ pub fn upsert_node(tx: &Transaction<'_>, spiffe_id: &str, name: &str, now: i64, 
 /// SQLite errors.
 pub fn node_exists(conn: &Connection, spiffe_id: &str) -> Result<bool, StoreError> {
     Ok(conn
-        .query_row("SELECT 1 FROM nodes WHERE spiffe_id = ?1", params![spiffe_id], |_| Ok(()))
+        .query_row(
+            "SELECT 1 FROM nodes WHERE spiffe_id = ?1",
+            params![spiffe_id],
+            |_| Ok(()),
+        )
         .optional()?
         .is_some())
 }
@@ -426,8 +468,7 @@ fn bump_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     Ok(v as u64)
 }
 
-const ENTRY_SELECT: &str =
-    "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision FROM entries";
+const ENTRY_SELECT: &str = "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision FROM entries";
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow, StoreError>> {
     let selectors: String = r.get(3)?;
@@ -440,8 +481,10 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow, St
     let created_at: i64 = r.get(6)?;
     Ok((|| {
         Ok(EntryRow {
-            selectors: serde_json::from_str(&selectors).map_err(|e| StoreError::Corrupt(format!("entry {id} selectors: {e}")))?,
-            dns_names: serde_json::from_str(&dns).map_err(|e| StoreError::Corrupt(format!("entry {id} dns names: {e}")))?,
+            selectors: serde_json::from_str(&selectors)
+                .map_err(|e| StoreError::Corrupt(format!("entry {id} selectors: {e}")))?,
+            dns_names: serde_json::from_str(&dns)
+                .map_err(|e| StoreError::Corrupt(format!("entry {id} dns names: {e}")))?,
             id,
             spiffe_id,
             parent_id,
@@ -480,11 +523,21 @@ mod tests {
     fn entries_round_trip_and_bump_the_revision() {
         let store = Store::open_in_memory().unwrap();
         let r0 = store.revision().unwrap();
-        let e = store.create_entry(entry("e1", "spiffe://td/signet/node/a")).unwrap();
+        let e = store
+            .create_entry(entry("e1", "spiffe://td/signet/node/a"))
+            .unwrap();
         assert!(e.revision > r0);
         assert_eq!(store.get_entry("e1").unwrap().unwrap(), e);
-        store.create_entry(entry("e2", "spiffe://td/signet/node/b")).unwrap();
-        assert_eq!(store.list_entries(Some("spiffe://td/signet/node/a")).unwrap().len(), 1);
+        store
+            .create_entry(entry("e2", "spiffe://td/signet/node/b"))
+            .unwrap();
+        assert_eq!(
+            store
+                .list_entries(Some("spiffe://td/signet/node/a"))
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(store.list_entries(None).unwrap().len(), 2);
         let before = store.revision().unwrap();
         assert!(store.delete_entry("e1").unwrap());
@@ -498,7 +551,10 @@ mod tests {
         store.create_entry(entry("e1", "p")).unwrap();
         let mut dup = entry("e1", "p");
         dup.id = "other".into();
-        assert!(matches!(store.create_entry(dup), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            store.create_entry(dup),
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     #[test]
@@ -508,7 +564,10 @@ mod tests {
         store.create_join_token("h2", "node-b", 0, 10).unwrap();
         store
             .transaction(|tx| {
-                assert_eq!(token_state(tx, "h1", 50)?, TokenState::Valid("node-a".into()));
+                assert_eq!(
+                    token_state(tx, "h1", 50)?,
+                    TokenState::Valid("node-a".into())
+                );
                 consume_token(tx, "h1", 50)?;
                 assert_eq!(token_state(tx, "h1", 51)?, TokenState::Used);
                 assert_eq!(token_state(tx, "h2", 50)?, TokenState::Expired);
@@ -529,7 +588,10 @@ mod tests {
         assert!(res.is_err());
         store
             .transaction(|tx| {
-                assert_eq!(token_state(tx, "h1", 51)?, TokenState::Valid("node-a".into()));
+                assert_eq!(
+                    token_state(tx, "h1", 51)?,
+                    TokenState::Valid("node-a".into())
+                );
                 Ok::<_, StoreError>(())
             })
             .unwrap();
@@ -545,7 +607,69 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list_entries(None).unwrap().len(), 1);
-        let v: i64 = store.with_conn(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).unwrap();
+        let v: i64 = store
+            .with_conn(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+    }
+}
+
+/// An attested node as stored, with what it last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub spiffe_id: String,
+    pub name: String,
+    pub attested_at: i64,
+    pub last_serial: String,
+    pub svid_expires_at: i64,
+    pub bundle_sequence: u64,
+    pub svid_count: u32,
+    pub last_seen: i64,
+}
+
+impl Store {
+    /// Records what an agent reports it serves.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn report_status(
+        &self,
+        spiffe_id: &str,
+        bundle_sequence: u64,
+        svid_count: u32,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE nodes SET bundle_sequence = ?2, svid_count = ?3, last_seen = ?4 WHERE spiffe_id = ?1",
+            params![spiffe_id, bundle_sequence as i64, svid_count, now],
+        )?;
+        Ok(())
+    }
+
+    /// Every attested node.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT spiffe_id, name, attested_at, last_serial, svid_expires_at, bundle_sequence, svid_count, last_seen
+             FROM nodes ORDER BY spiffe_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(NodeRow {
+                    spiffe_id: r.get(0)?,
+                    name: r.get(1)?,
+                    attested_at: r.get(2)?,
+                    last_serial: r.get(3)?,
+                    svid_expires_at: r.get(4)?,
+                    bundle_sequence: r.get::<_, i64>(5)? as u64,
+                    svid_count: r.get(6)?,
+                    last_seen: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 }

@@ -6,8 +6,8 @@
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256,
-    OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
+    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
+    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
 };
 use x509_parser::prelude::{FromDer, X509CertificationRequest};
 use x509_parser::public_key::PublicKey;
@@ -74,7 +74,9 @@ pub enum CsrError {
     #[error("csr version {0} is not supported; only version 1 (0) is")]
     UnsupportedVersion(u32),
     /// The public key algorithm is not one Signet issues for.
-    #[error("csr public key algorithm {0} is not supported (use ECDSA P-256/P-384, Ed25519 or RSA 2048-4096)")]
+    #[error(
+        "csr public key algorithm {0} is not supported (use ECDSA P-256/P-384, Ed25519 or RSA 2048-4096)"
+    )]
     UnsupportedKeyAlgorithm(String),
     /// The EC key is on a curve other than P-256 or P-384.
     #[error("csr EC key is on an unsupported curve {0}")]
@@ -147,7 +149,11 @@ impl VerifiedCsr {
         } else if *key_alg == OID_PKCS1_RSAENCRYPTION {
             let bits = match spki.parsed() {
                 Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
-                Ok(_) => return Err(CsrError::MalformedKey("rsaEncryption key is not RSA".into())),
+                Ok(_) => {
+                    return Err(CsrError::MalformedKey(
+                        "rsaEncryption key is not RSA".into(),
+                    ));
+                }
                 Err(e) => return Err(CsrError::MalformedKey(e.to_string())),
             };
             if bits < MIN_RSA_BITS {
@@ -164,14 +170,28 @@ impl VerifiedCsr {
         let sig_alg = &csr.signature_algorithm.algorithm;
         let unsupported = || CsrError::UnsupportedSignatureAlgorithm(sig_alg.to_id_string());
         let verifier: &dyn VerificationAlgorithm = match key_type {
-            CsrKeyType::EcdsaP256 if *sig_alg == OID_SIG_ECDSA_WITH_SHA256 => &signature::ECDSA_P256_SHA256_ASN1,
-            CsrKeyType::EcdsaP256 if *sig_alg == OID_SIG_ECDSA_WITH_SHA384 => &signature::ECDSA_P256_SHA384_ASN1,
-            CsrKeyType::EcdsaP384 if *sig_alg == OID_SIG_ECDSA_WITH_SHA384 => &signature::ECDSA_P384_SHA384_ASN1,
-            CsrKeyType::EcdsaP384 if *sig_alg == OID_SIG_ECDSA_WITH_SHA256 => &signature::ECDSA_P384_SHA256_ASN1,
+            CsrKeyType::EcdsaP256 if *sig_alg == OID_SIG_ECDSA_WITH_SHA256 => {
+                &signature::ECDSA_P256_SHA256_ASN1
+            }
+            CsrKeyType::EcdsaP256 if *sig_alg == OID_SIG_ECDSA_WITH_SHA384 => {
+                &signature::ECDSA_P256_SHA384_ASN1
+            }
+            CsrKeyType::EcdsaP384 if *sig_alg == OID_SIG_ECDSA_WITH_SHA384 => {
+                &signature::ECDSA_P384_SHA384_ASN1
+            }
+            CsrKeyType::EcdsaP384 if *sig_alg == OID_SIG_ECDSA_WITH_SHA256 => {
+                &signature::ECDSA_P384_SHA256_ASN1
+            }
             CsrKeyType::Ed25519 if *sig_alg == OID_SIG_ED25519 => &signature::ED25519,
-            CsrKeyType::Rsa(_) if *sig_alg == OID_PKCS1_SHA256WITHRSA => &signature::RSA_PKCS1_2048_8192_SHA256,
-            CsrKeyType::Rsa(_) if *sig_alg == OID_PKCS1_SHA384WITHRSA => &signature::RSA_PKCS1_2048_8192_SHA384,
-            CsrKeyType::Rsa(_) if *sig_alg == OID_PKCS1_SHA512WITHRSA => &signature::RSA_PKCS1_2048_8192_SHA512,
+            CsrKeyType::Rsa(_) if *sig_alg == OID_PKCS1_SHA256WITHRSA => {
+                &signature::RSA_PKCS1_2048_8192_SHA256
+            }
+            CsrKeyType::Rsa(_) if *sig_alg == OID_PKCS1_SHA384WITHRSA => {
+                &signature::RSA_PKCS1_2048_8192_SHA384
+            }
+            CsrKeyType::Rsa(_) if *sig_alg == OID_PKCS1_SHA512WITHRSA => {
+                &signature::RSA_PKCS1_2048_8192_SHA512
+            }
             _ => return Err(unsupported()),
         };
         UnparsedPublicKey::new(verifier, &*spki.subject_public_key.data)
@@ -194,8 +214,14 @@ impl VerifiedCsr {
             return Err(CsrError::TooLarge { len: text.len() });
         }
         let block = pem::parse(text).map_err(|e| CsrError::Malformed(e.to_string()))?;
-        if !matches!(block.tag(), "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST") {
-            return Err(CsrError::Malformed(format!("PEM block is {:?}, not a certificate request", block.tag())));
+        if !matches!(
+            block.tag(),
+            "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"
+        ) {
+            return Err(CsrError::Malformed(format!(
+                "PEM block is {:?}, not a certificate request",
+                block.tag()
+            )));
         }
         Self::from_der(block.contents())
     }
@@ -236,7 +262,10 @@ mod tests {
             (fixture("rsa-2048.der"), CsrKeyType::Rsa(2048)),
             (fixture("rsa-4096.der"), CsrKeyType::Rsa(4096)),
             // Subject and SANs of the request are ignored; only the key is taken.
-            (fixture("ec-p256-with-spoofed-san.der"), CsrKeyType::EcdsaP256),
+            (
+                fixture("ec-p256-with-spoofed-san.der"),
+                CsrKeyType::EcdsaP256,
+            ),
         ];
         for (der, want) in cases {
             let csr = VerifiedCsr::from_der(&der).unwrap_or_else(|e| panic!("{want:?}: {e}"));
@@ -294,7 +323,11 @@ mod tests {
 
     #[test]
     fn rejects_a_bad_signature() {
-        for der in [generated(KeyType::EcdsaP256), generated(KeyType::Ed25519), fixture("rsa-2048.der")] {
+        for der in [
+            generated(KeyType::EcdsaP256),
+            generated(KeyType::Ed25519),
+            fixture("rsa-2048.der"),
+        ] {
             let mut bad = der.clone();
             let last = bad.len() - 1;
             bad[last] ^= 0x01;
@@ -307,9 +340,15 @@ mod tests {
         // Re-sign nothing: swap the key of one request into another's body.
         let a = generated(KeyType::EcdsaP256);
         let b = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        let a_key = VerifiedCsr::from_der(&a).unwrap().public_key_spki().to_vec();
+        let a_key = VerifiedCsr::from_der(&a)
+            .unwrap()
+            .public_key_spki()
+            .to_vec();
         let b_spki = b.public_key_spki();
-        let pos = a.windows(a_key.len()).position(|w| w == a_key.as_slice()).unwrap();
+        let pos = a
+            .windows(a_key.len())
+            .position(|w| w == a_key.as_slice())
+            .unwrap();
         let mut swapped = a.clone();
         swapped[pos..pos + b_spki.len()].copy_from_slice(&b_spki);
         assert_eq!(VerifiedCsr::from_der(&swapped), Err(CsrError::BadSignature));
@@ -325,23 +364,43 @@ mod tests {
     #[test]
     fn rejects_oversized_input() {
         let der = vec![0x30; MAX_CSR_LEN + 1];
-        assert_eq!(VerifiedCsr::from_der(&der), Err(CsrError::TooLarge { len: MAX_CSR_LEN + 1 }));
+        assert_eq!(
+            VerifiedCsr::from_der(&der),
+            Err(CsrError::TooLarge {
+                len: MAX_CSR_LEN + 1
+            })
+        );
     }
 
     #[test]
     fn rejects_empty_and_malformed_input() {
         assert_eq!(VerifiedCsr::from_der(b""), Err(CsrError::Empty));
-        assert!(matches!(VerifiedCsr::from_der(b"not der at all"), Err(CsrError::Malformed(_))));
+        assert!(matches!(
+            VerifiedCsr::from_der(b"not der at all"),
+            Err(CsrError::Malformed(_))
+        ));
         let der = generated(KeyType::EcdsaP256);
-        assert!(matches!(VerifiedCsr::from_der(&der[..der.len() / 2]), Err(CsrError::Malformed(_))));
+        assert!(matches!(
+            VerifiedCsr::from_der(&der[..der.len() / 2]),
+            Err(CsrError::Malformed(_))
+        ));
     }
 
     #[test]
     fn reads_pem() {
         let key = PrivateKey::generate(KeyType::EcdsaP384).unwrap();
-        let text = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", key.csr_der().unwrap()));
-        assert_eq!(VerifiedCsr::from_pem(&text).unwrap().key_type(), CsrKeyType::EcdsaP384);
+        let text = pem::encode(&pem::Pem::new(
+            "CERTIFICATE REQUEST",
+            key.csr_der().unwrap(),
+        ));
+        assert_eq!(
+            VerifiedCsr::from_pem(&text).unwrap().key_type(),
+            CsrKeyType::EcdsaP384
+        );
         let wrong = pem::encode(&pem::Pem::new("CERTIFICATE", key.csr_der().unwrap()));
-        assert!(matches!(VerifiedCsr::from_pem(&wrong), Err(CsrError::Malformed(_))));
+        assert!(matches!(
+            VerifiedCsr::from_pem(&wrong),
+            Err(CsrError::Malformed(_))
+        ));
     }
 }

@@ -5,8 +5,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    SubjectPublicKeyInfo,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
@@ -155,7 +156,8 @@ impl SigningAuthority {
         let mut not_before = to_system_time(parsed.validity().not_before.to_datetime());
         let mut not_after = to_system_time(parsed.validity().not_after.to_datetime());
         for up in &upstream {
-            let (_, p) = X509Certificate::from_der(up).map_err(|e| bad(format!("upstream: {e}")))?;
+            let (_, p) =
+                X509Certificate::from_der(up).map_err(|e| bad(format!("upstream: {e}")))?;
             not_before = not_before.max(to_system_time(p.validity().not_before.to_datetime()));
             not_after = not_after.min(to_system_time(p.validity().not_after.to_datetime()));
         }
@@ -215,7 +217,9 @@ impl SigningAuthority {
         if self.self_signed {
             Vec::new()
         } else {
-            std::iter::once(self.cert.clone()).chain(self.upstream.iter().cloned()).collect()
+            std::iter::once(self.cert.clone())
+                .chain(self.upstream.iter().cloned())
+                .collect()
         }
     }
 
@@ -224,9 +228,16 @@ impl SigningAuthority {
     ///
     /// # Errors
     /// [`IssueError::Authority`] describing what failed.
-    pub fn self_test(&self, anchors: &[CertificateDer<'static>], now: SystemTime) -> Result<(), IssueError> {
-        let probe = PrivateKey::generate(KeyType::EcdsaP256).map_err(|e| IssueError::Authority(e.to_string()))?;
-        let csr = probe.csr_der().map_err(|e| IssueError::Authority(e.to_string()))?;
+    pub fn self_test(
+        &self,
+        anchors: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) -> Result<(), IssueError> {
+        let probe = PrivateKey::generate(KeyType::EcdsaP256)
+            .map_err(|e| IssueError::Authority(e.to_string()))?;
+        let csr = probe
+            .csr_der()
+            .map_err(|e| IssueError::Authority(e.to_string()))?;
         let csr = VerifiedCsr::from_der(&csr).map_err(|e| IssueError::Authority(e.to_string()))?;
         let id = SpiffeId::from_segments(&self.trust_domain, &["signet", "self-test"])
             .map_err(|e| IssueError::Authority(e.to_string()))?;
@@ -243,7 +254,9 @@ impl SigningAuthority {
         let verified = super::verify::verify_x509_svid(&issued.chain, &bundle, now)
             .map_err(|e| IssueError::Authority(format!("self-test svid does not verify: {e}")))?;
         if verified.spiffe_id != id {
-            return Err(IssueError::Authority("self-test svid has the wrong identity".into()));
+            return Err(IssueError::Authority(
+                "self-test svid has the wrong identity".into(),
+            ));
         }
         Ok(())
     }
@@ -275,7 +288,8 @@ pub fn issue_x509_svid(
     }
     let mut cert = CertificateParams::default();
     cert.distinguished_name = DistinguishedName::new();
-    cert.subject_alt_names.push(SanType::URI(ia5(params.spiffe_id.as_str())?));
+    cert.subject_alt_names
+        .push(SanType::URI(ia5(params.spiffe_id.as_str())?));
     for name in &params.dns_names {
         validate_dns_name(name)?;
         cert.subject_alt_names.push(SanType::DnsName(ia5(name)?));
@@ -285,16 +299,31 @@ pub fn issue_x509_svid(
     if csr.key_type().is_rsa() {
         cert.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
-    cert.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let public_key = SubjectPublicKeyInfo::from_der(csr.public_key_spki()).map_err(|e| IssueError::Sign(e.to_string()))?;
-    sign(cert, &public_key, authority, params.ttl, params.backdate, now)
+    cert.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let public_key = SubjectPublicKeyInfo::from_der(csr.public_key_spki())
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
+    sign(
+        cert,
+        &public_key,
+        authority,
+        params.ttl,
+        params.backdate,
+        now,
+    )
 }
 
 /// Creates a self-signed root for `params.trust_domain` with `key`.
 ///
 /// # Errors
 /// See [`IssueError`].
-pub fn new_root(params: &SigningCaParams, key: &PrivateKey, now: SystemTime) -> Result<CertificateDer<'static>, IssueError> {
+pub fn new_root(
+    params: &SigningCaParams,
+    key: &PrivateKey,
+    now: SystemTime,
+) -> Result<CertificateDer<'static>, IssueError> {
     if params.ttl.is_zero() {
         return Err(IssueError::ZeroTtl);
     }
@@ -304,7 +333,9 @@ pub fn new_root(params: &SigningCaParams, key: &PrivateKey, now: SystemTime) -> 
     cert.not_before = OffsetDateTime::from(start);
     cert.not_after = OffsetDateTime::from(now + params.ttl);
     cert.serial_number = Some(random_serial()?);
-    let signed = cert.self_signed(key.key_pair()).map_err(|e| IssueError::Sign(e.to_string()))?;
+    let signed = cert
+        .self_signed(key.key_pair())
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
     Ok(signed.der().clone())
 }
 
@@ -320,7 +351,14 @@ pub fn new_intermediate(
 ) -> Result<IssuedCert, IssueError> {
     let mut cert = signing_ca_template(&params.trust_domain, "signing CA")?;
     cert.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    sign(cert, key.key_pair(), parent, params.ttl, params.backdate, now)
+    sign(
+        cert,
+        key.key_pair(),
+        parent,
+        params.ttl,
+        params.backdate,
+        now,
+    )
 }
 
 fn signing_ca_template(td: &TrustDomain, role: &str) -> Result<CertificateParams, IssueError> {
@@ -329,10 +367,16 @@ fn signing_ca_template(td: &TrustDomain, role: &str) -> Result<CertificateParams
     dn.push(DnType::OrganizationName, "Signet");
     dn.push(DnType::CommonName, format!("{td} {role}"));
     let unique = hex_lower(&random_bytes::<16>()?);
-    let printable = unique.try_into().map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))?;
-    dn.push(DnType::from_oid(OID_DN_SERIAL_NUMBER), DnValue::PrintableString(printable));
+    let printable = unique
+        .try_into()
+        .map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))?;
+    dn.push(
+        DnType::from_oid(OID_DN_SERIAL_NUMBER),
+        DnValue::PrintableString(printable),
+    );
     cert.distinguished_name = dn;
-    cert.subject_alt_names.push(SanType::URI(ia5(&td.id_string())?));
+    cert.subject_alt_names
+        .push(SanType::URI(ia5(&td.id_string())?));
     cert.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     cert.use_authority_key_identifier_extension = true;
     Ok(cert)
@@ -349,7 +393,10 @@ fn sign(
     if ttl.is_zero() {
         return Err(IssueError::ZeroTtl);
     }
-    let not_before = now.checked_sub(backdate).unwrap_or(now).max(authority.not_before);
+    let not_before = now
+        .checked_sub(backdate)
+        .unwrap_or(now)
+        .max(authority.not_before);
     let not_after = (now + ttl).min(authority.not_after);
     if not_after <= now || not_after <= not_before {
         return Err(IssueError::AuthorityExpired);
@@ -390,7 +437,10 @@ fn random_serial() -> Result<SerialNumber, IssueError> {
 
 /// The serial as a DER INTEGER would carry it, without the sign byte.
 fn canonical_serial(bytes: &[u8]) -> Vec<u8> {
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
     bytes[first..].to_vec()
 }
 
@@ -403,7 +453,8 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], IssueError> {
 }
 
 fn ia5(s: &str) -> Result<rcgen::string::Ia5String, IssueError> {
-    s.try_into().map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))
+    s.try_into()
+        .map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))
 }
 
 fn whole_seconds(t: SystemTime) -> SystemTime {
@@ -419,10 +470,12 @@ fn to_system_time(t: OffsetDateTime) -> SystemTime {
 
 pub(crate) fn hex_lower(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Checks that `name` is a DNS host name (optionally with a leading `*.`
@@ -441,7 +494,9 @@ pub fn validate_dns_name(name: &str) -> Result<(), IssueError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
             return Err(invalid());
         }

@@ -87,7 +87,10 @@ pub struct CertReport {
 pub fn check_certificate(der: &[u8]) -> Result<CertReport, String> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
     if !rest.is_empty() {
-        return Err(format!("{} bytes of trailing data after the certificate", rest.len()));
+        return Err(format!(
+            "{} bytes of trailing data after the certificate",
+            rest.len()
+        ));
     }
     Ok(check_parsed(&cert))
 }
@@ -115,7 +118,11 @@ pub(crate) fn check_parsed(cert: &X509Certificate<'_>) -> CertReport {
             _ => {}
         }
     }
-    let role = if basic == Some(true) { Role::Signing } else { Role::Leaf };
+    let role = if basic == Some(true) {
+        Role::Signing
+    } else {
+        Role::Leaf
+    };
     if basic.is_none() {
         findings.push(Finding::MissingBasicConstraints);
     }
@@ -134,7 +141,10 @@ pub(crate) fn check_parsed(cert: &X509Certificate<'_>) -> CertReport {
                 }
                 spiffe_id = Some(id);
             }
-            Err(reason) => findings.push(Finding::InvalidSpiffeId { uri: uri.clone(), reason }),
+            Err(reason) => findings.push(Finding::InvalidSpiffeId {
+                uri: uri.clone(),
+                reason,
+            }),
         },
         many => findings.push(Finding::MultipleUriSans(many.len())),
     }

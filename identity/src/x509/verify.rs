@@ -120,7 +120,9 @@ pub fn verify_x509_svid(
     if let Some(finding) = report.findings.into_iter().next() {
         return Err(SvidError::LeafRule(finding));
     }
-    let spiffe_id = report.spiffe_id.ok_or(SvidError::LeafRule(Finding::NoUriSan))?;
+    let spiffe_id = report
+        .spiffe_id
+        .ok_or(SvidError::LeafRule(Finding::NoUriSan))?;
     if !spiffe_id.is_member_of(bundle.trust_domain()) {
         return Err(SvidError::TrustDomainMismatch {
             id: spiffe_id.to_string(),
@@ -158,7 +160,10 @@ pub fn verify_x509_svid(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ee = EndEntityCert::try_from(leaf_der).map_err(|e| SvidError::Path(e.to_string()))?;
-    let unix = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+    let unix = UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
     ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         &anchors,
