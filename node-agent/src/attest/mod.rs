@@ -1,0 +1,71 @@
+//! Workload attestation: from the caller of a unix socket to selectors.
+//! The `WorkloadAttestor` trait lets other attestors (the Kubernetes pod
+//! attestor, next) plug in beside the unix one.
+
+pub mod unix;
+
+use crate::state::Selector;
+
+/// The kernel's view of the process on the other end of a unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Why a caller could not be attested.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// The connection carries no peer credentials.
+    #[error("the caller's process credentials are not available")]
+    NoCredentials,
+    /// The process went away or was replaced during attestation (PID reuse).
+    #[error("the calling process {0} changed or exited during attestation")]
+    ProcessChanged(i32),
+    /// Reading /proc failed.
+    #[error("cannot inspect process {pid}: {reason}")]
+    Proc { pid: i32, reason: String },
+}
+
+/// Produces the selectors of a calling process.
+#[tonic::async_trait]
+pub trait WorkloadAttestor: Send + Sync + 'static {
+    /// The attestor's name, used in logs.
+    fn name(&self) -> &'static str;
+    /// Selectors for the process `peer`.
+    async fn attest(&self, peer: PeerCred) -> Result<Vec<Selector>, AttestError>;
+}
+
+/// Runs every attestor and merges their selectors (sorted, deduplicated).
+///
+/// # Errors
+/// The first attestor error.
+pub async fn attest_all(attestors: &[std::sync::Arc<dyn WorkloadAttestor>], peer: PeerCred) -> Result<Vec<Selector>, AttestError> {
+    let mut all = Vec::new();
+    for a in attestors {
+        all.extend(a.attest(peer).await?);
+    }
+    all.sort();
+    all.dedup();
+    Ok(all)
+}
+
+/// The caller of a gRPC request served on a unix socket, from tonic's
+/// connection info (SO_PEERCRED).
+///
+/// # Errors
+/// [`AttestError::NoCredentials`] when the request did not come over a unix
+/// socket with credentials.
+pub fn peer_of<T>(req: &tonic::Request<T>) -> Result<PeerCred, AttestError> {
+    let info = req
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .ok_or(AttestError::NoCredentials)?;
+    let cred = info.peer_cred.ok_or(AttestError::NoCredentials)?;
+    Ok(PeerCred {
+        pid: cred.pid().ok_or(AttestError::NoCredentials)?,
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}

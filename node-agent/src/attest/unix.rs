@@ -1,0 +1,173 @@
+//! The unix workload attestor: selectors from the caller's credentials and
+//! its /proc entry. `unix:uid:N`, `unix:gid:N`, `unix:user:NAME`,
+//! `unix:group:NAME`, `unix:path:/abs/exe`.
+//!
+//! PID reuse: the process's start time is read before and after everything
+//! else; if it changed (or the process is gone), the PID now names another
+//! process and the attestation is refused.
+
+use std::path::{Path, PathBuf};
+
+use super::{AttestError, PeerCred, WorkloadAttestor};
+use crate::state::Selector;
+
+/// What /proc says about a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub exe: Option<PathBuf>,
+    pub cgroup: String,
+    pub start_time: u64,
+}
+
+/// Attests by unix credentials and /proc.
+pub struct UnixAttestor {
+    proc_root: PathBuf,
+    etc_root: PathBuf,
+}
+
+impl Default for UnixAttestor {
+    fn default() -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            etc_root: PathBuf::from("/etc"),
+        }
+    }
+}
+
+impl UnixAttestor {
+    /// An attestor reading another /proc and /etc (for tests).
+    pub fn with_roots(proc_root: PathBuf, etc_root: PathBuf) -> Self {
+        Self { proc_root, etc_root }
+    }
+
+    fn proc_err(pid: i32, e: impl std::fmt::Display) -> AttestError {
+        AttestError::Proc { pid, reason: e.to_string() }
+    }
+
+    /// The start time of `pid` (field 22 of /proc/PID/stat, in clock ticks).
+    ///
+    /// # Errors
+    /// The process is gone or /proc is unreadable.
+    pub fn start_time(&self, pid: i32) -> Result<u64, AttestError> {
+        let stat = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).map_err(|e| Self::proc_err(pid, e))?;
+        // The command name (field 2) may contain spaces and parentheses: skip
+        // to the last ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| Self::proc_err(pid, "malformed stat"))?;
+        // After ')' come fields 3.. ; start time is field 22, i.e. index 19 here.
+        rest.split_whitespace()
+            .nth(19)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Self::proc_err(pid, "malformed stat"))
+    }
+
+    /// Reads what /proc says about `pid`.
+    ///
+    /// # Errors
+    /// See [`AttestError`].
+    pub fn process_info(&self, pid: i32) -> Result<ProcessInfo, AttestError> {
+        let dir = self.proc_root.join(pid.to_string());
+        let start_time = self.start_time(pid)?;
+        // A process of another user may not be readable (exe needs ptrace
+        // rights); that is not fatal, it only yields no path selector.
+        let exe = std::fs::read_link(dir.join("exe")).ok();
+        let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+        Ok(ProcessInfo { exe, cgroup, start_time })
+    }
+}
+
+fn lookup_name(file: &Path, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let num: u32 = fields.next()?.parse().ok()?;
+        (num == id && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
+#[tonic::async_trait]
+impl WorkloadAttestor for UnixAttestor {
+    fn name(&self) -> &'static str {
+        "unix"
+    }
+
+    async fn attest(&self, peer: PeerCred) -> Result<Vec<Selector>, AttestError> {
+        let info = self.process_info(peer.pid)?;
+        let mut selectors = vec![
+            Selector::new("unix", format!("uid:{}", peer.uid)),
+            Selector::new("unix", format!("gid:{}", peer.gid)),
+        ];
+        if let Some(name) = lookup_name(&self.etc_root.join("passwd"), peer.uid) {
+            selectors.push(Selector::new("unix", format!("user:{name}")));
+        }
+        if let Some(name) = lookup_name(&self.etc_root.join("group"), peer.gid) {
+            selectors.push(Selector::new("unix", format!("group:{name}")));
+        }
+        if let Some(exe) = &info.exe {
+            // A replaced binary shows as "/path (deleted)"; it is not that path any more.
+            let shown = exe.to_string_lossy();
+            if !shown.ends_with(" (deleted)") {
+                selectors.push(Selector::new("unix", format!("path:{shown}")));
+            }
+        }
+        // PID reuse guard: the same PID must still name the same process.
+        match self.start_time(peer.pid) {
+            Ok(t) if t == info.start_time => {}
+            _ => return Err(AttestError::ProcessChanged(peer.pid)),
+        }
+        tracing::debug!(pid = peer.pid, cgroup = %info.cgroup.trim(), ?selectors, "attested workload");
+        Ok(selectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn attests_this_very_process() {
+        let a = UnixAttestor::default();
+        let pid = std::process::id() as i32;
+        let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        let sel = a.attest(PeerCred { pid, uid, gid: 0 }).await.unwrap();
+        assert!(sel.contains(&Selector::new("unix", format!("uid:{uid}"))));
+        let exe = std::env::current_exe().unwrap();
+        assert!(sel.contains(&Selector::new("unix", format!("path:{}", exe.display()))), "{sel:?}");
+        if uid == 0 {
+            assert!(sel.contains(&Selector::new("unix", "user:root")));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_process_that_is_gone_is_refused() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        let a = UnixAttestor::default();
+        assert!(a.attest(PeerCred { pid, uid: 0, gid: 0 }).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn pid_reuse_is_detected() {
+        // A fake /proc whose stat changes between the two reads.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("4242");
+        std::fs::create_dir_all(&p).unwrap();
+        let stat = |start: u64| format!("4242 (my (odd) name) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
+        std::fs::write(p.join("stat"), stat(100)).unwrap();
+        let a = UnixAttestor::with_roots(dir.path().to_path_buf(), dir.path().to_path_buf());
+        assert_eq!(a.start_time(4242).unwrap(), 100);
+        let info = a.process_info(4242).unwrap();
+        std::fs::write(p.join("stat"), stat(200)).unwrap();
+        assert_ne!(a.start_time(4242).unwrap(), info.start_time);
+    }
+
+    #[test]
+    fn names_come_from_passwd_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/home/web:/bin/sh\n").unwrap();
+        assert_eq!(lookup_name(&dir.path().join("passwd"), 1000).as_deref(), Some("web"));
+        assert_eq!(lookup_name(&dir.path().join("passwd"), 7), None);
+    }
+}

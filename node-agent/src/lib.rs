@@ -1,0 +1,8 @@
+//! signet-agent: attests the node to signet-ca, attests workloads by their
+//! unix peer credentials, keeps their SVIDs fresh, and serves them over the
+//! SPIFFE Workload API and Envoy SDS.
+
+pub mod attest;
+pub mod sds;
+pub mod state;
+pub mod workload_api;

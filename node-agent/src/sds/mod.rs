@@ -1,0 +1,1 @@
+//! Envoy SDS v3 server.

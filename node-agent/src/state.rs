@@ -1,0 +1,118 @@
+//! What the agent serves, published as one immutable snapshot on a
+//! `tokio::sync::watch` channel: the trust bundle(s), the node's authorized
+//! entries and the SVID held for each. Servers (Workload API, SDS, file
+//! delivery) only read snapshots; the manager is the only writer, and a new
+//! snapshot replaces the old one whole, so readers never block it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+use signet_identity::{PrivateKey, SpiffeId, TrustBundle, TrustDomain};
+
+/// A selector, e.g. type `unix`, value `uid:1000`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector {
+    pub kind: String,
+    pub value: String,
+}
+
+impl Selector {
+    pub fn new(kind: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// A registration entry the node is authorized for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub spiffe_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+    pub ttl_seconds: i64,
+    pub dns_names: Vec<String>,
+    pub revision: u64,
+}
+
+impl Entry {
+    /// Whether a caller with `selectors` matches this entry: every selector
+    /// of the entry must be among the caller's.
+    pub fn matches(&self, selectors: &[Selector]) -> bool {
+        !self.selectors.is_empty() && self.selectors.iter().all(|s| selectors.contains(s))
+    }
+}
+
+/// An X.509-SVID held by the agent for one entry. The key never leaves the node.
+#[derive(Debug)]
+pub struct Svid {
+    pub entry_id: String,
+    pub spiffe_id: SpiffeId,
+    /// Leaf first, then intermediates (no root).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKey,
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// When the manager will renew it (half of the lifetime, ±10% jitter).
+    pub renew_at: SystemTime,
+}
+
+/// Everything the agent serves at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The agent's own trust domain bundle.
+    pub bundle: Option<Arc<TrustBundle>>,
+    /// Bundles of other trust domains (federation; empty for now).
+    pub federated: BTreeMap<TrustDomain, Arc<TrustBundle>>,
+    /// Authorized entries, ordered by SPIFFE ID then entry id.
+    pub entries: Vec<Arc<Entry>>,
+    /// The current SVID of each entry that has one, by entry id.
+    pub svids: BTreeMap<String, Arc<Svid>>,
+    /// Bumped on every change.
+    pub version: u64,
+}
+
+impl Snapshot {
+    /// The valid SVIDs a caller with `selectors` is entitled to; the first is
+    /// the default. Expired SVIDs are never returned.
+    pub fn svids_for(&self, selectors: &[Selector], now: SystemTime) -> Vec<Arc<Svid>> {
+        self.entries
+            .iter()
+            .filter(|e| e.matches(selectors))
+            .filter_map(|e| self.svids.get(&e.id))
+            .filter(|s| s.not_after > now)
+            .cloned()
+            .collect()
+    }
+
+    /// The entries a caller with `selectors` matches (whether or not an SVID
+    /// is held for them yet).
+    pub fn entries_for(&self, selectors: &[Selector]) -> Vec<Arc<Entry>> {
+        self.entries.iter().filter(|e| e.matches(selectors)).cloned().collect()
+    }
+
+    /// Every bundle: the own one first, then the federated ones.
+    pub fn all_bundles(&self) -> Vec<Arc<TrustBundle>> {
+        self.bundle.iter().cloned().chain(self.federated.values().cloned()).collect()
+    }
+}
+
+/// Receives snapshots.
+pub type SnapshotRx = tokio::sync::watch::Receiver<Arc<Snapshot>>;
+
+/// Obtains JWT-SVIDs from the CA (the manager implements it; tests may fake it).
+#[tonic::async_trait]
+pub trait JwtSource: Send + Sync + 'static {
+    /// A JWT-SVID for `entry_id` with `audience`.
+    async fn fetch_jwt(&self, entry_id: &str, audience: &[String]) -> Result<String, tonic::Status>;
+}
