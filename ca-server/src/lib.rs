@@ -3,6 +3,5 @@
 pub mod api;
 pub mod ca;
 pub mod config;
-pub mod fsutil;
 pub mod server;
 pub mod store;

@@ -5,6 +5,7 @@
 //! the node agent, the CLI and the fuzz targets share exactly the same rules.
 
 pub mod bundle;
+pub mod fsutil;
 pub mod jwt;
 pub mod keys;
 pub mod spiffe_id;

@@ -3,6 +3,12 @@
 //! SPIFFE Workload API and Envoy SDS.
 
 pub mod attest;
+pub mod config;
+pub mod files;
+pub mod manager;
+pub mod node;
+// TEMP: wired once sds and workload_api land
+// pub mod run;
 pub mod sds;
 pub mod state;
 pub mod workload_api;

@@ -8,3 +8,9 @@ pub mod ca {
         tonic::include_proto!("signet.ca.v1");
     }
 }
+
+/// The SPIFFE Workload API, as the SPIFFE standard defines it. The standard's
+/// proto declares no package, hence the `_` file prost generates for it.
+pub mod workload {
+    tonic::include_proto!("_");
+}

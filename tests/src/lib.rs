@@ -1,1 +1,40 @@
+//! Signet's integration-test harness: starts the real `signet-ca` binary on
+//! loopback and a unix socket, talks to it with real clients (tonic over TLS,
+//! the `signet` CLI) and judges what it issues with verifiers that share no
+//! code with it (openssl, rustls/webpki).
+//!
+//! Used by the tests in `tests/tests/` and by the `signet-bench` benchmark.
+//! The binaries are not built here: run `cargo build --workspace --bins`
+//! first (see [`binary`] for where they are looked up).
+//!
+//! A typical test:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use signet_tests::{CaOptions, CaProcess, attest_node};
+//!
+//! let ca = CaProcess::start(CaOptions::default()).await?;
+//! let node = attest_node(&ca, "node-a").await?;
+//! let mut client = ca.node_client(Some(node.tls_identity())).await?;
+//! # let _ = &mut client;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every process the harness starts is owned by a value whose `Drop` kills it
+//! by its PID and waits for it, so a failing test leaves nothing behind.
 
+mod bins;
+mod ca;
+mod node;
+mod pki;
+
+pub use bins::{CliOutput, binary, signet};
+pub use ca::{AuditRow, CaOptions, CaProcess, DEFAULT_TRUST_DOMAIN, health_check};
+pub use node::{
+    NodeIdentity, attest_node, attest_with_token, chain_of, create_token, new_key_and_csr,
+};
+pub use pki::{
+    Purpose, SvidFiles, crypto_provider, mtls_client_config, mtls_server_config, openssl_verify,
+    pem_chain, read_certs, read_private_key, root_store, webpki_verify_client, write_pem_chain,
+};

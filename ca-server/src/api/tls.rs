@@ -211,10 +211,19 @@ fn issue_server_cert(ca: &Ca) -> anyhow::Result<(CertifiedKey, std::time::System
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)?;
-    Ok((
-        CertifiedKey::new(cert.chain.clone(), signer),
-        cert.not_after,
-    ))
+    // The root travels with the chain so that an agent bootstrapping with a
+    // pinned root hash (and no bundle yet) can find and check it.
+    let mut chain = cert.chain.clone();
+    let now = ca.now();
+    for anchor in &ca.signing().anchors {
+        let single = TrustBundle::new(ca.config().trust_domain.clone())
+            .with_x509_authorities([anchor.clone()])?;
+        if verify_x509_svid(&chain, &single, now).is_ok() {
+            chain.push(anchor.clone());
+            break;
+        }
+    }
+    Ok((CertifiedKey::new(chain, signer), cert.not_after))
 }
 
 /// The rustls configuration of the node API.

@@ -13,7 +13,7 @@ use signet_identity::{KeyType, PrivateKey, TrustDomain};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::Config;
-use crate::fsutil;
+use signet_identity::fsutil;
 use crate::store::{AuthorityRow, Store};
 
 /// Where the signing intermediate comes from.

@@ -105,8 +105,8 @@ impl Ca {
     /// # Errors
     /// As [`Ca::open`].
     pub fn open_with_clock(config: Arc<Config>, clock: fn() -> SystemTime) -> anyhow::Result<Self> {
-        crate::fsutil::ensure_private_dir(&config.data_dir)?;
-        crate::fsutil::ensure_private_dir(&config.data_dir.join("keys"))?;
+        signet_identity::fsutil::ensure_private_dir(&config.data_dir)?;
+        signet_identity::fsutil::ensure_private_dir(&config.data_dir.join("keys"))?;
         let store = Store::open(&config.data_dir.join("signet.db"))?;
         let auth = authorities::load_or_create(&config, &store, clock())?;
         let bundle = build_bundle(&config, &store, &auth.anchors, clock())?;
@@ -711,7 +711,7 @@ fn bundle_sequence(store: &Store, mut ids: Vec<String>) -> anyhow::Result<u64> {
 
 /// Writes DATA_DIR/bundle.pem for operators and for bootstrapping agents.
 fn write_bundle_file(config: &Config, bundle: &TrustBundle) -> anyhow::Result<()> {
-    crate::fsutil::write_atomic(
+    signet_identity::fsutil::write_atomic(
         &config.data_dir.join("bundle.pem"),
         bundle.to_pem().as_bytes(),
         0o644,

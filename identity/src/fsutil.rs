@@ -1,4 +1,4 @@
-//! Durable file writes: temp file in the same directory, fsync, rename,
+//! Durable file writes, shared by the CA and the agent: temp file in the same directory, fsync, rename,
 //! fsync of the directory. Secrets are created 0600 from the first byte.
 
 use std::fs::{self, OpenOptions};

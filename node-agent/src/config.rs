@@ -1,0 +1,195 @@
+//! signet-agent's configuration: TOML file, every setting also a flag, and
+//! defaults that work next to a default signet-ca on the same machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use signet_identity::TrustDomain;
+
+/// Settings as they may appear in the file or as flags.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Trust domain [default: signet.local].
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// Address of signet-ca's node API [default: 127.0.0.1:8443].
+    #[arg(long)]
+    pub ca_address: Option<String>,
+    /// DNS name in the CA's server certificate [default: localhost].
+    #[arg(long)]
+    pub ca_server_name: Option<String>,
+    /// Agent state: node SVID, its key, the bundle [default: ./signet-agent-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Join token for the first start (also SIGNET_JOIN_TOKEN).
+    #[arg(long, env = "SIGNET_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// First-start trust: a PEM bundle file of the CA's roots.
+    #[arg(long)]
+    pub trust_bundle: Option<PathBuf>,
+    /// First-start trust: sha256:<hex> of the CA's root certificate (DER).
+    #[arg(long)]
+    pub ca_root_hash: Option<String>,
+    /// First-start trust: accept whatever CA answers (trust on first use). Unsafe.
+    #[arg(long)]
+    #[serde(default)]
+    pub insecure_bootstrap: bool,
+    /// SPIFFE Workload API socket [default: DATA_DIR/public/api.sock].
+    #[arg(long)]
+    pub workload_api_socket: Option<PathBuf>,
+    /// Envoy SDS socket [default: DATA_DIR/public/sds.sock].
+    #[arg(long)]
+    pub sds_socket: Option<PathBuf>,
+    /// Write svid.pem, svid_key.pem, bundle.pem here on every rotation.
+    #[arg(long)]
+    pub svid_dir: Option<PathBuf>,
+    /// The SPIFFE ID whose SVID goes to --svid-dir.
+    #[arg(long)]
+    pub svid_dir_spiffe_id: Option<String>,
+    /// A command run (by /bin/sh -c) after each write to --svid-dir.
+    #[arg(long)]
+    pub svid_dir_command: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// Where first-start trust comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A PEM file of roots.
+    BundleFile(PathBuf),
+    /// SHA-256 of a root certificate's DER.
+    RootHash([u8; 32]),
+    /// Trust on first use (explicitly asked for).
+    Insecure,
+    /// Nothing given: only possible when the agent already has state.
+    None,
+}
+
+/// File delivery settings.
+#[derive(Debug, Clone)]
+pub struct FileDelivery {
+    pub dir: PathBuf,
+    pub spiffe_id: signet_identity::SpiffeId,
+    pub command: Option<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub ca_address: String,
+    pub ca_server_name: String,
+    pub data_dir: PathBuf,
+    pub join_token: Option<String>,
+    pub bootstrap: Bootstrap,
+    pub workload_api_socket: PathBuf,
+    pub sds_socket: PathBuf,
+    pub files: Option<FileDelivery>,
+    pub log_json: bool,
+    pub max_backoff: Duration,
+}
+
+impl Config {
+    /// Layers flags over the file over the defaults and checks the result.
+    ///
+    /// # Errors
+    /// Unreadable file, unknown keys, invalid values.
+    pub fn load(file: Option<&Path>, flags: Settings) -> anyhow::Result<Self> {
+        let f = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<Settings>(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                flags.$field.clone().or(f.$field.clone())
+            };
+        }
+        let td = pick!(trust_domain).unwrap_or_else(|| "signet.local".into());
+        let trust_domain = TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
+        let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("signet-agent-data"));
+        let bootstrap = match (pick!(trust_bundle), pick!(ca_root_hash), flags.insecure_bootstrap || f.insecure_bootstrap) {
+            (Some(p), None, false) => Bootstrap::BundleFile(p),
+            (None, Some(h), false) => Bootstrap::RootHash(parse_hash(&h)?),
+            (None, None, true) => Bootstrap::Insecure,
+            (None, None, false) => Bootstrap::None,
+            _ => bail!("give only one of trust_bundle, ca_root_hash and insecure_bootstrap"),
+        };
+        let log_json = match pick!(log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => bail!("log_format must be text or json, not {other:?}"),
+        };
+        let files = match pick!(svid_dir) {
+            None => None,
+            Some(dir) => {
+                let id = pick!(svid_dir_spiffe_id).context("svid_dir needs svid_dir_spiffe_id")?;
+                Some(FileDelivery {
+                    dir,
+                    spiffe_id: signet_identity::SpiffeId::parse(&id).with_context(|| format!("invalid svid_dir_spiffe_id {id:?}"))?,
+                    command: pick!(svid_dir_command),
+                })
+            }
+        };
+        Ok(Self {
+            trust_domain,
+            ca_address: pick!(ca_address).unwrap_or_else(|| "127.0.0.1:8443".into()),
+            ca_server_name: pick!(ca_server_name).unwrap_or_else(|| "localhost".into()),
+            workload_api_socket: pick!(workload_api_socket).unwrap_or_else(|| data_dir.join("public").join("api.sock")),
+            sds_socket: pick!(sds_socket).unwrap_or_else(|| data_dir.join("public").join("sds.sock")),
+            join_token: pick!(join_token).filter(|t| !t.is_empty()),
+            data_dir,
+            bootstrap,
+            files,
+            log_json,
+            max_backoff: Duration::from_secs(30),
+        })
+    }
+}
+
+/// Parses `sha256:<64 hex>` (the prefix is optional).
+///
+/// # Errors
+/// Anything else.
+pub fn parse_hash(s: &str) -> anyhow::Result<[u8; 32]> {
+    let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
+    let bytes = hex::decode(hex_part).with_context(|| format!("ca_root_hash {s:?} is not hex"))?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("ca_root_hash must be 32 bytes (64 hex digits)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_sit_next_to_a_default_ca() {
+        let c = Config::load(None, Settings::default()).unwrap();
+        assert_eq!(c.ca_address, "127.0.0.1:8443");
+        assert_eq!(c.trust_domain.as_str(), "signet.local");
+        assert_eq!(c.bootstrap, Bootstrap::None);
+        assert_eq!(c.workload_api_socket, PathBuf::from("signet-agent-data/public/api.sock"));
+    }
+
+    #[test]
+    fn one_bootstrap_source_only() {
+        let both = Settings {
+            trust_bundle: Some("b.pem".into()),
+            insecure_bootstrap: true,
+            ..Settings::default()
+        };
+        assert!(Config::load(None, both).is_err());
+        let hash = Settings {
+            ca_root_hash: Some(format!("sha256:{}", "ab".repeat(32))),
+            ..Settings::default()
+        };
+        assert_eq!(Config::load(None, hash).unwrap().bootstrap, Bootstrap::RootHash([0xab; 32]));
+        assert!(parse_hash("sha256:abcd").is_err());
+    }
+}

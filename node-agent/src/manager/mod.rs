@@ -1,0 +1,472 @@
+//! The manager keeps the agent's snapshot true: it follows the bundle and the
+//! node's authorized entries as streams from the CA, generates a key per
+//! entry on this node, gets the SVIDs signed in batches, renews them at half
+//! of their life (±10% jitter, so that a fleet started together does not
+//! renew together), retries with exponential backoff while the CA is
+//! unreachable, keeps serving still-valid SVIDs meanwhile and drops expired
+//! ones. It is the only writer of the snapshot.
+
+pub mod backoff;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use rustls_pki_types::CertificateDer;
+use signet_identity::{KeyType, PrivateKey, SpiffeId, TrustBundle};
+use signet_proto::ca::v1 as pb;
+use tokio::sync::{Notify, watch};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::Config;
+use crate::node::client::{CaClient, ServerTrust};
+use crate::node::{self, NodeSvid};
+use crate::state::{Entry, JwtSource, Selector, Snapshot, Svid};
+use backoff::{Backoff, jitter_fraction};
+
+/// Most CSRs sent in one request.
+const BATCH: usize = 200;
+
+#[derive(Default)]
+struct Inner {
+    bundle: Option<Arc<TrustBundle>>,
+    entries: BTreeMap<String, Arc<Entry>>,
+    svids: BTreeMap<String, Arc<Svid>>,
+    version: u64,
+}
+
+/// A cached JWT-SVID is keyed by entry id and sorted audience.
+type JwtKey = (String, Vec<String>);
+
+/// The agent's manager.
+pub struct Manager {
+    config: Arc<Config>,
+    client: CaClient,
+    node: Mutex<Arc<NodeSvid>>,
+    inner: Mutex<Inner>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    wake_certify: Notify,
+    wake_status: Notify,
+    jwt_cache: Mutex<HashMap<JwtKey, (String, SystemTime)>>,
+}
+
+impl Manager {
+    /// A manager for an attested node.
+    pub fn new(config: Arc<Config>, client: CaClient, node: NodeSvid, bundle: TrustBundle) -> Arc<Self> {
+        let inner = Inner {
+            bundle: Some(Arc::new(bundle)),
+            ..Inner::default()
+        };
+        let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
+        let m = Arc::new(Self {
+            config,
+            client,
+            node: Mutex::new(Arc::new(node)),
+            inner: Mutex::new(inner),
+            tx,
+            wake_certify: Notify::new(),
+            wake_status: Notify::new(),
+            jwt_cache: Mutex::new(HashMap::new()),
+        });
+        m.publish();
+        m
+    }
+
+    /// Follows the snapshots.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Builds and sends a new snapshot from the current state, dropping
+    /// expired SVIDs first.
+    fn publish(&self) {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        inner.svids.retain(|_, s| s.not_after > now);
+        inner.version += 1;
+        let mut entries: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
+        entries.sort_by(|a, b| (a.spiffe_id.as_str(), &a.id).cmp(&(b.spiffe_id.as_str(), &b.id)));
+        let snapshot = Snapshot {
+            bundle: inner.bundle.clone(),
+            federated: BTreeMap::new(),
+            entries,
+            svids: inner.svids.clone(),
+            version: inner.version,
+        };
+        drop(inner);
+        self.tx.send_replace(Arc::new(snapshot));
+    }
+
+    /// Runs every loop until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let tasks = vec![
+            tokio::spawn(self.clone().node_renewal(shutdown.clone())),
+            tokio::spawn(self.clone().follow_bundle(shutdown.clone())),
+            tokio::spawn(self.clone().follow_entries(shutdown.clone())),
+            tokio::spawn(self.clone().certify(shutdown.clone())),
+            tokio::spawn(self.clone().report_status(shutdown.clone())),
+        ];
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn node_renewal(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), self.config.max_backoff);
+        loop {
+            let renew_at = self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner).renew_at();
+            let wait = renew_at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            match node::renew(&self.client).await {
+                Ok(svid) => {
+                    let bundle = self.lock().bundle.clone();
+                    if let Some(b) = &bundle
+                        && let Err(e) = node::save(&self.config.data_dir, &svid, b)
+                    {
+                        tracing::error!(error = %format!("{e:#}"), "could not persist the renewed node SVID");
+                    }
+                    self.client.set_identity(svid.client_identity());
+                    tracing::info!(not_after = %humantime::format_rfc3339_seconds(svid.not_after), "renewed the node SVID");
+                    *self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(svid);
+                    backoff.reset();
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "node SVID renewal failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn follow_bundle(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
+        loop {
+            let result: anyhow::Result<()> = async {
+                let mut stream = self.client.node().watch_bundle(pb::WatchBundleRequest {}).await?.into_inner();
+                loop {
+                    tokio::select! {
+                        msg = stream.message() => match msg? {
+                            Some(b) => {
+                                self.apply_bundle(&b)?;
+                                backoff.reset();
+                            }
+                            None => anyhow::bail!("the CA closed the bundle stream"),
+                        },
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            }
+            .await;
+            if *shutdown.borrow() {
+                return;
+            }
+            let delay = backoff.next_delay();
+            if let Err(e) = result {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "bundle stream interrupted");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn apply_bundle(&self, b: &pb::Bundle) -> anyhow::Result<()> {
+        let bundle = node::bundle_from_pb(b)?;
+        if bundle.trust_domain() != &self.config.trust_domain {
+            anyhow::bail!("the CA sent a bundle for {}", bundle.trust_domain());
+        }
+        if bundle.x509_authorities().is_empty() {
+            anyhow::bail!("the CA sent a bundle without X.509 authorities; keeping the current one");
+        }
+        {
+            let mut inner = self.lock();
+            if inner.bundle.as_deref() == Some(&bundle) {
+                return Ok(());
+            }
+            inner.bundle = Some(Arc::new(bundle.clone()));
+        }
+        self.client.set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
+        let node = self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Err(e) = node::save(&self.config.data_dir, &node, &bundle) {
+            tracing::error!(error = %format!("{e:#}"), "could not persist the bundle");
+        }
+        tracing::info!(sequence = bundle.sequence(), "serving a new trust bundle");
+        self.publish();
+        self.wake_status.notify_one();
+        Ok(())
+    }
+
+    async fn follow_entries(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
+        loop {
+            let result: anyhow::Result<()> = async {
+                let mut stream = self
+                    .client
+                    .node()
+                    .watch_authorized_entries(pb::WatchAuthorizedEntriesRequest {})
+                    .await?
+                    .into_inner();
+                loop {
+                    tokio::select! {
+                        msg = stream.message() => match msg? {
+                            Some(update) => {
+                                self.apply_entries(update);
+                                backoff.reset();
+                            }
+                            None => anyhow::bail!("the CA closed the entry stream"),
+                        },
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            }
+            .await;
+            if *shutdown.borrow() {
+                return;
+            }
+            let delay = backoff.next_delay();
+            if let Err(e) = result {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "entry stream interrupted");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn apply_entries(&self, update: pb::AuthorizedEntriesUpdate) {
+        {
+            let mut inner = self.lock();
+            if update.snapshot {
+                inner.entries.clear();
+            }
+            for id in &update.removed_ids {
+                inner.entries.remove(id);
+            }
+            for e in update.upserted {
+                match entry_from_pb(e) {
+                    Ok(entry) => {
+                        // A changed entry (DNS names, TTL, ID) needs a new SVID.
+                        if let Some(old) = inner.entries.get(&entry.id)
+                            && (old.spiffe_id != entry.spiffe_id || old.dns_names != entry.dns_names || old.ttl_seconds != entry.ttl_seconds)
+                        {
+                            inner.svids.remove(&entry.id);
+                        }
+                        inner.entries.insert(entry.id.clone(), Arc::new(entry));
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "ignoring an entry the CA sent"),
+                }
+            }
+            let Inner { entries, svids, .. } = &mut *inner;
+            svids.retain(|id, _| entries.contains_key(id));
+            tracing::info!(entries = entries.len(), revision = update.revision, "authorized entries updated");
+        }
+        self.publish();
+        self.wake_certify.notify_one();
+    }
+
+    async fn certify(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.config.max_backoff);
+        loop {
+            let now = SystemTime::now();
+            let (due, next_due) = {
+                let inner = self.lock();
+                let mut due = Vec::new();
+                let mut next_due: Option<SystemTime> = None;
+                for entry in inner.entries.values() {
+                    match inner.svids.get(&entry.id) {
+                        Some(s) if s.renew_at > now => {
+                            let t = s.renew_at.min(s.not_after);
+                            next_due = Some(next_due.map_or(t, |n| n.min(t)));
+                        }
+                        _ => due.push(entry.clone()),
+                    }
+                }
+                (due, next_due)
+            };
+            let mut failed = false;
+            for chunk in due.chunks(BATCH) {
+                if let Err(e) = self.sign_batch(chunk).await {
+                    failed = true;
+                    tracing::warn!(error = %format!("{e:#}"), "signing SVIDs failed; still-valid SVIDs stay in service");
+                    break;
+                }
+            }
+            // Expired SVIDs must disappear even when nothing else changes.
+            self.publish();
+            let wait = if failed {
+                backoff.next_delay()
+            } else {
+                backoff.reset();
+                let until_due = next_due.and_then(|t| t.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(3600));
+                until_due.min(Duration::from_secs(3600))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake_certify.notified(), if !failed => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn sign_batch(&self, entries: &[Arc<Entry>]) -> anyhow::Result<()> {
+        let mut keys = HashMap::with_capacity(entries.len());
+        let mut items = Vec::with_capacity(entries.len());
+        for e in entries {
+            let key = PrivateKey::generate(KeyType::EcdsaP256)?;
+            items.push(pb::SignRequestItem {
+                entry_id: e.id.clone(),
+                csr: key.csr_der()?,
+                ttl_seconds: 0,
+            });
+            keys.insert(e.id.clone(), (key, e.clone()));
+        }
+        let resp = self
+            .client
+            .node()
+            .batch_sign_x509_svid(pb::BatchSignX509SvidRequest { items })
+            .await
+            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let mut issued = 0;
+        {
+            let mut inner = self.lock();
+            for r in resp.results {
+                let Some((key, entry)) = keys.remove(&r.entry_id) else { continue };
+                match r.result {
+                    Some(pb::sign_result::Result::Svid(svid)) => match svid_from_pb(&entry, svid, key) {
+                        Ok(s) => {
+                            if inner.entries.contains_key(&entry.id) {
+                                tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
+                                inner.svids.insert(entry.id.clone(), Arc::new(s));
+                                issued += 1;
+                            }
+                        }
+                        Err(e) => tracing::error!(entry = %entry.id, error = %format!("{e:#}"), "unusable SVID from the CA"),
+                    },
+                    Some(pb::sign_result::Result::Error(e)) => {
+                        tracing::warn!(entry = %entry.id, code = e.code, message = %e.message, "the CA refused an SVID");
+                    }
+                    None => {}
+                }
+            }
+        }
+        if issued > 0 {
+            tracing::info!(issued, "SVIDs rotated");
+            self.publish();
+            self.wake_status.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn report_status(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut last_reported: Option<(u64, u32)> = None;
+        loop {
+            let (sequence, count) = {
+                let inner = self.lock();
+                (inner.bundle.as_ref().map_or(0, |b| b.sequence()), inner.svids.len() as u32)
+            };
+            if last_reported != Some((sequence, count)) {
+                let req = pb::ReportStatusRequest {
+                    bundle_sequence: sequence,
+                    svid_count: count,
+                };
+                match self.client.node().report_status(req).await {
+                    Ok(_) => last_reported = Some((sequence, count)),
+                    Err(s) => tracing::debug!(code = ?s.code(), message = %s.message(), "status report failed"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(if last_reported.is_some() { 30 } else { 2 })) => {
+                    // Heartbeat: report again even without a change.
+                    last_reported = None;
+                }
+                _ = self.wake_status.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl JwtSource for Manager {
+    async fn fetch_jwt(&self, entry_id: &str, audience: &[String]) -> Result<String, tonic::Status> {
+        let mut aud = audience.to_vec();
+        aud.sort();
+        let key = (entry_id.to_owned(), aud);
+        let now = SystemTime::now();
+        if let Some((token, refresh_at)) = self.jwt_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key)
+            && *refresh_at > now
+        {
+            return Ok(token.clone());
+        }
+        let resp = self
+            .client
+            .node()
+            .mint_jwt_svid(pb::MintJwtSvidRequest {
+                entry_id: entry_id.to_owned(),
+                audience: audience.to_vec(),
+                ttl_seconds: 0,
+            })
+            .await?
+            .into_inner();
+        let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(resp.expires_at.max(0) as u64);
+        let refresh_at = now + exp.duration_since(now).unwrap_or_default() / 2;
+        let mut cache = self.jwt_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|_, (_, r)| *r > now);
+        cache.insert(key, (resp.token.clone(), refresh_at));
+        Ok(resp.token)
+    }
+}
+
+fn entry_from_pb(e: pb::Entry) -> anyhow::Result<Entry> {
+    Ok(Entry {
+        spiffe_id: SpiffeId::parse(&e.spiffe_id).with_context(|| format!("entry {}", e.id))?,
+        id: e.id,
+        selectors: e.selectors.into_iter().map(|s| Selector::new(s.r#type, s.value)).collect(),
+        ttl_seconds: e.x509_svid_ttl_seconds,
+        dns_names: e.dns_names,
+        revision: e.revision,
+    })
+}
+
+fn svid_from_pb(entry: &Entry, svid: pb::X509Svid, key: PrivateKey) -> anyhow::Result<Svid> {
+    let chain: Vec<CertificateDer<'static>> = svid.cert_chain.into_iter().map(CertificateDer::from).collect();
+    let leaf = chain.first().context("empty chain")?;
+    let (_, cert) = X509Certificate::from_der(leaf)?;
+    if cert.public_key().raw != key.public_key_spki().as_slice() {
+        anyhow::bail!("the certificate is not for the key generated here");
+    }
+    let spiffe_id = SpiffeId::parse(&svid.spiffe_id)?;
+    if spiffe_id != entry.spiffe_id {
+        anyhow::bail!("the certificate is for {spiffe_id}, not {}", entry.spiffe_id);
+    }
+    let not_before = SystemTime::from(cert.validity().not_before.to_datetime());
+    let not_after = SystemTime::from(cert.validity().not_after.to_datetime());
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    // Half of the lifetime, ±10%.
+    let renew_after = life.mul_f64(0.5 * (0.9 + 0.2 * jitter_fraction()));
+    Ok(Svid {
+        entry_id: entry.id.clone(),
+        spiffe_id,
+        chain,
+        key,
+        serial: svid.serial,
+        not_before,
+        not_after,
+        renew_at: not_before + renew_after,
+    })
+}

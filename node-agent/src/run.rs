@@ -1,0 +1,128 @@
+//! Wires the agent together and runs it until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::attest::WorkloadAttestor;
+use crate::attest::unix::UnixAttestor;
+use crate::config::{Bootstrap, Config};
+use crate::manager::Manager;
+use crate::node::client::{CaClient, ServerTrust};
+use crate::state::JwtSource;
+use crate::{files, node, sds, workload_api};
+
+/// Runs the agent.
+///
+/// # Errors
+/// Start-up failures: no way to attest, refused attestation, sockets.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        ca = %config.ca_address,
+        data_dir = %config.data_dir.display(),
+        workload_api = %config.workload_api_socket.display(),
+        sds = %config.sds_socket.display(),
+        "starting signet-agent"
+    );
+    let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
+        Some((svid, bundle)) if svid.not_after > std::time::SystemTime::now() => {
+            tracing::info!(node = %svid.spiffe_id, "using the node SVID from the data directory");
+            let client = CaClient::new(&config.ca_address, &config.ca_server_name, ServerTrust::Roots(bundle.x509_authorities().to_vec()))?;
+            (svid, bundle, client)
+        }
+        stored => {
+            if stored.is_some() {
+                tracing::warn!("the stored node SVID has expired; attesting again");
+            }
+            let token = config
+                .join_token
+                .clone()
+                .context("this node has not attested yet: give a join token (--join-token or SIGNET_JOIN_TOKEN)")?;
+            let trust = match &config.bootstrap {
+                Bootstrap::BundleFile(path) => {
+                    let roots = node::certs_from_pem(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?;
+                    if roots.is_empty() {
+                        bail!("{} holds no certificate", path.display());
+                    }
+                    ServerTrust::Roots(roots)
+                }
+                Bootstrap::RootHash(h) => ServerTrust::PinnedRoot(*h),
+                Bootstrap::Insecure => {
+                    tracing::warn!("insecure bootstrap: trusting whichever CA answers, as asked");
+                    ServerTrust::Insecure
+                }
+                Bootstrap::None => bail!("first start needs trust in the CA: --trust-bundle FILE, --ca-root-hash sha256:HEX or (unsafe) --insecure-bootstrap"),
+            };
+            let client = CaClient::new(&config.ca_address, &config.ca_server_name, trust)?;
+            let (svid, bundle) = node::attest(&client, &token).await?;
+            node::save(&config.data_dir, &svid, &bundle)?;
+            tracing::info!(node = %svid.spiffe_id, "attested to the CA");
+            client.set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
+            (svid, bundle, client)
+        }
+    };
+    client.set_identity(svid.client_identity());
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let manager = Manager::new(config.clone(), client, svid, bundle);
+    let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(manager.clone().run(shutdown_rx.clone()).instrument(tracing::info_span!("manager"))));
+    let jwt: Arc<dyn JwtSource> = manager.clone();
+    let wl = workload_api::WorkloadApi::new(manager.subscribe(), attestors.clone(), jwt);
+    let wl_socket = config.workload_api_socket.clone();
+    let wl_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(
+        async move {
+            if let Err(e) = workload_api::serve(wl_socket, wl, wl_shutdown).await {
+                tracing::error!(error = %format!("{e:#}"), "the Workload API server failed");
+            }
+        }
+        .instrument(tracing::info_span!("workload-api")),
+    ));
+    let sds_server = sds::SdsServer::new(manager.subscribe(), attestors);
+    let sds_socket = config.sds_socket.clone();
+    let sds_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(
+        async move {
+            if let Err(e) = sds::serve(sds_socket, sds_server, sds_shutdown).await {
+                tracing::error!(error = %format!("{e:#}"), "the SDS server failed");
+            }
+        }
+        .instrument(tracing::info_span!("sds")),
+    ));
+    if let Some(f) = config.files.clone() {
+        tasks.push(tokio::spawn(files::run(f, manager.subscribe(), shutdown_rx.clone()).instrument(tracing::info_span!("files"))));
+    }
+
+    terminate().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn terminate() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! A `signet-ca` process owned by a test: its own temporary data directory,
+//! a free loopback port, stderr captured to a file, and a `Drop` that kills
+//! it by PID.
+
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use hyper_util::rt::TokioIo;
+use signet_identity::{TrustBundle, TrustDomain};
+use signet_proto::ca::v1::admin_client::AdminClient;
+use signet_proto::ca::v1::node_client::NodeClient;
+use tempfile::TempDir;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::bins::{self, CliOutput};
+use crate::pki::SvidFiles;
+
+/// The trust domain of a [`CaOptions::default`] CA.
+pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
+
+/// The name the CA's server certificate carries by default, and so the name
+/// clients must ask for.
+const SERVER_NAME: &str = "localhost";
+
+/// What signet-ca logs once both listeners are bound.
+const READY_LINE: &str = "serving the node API";
+
+/// Longest wait for a start-up, including the first key generation.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest wait for a SIGTERM'd CA to drain and exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Start attempts when the chosen port is taken meanwhile by someone else.
+const PORT_ATTEMPTS: usize = 3;
+
+/// How to start a CA.
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    /// `--trust-domain`.
+    pub trust_domain: String,
+    /// Further flags for `signet-ca run`, e.g. `["--max-batch", "4"]`. The
+    /// harness sets `--trust-domain`, `--listen`, `--data-dir` and
+    /// `--admin-socket` itself.
+    pub args: Vec<String>,
+}
+
+impl Default for CaOptions {
+    fn default() -> Self {
+        Self::new(DEFAULT_TRUST_DOMAIN)
+    }
+}
+
+impl CaOptions {
+    /// Options for a CA of `trust_domain` with no further flags.
+    #[must_use]
+    pub fn new(trust_domain: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds `--name value`.
+    #[must_use]
+    pub fn flag(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.args.push(format!("--{name}"));
+        self.args.push(value.into());
+        self
+    }
+}
+
+/// One row of the CA's audit log (`DATA_DIR/signet.db`, table `audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// SQLite rowid: rows only grow, so it orders them.
+    pub rowid: i64,
+    pub at: i64,
+    pub caller: String,
+    pub action: String,
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after: i64,
+    /// `issued`, `rejected`, `ok`...
+    pub result: String,
+    pub detail: String,
+}
+
+/// A running `signet-ca`.
+///
+/// Dropping it kills the process (SIGKILL to its PID), waits for it, then
+/// removes its data directory. When the drop happens during a panic, the
+/// CA's log is printed to stderr first, so a failed test shows what the
+/// server said.
+pub struct CaProcess {
+    child: Option<Child>,
+    opts: CaOptions,
+    trust_domain: TrustDomain,
+    port: u16,
+    data_dir: PathBuf,
+    admin_socket: PathBuf,
+    log_path: PathBuf,
+    // Last: removed only after the process is gone.
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for CaProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaProcess")
+            .field("pid", &self.pid())
+            .field("trust_domain", &self.opts.trust_domain)
+            .field("port", &self.port)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaProcess {
+    /// Starts `signet-ca run` in a new temporary directory on a free
+    /// loopback port, and returns once the admin socket and the TLS port
+    /// both answer gRPC health checks with SERVING.
+    ///
+    /// # Errors
+    /// Missing binary, a CA that exits or is not ready within 20 s (the
+    /// message carries its log).
+    pub async fn start(opts: CaOptions) -> anyhow::Result<Self> {
+        let trust_domain = TrustDomain::new(&opts.trust_domain)
+            .with_context(|| format!("invalid trust domain {:?}", opts.trust_domain))?;
+        let dir = tempfile::Builder::new()
+            .prefix("signet-ca-")
+            .tempdir()
+            .context("creating the CA's temporary directory")?;
+        let data_dir = dir.path().join("data");
+        let mut ca = Self {
+            child: None,
+            trust_domain,
+            port: 0,
+            admin_socket: data_dir.join("admin.sock"),
+            data_dir,
+            log_path: dir.path().join("signet-ca.log"),
+            dir,
+            opts,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            ca.port = free_port()?;
+            let offset = ca.log_len();
+            match ca.launch().await {
+                Ok(()) => return Ok(ca),
+                // Another test may have bound the port between our probe and
+                // the CA's bind; pick another.
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && ca.log_since(offset).contains("binding the node API") =>
+                {
+                    eprintln!("signet-ca could not bind port {}, retrying: {e:#}", ca.port);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The process ID, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The node API's port on 127.0.0.1.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The trust domain.
+    #[must_use]
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// `spiffe://<trust domain><path>`; `path` starts with `/`.
+    #[must_use]
+    pub fn id(&self, path: &str) -> String {
+        format!("spiffe://{}{path}", self.trust_domain)
+    }
+
+    /// The SPIFFE ID the CA gives the node `name`.
+    #[must_use]
+    pub fn node_id(&self, name: &str) -> String {
+        self.id(&format!("/signet/node/{name}"))
+    }
+
+    /// `--data-dir`.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `--admin-socket`.
+    #[must_use]
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
+    }
+
+    /// A directory for the test's own files, removed with the CA.
+    #[must_use]
+    pub fn scratch_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `DATA_DIR/bundle.pem`, the roots the CA writes for operators.
+    #[must_use]
+    pub fn bundle_path(&self) -> PathBuf {
+        self.data_dir.join("bundle.pem")
+    }
+
+    /// The contents of `DATA_DIR/bundle.pem`.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn bundle_pem(&self) -> anyhow::Result<String> {
+        let path = self.bundle_path();
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// `DATA_DIR/bundle.pem` as a [`TrustBundle`] of the CA's trust domain.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed.
+    pub fn bundle(&self) -> anyhow::Result<TrustBundle> {
+        let pem = self.bundle_pem()?;
+        TrustBundle::from_pem(self.trust_domain.clone(), pem.as_bytes())
+            .context("parsing bundle.pem")
+    }
+
+    /// Everything the CA has logged so far (all runs).
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.log_since(0)
+    }
+
+    /// A channel to the Admin service (and the health service) on the unix socket.
+    ///
+    /// # Errors
+    /// When nothing accepts on the socket.
+    pub async fn admin_channel(&self) -> anyhow::Result<Channel> {
+        let socket = self.admin_socket.clone();
+        // The URI only satisfies the HTTP/2 layer; the connector ignores it.
+        let channel = Endpoint::try_from("http://[::]:50051")?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .with_context(|| format!("connecting to {}", self.admin_socket.display()))?;
+        Ok(channel)
+    }
+
+    /// A client of the Admin service.
+    ///
+    /// # Errors
+    /// As [`CaProcess::admin_channel`].
+    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(self.admin_channel().await?))
+    }
+
+    /// A TLS channel to the node API (and the health service) that trusts
+    /// `bundle.pem` and presents `identity` = `(chain PEM, PKCS#8 key PEM)`
+    /// as client certificate when given.
+    ///
+    /// # Errors
+    /// When the bundle cannot be read or the TLS connection fails.
+    pub async fn node_channel(&self, identity: Option<(&str, &str)>) -> anyhow::Result<Channel> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.bundle_pem()?))
+            .domain_name(SERVER_NAME);
+        if let Some((chain, key)) = identity {
+            tls = tls.identity(Identity::from_pem(chain, key));
+        }
+        let channel = Channel::from_shared(format!("https://127.0.0.1:{}", self.port))?
+            .connect_timeout(Duration::from_secs(5))
+            .tls_config(tls)?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the node API on port {}", self.port))?;
+        Ok(channel)
+    }
+
+    /// A client of the node API; see [`CaProcess::node_channel`].
+    ///
+    /// # Errors
+    /// As [`CaProcess::node_channel`].
+    pub async fn node_client(
+        &self,
+        identity: Option<(&str, &str)>,
+    ) -> anyhow::Result<NodeClient<Channel>> {
+        Ok(NodeClient::new(self.node_channel(identity).await?))
+    }
+
+    /// Runs `signet ca --admin-socket <this CA's socket> ARGS`.
+    ///
+    /// # Errors
+    /// As [`crate::signet`]; a non-zero exit is not an error here.
+    pub async fn signet_ca<I, S>(&self, args: I) -> anyhow::Result<CliOutput>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut full: Vec<std::ffi::OsString> = vec![
+            "ca".into(),
+            "--admin-socket".into(),
+            self.admin_socket.clone().into(),
+        ];
+        full.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.signet(full).await
+    }
+
+    /// Runs `signet ARGS` with `SIGNET_ADMIN_SOCKET` set to this CA's socket.
+    ///
+    /// # Errors
+    /// As [`crate::signet`]; a non-zero exit is not an error here.
+    pub async fn signet<I, S>(&self, args: I) -> anyhow::Result<CliOutput>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        bins::run(
+            &bins::binary("signet")?,
+            args,
+            &[("SIGNET_ADMIN_SOCKET", self.admin_socket.as_os_str())],
+        )
+        .await
+    }
+
+    /// `signet ca token create --node NAME [--ttl TTL]`: the token (the
+    /// first line of the output).
+    ///
+    /// # Errors
+    /// A failing CLI, or an empty first line.
+    pub async fn token_cli(&self, node: &str, ttl: Option<&str>) -> anyhow::Result<String> {
+        let mut args = vec!["token", "create", "--node", node];
+        if let Some(ttl) = ttl {
+            args.extend(["--ttl", ttl]);
+        }
+        let out = self.signet_ca(args).await?.ok()?;
+        let token = out.first_line().trim().to_owned();
+        if token.is_empty() {
+            bail!("no token on the first line of\n{out}");
+        }
+        Ok(token)
+    }
+
+    /// `signet ca entry create ARGS`: the new entry's ID, read from the
+    /// `Entry ID: <id>` first line.
+    ///
+    /// # Errors
+    /// A failing CLI, or a first line of another shape.
+    pub async fn entry_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["entry", "create"];
+        full.extend_from_slice(args);
+        let out = self.signet_ca(full).await?.ok()?;
+        out.first_line()
+            .strip_prefix("Entry ID:")
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| anyhow!("no `Entry ID: <id>` on the first line of\n{out}"))
+    }
+
+    /// `signet ca mint --spiffe-id ID --out <scratch>/<dir> EXTRA`, and the
+    /// files it wrote.
+    ///
+    /// # Errors
+    /// A failing CLI, or unreadable output files.
+    pub async fn mint_cli(
+        &self,
+        spiffe_id: &str,
+        dir: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<SvidFiles> {
+        let out_dir = self.scratch_dir().join(dir);
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("mint"),
+            OsStr::new("--spiffe-id"),
+            OsStr::new(spiffe_id),
+            OsStr::new("--out"),
+            out_dir.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        self.signet_ca(args).await?.ok()?;
+        SvidFiles::load(&out_dir)
+    }
+
+    /// The highest audit rowid so far: pass it to [`CaProcess::audit_since`]
+    /// to see what a request added.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn audit_mark(&self) -> anyhow::Result<i64> {
+        let conn = self.open_db()?;
+        conn.query_row("SELECT COALESCE(MAX(rowid), 0) FROM audit", [], |r| {
+            r.get(0)
+        })
+        .context("reading the audit log")
+    }
+
+    /// The audit rows written after `mark`, oldest first.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn audit_since(&self, mark: i64) -> anyhow::Result<Vec<AuditRow>> {
+        let conn = self.open_db()?;
+        let mut stmt = conn.prepare(
+            "SELECT rowid, at, caller, action, spiffe_id, serial, not_after, result, detail
+             FROM audit WHERE rowid > ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt
+            .query_map([mark], |r| {
+                Ok(AuditRow {
+                    rowid: r.get(0)?,
+                    at: r.get(1)?,
+                    caller: r.get(2)?,
+                    action: r.get(3)?,
+                    spiffe_id: r.get(4)?,
+                    serial: r.get(5)?,
+                    not_after: r.get(6)?,
+                    result: r.get(7)?,
+                    detail: r.get(8)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the audit log")?;
+        Ok(rows)
+    }
+
+    /// Sends SIGTERM (with `kill -TERM <pid>`) and waits for the process to
+    /// exit on its own.
+    ///
+    /// # Errors
+    /// When it is not running, or is still running after 15 s (it is then
+    /// killed).
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let pid = self.pid().context("signet-ca is not running")?;
+        let sent = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !sent.success() {
+            bail!("kill -TERM {pid} failed: {sent}");
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!(
+                    "signet-ca (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:?}\n--- signet-ca log ---\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the CA again after [`CaProcess::stop`], on the same data
+    /// directory, port and flags.
+    ///
+    /// # Errors
+    /// As [`CaProcess::start`].
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("signet-ca is still running");
+        }
+        self.launch().await
+    }
+
+    /// [`CaProcess::stop`] (which must see a clean exit), then
+    /// [`CaProcess::start_again`].
+    ///
+    /// # Errors
+    /// As those two, or an unclean exit.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let status = self.stop().await?;
+        if !status.success() {
+            bail!(
+                "signet-ca exited with {status} after SIGTERM\n--- signet-ca log ---\n{}",
+                self.log()
+            );
+        }
+        self.start_again().await
+    }
+
+    /// Spawns the process and waits until it serves.
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        let offset = log.metadata()?.len();
+        let mut cmd = std::process::Command::new(bins::binary("signet-ca")?);
+        cmd.arg("run")
+            .arg("--trust-domain")
+            .arg(&self.opts.trust_domain)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(&self.opts.args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("starting signet-ca")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last_probe_error = None;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                bail!(
+                    "signet-ca exited with {status} before it was ready\n--- signet-ca log ---\n{}",
+                    self.log_since(offset)
+                );
+            }
+            if self.log_since(offset).contains(READY_LINE) {
+                match tokio::time::timeout(Duration::from_secs(5), self.probe()).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => last_probe_error = Some(format!("{e:#}")),
+                    Err(_) => last_probe_error = Some("health probe timed out".to_owned()),
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!(
+                    "signet-ca was not ready within {READY_TIMEOUT:?} (last probe: {})\n--- signet-ca log ---\n{}",
+                    last_probe_error.as_deref().unwrap_or("none"),
+                    self.log_since(offset)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Both listeners answer a health check with SERVING.
+    async fn probe(&self) -> anyhow::Result<()> {
+        let admin = health_check(self.admin_channel().await?, "signet.ca.v1.Admin").await?;
+        let node = health_check(self.node_channel(None).await?, "signet.ca.v1.Node").await?;
+        if admin == ServingStatus::Serving && node == ServingStatus::Serving {
+            Ok(())
+        } else {
+            bail!("admin {admin:?}, node {node:?}")
+        }
+    }
+
+    fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("signet-ca is not running");
+        };
+        let status = child.try_wait().context("waiting for signet-ca")?;
+        if status.is_some() {
+            self.child = None;
+        }
+        Ok(status)
+    }
+
+    /// SIGKILL by PID, then reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log_path).map_or(0, |m| m.len())
+    }
+
+    fn log_since(&self, offset: u64) -> String {
+        let bytes = std::fs::read(&self.log_path).unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(0).min(bytes.len());
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+
+    fn open_db(&self) -> anyhow::Result<rusqlite::Connection> {
+        let path = self.data_dir.join("signet.db");
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(conn)
+    }
+}
+
+impl Drop for CaProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- signet-ca log ({}, port {}) ---\n{}--- end of signet-ca log ---",
+                self.opts.trust_domain,
+                self.port,
+                self.log()
+            );
+        }
+    }
+}
+
+/// The serving status `service` reports through the standard gRPC health
+/// service on `channel` (`""` for the server as a whole).
+///
+/// # Errors
+/// When the call fails (an unknown service is `NotFound`).
+pub async fn health_check(channel: Channel, service: &str) -> anyhow::Result<ServingStatus> {
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("health check of {service:?}"))?;
+    Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+}
+
+/// A loopback port nobody listened on a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe listener")?;
+    Ok(listener.local_addr()?.port())
+}
