@@ -102,8 +102,10 @@ impl Config {
     pub fn load(file: Option<&Path>, flags: Settings) -> anyhow::Result<Self> {
         let f = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<Settings>(&text).with_context(|| format!("parsing {}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<Settings>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
             }
             None => Settings::default(),
         };
@@ -113,9 +115,14 @@ impl Config {
             };
         }
         let td = pick!(trust_domain).unwrap_or_else(|| "signet.local".into());
-        let trust_domain = TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
+        let trust_domain =
+            TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
         let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("signet-agent-data"));
-        let bootstrap = match (pick!(trust_bundle), pick!(ca_root_hash), flags.insecure_bootstrap || f.insecure_bootstrap) {
+        let bootstrap = match (
+            pick!(trust_bundle),
+            pick!(ca_root_hash),
+            flags.insecure_bootstrap || f.insecure_bootstrap,
+        ) {
             (Some(p), None, false) => Bootstrap::BundleFile(p),
             (None, Some(h), false) => Bootstrap::RootHash(parse_hash(&h)?),
             (None, None, true) => Bootstrap::Insecure,
@@ -133,7 +140,8 @@ impl Config {
                 let id = pick!(svid_dir_spiffe_id).context("svid_dir needs svid_dir_spiffe_id")?;
                 Some(FileDelivery {
                     dir,
-                    spiffe_id: signet_identity::SpiffeId::parse(&id).with_context(|| format!("invalid svid_dir_spiffe_id {id:?}"))?,
+                    spiffe_id: signet_identity::SpiffeId::parse(&id)
+                        .with_context(|| format!("invalid svid_dir_spiffe_id {id:?}"))?,
                     command: pick!(svid_dir_command),
                 })
             }
@@ -142,8 +150,10 @@ impl Config {
             trust_domain,
             ca_address: pick!(ca_address).unwrap_or_else(|| "127.0.0.1:8443".into()),
             ca_server_name: pick!(ca_server_name).unwrap_or_else(|| "localhost".into()),
-            workload_api_socket: pick!(workload_api_socket).unwrap_or_else(|| data_dir.join("public").join("api.sock")),
-            sds_socket: pick!(sds_socket).unwrap_or_else(|| data_dir.join("public").join("sds.sock")),
+            workload_api_socket: pick!(workload_api_socket)
+                .unwrap_or_else(|| data_dir.join("public").join("api.sock")),
+            sds_socket: pick!(sds_socket)
+                .unwrap_or_else(|| data_dir.join("public").join("sds.sock")),
             join_token: pick!(join_token).filter(|t| !t.is_empty()),
             data_dir,
             bootstrap,
@@ -161,7 +171,9 @@ impl Config {
 pub fn parse_hash(s: &str) -> anyhow::Result<[u8; 32]> {
     let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
     let bytes = hex::decode(hex_part).with_context(|| format!("ca_root_hash {s:?} is not hex"))?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("ca_root_hash must be 32 bytes (64 hex digits)"))
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("ca_root_hash must be 32 bytes (64 hex digits)"))
 }
 
 #[cfg(test)]
@@ -174,7 +186,10 @@ mod tests {
         assert_eq!(c.ca_address, "127.0.0.1:8443");
         assert_eq!(c.trust_domain.as_str(), "signet.local");
         assert_eq!(c.bootstrap, Bootstrap::None);
-        assert_eq!(c.workload_api_socket, PathBuf::from("signet-agent-data/public/api.sock"));
+        assert_eq!(
+            c.workload_api_socket,
+            PathBuf::from("signet-agent-data/public/api.sock")
+        );
     }
 
     #[test]
@@ -189,7 +204,10 @@ mod tests {
             ca_root_hash: Some(format!("sha256:{}", "ab".repeat(32))),
             ..Settings::default()
         };
-        assert_eq!(Config::load(None, hash).unwrap().bootstrap, Bootstrap::RootHash([0xab; 32]));
+        assert_eq!(
+            Config::load(None, hash).unwrap().bootstrap,
+            Bootstrap::RootHash([0xab; 32])
+        );
         assert!(parse_hash("sha256:abcd").is_err());
     }
 }

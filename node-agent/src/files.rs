@@ -11,16 +11,27 @@ use crate::config::FileDelivery;
 use crate::state::{Snapshot, SnapshotRx};
 
 fn pem_chain(certs: &[rustls_pki_types::CertificateDer<'_>]) -> String {
-    certs.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec()))).collect()
+    certs
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect()
 }
 
 /// Writes the files whenever the SVID's serial or the bundle changes.
-pub async fn run(files: FileDelivery, mut snapshots: SnapshotRx, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    files: FileDelivery,
+    mut snapshots: SnapshotRx,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut last: Option<(String, u64)> = None;
     loop {
         let snap: Arc<Snapshot> = snapshots.borrow_and_update().clone();
         let now = std::time::SystemTime::now();
-        let svid = snap.svids.values().find(|s| s.spiffe_id == files.spiffe_id && s.not_after > now).cloned();
+        let svid = snap
+            .svids
+            .values()
+            .find(|s| s.spiffe_id == files.spiffe_id && s.not_after > now)
+            .cloned();
         if let (Some(svid), Some(bundle)) = (svid, snap.bundle.clone()) {
             let key = (svid.serial.clone(), bundle.sequence());
             if last.as_ref() != Some(&key) {
@@ -29,14 +40,25 @@ pub async fn run(files: FileDelivery, mut snapshots: SnapshotRx, mut shutdown: w
                         tracing::info!(dir = %files.dir.display(), serial = %svid.serial, "wrote SVID files");
                         last = Some(key);
                         if let Some(cmd) = &files.command {
-                            match tokio::process::Command::new("/bin/sh").arg("-c").arg(cmd).status().await {
+                            match tokio::process::Command::new("/bin/sh")
+                                .arg("-c")
+                                .arg(cmd)
+                                .status()
+                                .await
+                            {
                                 Ok(s) if s.success() => {}
-                                Ok(s) => tracing::warn!(command = %cmd, status = %s, "the post-write command failed"),
-                                Err(e) => tracing::warn!(command = %cmd, error = %e, "could not run the post-write command"),
+                                Ok(s) => {
+                                    tracing::warn!(command = %cmd, status = %s, "the post-write command failed")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(command = %cmd, error = %e, "could not run the post-write command")
+                                }
                             }
                         }
                     }
-                    Err(e) => tracing::error!(dir = %files.dir.display(), error = %e, "could not write SVID files"),
+                    Err(e) => {
+                        tracing::error!(dir = %files.dir.display(), error = %e, "could not write SVID files")
+                    }
                 }
             }
         }
@@ -47,10 +69,26 @@ pub async fn run(files: FileDelivery, mut snapshots: SnapshotRx, mut shutdown: w
     }
 }
 
-fn write(files: &FileDelivery, svid: &crate::state::Svid, bundle: &signet_identity::TrustBundle) -> std::io::Result<()> {
+fn write(
+    files: &FileDelivery,
+    svid: &crate::state::Svid,
+    bundle: &signet_identity::TrustBundle,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(&files.dir)?;
     // Key first: a reader that sees the new certificate finds its key already there.
-    write_atomic(&files.dir.join("svid_key.pem"), svid.key.to_pem().as_bytes(), 0o600)?;
-    write_atomic(&files.dir.join("svid.pem"), pem_chain(&svid.chain).as_bytes(), 0o644)?;
-    write_atomic(&files.dir.join("bundle.pem"), bundle.to_pem().as_bytes(), 0o644)
+    write_atomic(
+        &files.dir.join("svid_key.pem"),
+        svid.key.to_pem().as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &files.dir.join("svid.pem"),
+        pem_chain(&svid.chain).as_bytes(),
+        0o644,
+    )?;
+    write_atomic(
+        &files.dir.join("bundle.pem"),
+        bundle.to_pem().as_bytes(),
+        0o644,
+    )
 }

@@ -7,8 +7,7 @@ pub mod config;
 pub mod files;
 pub mod manager;
 pub mod node;
-// TEMP: wired once sds and workload_api land
-// pub mod run;
+pub mod run;
 pub mod sds;
 pub mod state;
 pub mod workload_api;

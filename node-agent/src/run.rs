@@ -31,7 +31,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
         Some((svid, bundle)) if svid.not_after > std::time::SystemTime::now() => {
             tracing::info!(node = %svid.spiffe_id, "using the node SVID from the data directory");
-            let client = CaClient::new(&config.ca_address, &config.ca_server_name, ServerTrust::Roots(bundle.x509_authorities().to_vec()))?;
+            let client = CaClient::new(
+                &config.ca_address,
+                &config.ca_server_name,
+                ServerTrust::Roots(bundle.x509_authorities().to_vec()),
+            )?;
             (svid, bundle, client)
         }
         stored => {
@@ -44,7 +48,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("this node has not attested yet: give a join token (--join-token or SIGNET_JOIN_TOKEN)")?;
             let trust = match &config.bootstrap {
                 Bootstrap::BundleFile(path) => {
-                    let roots = node::certs_from_pem(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?;
+                    let roots = node::certs_from_pem(
+                        &std::fs::read(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )?;
                     if roots.is_empty() {
                         bail!("{} holds no certificate", path.display());
                     }
@@ -55,7 +62,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     tracing::warn!("insecure bootstrap: trusting whichever CA answers, as asked");
                     ServerTrust::Insecure
                 }
-                Bootstrap::None => bail!("first start needs trust in the CA: --trust-bundle FILE, --ca-root-hash sha256:HEX or (unsafe) --insecure-bootstrap"),
+                Bootstrap::None => bail!(
+                    "first start needs trust in the CA: --trust-bundle FILE, --ca-root-hash sha256:HEX or (unsafe) --insecure-bootstrap"
+                ),
             };
             let client = CaClient::new(&config.ca_address, &config.ca_server_name, trust)?;
             let (svid, bundle) = node::attest(&client, &token).await?;
@@ -71,7 +80,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let manager = Manager::new(config.clone(), client, svid, bundle);
     let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(manager.clone().run(shutdown_rx.clone()).instrument(tracing::info_span!("manager"))));
+    tasks.push(tokio::spawn(
+        manager
+            .clone()
+            .run(shutdown_rx.clone())
+            .instrument(tracing::info_span!("manager")),
+    ));
     let jwt: Arc<dyn JwtSource> = manager.clone();
     let wl = workload_api::WorkloadApi::new(manager.subscribe(), attestors.clone(), jwt);
     let wl_socket = config.workload_api_socket.clone();
@@ -96,7 +110,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .instrument(tracing::info_span!("sds")),
     ));
     if let Some(f) = config.files.clone() {
-        tasks.push(tokio::spawn(files::run(f, manager.subscribe(), shutdown_rx.clone()).instrument(tracing::info_span!("files"))));
+        tasks.push(tokio::spawn(
+            files::run(f, manager.subscribe(), shutdown_rx.clone())
+                .instrument(tracing::info_span!("files")),
+        ));
     }
 
     terminate().await;
@@ -114,7 +131,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn terminate() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

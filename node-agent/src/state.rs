@@ -98,12 +98,20 @@ impl Snapshot {
     /// The entries a caller with `selectors` matches (whether or not an SVID
     /// is held for them yet).
     pub fn entries_for(&self, selectors: &[Selector]) -> Vec<Arc<Entry>> {
-        self.entries.iter().filter(|e| e.matches(selectors)).cloned().collect()
+        self.entries
+            .iter()
+            .filter(|e| e.matches(selectors))
+            .cloned()
+            .collect()
     }
 
     /// Every bundle: the own one first, then the federated ones.
     pub fn all_bundles(&self) -> Vec<Arc<TrustBundle>> {
-        self.bundle.iter().cloned().chain(self.federated.values().cloned()).collect()
+        self.bundle
+            .iter()
+            .cloned()
+            .chain(self.federated.values().cloned())
+            .collect()
     }
 }
 
@@ -114,5 +122,6 @@ pub type SnapshotRx = tokio::sync::watch::Receiver<Arc<Snapshot>>;
 #[tonic::async_trait]
 pub trait JwtSource: Send + Sync + 'static {
     /// A JWT-SVID for `entry_id` with `audience`.
-    async fn fetch_jwt(&self, entry_id: &str, audience: &[String]) -> Result<String, tonic::Status>;
+    async fn fetch_jwt(&self, entry_id: &str, audience: &[String])
+    -> Result<String, tonic::Status>;
 }

@@ -29,9 +29,6 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
 /// clients must ask for.
 const SERVER_NAME: &str = "localhost";
 
-/// What signet-ca logs once both listeners are bound.
-const READY_LINE: &str = "serving the node API";
-
 /// Longest wait for a start-up, including the first key generation.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -488,6 +485,12 @@ impl CaProcess {
         self.launch().await
     }
 
+    /// The options the next [`CaProcess::start_again`] will use, to change
+    /// flags across a restart (the data directory and port stay).
+    pub fn options_mut(&mut self) -> &mut CaOptions {
+        &mut self.opts
+    }
+
     /// [`CaProcess::stop`] (which must see a clean exit), then
     /// [`CaProcess::start_again`].
     ///
@@ -506,6 +509,8 @@ impl CaProcess {
 
     /// Spawns the process and waits until it serves.
     async fn launch(&mut self) -> anyhow::Result<()> {
+        self.trust_domain = TrustDomain::new(&self.opts.trust_domain)
+            .with_context(|| format!("invalid trust domain {:?}", self.opts.trust_domain))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -538,7 +543,9 @@ impl CaProcess {
                     self.log_since(offset)
                 );
             }
-            if self.log_since(offset).contains(READY_LINE) {
+            // Probe only once the socket exists: the log may be filtered
+            // (SIGNET_LOG), so it cannot be the signal.
+            if self.admin_socket.exists() {
                 match tokio::time::timeout(Duration::from_secs(5), self.probe()).await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(e)) => last_probe_error = Some(format!("{e:#}")),

@@ -22,7 +22,12 @@
 //! ```
 //!
 //! Every process the harness starts is owned by a value whose `Drop` kills it
-//! by its PID and waits for it, so a failing test leaves nothing behind.
+//! by its PID and waits for it, so a failing test leaves nothing behind; a
+//! test that panics also prints the CA's log.
+//!
+//! Environment: `SIGNET_BIN_DIR` points at the binaries (see [`binary`]);
+//! `SIGNET_LOG` is passed through to signet-ca (readiness does not depend on
+//! its log, so any filter works).
 
 mod bins;
 mod ca;

@@ -52,7 +52,8 @@ pub fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 /// # Errors
 /// When the file cannot be read or holds no key.
 pub fn read_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).with_context(|| format!("reading a key from {}", path.display()))
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("reading a key from {}", path.display()))
 }
 
 /// What `signet ca mint --out DIR` writes: `svid.pem` (the chain),
@@ -202,9 +203,11 @@ pub fn webpki_verify_client(
     let Some((leaf, intermediates)) = chain.split_first() else {
         bail!("webpki_verify_client: empty chain");
     };
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), crypto_provider())
-            .build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(root_store(roots)?),
+        crypto_provider(),
+    )
+    .build()?;
     let now = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH)?);
     verifier
         .verify_client_cert(leaf, intermediates, now)
@@ -222,9 +225,11 @@ pub fn mtls_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), crypto_provider())
-            .build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(root_store(roots)?),
+        crypto_provider(),
+    )
+    .build()?;
     let config = ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

@@ -13,8 +13,8 @@ use signet_identity::{KeyType, PrivateKey, TrustDomain};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::Config;
-use signet_identity::fsutil;
 use crate::store::{AuthorityRow, Store};
+use signet_identity::fsutil;
 
 /// Where the signing intermediate comes from.
 pub struct Authorities {

@@ -108,6 +108,15 @@ impl Ca {
         signet_identity::fsutil::ensure_private_dir(&config.data_dir)?;
         signet_identity::fsutil::ensure_private_dir(&config.data_dir.join("keys"))?;
         let store = Store::open(&config.data_dir.join("signet.db"))?;
+        match store.meta("trust_domain")? {
+            Some(td) if td != config.trust_domain.as_str() => anyhow::bail!(
+                "the data directory {} belongs to trust domain {td}, not {}; use another data directory",
+                config.data_dir.display(),
+                config.trust_domain
+            ),
+            Some(_) => {}
+            None => store.set_meta("trust_domain", config.trust_domain.as_str())?,
+        }
         let auth = authorities::load_or_create(&config, &store, clock())?;
         let bundle = build_bundle(&config, &store, &auth.anchors, clock())?;
         write_bundle_file(&config, &bundle)?;
@@ -638,6 +647,11 @@ impl Ca {
                     "{id} is not in trust domain {}",
                     self.config.trust_domain
                 )));
+            }
+            if id.path().starts_with("/signet/") {
+                return Err(CaError::InvalidArgument(
+                    "the path /signet/ is reserved for Signet's own identities".into(),
+                ));
             }
             let csr =
                 VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;

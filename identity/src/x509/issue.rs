@@ -152,6 +152,15 @@ impl SigningAuthority {
         if parsed.public_key().raw != key.public_key_spki().as_slice() {
             return Err(bad("private key does not match the certificate".into()));
         }
+        // A signing certificate that names a trust domain must name this one.
+        if let Some(id) = super::rules::check_parsed(&parsed).spiffe_id
+            && !id.is_member_of(&trust_domain)
+        {
+            return Err(bad(format!(
+                "certificate belongs to {}, not {trust_domain}",
+                id.trust_domain()
+            )));
+        }
         let self_signed = parsed.subject().as_raw() == parsed.issuer().as_raw();
         let mut not_before = to_system_time(parsed.validity().not_before.to_datetime());
         let mut not_after = to_system_time(parsed.validity().not_after.to_datetime());

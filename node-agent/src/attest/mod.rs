@@ -41,7 +41,10 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
 ///
 /// # Errors
 /// The first attestor error.
-pub async fn attest_all(attestors: &[std::sync::Arc<dyn WorkloadAttestor>], peer: PeerCred) -> Result<Vec<Selector>, AttestError> {
+pub async fn attest_all(
+    attestors: &[std::sync::Arc<dyn WorkloadAttestor>],
+    peer: PeerCred,
+) -> Result<Vec<Selector>, AttestError> {
     let mut all = Vec::new();
     for a in attestors {
         all.extend(a.attest(peer).await?);

@@ -37,11 +37,17 @@ impl Default for UnixAttestor {
 impl UnixAttestor {
     /// An attestor reading another /proc and /etc (for tests).
     pub fn with_roots(proc_root: PathBuf, etc_root: PathBuf) -> Self {
-        Self { proc_root, etc_root }
+        Self {
+            proc_root,
+            etc_root,
+        }
     }
 
     fn proc_err(pid: i32, e: impl std::fmt::Display) -> AttestError {
-        AttestError::Proc { pid, reason: e.to_string() }
+        AttestError::Proc {
+            pid,
+            reason: e.to_string(),
+        }
     }
 
     /// The start time of `pid` (field 22 of /proc/PID/stat, in clock ticks).
@@ -49,10 +55,14 @@ impl UnixAttestor {
     /// # Errors
     /// The process is gone or /proc is unreadable.
     pub fn start_time(&self, pid: i32) -> Result<u64, AttestError> {
-        let stat = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat")).map_err(|e| Self::proc_err(pid, e))?;
+        let stat = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat"))
+            .map_err(|e| Self::proc_err(pid, e))?;
         // The command name (field 2) may contain spaces and parentheses: skip
         // to the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| Self::proc_err(pid, "malformed stat"))?;
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| Self::proc_err(pid, "malformed stat"))?;
         // After ')' come fields 3.. ; start time is field 22, i.e. index 19 here.
         rest.split_whitespace()
             .nth(19)
@@ -71,7 +81,11 @@ impl UnixAttestor {
         // rights); that is not fatal, it only yields no path selector.
         let exe = std::fs::read_link(dir.join("exe")).ok();
         let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-        Ok(ProcessInfo { exe, cgroup, start_time })
+        Ok(ProcessInfo {
+            exe,
+            cgroup,
+            start_time,
+        })
     }
 }
 
@@ -129,11 +143,16 @@ mod tests {
     async fn attests_this_very_process() {
         let a = UnixAttestor::default();
         let pid = std::process::id() as i32;
-        let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap();
         let sel = a.attest(PeerCred { pid, uid, gid: 0 }).await.unwrap();
         assert!(sel.contains(&Selector::new("unix", format!("uid:{uid}"))));
         let exe = std::env::current_exe().unwrap();
-        assert!(sel.contains(&Selector::new("unix", format!("path:{}", exe.display()))), "{sel:?}");
+        assert!(
+            sel.contains(&Selector::new("unix", format!("path:{}", exe.display()))),
+            "{sel:?}"
+        );
         if uid == 0 {
             assert!(sel.contains(&Selector::new("unix", "user:root")));
         }
@@ -145,7 +164,15 @@ mod tests {
         let pid = child.id() as i32;
         child.wait().unwrap();
         let a = UnixAttestor::default();
-        assert!(a.attest(PeerCred { pid, uid: 0, gid: 0 }).await.is_err());
+        assert!(
+            a.attest(PeerCred {
+                pid,
+                uid: 0,
+                gid: 0
+            })
+            .await
+            .is_err()
+        );
     }
 
     #[tokio::test]
@@ -154,7 +181,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("4242");
         std::fs::create_dir_all(&p).unwrap();
-        let stat = |start: u64| format!("4242 (my (odd) name) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
+        let stat = |start: u64| {
+            format!("4242 (my (odd) name) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0")
+        };
         std::fs::write(p.join("stat"), stat(100)).unwrap();
         let a = UnixAttestor::with_roots(dir.path().to_path_buf(), dir.path().to_path_buf());
         assert_eq!(a.start_time(4242).unwrap(), 100);
@@ -166,8 +195,15 @@ mod tests {
     #[test]
     fn names_come_from_passwd_and_group() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/home/web:/bin/sh\n").unwrap();
-        assert_eq!(lookup_name(&dir.path().join("passwd"), 1000).as_deref(), Some("web"));
+        std::fs::write(
+            dir.path().join("passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/home/web:/bin/sh\n",
+        )
+        .unwrap();
+        assert_eq!(
+            lookup_name(&dir.path().join("passwd"), 1000).as_deref(),
+            Some("web")
+        );
         assert_eq!(lookup_name(&dir.path().join("passwd"), 7), None);
     }
 }

@@ -23,7 +23,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, current: base }
+        Self {
+            base,
+            max,
+            current: base,
+        }
     }
 
     /// The next delay.
@@ -48,7 +52,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
         let delays: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
         for (d, cap) in delays.iter().zip([1, 2, 4, 8, 8, 8]) {
-            assert!(*d <= Duration::from_secs(cap) && *d >= Duration::from_secs(cap) / 2, "{d:?} vs {cap}");
+            assert!(
+                *d <= Duration::from_secs(cap) && *d >= Duration::from_secs(cap) / 2,
+                "{d:?} vs {cap}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));

@@ -53,7 +53,12 @@ pub struct Manager {
 
 impl Manager {
     /// A manager for an attested node.
-    pub fn new(config: Arc<Config>, client: CaClient, node: NodeSvid, bundle: TrustBundle) -> Arc<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        client: CaClient,
+        node: NodeSvid,
+        bundle: TrustBundle,
+    ) -> Arc<Self> {
         let inner = Inner {
             bundle: Some(Arc::new(bundle)),
             ..Inner::default()
@@ -79,7 +84,9 @@ impl Manager {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Builds and sends a new snapshot from the current state, dropping
@@ -119,8 +126,14 @@ impl Manager {
     async fn node_renewal(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), self.config.max_backoff);
         loop {
-            let renew_at = self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner).renew_at();
-            let wait = renew_at.duration_since(SystemTime::now()).unwrap_or_default();
+            let renew_at = self
+                .node
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .renew_at();
+            let wait = renew_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
@@ -135,7 +148,10 @@ impl Manager {
                     }
                     self.client.set_identity(svid.client_identity());
                     tracing::info!(not_after = %humantime::format_rfc3339_seconds(svid.not_after), "renewed the node SVID");
-                    *self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(svid);
+                    *self
+                        .node
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(svid);
                     backoff.reset();
                 }
                 Err(e) => {
@@ -154,7 +170,12 @@ impl Manager {
         let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
         loop {
             let result: anyhow::Result<()> = async {
-                let mut stream = self.client.node().watch_bundle(pb::WatchBundleRequest {}).await?.into_inner();
+                let mut stream = self
+                    .client
+                    .node()
+                    .watch_bundle(pb::WatchBundleRequest {})
+                    .await?
+                    .into_inner();
                 loop {
                     tokio::select! {
                         msg = stream.message() => match msg? {
@@ -189,7 +210,9 @@ impl Manager {
             anyhow::bail!("the CA sent a bundle for {}", bundle.trust_domain());
         }
         if bundle.x509_authorities().is_empty() {
-            anyhow::bail!("the CA sent a bundle without X.509 authorities; keeping the current one");
+            anyhow::bail!(
+                "the CA sent a bundle without X.509 authorities; keeping the current one"
+            );
         }
         {
             let mut inner = self.lock();
@@ -198,8 +221,13 @@ impl Manager {
             }
             inner.bundle = Some(Arc::new(bundle.clone()));
         }
-        self.client.set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
-        let node = self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        self.client
+            .set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
+        let node = self
+            .node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if let Err(e) = node::save(&self.config.data_dir, &node, &bundle) {
             tracing::error!(error = %format!("{e:#}"), "could not persist the bundle");
         }
@@ -261,18 +289,26 @@ impl Manager {
                     Ok(entry) => {
                         // A changed entry (DNS names, TTL, ID) needs a new SVID.
                         if let Some(old) = inner.entries.get(&entry.id)
-                            && (old.spiffe_id != entry.spiffe_id || old.dns_names != entry.dns_names || old.ttl_seconds != entry.ttl_seconds)
+                            && (old.spiffe_id != entry.spiffe_id
+                                || old.dns_names != entry.dns_names
+                                || old.ttl_seconds != entry.ttl_seconds)
                         {
                             inner.svids.remove(&entry.id);
                         }
                         inner.entries.insert(entry.id.clone(), Arc::new(entry));
                     }
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "ignoring an entry the CA sent"),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "ignoring an entry the CA sent")
+                    }
                 }
             }
             let Inner { entries, svids, .. } = &mut *inner;
             svids.retain(|id, _| entries.contains_key(id));
-            tracing::info!(entries = entries.len(), revision = update.revision, "authorized entries updated");
+            tracing::info!(
+                entries = entries.len(),
+                revision = update.revision,
+                "authorized entries updated"
+            );
         }
         self.publish();
         self.wake_certify.notify_one();
@@ -311,7 +347,9 @@ impl Manager {
                 backoff.next_delay()
             } else {
                 backoff.reset();
-                let until_due = next_due.and_then(|t| t.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(3600));
+                let until_due = next_due
+                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                    .unwrap_or(Duration::from_secs(3600));
                 until_due.min(Duration::from_secs(3600))
             };
             tokio::select! {
@@ -345,18 +383,24 @@ impl Manager {
         {
             let mut inner = self.lock();
             for r in resp.results {
-                let Some((key, entry)) = keys.remove(&r.entry_id) else { continue };
+                let Some((key, entry)) = keys.remove(&r.entry_id) else {
+                    continue;
+                };
                 match r.result {
-                    Some(pb::sign_result::Result::Svid(svid)) => match svid_from_pb(&entry, svid, key) {
-                        Ok(s) => {
-                            if inner.entries.contains_key(&entry.id) {
-                                tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
-                                inner.svids.insert(entry.id.clone(), Arc::new(s));
-                                issued += 1;
+                    Some(pb::sign_result::Result::Svid(svid)) => {
+                        match svid_from_pb(&entry, svid, key) {
+                            Ok(s) => {
+                                if inner.entries.contains_key(&entry.id) {
+                                    tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
+                                    inner.svids.insert(entry.id.clone(), Arc::new(s));
+                                    issued += 1;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(entry = %entry.id, error = %format!("{e:#}"), "unusable SVID from the CA")
                             }
                         }
-                        Err(e) => tracing::error!(entry = %entry.id, error = %format!("{e:#}"), "unusable SVID from the CA"),
-                    },
+                    }
                     Some(pb::sign_result::Result::Error(e)) => {
                         tracing::warn!(entry = %entry.id, code = e.code, message = %e.message, "the CA refused an SVID");
                     }
@@ -377,7 +421,10 @@ impl Manager {
         loop {
             let (sequence, count) = {
                 let inner = self.lock();
-                (inner.bundle.as_ref().map_or(0, |b| b.sequence()), inner.svids.len() as u32)
+                (
+                    inner.bundle.as_ref().map_or(0, |b| b.sequence()),
+                    inner.svids.len() as u32,
+                )
             };
             if last_reported != Some((sequence, count)) {
                 let req = pb::ReportStatusRequest {
@@ -386,7 +433,9 @@ impl Manager {
                 };
                 match self.client.node().report_status(req).await {
                     Ok(_) => last_reported = Some((sequence, count)),
-                    Err(s) => tracing::debug!(code = ?s.code(), message = %s.message(), "status report failed"),
+                    Err(s) => {
+                        tracing::debug!(code = ?s.code(), message = %s.message(), "status report failed")
+                    }
                 }
             }
             tokio::select! {
@@ -403,12 +452,20 @@ impl Manager {
 
 #[tonic::async_trait]
 impl JwtSource for Manager {
-    async fn fetch_jwt(&self, entry_id: &str, audience: &[String]) -> Result<String, tonic::Status> {
+    async fn fetch_jwt(
+        &self,
+        entry_id: &str,
+        audience: &[String],
+    ) -> Result<String, tonic::Status> {
         let mut aud = audience.to_vec();
         aud.sort();
         let key = (entry_id.to_owned(), aud);
         let now = SystemTime::now();
-        if let Some((token, refresh_at)) = self.jwt_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key)
+        if let Some((token, refresh_at)) = self
+            .jwt_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
             && *refresh_at > now
         {
             return Ok(token.clone());
@@ -425,7 +482,10 @@ impl JwtSource for Manager {
             .into_inner();
         let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(resp.expires_at.max(0) as u64);
         let refresh_at = now + exp.duration_since(now).unwrap_or_default() / 2;
-        let mut cache = self.jwt_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .jwt_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.retain(|_, (_, r)| *r > now);
         cache.insert(key, (resp.token.clone(), refresh_at));
         Ok(resp.token)
@@ -436,7 +496,11 @@ fn entry_from_pb(e: pb::Entry) -> anyhow::Result<Entry> {
     Ok(Entry {
         spiffe_id: SpiffeId::parse(&e.spiffe_id).with_context(|| format!("entry {}", e.id))?,
         id: e.id,
-        selectors: e.selectors.into_iter().map(|s| Selector::new(s.r#type, s.value)).collect(),
+        selectors: e
+            .selectors
+            .into_iter()
+            .map(|s| Selector::new(s.r#type, s.value))
+            .collect(),
         ttl_seconds: e.x509_svid_ttl_seconds,
         dns_names: e.dns_names,
         revision: e.revision,
@@ -444,7 +508,11 @@ fn entry_from_pb(e: pb::Entry) -> anyhow::Result<Entry> {
 }
 
 fn svid_from_pb(entry: &Entry, svid: pb::X509Svid, key: PrivateKey) -> anyhow::Result<Svid> {
-    let chain: Vec<CertificateDer<'static>> = svid.cert_chain.into_iter().map(CertificateDer::from).collect();
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
     let leaf = chain.first().context("empty chain")?;
     let (_, cert) = X509Certificate::from_der(leaf)?;
     if cert.public_key().raw != key.public_key_spki().as_slice() {
@@ -452,7 +520,10 @@ fn svid_from_pb(entry: &Entry, svid: pb::X509Svid, key: PrivateKey) -> anyhow::R
     }
     let spiffe_id = SpiffeId::parse(&svid.spiffe_id)?;
     if spiffe_id != entry.spiffe_id {
-        anyhow::bail!("the certificate is for {spiffe_id}, not {}", entry.spiffe_id);
+        anyhow::bail!(
+            "the certificate is for {spiffe_id}, not {}",
+            entry.spiffe_id
+        );
     }
     let not_before = SystemTime::from(cert.validity().not_before.to_datetime());
     let not_after = SystemTime::from(cert.validity().not_after.to_datetime());

@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, RwLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -52,19 +52,28 @@ impl CaClient {
     /// # Errors
     /// An invalid server name.
     pub fn new(address: &str, server_name: &str, trust: ServerTrust) -> anyhow::Result<Self> {
-        let state = Arc::new(RwLock::new(TlsState { trust, identity: None }));
+        let state = Arc::new(RwLock::new(TlsState {
+            trust,
+            identity: None,
+        }));
         let name = ServerName::try_from(server_name.to_owned())?;
         let addr = address.to_owned();
         let st = state.clone();
         let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
-            let st = st.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let st = st
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             let addr = addr.clone();
             let name = name.clone();
             async move {
-                let config = client_config(&st).map_err(|e| std::io::Error::other(e.to_string()))?;
+                let config =
+                    client_config(&st).map_err(|e| std::io::Error::other(e.to_string()))?;
                 let tcp = TcpStream::connect(&addr).await?;
                 let _ = tcp.set_nodelay(true);
-                let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
         });
@@ -84,12 +93,18 @@ impl CaClient {
 
     /// Replaces the server trust (e.g. after a bundle change).
     pub fn set_trust(&self, trust: ServerTrust) {
-        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner).trust = trust;
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .trust = trust;
     }
 
     /// Replaces the client certificate presented on new connections.
     pub fn set_identity(&self, identity: ClientIdentity) {
-        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner).identity = Some(identity);
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .identity = Some(identity);
     }
 }
 
@@ -101,13 +116,16 @@ fn client_config(st: &TlsState) -> anyhow::Result<Arc<ClientConfig>> {
             for r in roots {
                 store.add(r.clone())?;
             }
-            WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone()).build()?
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                .build()?
         }
         ServerTrust::PinnedRoot(hash) => Arc::new(PinnedRootVerifier {
             hash: *hash,
             provider: provider.clone(),
         }),
-        ServerTrust::Insecure => Arc::new(AnyServer { provider: provider.clone() }),
+        ServerTrust::Insecure => Arc::new(AnyServer {
+            provider: provider.clone(),
+        }),
     };
     let builder = ClientConfig::builder_with_provider(provider as Arc<CryptoProvider>)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -143,22 +161,49 @@ impl ServerCertVerifier for PinnedRootVerifier {
         let pinned = intermediates
             .iter()
             .find(|c| ring::digest::digest(&ring::digest::SHA256, c).as_ref() == self.hash)
-            .ok_or_else(|| rustls::Error::General("the CA did not present the pinned root (sha256 mismatch)".into()))?;
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the CA did not present the pinned root (sha256 mismatch)".into(),
+                )
+            })?;
         let mut store = RootCertStore::empty();
         store.add(pinned.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -179,13 +224,35 @@ impl ServerCertVerifier for AnyServer {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

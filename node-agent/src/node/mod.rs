@@ -46,14 +46,21 @@ impl NodeSvid {
 
     /// When to renew: half of the lifetime.
     pub fn renew_at(&self) -> SystemTime {
-        let life = self.not_after.duration_since(self.not_before).unwrap_or_default();
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
         self.not_before + life / 2
     }
 }
 
 fn paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let dir = data_dir.join("node");
-    (dir.join("svid.pem"), dir.join("svid_key.pem"), dir.join("bundle.pem"))
+    (
+        dir.join("svid.pem"),
+        dir.join("svid_key.pem"),
+        dir.join("bundle.pem"),
+    )
 }
 
 /// Reads certificates from PEM text.
@@ -69,7 +76,10 @@ pub fn certs_from_pem(text: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>
 }
 
 fn pem_chain(certs: &[CertificateDer<'_>]) -> String {
-    certs.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec()))).collect()
+    certs
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect()
 }
 
 /// Validity of a leaf.
@@ -84,7 +94,11 @@ fn validity(der: &[u8]) -> anyhow::Result<(SystemTime, SystemTime)> {
 /// Builds a node SVID from the CA's answer.
 fn from_response(svid: Option<pb::X509Svid>, key: PrivateKey) -> anyhow::Result<NodeSvid> {
     let svid = svid.context("the CA returned no SVID")?;
-    let chain: Vec<CertificateDer<'static>> = svid.cert_chain.into_iter().map(CertificateDer::from).collect();
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
     let leaf = chain.first().context("the CA returned an empty chain")?;
     let (not_before, not_after) = validity(leaf)?;
     let (_, parsed) = X509Certificate::from_der(leaf)?;
@@ -106,7 +120,11 @@ fn from_response(svid: Option<pb::X509Svid>, key: PrivateKey) -> anyhow::Result<
 /// Authorities that do not parse.
 pub fn bundle_from_pb(b: &pb::Bundle) -> anyhow::Result<TrustBundle> {
     let td = TrustDomain::new(&b.trust_domain)?;
-    let mut bundle = TrustBundle::new(td).with_x509_authorities(b.x509_authorities.iter().map(|c| CertificateDer::from(c.clone())))?;
+    let mut bundle = TrustBundle::new(td).with_x509_authorities(
+        b.x509_authorities
+            .iter()
+            .map(|c| CertificateDer::from(c.clone())),
+    )?;
     for j in &b.jwt_authorities {
         let mut a = signet_identity::JwtAuthority::new(j.key_id.clone(), &j.public_key)?;
         if j.expires_at > 0 {
@@ -116,7 +134,9 @@ pub fn bundle_from_pb(b: &pb::Bundle) -> anyhow::Result<TrustBundle> {
     }
     bundle.set_sequence(b.sequence);
     if b.refresh_hint_seconds > 0 {
-        bundle.set_refresh_hint(Some(std::time::Duration::from_secs(b.refresh_hint_seconds as u64)));
+        bundle.set_refresh_hint(Some(std::time::Duration::from_secs(
+            b.refresh_hint_seconds as u64,
+        )));
     }
     Ok(bundle)
 }
@@ -131,12 +151,21 @@ pub fn load(data_dir: &Path, td: &TrustDomain) -> anyhow::Result<Option<(NodeSvi
         return Ok(None);
     }
     let chain = certs_from_pem(&std::fs::read(&svid_path)?)?;
-    let key = PrivateKey::from_pem(&std::fs::read_to_string(&key_path).with_context(|| format!("reading {}", key_path.display()))?)?;
-    let bundle = TrustBundle::from_pem(td.clone(), &std::fs::read(&bundle_path).with_context(|| format!("reading {}", bundle_path.display()))?)?;
+    let key = PrivateKey::from_pem(
+        &std::fs::read_to_string(&key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?,
+    )?;
+    let bundle = TrustBundle::from_pem(
+        td.clone(),
+        &std::fs::read(&bundle_path)
+            .with_context(|| format!("reading {}", bundle_path.display()))?,
+    )?;
     let leaf = chain.first().context("empty node SVID file")?;
     let (not_before, not_after) = validity(leaf)?;
     let report = signet_identity::x509::check_certificate(leaf).map_err(anyhow::Error::msg)?;
-    let spiffe_id = report.spiffe_id.context("the stored node SVID has no SPIFFE ID")?;
+    let spiffe_id = report
+        .spiffe_id
+        .context("the stored node SVID has no SPIFFE ID")?;
     Ok(Some((
         NodeSvid {
             spiffe_id,
@@ -181,7 +210,8 @@ pub async fn attest(client: &CaClient, token: &str) -> anyhow::Result<(NodeSvid,
         .into_inner();
     let bundle = bundle_from_pb(&resp.bundle.context("the CA returned no bundle")?)?;
     let svid = from_response(resp.svid, key)?;
-    signet_identity::x509::verify_x509_svid(&svid.chain, &bundle, SystemTime::now()).context("the node SVID does not verify against the CA's bundle")?;
+    signet_identity::x509::verify_x509_svid(&svid.chain, &bundle, SystemTime::now())
+        .context("the node SVID does not verify against the CA's bundle")?;
     Ok((svid, bundle))
 }
 

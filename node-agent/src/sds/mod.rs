@@ -1,1 +1,249 @@
-//! Envoy SDS v3 server.
+//! Envoy SDS v3 (`envoy.service.secret.v3.SecretDiscoveryService`) on a unix
+//! socket, so that Envoy gets its SVIDs and trust bundles from the agent
+//! without a file or a sidecar helper.
+//!
+//! Envoy sends no credentials on SDS streams: the caller is identified by the
+//! kernel (SO_PEERCRED), attested like a Workload API caller, and served only
+//! what its selectors entitle it to. See [`resources`] for the names it may
+//! ask for and [`xds`] for the protocol.
+
+mod resources;
+mod xds;
+
+#[cfg(test)]
+mod tests;
+
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument as _, Span};
+
+pub use resources::{
+    ALL_BUNDLES, DEFAULT_SVID, ROOT_CA, SECRET_TYPE_URL, SPIFFE_VALIDATOR,
+    SPIFFE_VALIDATOR_TYPE_URL,
+};
+pub use xds::ResponseStream;
+
+use crate::attest::{AttestError, PeerCred, WorkloadAttestor, attest_all, peer_of};
+use crate::state::{Selector, SnapshotRx};
+use resources::{Caller, Subscription, combined_version};
+use xds::{Delta, Driver, Sotw, check_type_url, spiffe_validator_wanted};
+
+/// How long open connections may take to close after shutdown is signalled.
+/// Streams end at once; this only bounds a client that will not hang up.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The SDS service: reads snapshots, attests every caller.
+pub struct SdsServer {
+    snapshots: SnapshotRx,
+    attestors: Vec<Arc<dyn WorkloadAttestor>>,
+    /// Set by [`serve`], so that open streams end on shutdown instead of
+    /// holding the server's graceful shutdown open forever.
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl SdsServer {
+    pub fn new(snapshots: SnapshotRx, attestors: Vec<Arc<dyn WorkloadAttestor>>) -> Self {
+        Self {
+            snapshots,
+            attestors,
+            shutdown: None,
+        }
+    }
+
+    /// Attests the caller and checks it has at least one registration entry.
+    async fn admit(
+        &self,
+        peer: Result<PeerCred, AttestError>,
+        rpc: &'static str,
+    ) -> Result<(Span, Vec<Selector>), Status> {
+        let peer = peer.map_err(|e| {
+            tracing::warn!(rpc, error = %e, "refusing an SDS caller");
+            attest_status(&e)
+        })?;
+        let span = tracing::info_span!("sds", rpc, pid = peer.pid, uid = peer.uid);
+        let selectors = attest_all(&self.attestors, peer)
+            .instrument(span.clone())
+            .await
+            .map_err(|e| {
+                span.in_scope(|| tracing::warn!(error = %e, "workload attestation failed"));
+                attest_status(&e)
+            })?;
+        let snapshot = self.snapshots.borrow().clone();
+        if snapshot.entries_for(&selectors).is_empty() {
+            span.in_scope(|| {
+                tracing::warn!(?selectors, "no registration entry matches the caller");
+            });
+            return Err(Status::permission_denied(
+                "no identity is registered for the calling process",
+            ));
+        }
+        span.in_scope(|| tracing::debug!(?selectors, "caller admitted"));
+        Ok((span, selectors))
+    }
+}
+
+/// Attestation errors as gRPC statuses, with the same codes as the Workload
+/// API: a caller that cannot be identified is not permitted; /proc that
+/// cannot be read (most often, the caller exited) is worth a retry.
+fn attest_status(error: &AttestError) -> Status {
+    let message = format!("workload attestation failed: {error}");
+    match error {
+        AttestError::NoCredentials | AttestError::ProcessChanged(_) => {
+            Status::permission_denied(message)
+        }
+        AttestError::Proc { .. } => Status::unavailable(message),
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for SdsServer {
+    type StreamSecretsStream = ResponseStream<DiscoveryResponse>;
+    type DeltaSecretsStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let peer = peer_of(&request);
+        let (span, selectors) = self.admit(peer, "StreamSecrets").await?;
+        let driver = Driver::new(
+            request.into_inner(),
+            Sotw::default(),
+            self.snapshots.clone(),
+            self.shutdown.clone(),
+            selectors,
+        );
+        Ok(Response::new(driver.into_stream(span)))
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        let peer = peer_of(&request);
+        let (span, selectors) = self.admit(peer, "DeltaSecrets").await?;
+        let driver = Driver::new(
+            request.into_inner(),
+            Delta::default(),
+            self.snapshots.clone(),
+            self.shutdown.clone(),
+            selectors,
+        );
+        Ok(Response::new(driver.into_stream(span)))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let peer = peer_of(&request);
+        let (span, selectors) = self.admit(peer, "FetchSecrets").await?;
+        let request = request.into_inner();
+        check_type_url(&request.type_url)?;
+        let spiffe_validator = request
+            .node
+            .as_ref()
+            .and_then(spiffe_validator_wanted)
+            .unwrap_or(true);
+        let snapshot = self.snapshots.borrow().clone();
+        let caller = Caller::new(&snapshot, &selectors, SystemTime::now(), spiffe_validator);
+        let resources = span
+            .in_scope(|| Subscription::from_names(&request.resource_names).resolve(&caller, true));
+        if resources.is_empty() {
+            return Err(Status::not_found(
+                "none of the requested secrets is available",
+            ));
+        }
+        Ok(Response::new(DiscoveryResponse {
+            version_info: combined_version(&resources),
+            resources: resources.into_iter().map(|r| r.into_any()).collect(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            ..DiscoveryResponse::default()
+        }))
+    }
+}
+
+/// Binds the unix socket (replacing a stale one, creating its directory, mode
+/// 0666: attestation, not file permissions, decides what a caller gets),
+/// serves SDS until `shutdown` turns true (or its sender is dropped), then
+/// removes the socket.
+///
+/// # Errors
+/// The socket cannot be bound (another server is live on it, or the path is
+/// not a socket), or the server fails.
+pub async fn serve(
+    socket: PathBuf,
+    mut server: SdsServer,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = bind(&socket)?;
+    server.shutdown = Some(shutdown.clone());
+    tracing::info!(socket = %socket.display(), "serving Envoy SDS");
+
+    let mut signal = Some(shutdown.clone());
+    let serving = tonic::transport::Server::builder()
+        .add_service(SecretDiscoveryServiceServer::new(server))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            xds::shutdown_signalled(&mut signal).await;
+        });
+    let mut deadline = Some(shutdown);
+    let result = tokio::select! {
+        result = serving => result.context("the SDS server failed"),
+        () = async {
+            xds::shutdown_signalled(&mut deadline).await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } => {
+            tracing::warn!("SDS connections did not close in time; dropping them");
+            Ok(())
+        }
+    };
+    if let Err(e) = std::fs::remove_file(&socket)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the SDS socket");
+    }
+    tracing::info!("SDS server stopped");
+    result
+}
+
+fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                bail!("another server is listening on {}", socket.display());
+            }
+            std::fs::remove_file(socket)
+                .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            socket.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", socket.display())),
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    Ok(listener)
+}

@@ -22,12 +22,16 @@ use std::time::SystemTime;
 use futures::Stream;
 use signet_identity::SpiffeId;
 use signet_identity::jwt;
-use signet_proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use signet_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
 use signet_proto::workload::{
-    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svidRequest, X509svidResponse,
 };
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::attest::{AttestError, WorkloadAttestor, attest_all, peer_of};
@@ -66,14 +70,20 @@ pub struct WorkloadApi {
 impl std::fmt::Debug for WorkloadApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.attestors.iter().map(|a| a.name()).collect();
-        f.debug_struct("WorkloadApi").field("attestors", &names).finish_non_exhaustive()
+        f.debug_struct("WorkloadApi")
+            .field("attestors", &names)
+            .finish_non_exhaustive()
     }
 }
 
 impl WorkloadApi {
     /// A service serving `snapshots` to callers attested by `attestors`, with
     /// JWT-SVIDs minted through `jwt`.
-    pub fn new(snapshots: SnapshotRx, attestors: Vec<Arc<dyn WorkloadAttestor>>, jwt: Arc<dyn JwtSource>) -> Self {
+    pub fn new(
+        snapshots: SnapshotRx,
+        attestors: Vec<Arc<dyn WorkloadAttestor>>,
+        jwt: Arc<dyn JwtSource>,
+    ) -> Self {
         Self {
             snapshots,
             attestors: attestors.into(),
@@ -91,12 +101,22 @@ impl WorkloadApi {
     }
 
     /// The selectors of the process that sent `req`.
-    async fn attest<T>(&self, req: &Request<T>, rpc: &'static str) -> Result<Vec<Selector>, Status> {
+    async fn attest<T>(
+        &self,
+        req: &Request<T>,
+        rpc: &'static str,
+    ) -> Result<Vec<Selector>, Status> {
         let peer = peer_of(req).map_err(|e| attest_status(rpc, None, &e))?;
         let selectors = attest_all(&self.attestors, peer)
             .await
             .map_err(|e| attest_status(rpc, Some(peer.pid), &e))?;
-        tracing::debug!(rpc, pid = peer.pid, uid = peer.uid, ?selectors, "workload attested");
+        tracing::debug!(
+            rpc,
+            pid = peer.pid,
+            uid = peer.uid,
+            ?selectors,
+            "workload attested"
+        );
         Ok(selectors)
     }
 
@@ -120,7 +140,9 @@ fn attest_status(rpc: &'static str, pid: Option<i32>, error: &AttestError) -> St
         AttestError::NoCredentials | AttestError::ProcessChanged(_) => {
             Status::permission_denied(format!("workload attestation failed: {error}"))
         }
-        AttestError::Proc { .. } => Status::unavailable(format!("workload attestation failed: {error}")),
+        AttestError::Proc { .. } => {
+            Status::unavailable(format!("workload attestation failed: {error}"))
+        }
     }
 }
 
@@ -132,16 +154,22 @@ fn attest_status(rpc: &'static str, pid: Option<i32>, error: &AttestError) -> St
 pub fn check_security_header(req: Request<()>) -> Result<Request<()>, Status> {
     match req.metadata().get(SECURITY_HEADER) {
         Some(v) if v.as_bytes() == SECURITY_HEADER_VALUE.as_bytes() => Ok(req),
-        _ => Err(Status::invalid_argument("security header missing from request")),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
     }
 }
 
-/// The service with the security header check in front of it.
-pub fn service(
-    api: WorkloadApi,
-) -> tonic::service::interceptor::InterceptedService<SpiffeWorkloadApiServer<WorkloadApi>, fn(Request<()>) -> Result<Request<()>, Status>>
-{
-    SpiffeWorkloadApiServer::with_interceptor(api, check_security_header as fn(Request<()>) -> Result<Request<()>, Status>)
+/// The signature of [`check_security_header`], as the interceptor type.
+type HeaderCheck = fn(Request<()>) -> Result<Request<()>, Status>;
+
+/// The Workload API service with the security header check in front of it.
+pub type Service = InterceptedService<SpiffeWorkloadApiServer<WorkloadApi>, HeaderCheck>;
+
+/// The service with the security header check in front of it, ready for
+/// `tonic::transport::Server::add_service`.
+pub fn service(api: WorkloadApi) -> Service {
+    SpiffeWorkloadApiServer::with_interceptor(api, check_security_header as HeaderCheck)
 }
 
 #[tonic::async_trait]
@@ -150,7 +178,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
     type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
 
-    async fn fetch_x509svid(&self, req: Request<X509svidRequest>) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = self.attest(&req, "FetchX509SVID").await?;
         // Refuse at once, rather than on the stream, a caller that has no
         // entry at all, so that it sees a plain PermissionDenied.
@@ -160,7 +191,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         let mut view = view::X509SvidView::new(selectors);
-        let out = stream::follow(self.stream_context(), move |snapshot, now| view.evaluate(snapshot, now));
+        let out = stream::follow(self.stream_context(), move |snapshot, now| {
+            view.evaluate(snapshot, now)
+        });
         Ok(Response::new(out))
     }
 
@@ -172,11 +205,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         // without an identity of its own. The standard describes this RPC as
         // the one for workloads that only validate others.
         self.attest(&req, "FetchX509Bundles").await?;
-        let out = stream::follow(self.stream_context(), |snapshot, _| view::x509_bundles(snapshot));
+        let out = stream::follow(self.stream_context(), |snapshot, _| {
+            view::x509_bundles(snapshot)
+        });
         Ok(Response::new(out))
     }
 
-    async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
         let selectors = self.attest(&req, "FetchJWTSVID").await?;
         let req = req.into_inner();
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
@@ -185,14 +223,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let wanted = if req.spiffe_id.is_empty() {
             None
         } else {
-            Some(
-                SpiffeId::parse(&req.spiffe_id)
-                    .map_err(|e| Status::invalid_argument(format!("invalid spiffe_id {:?}: {e}", req.spiffe_id)))?,
-            )
+            Some(SpiffeId::parse(&req.spiffe_id).map_err(|e| {
+                Status::invalid_argument(format!("invalid spiffe_id {:?}: {e}", req.spiffe_id))
+            })?)
         };
         let snapshot = self.snapshots.borrow().clone();
         if snapshot.bundle.is_none() {
-            return Err(Status::unavailable("the agent has not received its trust bundle yet"));
+            return Err(Status::unavailable(
+                "the agent has not received its trust bundle yet",
+            ));
         }
         let entries = view::jwt_entries(&snapshot, &selectors, wanted.as_ref());
         if entries.is_empty() {
@@ -217,7 +256,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         self.attest(&req, "FetchJWTBundles").await?;
-        let out = stream::follow(self.stream_context(), |snapshot, _| view::jwt_bundles(snapshot));
+        let out = stream::follow(self.stream_context(), |snapshot, _| {
+            view::jwt_bundles(snapshot)
+        });
         Ok(Response::new(out))
     }
 
@@ -238,23 +279,28 @@ impl SpiffeWorkloadApi for WorkloadApi {
         // The subject names the trust domain whose bundle must be used (SPIFFE
         // Workload API, section 6.3); the signature check that follows makes
         // this unverified peek harmless.
-        let claims = jwt::peek_claims(&req.svid).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let subject = SpiffeId::parse(&claims.sub)
-            .map_err(|e| Status::invalid_argument(format!("token subject is not a valid SPIFFE ID: {e}")))?;
+        let claims =
+            jwt::peek_claims(&req.svid).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let subject = SpiffeId::parse(&claims.sub).map_err(|e| {
+            Status::invalid_argument(format!("token subject is not a valid SPIFFE ID: {e}"))
+        })?;
         let snapshot = self.snapshots.borrow().clone();
         let Some(bundle) = view::bundle_for(&snapshot, subject.trust_domain()) else {
             if snapshot.bundle.is_none() {
-                return Err(Status::unavailable("the agent has not received its trust bundle yet"));
+                return Err(Status::unavailable(
+                    "the agent has not received its trust bundle yet",
+                ));
             }
             return Err(Status::invalid_argument(format!(
                 "no bundle for trust domain {}",
                 subject.trust_domain()
             )));
         };
-        let verified = jwt::validate(&req.svid, bundle, Some(&req.audience), (self.clock)()).map_err(|e| {
-            tracing::debug!(error = %e, "JWT-SVID failed validation");
-            Status::invalid_argument(e.to_string())
-        })?;
+        let verified = jwt::validate(&req.svid, bundle, Some(&req.audience), (self.clock)())
+            .map_err(|e| {
+                tracing::debug!(error = %e, "JWT-SVID failed validation");
+                Status::invalid_argument(e.to_string())
+            })?;
         let claims = view::json_to_struct(verified.claims.to_json())
             .ok_or_else(|| Status::internal("token claims are not a JSON object"))?;
         Ok(Response::new(ValidateJwtsvidResponse {

@@ -27,11 +27,17 @@ const DIR_MODE: u32 = 0o755;
 /// # Errors
 /// The socket cannot be bound (another server is live on it, or the path is
 /// not a socket), or the server fails.
-pub async fn serve(socket: PathBuf, mut api: WorkloadApi, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    socket: PathBuf,
+    mut api: WorkloadApi,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let listener = bind(&socket).await?;
     // Remember which file we created, so that we never remove a socket that
     // another process put in its place meanwhile.
-    let identity = std::fs::symlink_metadata(&socket).map(|m| (m.dev(), m.ino())).ok();
+    let identity = std::fs::symlink_metadata(&socket)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
     tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
 
     api.shutdown = Some(shutdown.clone());
@@ -44,8 +50,11 @@ pub async fn serve(socket: PathBuf, mut api: WorkloadApi, shutdown: watch::Recei
         })
         .await;
 
-    let still_ours = std::fs::symlink_metadata(&socket).ok().map(|m| (m.dev(), m.ino()));
-    if still_ours.is_some() && still_ours == identity
+    let still_ours = std::fs::symlink_metadata(&socket)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    if still_ours.is_some()
+        && still_ours == identity
         && let Err(e) = std::fs::remove_file(&socket)
     {
         tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the Workload API socket");
@@ -56,7 +65,7 @@ pub async fn serve(socket: PathBuf, mut api: WorkloadApi, shutdown: watch::Recei
 
 /// Creates the socket's directory if needed, removes a stale socket, binds
 /// and opens the socket to every local user.
-async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+pub(super) async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dirs(parent)?;
     }
@@ -67,13 +76,18 @@ async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
             if UnixStream::connect(socket).await.is_ok() {
                 bail!("another server is listening on {}", socket.display());
             }
-            std::fs::remove_file(socket).with_context(|| format!("removing stale socket {}", socket.display()))?;
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing stale socket {}", socket.display()))?;
         }
-        Ok(_) => bail!("{} exists and is not a socket; refusing to replace it", socket.display()),
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            socket.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("inspecting {}", socket.display())),
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE))
         .with_context(|| format!("setting the mode of {}", socket.display()))?;
     Ok(listener)
@@ -82,7 +96,10 @@ async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 /// Creates `dir` and its missing ancestors with [`DIR_MODE`], whatever the
 /// umask; directories that already exist are left as they are.
 fn create_dirs(dir: &Path) -> anyhow::Result<()> {
-    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for d in missing {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(DIR_MODE))

@@ -14,7 +14,10 @@ use super::stream::Decision;
 use crate::state::{Entry, Selector, Snapshot};
 
 /// The bundle of `trust_domain`: the agent's own or a federated one.
-pub(super) fn bundle_for<'a>(snapshot: &'a Snapshot, trust_domain: &TrustDomain) -> Option<&'a Arc<TrustBundle>> {
+pub(super) fn bundle_for<'a>(
+    snapshot: &'a Snapshot,
+    trust_domain: &TrustDomain,
+) -> Option<&'a Arc<TrustBundle>> {
     match &snapshot.bundle {
         Some(own) if own.trust_domain() == trust_domain => Some(own),
         _ => snapshot.federated.get(trust_domain),
@@ -24,7 +27,11 @@ pub(super) fn bundle_for<'a>(snapshot: &'a Snapshot, trust_domain: &TrustDomain)
 /// The X.509 authorities of a bundle as the Workload API carries them: DER
 /// certificates one after another.
 fn x509_der(bundle: &TrustBundle) -> Vec<u8> {
-    bundle.x509_authorities().iter().flat_map(|c| c.iter().copied()).collect()
+    bundle
+        .x509_authorities()
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect()
 }
 
 /// A JWK Set of the bundle's JWT authorities alone: the Workload API
@@ -42,7 +49,10 @@ fn jwt_jwks(bundle: &TrustBundle) -> Vec<u8> {
 
 /// The bundles of a snapshot, own first, keyed by the trust domain's SPIFFE
 /// ID (`spiffe://example.org`) as the standard's proto says.
-fn keyed_bundles(snapshot: &Snapshot, encode: fn(&TrustBundle) -> Vec<u8>) -> HashMap<String, Vec<u8>> {
+fn keyed_bundles(
+    snapshot: &Snapshot,
+    encode: fn(&TrustBundle) -> Vec<u8>,
+) -> HashMap<String, Vec<u8>> {
     snapshot
         .all_bundles()
         .iter()
@@ -80,7 +90,11 @@ pub(super) fn jwt_bundles(snapshot: &Snapshot) -> Decision<JwtBundlesResponse> {
 
 /// The entries FetchJWTSVID mints tokens for: the one with `wanted`'s SPIFFE
 /// ID, or one per distinct SPIFFE ID the caller holds, in entry order.
-pub(super) fn jwt_entries(snapshot: &Snapshot, selectors: &[Selector], wanted: Option<&SpiffeId>) -> Vec<Arc<Entry>> {
+pub(super) fn jwt_entries(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    wanted: Option<&SpiffeId>,
+) -> Vec<Arc<Entry>> {
     let mut chosen: Vec<Arc<Entry>> = Vec::new();
     for entry in snapshot.entries_for(selectors) {
         let is_new = !chosen.iter().any(|c| c.spiffe_id == entry.spiffe_id);
@@ -107,7 +121,11 @@ impl X509SvidView {
         }
     }
 
-    pub(super) fn evaluate(&mut self, snapshot: &Snapshot, now: SystemTime) -> Decision<X509svidResponse> {
+    pub(super) fn evaluate(
+        &mut self,
+        snapshot: &Snapshot,
+        now: SystemTime,
+    ) -> Decision<X509svidResponse> {
         // No bundle: the agent is still starting; the caller waits for it
         // rather than being told it has no identity.
         if snapshot.bundle.is_none() {
@@ -147,8 +165,14 @@ impl X509SvidView {
             };
         }
         for (td, bundle) in &snapshot.federated {
-            if snapshot.bundle.as_ref().is_none_or(|own| own.trust_domain() != td) {
-                response.federated_bundles.insert(td.id_string(), x509_der(bundle));
+            if snapshot
+                .bundle
+                .as_ref()
+                .is_none_or(|own| own.trust_domain() != td)
+            {
+                response
+                    .federated_bundles
+                    .insert(td.id_string(), x509_der(bundle));
             }
         }
         self.served_until = svids.iter().map(|s| s.not_after).max();
@@ -168,7 +192,10 @@ pub(super) fn json_to_struct(value: serde_json::Value) -> Option<prost_types::St
 
 fn object_to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
     prost_types::Struct {
-        fields: map.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
     }
 }
 

@@ -243,10 +243,7 @@ async fn node_calls_require_a_node_svid() {
     let workload = ca.mint_cli(&ca.id("/web"), "web", &[]).await.unwrap();
     let chain_pem = std::fs::read_to_string(workload.chain_path()).unwrap();
     let key_pem = std::fs::read_to_string(workload.key_path()).unwrap();
-    let mut impostor = ca
-        .node_client(Some((&chain_pem, &key_pem)))
-        .await
-        .unwrap();
+    let mut impostor = ca.node_client(Some((&chain_pem, &key_pem))).await.unwrap();
     let mark = ca.audit_mark().unwrap();
     let results = impostor
         .batch_sign_x509_svid(pb::BatchSignX509SvidRequest {
@@ -292,4 +289,123 @@ async fn a_batch_over_max_batch_is_refused_whole() {
     for result in &results {
         svid_of(result);
     }
+}
+
+#[tokio::test]
+async fn a_node_svid_from_another_ca_is_refused() {
+    // Same trust domain, same node name: only the signatures differ.
+    let (ca, other) = tokio::join!(
+        CaProcess::start(CaOptions::default()),
+        CaProcess::start(CaOptions::default())
+    );
+    let (ca, other) = (ca.unwrap(), other.unwrap());
+    attest_node(&ca, "node-a").await.unwrap();
+    let entry = entry_for(&ca, "/web", "node-a").await;
+    let forged = attest_node(&other, "node-a").await.unwrap();
+    assert_eq!(forged.spiffe_id, ca.node_id("node-a"));
+
+    let mark = ca.audit_mark().unwrap();
+    let outcome = async {
+        let mut client = ca.node_client(Some(forged.tls_identity())).await?;
+        let response = client
+            .batch_sign_x509_svid(pb::BatchSignX509SvidRequest {
+                items: vec![item(&entry)],
+            })
+            .await?;
+        anyhow::Ok(response.into_inner())
+    }
+    .await;
+    assert!(
+        outcome.is_err(),
+        "a node SVID signed by another CA was accepted: {outcome:?}"
+    );
+    let issued: Vec<_> = ca
+        .audit_since(mark)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.result == "issued")
+        .collect();
+    assert!(issued.is_empty(), "{issued:#?}");
+}
+
+#[tokio::test]
+async fn the_csr_contributes_only_its_public_key() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+        KeyUsagePurpose, SanType,
+    };
+    use x509_parser::prelude::*;
+
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let node = attest_node(&ca, "node-a").await.unwrap();
+    let entry = entry_for(&ca, "/web", "node-a").await;
+    let mut client = ca.node_client(Some(node.tls_identity())).await.unwrap();
+
+    // A CSR that asks for everything a workload must not decide.
+    let (key, _) = new_key_and_csr().unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "evil.example");
+    params.subject_alt_names = vec![
+        SanType::URI(ca.id("/admin").as_str().try_into().unwrap()),
+        SanType::DnsName("evil.example".try_into().unwrap()),
+    ];
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+    let csr = params
+        .serialize_request(key.key_pair())
+        .unwrap()
+        .der()
+        .to_vec();
+
+    let results = client
+        .batch_sign_x509_svid(pb::BatchSignX509SvidRequest {
+            items: vec![pb::SignRequestItem {
+                entry_id: entry.clone(),
+                csr,
+                ttl_seconds: 0,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let svid = svid_of(&results[0]);
+    let leaf = signet_tests::chain_of(svid).remove(0);
+    // The entry's ID only, empty subject, not a CA, the leaf key usages.
+    crate::assert_leaf_profile(&leaf, &ca.id("/web"), &[]);
+    let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
+    assert_eq!(
+        cert.public_key().raw,
+        key.public_key_spki().as_slice(),
+        "the leaf must certify the CSR's key"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_attestations_with_one_token_yield_one_node_svid() {
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let token = create_token(&ca, "node-a", 0).await.unwrap();
+    let mark = ca.audit_mark().unwrap();
+    let attempts = futures::future::join_all((0..8).map(|_| attest_with_token(&ca, &token))).await;
+    let won = attempts.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(
+        won, 1,
+        "one join token must attest exactly once, even under concurrent use: {attempts:?}"
+    );
+    for refused in attempts.iter().filter_map(|a| a.as_ref().err()) {
+        let status = refused
+            .downcast_ref::<tonic::Status>()
+            .expect("a gRPC status");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let issued = ca
+        .audit_since(mark)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.result == "issued")
+        .count();
+    assert_eq!(issued, 1, "audit log: one issuance");
 }

@@ -172,3 +172,129 @@ async fn join_token_entry_attestation_and_signing_end_to_end() {
         svid.serial
     );
 }
+
+#[tokio::test]
+async fn a_node_renews_its_svid_over_mtls() {
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let node = signet_tests::attest_node(&ca, "node-a").await.unwrap();
+    let mut client = ca.node_client(Some(node.tls_identity())).await.unwrap();
+
+    let (key, csr) = new_key_and_csr().unwrap();
+    let mark = ca.audit_mark().unwrap();
+    let renewed = client
+        .renew_node_svid(pb::RenewNodeSvidRequest { csr })
+        .await
+        .unwrap()
+        .into_inner()
+        .svid
+        .expect("an SVID");
+    assert_eq!(renewed.spiffe_id, node.spiffe_id);
+    let chain = chain_of(&renewed);
+    assert_ne!(
+        serial_hex(&chain[0]),
+        serial_hex(&node.chain_der[0]),
+        "a renewal is a new certificate"
+    );
+    assert_eq!(renewed.serial, serial_hex(&chain[0]));
+    assert_leaf_profile(&chain[0], &node.spiffe_id, &[]);
+    verify_x509_svid(&chain, &ca.bundle().unwrap(), SystemTime::now())
+        .expect("the renewed node SVID verifies");
+    let rows = ca.audit_since(mark).unwrap();
+    assert!(
+        rows.iter().any(|r| r.action == "renew_node"
+            && r.result == "issued"
+            && r.serial == renewed.serial),
+        "{rows:#?}"
+    );
+
+    // The new credential works as the node's identity.
+    let chain_pem = signet_tests::pem_chain(&chain);
+    let key_pem = key.to_pem();
+    let mut renewed_client = ca.node_client(Some((&chain_pem, &key_pem))).await.unwrap();
+    renewed_client
+        .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+        .await
+        .expect("the renewed SVID authenticates the node");
+}
+
+#[tokio::test]
+async fn lifetimes_follow_the_request_the_entry_and_the_server_limits() {
+    let ca = CaProcess::start(
+        CaOptions::default()
+            .flag("default-x509-svid-ttl", "30m")
+            .flag("max-x509-svid-ttl", "2h")
+            .flag("node-svid-ttl", "10m"),
+    )
+    .await
+    .unwrap();
+    let before = SystemTime::now();
+    let node = signet_tests::attest_node(&ca, "node-a").await.unwrap();
+    let after = SystemTime::now();
+    let (_, node_not_after) = validity(&node.chain_der[0]);
+    assert!(
+        (unix(before) + 599..=unix(after) + 600).contains(&node_not_after),
+        "node SVID should live --node-svid-ttl (10m): notAfter {node_not_after}, attested at {}",
+        unix(before)
+    );
+
+    let mut admin = ca.admin().await.unwrap();
+    let entry = |ttl: i64| pb::CreateEntryRequest {
+        spiffe_id: ca.id(&format!("/ttl-{ttl}")),
+        parent_id: ca.node_id("node-a"),
+        selectors: vec![pb::Selector {
+            r#type: "unix".into(),
+            value: format!("uid:{ttl}"),
+        }],
+        x509_svid_ttl_seconds: ttl,
+        dns_names: vec![],
+    };
+    let with_ttl = admin
+        .create_entry(entry(3600))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let without = admin.create_entry(entry(0)).await.unwrap().into_inner().id;
+    let too_long = admin.create_entry(entry(3 * 3600)).await.unwrap_err();
+    assert_eq!(
+        too_long.code(),
+        tonic::Code::InvalidArgument,
+        "an entry TTL above --max-x509-svid-ttl must be refused: {too_long:?}"
+    );
+
+    // (entry, requested seconds, expected lifetime seconds)
+    let cases: [(&str, i64, i64); 5] = [
+        (&with_ttl, 0, 3600),      // the entry's own
+        (&with_ttl, 600, 600),     // shorter on request
+        (&with_ttl, 7200, 3600),   // never above the entry's
+        (&without, 0, 1800),       // the server default
+        (&without, 100_000, 7200), // never above the server maximum
+    ];
+    let items = cases
+        .iter()
+        .map(|(entry_id, ttl, _)| pb::SignRequestItem {
+            entry_id: (*entry_id).to_owned(),
+            csr: new_key_and_csr().unwrap().1,
+            ttl_seconds: *ttl,
+        })
+        .collect();
+    let mut client = ca.node_client(Some(node.tls_identity())).await.unwrap();
+    let before = SystemTime::now();
+    let results = client
+        .batch_sign_x509_svid(pb::BatchSignX509SvidRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let after = SystemTime::now();
+    for ((entry_id, requested, expected), result) in cases.iter().zip(&results) {
+        let svid = svid_of(result);
+        let (_, not_after) = validity(&chain_of(svid)[0]);
+        assert!(
+            (unix(before) + expected - 1..=unix(after) + expected).contains(&not_after),
+            "entry {entry_id}, requested {requested}s: expected a lifetime of {expected}s, \
+             got notAfter {not_after} for a request at {}",
+            unix(before)
+        );
+    }
+}

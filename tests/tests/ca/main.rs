@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod authorization;
+mod cli;
 mod health;
 mod issuance;
 mod mtls;
@@ -89,7 +90,10 @@ pub fn assert_leaf_profile(leaf: &CertificateDer<'_>, spiffe_id: &str, dns_names
         .subject_alternative_name()
         .expect("one SAN extension")
         .expect("a SAN extension");
-    assert!(san.critical, "SAN must be critical when the subject is empty");
+    assert!(
+        san.critical,
+        "SAN must be critical when the subject is empty"
+    );
     let mut uris = Vec::new();
     let mut dns = Vec::new();
     for name in &san.value.general_names {
@@ -171,4 +175,20 @@ pub fn serial_hex(cert: &CertificateDer<'_>) -> String {
         .position(|b| *b != 0)
         .unwrap_or(serial.len().saturating_sub(1));
     serial[start..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The URI SANs of a certificate.
+pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+    let (_, cert) = X509Certificate::from_der(cert).expect("certificate parses");
+    let Some(san) = cert.subject_alternative_name().expect("one SAN extension") else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect()
 }

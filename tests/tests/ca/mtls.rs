@@ -13,26 +13,15 @@ use signet_tests::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use x509_parser::prelude::*;
 
 /// Bound on every network step, so a refusal cannot turn into a hang.
 const STEP: Duration = Duration::from_secs(10);
 
 /// The single URI SAN of a certificate.
 fn uri_san(cert: &CertificateDer<'_>) -> String {
-    let (_, cert) = X509Certificate::from_der(cert).unwrap();
-    let san = cert.subject_alternative_name().unwrap().unwrap();
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
+    let uris = crate::uri_sans(cert);
     assert_eq!(uris.len(), 1, "{uris:?}");
-    uris[0].to_owned()
+    uris[0].clone()
 }
 
 /// Accepts one connection: handshake, read "ping", answer "pong". Returns
@@ -127,7 +116,11 @@ async fn minted_svids_authenticate_each_other_and_a_foreign_ca_is_refused() {
     let server_id = ca.id("/server");
     let client_id = ca.id("/client");
     let server = ca
-        .mint_cli(&server_id, "server", &["--dns-name", "localhost", "--ttl", "1h"])
+        .mint_cli(
+            &server_id,
+            "server",
+            &["--dns-name", "localhost", "--ttl", "1h"],
+        )
         .await
         .unwrap();
     let client = ca.mint_cli(&client_id, "client", &[]).await.unwrap();
@@ -139,18 +132,20 @@ async fn minted_svids_authenticate_each_other_and_a_foreign_ca_is_refused() {
     );
 
     // The good pair.
-    let good = mtls_client_config(&client.roots, client.chain.clone(), client.key().unwrap())
-        .unwrap();
+    let good =
+        mtls_client_config(&client.roots, client.chain.clone(), client.key().unwrap()).unwrap();
     let (server_view, client_view) = exchange(&acceptor, good).await;
     assert_eq!(server_view, Ok(client_id.clone()), "server side");
     assert_eq!(client_view, Ok(server_id.clone()), "client side");
 
     // Same SPIFFE ID, another CA: the server must refuse it.
-    let forged = mtls_client_config(&client.roots, foreign.chain.clone(), foreign.key().unwrap())
-        .unwrap();
+    let forged =
+        mtls_client_config(&client.roots, foreign.chain.clone(), foreign.key().unwrap()).unwrap();
     let (server_view, client_view) = exchange(&acceptor, forged).await;
     assert!(
-        server_view.is_err(),
+        server_view
+            .as_ref()
+            .is_err_and(|e| e.starts_with("handshake")),
         "the server accepted a client certificate from another CA: {server_view:?}"
     );
     assert!(
@@ -168,7 +163,44 @@ async fn minted_svids_authenticate_each_other_and_a_foreign_ca_is_refused() {
     );
     let (server_view, client_view) = exchange(&acceptor, anonymous).await;
     assert!(
-        server_view.is_err() && client_view.is_err(),
+        server_view
+            .as_ref()
+            .is_err_and(|e| e.starts_with("handshake"))
+            && client_view.is_err(),
         "a client without a certificate got through: server {server_view:?}, client {client_view:?}"
     );
+}
+
+#[tokio::test]
+async fn the_ca_serves_its_own_svid_on_the_node_port() {
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let roots = ca.bundle().unwrap().x509_authorities().to_vec();
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(root_store(&roots).unwrap())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", ca.port())).await.unwrap();
+    let tls = tokio::time::timeout(
+        STEP,
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .unwrap()
+    .expect("stock rustls accepts the CA's certificate for localhost");
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap()
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect();
+    crate::assert_leaf_profile(&chain[0], &ca.id("/signet/ca-server"), &["localhost"]);
+    let (ok, out) =
+        signet_tests::openssl_verify(signet_tests::Purpose::SslServer, &ca.bundle_path(), &chain)
+            .unwrap();
+    assert!(ok, "openssl refused the CA's server certificate:\n{out}");
 }

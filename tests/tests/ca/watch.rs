@@ -38,7 +38,10 @@ async fn watch_bundle_starts_with_the_current_bundle() {
         .iter()
         .map(|c| c.to_vec())
         .collect();
-    assert_eq!(first.x509_authorities, roots, "roots differ from bundle.pem");
+    assert_eq!(
+        first.x509_authorities, roots,
+        "roots differ from bundle.pem"
+    );
     assert!(first.sequence >= 1);
     assert_eq!(
         first.sequence, node.bundle.sequence,

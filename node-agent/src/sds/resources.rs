@@ -1,0 +1,393 @@
+//! What each SDS resource name means for one caller, and the Envoy `Secret`
+//! it resolves to. The names are the ones Envoy configs written for Istio
+//! (`default`, `ROOTCA`) and SPIRE (`default`, `ROOTCA`, `ALL`, SPIFFE IDs,
+//! trust domains) already use, so those configs work unchanged.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
+    spiffe_cert_validator_config,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message as _;
+use ring::digest;
+use rustls_pki_types::CertificateDer;
+use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
+
+use crate::state::{Selector, Snapshot, Svid};
+
+/// The type of every resource this server sends.
+pub const SECRET_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// The caller's default (first) X.509-SVID, as a `tls_certificate`.
+pub const DEFAULT_SVID: &str = "default";
+/// The caller's own trust domain bundle, as a plain `trusted_ca`.
+pub const ROOT_CA: &str = "ROOTCA";
+/// Every bundle the agent holds (own and federated), for Envoy's SPIFFE
+/// certificate validator.
+pub const ALL_BUNDLES: &str = "ALL";
+/// Envoy's name for its SPIFFE certificate validator extension.
+pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";
+/// The type of the SPIFFE certificate validator's configuration.
+pub const SPIFFE_VALIDATOR_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
+
+const PEM_CERTIFICATE: &str = "CERTIFICATE";
+
+/// What a requested resource name refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Name {
+    DefaultSvid,
+    RootCa,
+    AllBundles,
+    /// `example.org` or `spiffe://example.org`, as SPIRE accepts.
+    TrustDomain(TrustDomain),
+    /// `spiffe://example.org/some/path`.
+    Svid(SpiffeId),
+    Unknown,
+}
+
+impl Name {
+    pub(crate) fn classify(name: &str) -> Self {
+        match name {
+            // The reserved names come first: "default" is also a valid trust
+            // domain name, but no config means that by it.
+            DEFAULT_SVID => Self::DefaultSvid,
+            ROOT_CA => Self::RootCa,
+            ALL_BUNDLES => Self::AllBundles,
+            _ => match SpiffeId::parse(name) {
+                Ok(id) if id.path().is_empty() => Self::TrustDomain(id.trust_domain().clone()),
+                Ok(id) => Self::Svid(id),
+                Err(_) => TrustDomain::new(name).map_or(Self::Unknown, Self::TrustDomain),
+            },
+        }
+    }
+}
+
+/// The outcome of looking a name up for a caller.
+pub(crate) enum Lookup {
+    Ready(Resolved),
+    /// The caller may have it, but it does not exist yet (no SVID issued, no
+    /// bundle known). Envoy is left waiting; it is served when it appears.
+    Pending(&'static str),
+    /// Not something this caller may have, or not a name this server knows.
+    Refused(&'static str),
+}
+
+/// One resource ready to send.
+pub(crate) struct Resolved {
+    pub(crate) name: String,
+    /// Identifies the content (certificates only; the key follows from the
+    /// certificate), so that an unchanged resource is never sent twice.
+    pub(crate) version: String,
+    /// The encoded `Secret`.
+    body: Any,
+}
+
+impl Resolved {
+    fn new(name: &str, version: String, secret: secret::Type) -> Self {
+        let secret = Secret {
+            name: name.to_owned(),
+            r#type: Some(secret),
+        };
+        Self {
+            name: name.to_owned(),
+            version,
+            body: Any {
+                type_url: SECRET_TYPE_URL.to_owned(),
+                value: secret.encode_to_vec(),
+            },
+        }
+    }
+
+    pub(crate) fn into_any(self) -> Any {
+        self.body
+    }
+}
+
+impl fmt::Debug for Resolved {
+    // The secret may hold a private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolved")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("body", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A set of requested names, or the wildcard (every SVID under its SPIFFE ID
+/// and every bundle under its trust domain ID, as SPIRE serves it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    pub(crate) wildcard: bool,
+    pub(crate) names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// A state-of-the-world subscription: no names (or `*`) is the wildcard.
+    pub(crate) fn from_names(requested: &[String]) -> Self {
+        let mut sub = Self::default();
+        for name in requested.iter().filter(|n| !n.is_empty()) {
+            if name == "*" {
+                sub.wildcard = true;
+            } else {
+                sub.names.insert(name.clone());
+            }
+        }
+        if sub.names.is_empty() {
+            sub.wildcard = true;
+        }
+        sub
+    }
+
+    /// The resources of this subscription that exist for `caller`. With
+    /// `report`, names that cannot be served (yet) are logged.
+    pub(crate) fn resolve(&self, caller: &Caller<'_>, report: bool) -> Vec<Resolved> {
+        let mut out = if self.wildcard {
+            caller.everything()
+        } else {
+            Vec::new()
+        };
+        for name in &self.names {
+            if out.iter().any(|r| r.name == *name) {
+                continue;
+            }
+            match caller.lookup(name) {
+                Lookup::Ready(r) => out.push(r),
+                Lookup::Pending(why) if report => {
+                    tracing::info!(resource = %name, why, "not available yet; will send it when it is");
+                }
+                Lookup::Refused(why) if report => {
+                    tracing::warn!(resource = %name, why, "not serving this resource");
+                }
+                Lookup::Pending(_) | Lookup::Refused(_) => {}
+            }
+        }
+        out
+    }
+}
+
+/// One caller's view of a snapshot at one instant.
+pub(crate) struct Caller<'a> {
+    snapshot: &'a Snapshot,
+    selectors: &'a [Selector],
+    now: SystemTime,
+    /// Trust domain resources use Envoy's SPIFFE validator unless the node
+    /// asked otherwise (SPIRE's `disable_spiffe_cert_validation`).
+    spiffe_validator: bool,
+}
+
+impl<'a> Caller<'a> {
+    pub(crate) fn new(
+        snapshot: &'a Snapshot,
+        selectors: &'a [Selector],
+        now: SystemTime,
+        spiffe_validator: bool,
+    ) -> Self {
+        Self {
+            snapshot,
+            selectors,
+            now,
+            spiffe_validator,
+        }
+    }
+
+    fn svids(&self) -> Vec<Arc<Svid>> {
+        self.snapshot.svids_for(self.selectors, self.now)
+    }
+
+    /// When the first of the caller's SVIDs expires: what `default` means may
+    /// change then.
+    pub(crate) fn next_expiry(&self) -> Option<SystemTime> {
+        self.svids().iter().map(|s| s.not_after).min()
+    }
+
+    fn bundle_of(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>> {
+        match &self.snapshot.bundle {
+            Some(own) if own.trust_domain() == td => Some(own.clone()),
+            _ => self.snapshot.federated.get(td).cloned(),
+        }
+    }
+
+    pub(crate) fn lookup(&self, name: &str) -> Lookup {
+        match Name::classify(name) {
+            Name::DefaultSvid => match self.svids().first() {
+                Some(svid) => Lookup::Ready(tls_certificate(name, svid)),
+                None => Lookup::Pending("no SVID has been issued to the caller yet"),
+            },
+            Name::Svid(id) => {
+                if let Some(svid) = self.svids().iter().find(|s| s.spiffe_id == id) {
+                    Lookup::Ready(tls_certificate(name, svid))
+                } else if self
+                    .snapshot
+                    .entries_for(self.selectors)
+                    .iter()
+                    .any(|e| e.spiffe_id == id)
+                {
+                    Lookup::Pending("the SVID for this SPIFFE ID has not been issued yet")
+                } else {
+                    Lookup::Refused("the caller is not entitled to this SPIFFE ID")
+                }
+            }
+            Name::RootCa => match self.snapshot.bundle.as_deref().filter(|b| has_x509(b)) {
+                Some(bundle) => Lookup::Ready(trusted_ca(name, bundle)),
+                None => Lookup::Pending("the trust bundle is not known yet"),
+            },
+            Name::AllBundles => {
+                let bundles: Vec<_> = self
+                    .snapshot
+                    .all_bundles()
+                    .into_iter()
+                    .filter(|b| has_x509(b))
+                    .collect();
+                if bundles.is_empty() {
+                    Lookup::Pending("no trust bundle is known yet")
+                } else {
+                    Lookup::Ready(spiffe_validator(name, &bundles))
+                }
+            }
+            Name::TrustDomain(td) => match self.bundle_of(&td).filter(|b| has_x509(b)) {
+                Some(bundle) if self.spiffe_validator => {
+                    Lookup::Ready(spiffe_validator(name, &[bundle]))
+                }
+                Some(bundle) => Lookup::Ready(trusted_ca(name, &bundle)),
+                None => Lookup::Pending("no bundle is known for this trust domain"),
+            },
+            Name::Unknown => Lookup::Refused("not a resource name this server knows"),
+        }
+    }
+
+    /// The wildcard: each bundle under its trust domain's SPIFFE ID, each SVID
+    /// under its SPIFFE ID.
+    pub(crate) fn everything(&self) -> Vec<Resolved> {
+        let mut out = Vec::new();
+        for bundle in self.snapshot.all_bundles() {
+            if let Lookup::Ready(r) = self.lookup(&bundle.trust_domain().id_string()) {
+                out.push(r);
+            }
+        }
+        for svid in self.svids() {
+            let name = svid.spiffe_id.as_str();
+            if !out.iter().any(|r| r.name == name) {
+                out.push(tls_certificate(name, &svid));
+            }
+        }
+        out
+    }
+}
+
+fn has_x509(bundle: &TrustBundle) -> bool {
+    !bundle.x509_authorities().is_empty()
+}
+
+fn inline(bytes: Vec<u8>) -> Option<DataSource> {
+    Some(DataSource {
+        watched_directory: None,
+        specifier: Some(Specifier::InlineBytes(bytes)),
+    })
+}
+
+fn certificates_pem(certs: &[CertificateDer<'static>]) -> Vec<u8> {
+    let blocks: Vec<pem::Pem> = certs
+        .iter()
+        .map(|c| pem::Pem::new(PEM_CERTIFICATE, c.to_vec()))
+        .collect();
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_many_config(&blocks, config).into_bytes()
+}
+
+/// A short digest of `kind` and `parts`, each part length-prefixed so that
+/// different splits of the same bytes differ.
+pub(crate) fn digest_hex<'p>(kind: &str, parts: impl IntoIterator<Item = &'p [u8]>) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(kind.as_bytes());
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    hex::encode(ctx.finish().as_ref().get(..8).unwrap_or_default())
+}
+
+/// The version of a response: its resources' names and versions.
+pub(crate) fn combined_version(resources: &[Resolved]) -> String {
+    digest_hex(
+        "response",
+        resources
+            .iter()
+            .flat_map(|r| [r.name.as_bytes(), r.version.as_bytes()]),
+    )
+}
+
+fn tls_certificate(name: &str, svid: &Svid) -> Resolved {
+    let key_pem = svid.key.to_pem();
+    let certificate = TlsCertificate {
+        certificate_chain: inline(certificates_pem(&svid.chain)),
+        private_key: inline(key_pem.as_bytes().to_vec()),
+        ..TlsCertificate::default()
+    };
+    Resolved::new(
+        name,
+        digest_hex("tls_certificate", svid.chain.iter().map(|c| c.as_ref())),
+        secret::Type::TlsCertificate(certificate),
+    )
+}
+
+fn trusted_ca(name: &str, bundle: &TrustBundle) -> Resolved {
+    let context = CertificateValidationContext {
+        trusted_ca: inline(certificates_pem(bundle.x509_authorities())),
+        ..CertificateValidationContext::default()
+    };
+    Resolved::new(
+        name,
+        digest_hex(
+            "trusted_ca",
+            bundle.x509_authorities().iter().map(|c| c.as_ref()),
+        ),
+        secret::Type::ValidationContext(context),
+    )
+}
+
+/// A validation context for Envoy's SPIFFE validator: each trust domain is
+/// checked against its own bundle only, so no trust domain can vouch for
+/// another's IDs (a plain `trusted_ca` holding several bundles would allow it).
+fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>]) -> Resolved {
+    let mut bundles: Vec<&TrustBundle> = bundles.iter().map(AsRef::as_ref).collect();
+    bundles.sort_by(|a, b| a.trust_domain().cmp(b.trust_domain()));
+    bundles.dedup_by(|a, b| a.trust_domain() == b.trust_domain());
+    let config = SpiffeCertValidatorConfig {
+        trust_domains: bundles
+            .iter()
+            .map(|b| spiffe_cert_validator_config::TrustDomain {
+                name: b.trust_domain().as_str().to_owned(),
+                trust_bundle: inline(certificates_pem(b.x509_authorities())),
+                workload_trust_domain: String::new(),
+            })
+            .collect(),
+        trust_bundles: None,
+    };
+    let context = CertificateValidationContext {
+        custom_validator_config: Some(TypedExtensionConfig {
+            name: SPIFFE_VALIDATOR.to_owned(),
+            typed_config: Some(Any {
+                type_url: SPIFFE_VALIDATOR_TYPE_URL.to_owned(),
+                value: config.encode_to_vec(),
+            }),
+        }),
+        ..CertificateValidationContext::default()
+    };
+    let version = digest_hex(
+        "spiffe_validator",
+        bundles.iter().flat_map(|b| {
+            std::iter::once(b.trust_domain().as_str().as_bytes())
+                .chain(b.x509_authorities().iter().map(|c| c.as_ref()))
+        }),
+    );
+    Resolved::new(name, version, secret::Type::ValidationContext(context))
+}
