@@ -73,6 +73,7 @@ pub struct Signing {
 pub struct Ca {
     config: Arc<Config>,
     store: Store,
+    audit_log: store::AuditLog,
     signing: RwLock<Arc<Signing>>,
     bundle: watch::Sender<Arc<TrustBundle>>,
     entries: watch::Sender<u64>,
@@ -107,7 +108,9 @@ impl Ca {
     pub fn open_with_clock(config: Arc<Config>, clock: fn() -> SystemTime) -> anyhow::Result<Self> {
         signet_identity::fsutil::ensure_private_dir(&config.data_dir)?;
         signet_identity::fsutil::ensure_private_dir(&config.data_dir.join("keys"))?;
-        let store = Store::open(&config.data_dir.join("signet.db"))?;
+        let db = config.data_dir.join("signet.db");
+        let store = Store::open(&db)?;
+        let audit_log = store::AuditLog::start(&db)?;
         match store.meta("trust_domain")? {
             Some(td) if td != config.trust_domain.as_str() => anyhow::bail!(
                 "the data directory {} belongs to trust domain {td}, not {}; use another data directory",
@@ -125,6 +128,7 @@ impl Ca {
         Ok(Self {
             config,
             store,
+            audit_log,
             signing: RwLock::new(Arc::new(Signing {
                 parent: Arc::new(auth.parent),
                 signer: Arc::new(auth.signer),
@@ -540,33 +544,28 @@ impl Ca {
             .iter()
             .map(|item| self.sign_item(node, item))
             .collect();
-        self.store.transaction(|tx| {
-            for (item, result) in items.iter().zip(&results) {
-                let rec = match result {
-                    Ok((id, cert)) => {
-                        let mut r = Self::issued_record(
-                            node.as_str(),
-                            "sign_x509_svid",
-                            id,
-                            cert,
-                            unix(now),
-                        );
-                        r.detail = format!("entry {}", item.entry_id);
-                        r
-                    }
-                    Err(e) => AuditRecord {
-                        at: unix(now),
-                        caller: node.to_string(),
-                        action: "sign_x509_svid".into(),
-                        result: "rejected".into(),
-                        detail: format!("entry {}: {e}", item.entry_id),
-                        ..AuditRecord::default()
-                    },
-                };
-                store::insert_audit(tx, &rec)?;
-            }
-            Ok::<_, CaError>(())
-        })?;
+        let records = items
+            .iter()
+            .zip(&results)
+            .map(|(item, result)| match result {
+                Ok((id, cert)) => {
+                    let mut r =
+                        Self::issued_record(node.as_str(), "sign_x509_svid", id, cert, unix(now));
+                    r.detail = format!("entry {}", item.entry_id);
+                    r
+                }
+                Err(e) => AuditRecord {
+                    at: unix(now),
+                    caller: node.to_string(),
+                    action: "sign_x509_svid".into(),
+                    result: "rejected".into(),
+                    detail: format!("entry {}: {e}", item.entry_id),
+                    ..AuditRecord::default()
+                },
+            })
+            .collect();
+        // Nothing is handed out unless its audit record is durable.
+        self.audit_log.append(records)?;
         Ok(results)
     }
 

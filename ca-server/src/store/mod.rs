@@ -2,7 +2,10 @@
 //! registration entries, join tokens, node records, signing authorities and
 //! the audit log. Schema changes are numbered migrations.
 
+mod audit;
 mod migrations;
+
+pub use audit::AuditLog;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};

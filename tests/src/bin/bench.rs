@@ -88,17 +88,22 @@ struct Node {
     entries: Vec<String>,
 }
 
-async fn setup(ca: &CaProcess, nodes: usize, entries_per_node: usize) -> anyhow::Result<Vec<Node>> {
+async fn setup(
+    ca: &CaProcess,
+    run: &str,
+    nodes: usize,
+    entries_per_node: usize,
+) -> anyhow::Result<Vec<Node>> {
     let mut out = Vec::with_capacity(nodes);
     let mut admin = ca.admin().await?;
     for n in 0..nodes {
-        let name = format!("bench-{n}");
+        let name = format!("{run}-{n}");
         let identity = attest_node(ca, &name).await?;
         let mut entries = Vec::with_capacity(entries_per_node);
         for e in 0..entries_per_node {
             let entry = admin
                 .create_entry(pb::CreateEntryRequest {
-                    spiffe_id: ca.id(&format!("/bench/{n}/{e}")),
+                    spiffe_id: ca.id(&format!("/bench/{run}/{n}/{e}")),
                     parent_id: ca.node_id(&name),
                     selectors: vec![pb::Selector {
                         r#type: "unix".into(),
@@ -207,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
     results.push(
         drive(
             "single requests, 50 concurrent nodes",
-            setup(&ca, 50, 4).await?,
+            setup(&ca, "single", 50, 4).await?,
             1,
             dur,
         )
@@ -216,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
     results.push(
         drive(
             "batches of 100, 4 concurrent nodes",
-            setup(&ca, 4, 100).await?,
+            setup(&ca, "batch4", 4, 100).await?,
             100,
             dur,
         )
@@ -225,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
     results.push(
         drive(
             "batches of 100, 50 concurrent nodes",
-            setup(&ca, 50, 100).await?,
+            setup(&ca, "batch50", 50, 100).await?,
             100,
             dur,
         )
