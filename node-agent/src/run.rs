@@ -70,7 +70,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let (svid, bundle) = node::attest(&client, &token).await?;
             node::save(&config.data_dir, &svid, &bundle)?;
             tracing::info!(node = %svid.spiffe_id, "attested to the CA");
-            client.set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
+            // A new channel: the attestation connection carries no client
+            // certificate, and HTTP/2 would keep reusing it.
+            drop(client);
+            let client = CaClient::new(&config.ca_address, &config.ca_server_name, ServerTrust::Roots(bundle.x509_authorities().to_vec()))?;
             (svid, bundle, client)
         }
     };
