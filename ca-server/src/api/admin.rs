@@ -279,6 +279,20 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn prepare_authority(
+        &self,
+        req: Request<pb::PrepareAuthorityRequest>,
+    ) -> Result<Response<pb::PrepareAuthorityResponse>, Status> {
+        let kind = req.into_inner().kind;
+        let ca = self.ca.clone();
+        let bundle_sequence = tokio::task::spawn_blocking(move || ca.prepare_authority(&kind))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::PrepareAuthorityResponse {
+            bundle_sequence,
+        }))
+    }
+
     async fn list_agents(
         &self,
         _req: Request<pb::ListAgentsRequest>,

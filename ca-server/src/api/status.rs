@@ -22,6 +22,7 @@ pub fn code_of(e: &CaError) -> Code {
         CaError::Unauthenticated(_) => Code::Unauthenticated,
         CaError::NotFound(_) => Code::NotFound,
         CaError::AlreadyExists(_) => Code::AlreadyExists,
+        CaError::FailedPrecondition(_) => Code::FailedPrecondition,
         CaError::Internal(_) => Code::Internal,
     }
 }

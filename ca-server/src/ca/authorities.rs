@@ -132,11 +132,7 @@ fn load_or_create_root(
 ) -> anyhow::Result<(SigningAuthority, Vec<CertificateDer<'static>>)> {
     let td = &config.trust_domain;
     let roots = store.authorities(Some("root"))?;
-    let anchors: Vec<CertificateDer<'static>> = roots
-        .iter()
-        .filter(|r| r.state != "retired" && r.not_after > unix(now))
-        .map(|r| CertificateDer::from(r.cert_der.clone()))
-        .collect();
+    let anchors = root_anchors(store, now)?;
     if let Some(active) = roots.iter().find(|r| r.state == "active") {
         let key = load_key(&config.data_dir, &active.key_file)?;
         let parent = SigningAuthority::new(
@@ -154,6 +150,25 @@ fn load_or_create_root(
         }
         return Ok((parent, anchors));
     }
+    let (parent, cert) = create_root(config, store, now, "active")?;
+    let mut anchors = anchors;
+    anchors.push(cert);
+    Ok((parent, anchors))
+}
+
+/// Creates and persists a new root in `state` (`active`, or `prepared`: in
+/// the bundle so that every peer trusts it before anything is signed by it,
+/// the first step of a zero-downtime root rotation).
+///
+/// # Errors
+/// Key generation, signing, key files, the store.
+pub fn create_root(
+    config: &Config,
+    store: &Store,
+    now: SystemTime,
+    state: &str,
+) -> anyhow::Result<(SigningAuthority, CertificateDer<'static>)> {
+    let td = &config.trust_domain;
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let params = SigningCaParams {
         trust_domain: td.clone(),
@@ -161,24 +176,38 @@ fn load_or_create_root(
         backdate: config.backdate,
     };
     let cert = new_root(&params, &key, now)?;
-    let parent = SigningAuthority::new(td.clone(), cert.clone(), Vec::new(), key)?;
+    let root = SigningAuthority::new(td.clone(), cert.clone(), Vec::new(), key)?;
     let id = cert_id(&cert);
-    let key_file = save_key(&config.data_dir, &id, parent.key())?;
+    let key_file = save_key(&config.data_dir, &id, root.key())?;
     let (not_before, not_after) = validity(&cert)?;
     store.insert_authority(&AuthorityRow {
         id: id.clone(),
         kind: "root".into(),
-        state: "active".into(),
+        state: state.into(),
         cert_der: cert.to_vec(),
         key_file,
         not_before,
         not_after,
         created_at: unix(now),
     })?;
-    tracing::info!(root = %id, not_after, "created the trust domain's root");
-    let mut anchors = anchors;
-    anchors.push(cert);
-    Ok((parent, anchors))
+    tracing::info!(root = %id, state, not_after, "created a root");
+    Ok((root, cert))
+}
+
+/// The roots to publish: every root that is not retired and not expired.
+///
+/// # Errors
+/// Store errors.
+pub fn root_anchors(
+    store: &Store,
+    now: SystemTime,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    Ok(store
+        .authorities(Some("root"))?
+        .iter()
+        .filter(|r| r.state != "retired" && r.not_after > unix(now))
+        .map(|r| CertificateDer::from(r.cert_der.clone()))
+        .collect())
 }
 
 fn load_signer(

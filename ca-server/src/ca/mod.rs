@@ -36,6 +36,9 @@ pub enum CaError {
     /// Exists already.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The system is not in a state that allows it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Our fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -240,6 +243,57 @@ impl Ca {
             self.bundle.send_replace(Arc::new(bundle));
         }
         Ok(())
+    }
+
+    /// Adds a new root to the bundle without signing with it yet (the first
+    /// step of a root rotation), or rotates the JWT key now. Returns the new
+    /// bundle sequence.
+    ///
+    /// # Errors
+    /// FailedPrecondition when an upstream CA owns the roots; internal errors.
+    pub fn prepare_authority(&self, kind: &str) -> Result<u64, CaError> {
+        let now = self.now();
+        let current = self.signing();
+        let next = match kind {
+            "root" => {
+                if self.config.upstream_ca.is_some() {
+                    return Err(CaError::FailedPrecondition(
+                        "the roots belong to the upstream CA; rotate them there".into(),
+                    ));
+                }
+                authorities::create_root(&self.config, &self.store, now, "prepared")?;
+                Signing {
+                    parent: current.parent.clone(),
+                    signer: current.signer.clone(),
+                    anchors: authorities::root_anchors(&self.store, now)?,
+                    jwt: current.jwt.clone(),
+                }
+            }
+            "jwt" => Signing {
+                parent: current.parent.clone(),
+                signer: current.signer.clone(),
+                anchors: current.anchors.clone(),
+                jwt: Arc::new(authorities::create_jwt(&self.config, &self.store, now)?),
+            },
+            other => {
+                return Err(CaError::InvalidArgument(format!(
+                    "kind must be root or jwt, not {other:?}"
+                )));
+            }
+        };
+        *self
+            .signing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        self.republish_bundle()?;
+        self.audit(AuditRecord {
+            at: unix(now),
+            caller: "admin".into(),
+            action: format!("prepare_{kind}"),
+            result: "ok".into(),
+            ..AuditRecord::default()
+        });
+        Ok(self.bundle().sequence())
     }
 
     /// Signs a JWT-SVID for an entry parented to `node`.

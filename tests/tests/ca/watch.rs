@@ -118,3 +118,56 @@ async fn watch_authorized_entries_sends_a_snapshot_then_changes() {
     assert_eq!(deleted.removed_ids, [first_id]);
     assert!(deleted.revision > created.revision);
 }
+
+#[tokio::test]
+async fn a_prepared_root_and_a_new_jwt_key_are_pushed_as_new_bundles() {
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let node = attest_node(&ca, "node-a").await.unwrap();
+    let mut client = ca.node_client(Some(node.tls_identity())).await.unwrap();
+    let mut stream = client
+        .watch_bundle(pb::WatchBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream, Duration::from_secs(5), "first bundle").await;
+    assert_eq!(first.x509_authorities.len(), 1);
+    assert_eq!(first.jwt_authorities.len(), 1);
+
+    let mut admin = ca.admin().await.unwrap();
+    let seq = admin
+        .prepare_authority(pb::PrepareAuthorityRequest {
+            kind: "root".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bundle_sequence;
+    let second = next(
+        &mut stream,
+        UPDATE_DEADLINE,
+        "bundle with the prepared root",
+    )
+    .await;
+    assert_eq!(second.sequence, seq);
+    assert!(second.sequence > first.sequence);
+    assert_eq!(second.x509_authorities.len(), 2, "old and prepared root");
+    assert!(second.x509_authorities.contains(&first.x509_authorities[0]));
+    // bundle.pem follows, and SVIDs still chain to the old (active) root.
+    assert_eq!(ca.bundle().unwrap().x509_authorities().len(), 2);
+
+    admin
+        .prepare_authority(pb::PrepareAuthorityRequest { kind: "jwt".into() })
+        .await
+        .unwrap();
+    let third = next(&mut stream, UPDATE_DEADLINE, "bundle with the new JWT key").await;
+    assert_eq!(third.jwt_authorities.len(), 2, "old and new JWT keys");
+    assert!(third.sequence > second.sequence);
+
+    let bad = admin
+        .prepare_authority(pb::PrepareAuthorityRequest {
+            kind: "nonsense".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
