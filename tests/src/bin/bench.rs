@@ -122,12 +122,14 @@ async fn setup(
     Ok(out)
 }
 
-/// Every node sends requests of `batch` items back to back for `dur`.
+/// Every node sends requests of `batch` items for `dur`: back to back, or
+/// one every `interval`.
 async fn drive(
     label: &str,
     nodes: Vec<Node>,
     batch: usize,
     dur: Duration,
+    interval: Option<Duration>,
 ) -> anyhow::Result<Figures> {
     // CSRs are prepared before timing; each request reuses a pool of them
     // (the CA checks each one anew every time).
@@ -145,7 +147,17 @@ async fn drive(
             let mut lat = Vec::new();
             let mut issued = 0u64;
             let mut i = 0usize;
+            // Open loop: requests leave on a fixed schedule whatever the
+            // latency; closed loop (None): back to back.
+            let mut ticker = interval.map(|d| {
+                let mut t = tokio::time::interval(d);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
             while Instant::now() < deadline {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
                 let items = (0..batch)
                     .map(|k| pb::SignRequestItem {
                         entry_id: node.entries[(i + k) % node.entries.len()].clone(),
@@ -211,10 +223,21 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     results.push(
         drive(
-            "single requests, 50 concurrent nodes",
+            "single requests, 50 concurrent nodes, back to back",
             setup(&ca, "single", 50, 4).await?,
             1,
             dur,
+            None,
+        )
+        .await?,
+    );
+    results.push(
+        drive(
+            "single requests, 50 concurrent nodes, 20/s each (1,000/s)",
+            setup(&ca, "paced", 50, 4).await?,
+            1,
+            dur,
+            Some(Duration::from_millis(50)),
         )
         .await?,
     );
@@ -224,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
             setup(&ca, "batch4", 4, 100).await?,
             100,
             dur,
+            None,
         )
         .await?,
     );
@@ -233,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             setup(&ca, "batch50", 50, 100).await?,
             100,
             dur,
+            None,
         )
         .await?,
     );
