@@ -73,7 +73,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // A new channel: the attestation connection carries no client
             // certificate, and HTTP/2 would keep reusing it.
             drop(client);
-            let client = CaClient::new(&config.ca_address, &config.ca_server_name, ServerTrust::Roots(bundle.x509_authorities().to_vec()))?;
+            let client = CaClient::new(
+                &config.ca_address,
+                &config.ca_server_name,
+                ServerTrust::Roots(bundle.x509_authorities().to_vec()),
+            )?;
             (svid, bundle, client)
         }
     };

@@ -125,3 +125,14 @@ pub trait JwtSource: Send + Sync + 'static {
     async fn fetch_jwt(&self, entry_id: &str, audience: &[String])
     -> Result<String, tonic::Status>;
 }
+
+/// The current snapshot once the agent is ready (it has a bundle), waiting
+/// up to `limit` for that; after the limit, whatever is current.
+pub async fn ready_snapshot(rx: &SnapshotRx, limit: std::time::Duration) -> Arc<Snapshot> {
+    let mut waiter = rx.clone();
+    let ready = match tokio::time::timeout(limit, waiter.wait_for(|s| s.bundle.is_some())).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        _ => None,
+    };
+    ready.unwrap_or_else(|| rx.borrow().clone())
+}

@@ -30,6 +30,10 @@ const BATCH: usize = 200;
 
 #[derive(Default)]
 struct Inner {
+    /// False until the first entry snapshot from the CA: until then the
+    /// published snapshot has no bundle, which servers read as "not ready"
+    /// (they wait) rather than "no identity" (they refuse).
+    synced: bool,
     bundle: Option<Arc<TrustBundle>>,
     entries: BTreeMap<String, Arc<Entry>>,
     svids: BTreeMap<String, Arc<Svid>>,
@@ -99,7 +103,11 @@ impl Manager {
         let mut entries: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
         entries.sort_by(|a, b| (a.spiffe_id.as_str(), &a.id).cmp(&(b.spiffe_id.as_str(), &b.id)));
         let snapshot = Snapshot {
-            bundle: inner.bundle.clone(),
+            bundle: if inner.synced {
+                inner.bundle.clone()
+            } else {
+                None
+            },
             federated: BTreeMap::new(),
             entries,
             svids: inner.svids.clone(),
@@ -280,6 +288,7 @@ impl Manager {
             let mut inner = self.lock();
             if update.snapshot {
                 inner.entries.clear();
+                inner.synced = true;
             }
             for id in &update.removed_ids {
                 inner.entries.remove(id);

@@ -82,7 +82,10 @@ impl SdsServer {
                 span.in_scope(|| tracing::warn!(error = %e, "workload attestation failed"));
                 attest_status(&e)
             })?;
-        let snapshot = self.snapshots.borrow().clone();
+        // A caller arriving while the agent starts waits for its first sync
+        // instead of being told it has no identity.
+        let snapshot =
+            crate::state::ready_snapshot(&self.snapshots, std::time::Duration::from_secs(10)).await;
         if snapshot.entries_for(&selectors).is_empty() {
             span.in_scope(|| {
                 tracing::warn!(?selectors, "no registration entry matches the caller");

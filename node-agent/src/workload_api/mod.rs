@@ -227,7 +227,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 Status::invalid_argument(format!("invalid spiffe_id {:?}: {e}", req.spiffe_id))
             })?)
         };
-        let snapshot = self.snapshots.borrow().clone();
+        let snapshot =
+            crate::state::ready_snapshot(&self.snapshots, std::time::Duration::from_secs(10)).await;
         if snapshot.bundle.is_none() {
             return Err(Status::unavailable(
                 "the agent has not received its trust bundle yet",
