@@ -48,8 +48,36 @@ fn node_of<T>(ca: &Ca, req: &Request<T>) -> Result<SpiffeId, CaError> {
     let id = peer(req).and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
         CaError::Unauthenticated("this call requires a node SVID as TLS client certificate".into())
     })?;
+    if credential_expired(ca, req) {
+        return Err(CaError::Unauthenticated(
+            "the node SVID this connection was opened with has expired; reconnect with the current one".into(),
+        ));
+    }
     ca.authorize_node(&id)?;
     Ok(id)
+}
+
+/// When the connection's client certificate expires.
+fn credential_deadline<T>(req: &Request<T>) -> Option<std::time::SystemTime> {
+    peer(req).and_then(|p| p.not_after)
+}
+
+fn credential_expired<T>(ca: &Ca, req: &Request<T>) -> bool {
+    credential_deadline(req).is_some_and(|t| t <= ca.now())
+}
+
+/// Sleeps until the connection's credential expires (forever without one).
+async fn until(ca: &Ca, deadline: Option<std::time::SystemTime>) {
+    match deadline {
+        Some(t) => tokio::time::sleep(t.duration_since(ca.now()).unwrap_or_default()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn expired_status() -> Status {
+    Status::unauthenticated(
+        "the node SVID this stream was opened with has expired; reconnect with the current one",
+    )
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -158,6 +186,7 @@ impl Node for NodeApi {
         req: Request<pb::WatchAuthorizedEntriesRequest>,
     ) -> Result<Response<Self::WatchAuthorizedEntriesStream>, Status> {
         let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_entries", e))?;
+        let deadline = credential_deadline(&req);
         let (tx, rx) = mpsc::channel(4);
         let ca = self.ca.clone();
         let mut revisions = ca.watch_entries();
@@ -189,6 +218,10 @@ impl Node for NodeApi {
                     changed = revisions.changed() => if changed.is_err() { return },
                     _ = shutdown.changed() => return,
                     _ = tx.closed() => return,
+                    _ = until(&ca, deadline) => {
+                        let _ = tx.send(Err(expired_status())).await;
+                        return;
+                    }
                 }
             }
         });
@@ -223,6 +256,8 @@ impl Node for NodeApi {
         req: Request<pb::WatchBundleRequest>,
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_bundle", e))?;
+        let deadline = credential_deadline(&req);
+        let ca = self.ca.clone();
         let (tx, rx) = mpsc::channel(4);
         let mut bundles = self.ca.watch_bundle();
         let mut shutdown = self.shutdown.clone();
@@ -236,6 +271,10 @@ impl Node for NodeApi {
                     changed = bundles.changed() => if changed.is_err() { return },
                     _ = shutdown.changed() => return,
                     _ = tx.closed() => return,
+                    _ = until(&ca, deadline) => {
+                        let _ = tx.send(Err(expired_status())).await;
+                        return;
+                    }
                 }
             }
         });

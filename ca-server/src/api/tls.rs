@@ -32,6 +32,9 @@ pub struct PeerInfo {
     pub remote: std::net::SocketAddr,
     /// The SPIFFE ID of a verified client certificate, if one was presented.
     pub spiffe_id: Option<SpiffeId>,
+    /// When that certificate expires: a long-lived connection must not
+    /// outlive its credential.
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 /// A TLS connection carrying its [`PeerInfo`].
@@ -286,17 +289,30 @@ pub fn incoming(
                         return;
                     }
                 };
-                let spiffe_id = stream
+                let leaf = stream
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|certs| certs.first())
+                    .and_then(|c| c.first());
+                let spiffe_id = leaf
                     .and_then(|leaf| signet_identity::x509::check_certificate(leaf).ok())
                     .and_then(|report| report.spiffe_id);
+                let not_after = leaf.and_then(|leaf| {
+                    use x509_parser::prelude::FromDer;
+                    x509_parser::prelude::X509Certificate::from_der(leaf)
+                        .ok()
+                        .map(|(_, c)| {
+                            std::time::SystemTime::from(c.validity().not_after.to_datetime())
+                        })
+                });
                 let _ = tx
                     .send(Ok(TlsConn {
                         inner: stream,
-                        info: PeerInfo { remote, spiffe_id },
+                        info: PeerInfo {
+                            remote,
+                            spiffe_id,
+                            not_after,
+                        },
                     }))
                     .await;
             });

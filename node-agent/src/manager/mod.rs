@@ -46,7 +46,8 @@ type JwtKey = (String, Vec<String>);
 /// The agent's manager.
 pub struct Manager {
     config: Arc<Config>,
-    client: CaClient,
+    /// Replaced by a fresh channel after each node SVID renewal.
+    client: Mutex<CaClient>,
     node: Mutex<Arc<NodeSvid>>,
     inner: Mutex<Inner>,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -70,7 +71,7 @@ impl Manager {
         let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
         let m = Arc::new(Self {
             config,
-            client,
+            client: Mutex::new(client),
             node: Mutex::new(Arc::new(node)),
             inner: Mutex::new(inner),
             tx,
@@ -85,6 +86,14 @@ impl Manager {
     /// Follows the snapshots.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
+    }
+
+    /// The current CA client.
+    fn client(&self) -> CaClient {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -146,7 +155,7 @@ impl Manager {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
-            match node::renew(&self.client).await {
+            match node::renew(&self.client()).await {
                 Ok(svid) => {
                     let bundle = self.lock().bundle.clone();
                     if let Some(b) = &bundle
@@ -154,7 +163,15 @@ impl Manager {
                     {
                         tracing::error!(error = %format!("{e:#}"), "could not persist the renewed node SVID");
                     }
-                    self.client.set_identity(svid.client_identity());
+                    let client = self.client();
+                    client.set_identity(svid.client_identity());
+                    // New calls and streams go over a connection made with
+                    // the new SVID; the CA ends streams on the old one when
+                    // its certificate expires, and they reconnect here.
+                    *self
+                        .client
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = client.fresh();
                     tracing::info!(not_after = %humantime::format_rfc3339_seconds(svid.not_after), "renewed the node SVID");
                     *self
                         .node
@@ -179,7 +196,7 @@ impl Manager {
         loop {
             let result: anyhow::Result<()> = async {
                 let mut stream = self
-                    .client
+                    .client()
                     .node()
                     .watch_bundle(pb::WatchBundleRequest {})
                     .await?
@@ -229,7 +246,7 @@ impl Manager {
             }
             inner.bundle = Some(Arc::new(bundle.clone()));
         }
-        self.client
+        self.client()
             .set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
         let node = self
             .node
@@ -250,7 +267,7 @@ impl Manager {
         loop {
             let result: anyhow::Result<()> = async {
                 let mut stream = self
-                    .client
+                    .client()
                     .node()
                     .watch_authorized_entries(pb::WatchAuthorizedEntriesRequest {})
                     .await?
@@ -382,7 +399,7 @@ impl Manager {
             keys.insert(e.id.clone(), (key, e.clone()));
         }
         let resp = self
-            .client
+            .client()
             .node()
             .batch_sign_x509_svid(pb::BatchSignX509SvidRequest { items })
             .await
@@ -440,7 +457,7 @@ impl Manager {
                     bundle_sequence: sequence,
                     svid_count: count,
                 };
-                match self.client.node().report_status(req).await {
+                match self.client().node().report_status(req).await {
                     Ok(_) => last_reported = Some((sequence, count)),
                     Err(s) => {
                         tracing::debug!(code = ?s.code(), message = %s.message(), "status report failed")
@@ -480,7 +497,7 @@ impl JwtSource for Manager {
             return Ok(token.clone());
         }
         let resp = self
-            .client
+            .client()
             .node()
             .mint_jwt_svid(pb::MintJwtSvidRequest {
                 entry_id: entry_id.to_owned(),
@@ -536,9 +553,13 @@ fn svid_from_pb(entry: &Entry, svid: pb::X509Svid, key: PrivateKey) -> anyhow::R
     }
     let not_before = SystemTime::from(cert.validity().not_before.to_datetime());
     let not_after = SystemTime::from(cert.validity().not_after.to_datetime());
-    let life = not_after.duration_since(not_before).unwrap_or_default();
     // Half of the lifetime, ±10%.
-    let renew_after = life.mul_f64(0.5 * (0.9 + 0.2 * jitter_fraction()));
+    let renew_at = node::renew_time(
+        not_before,
+        not_after,
+        SystemTime::now(),
+        0.5 * (0.9 + 0.2 * jitter_fraction()),
+    );
     Ok(Svid {
         entry_id: entry.id.clone(),
         spiffe_id,
@@ -547,6 +568,6 @@ fn svid_from_pb(entry: &Entry, svid: pb::X509Svid, key: PrivateKey) -> anyhow::R
         serial: svid.serial,
         not_before,
         not_after,
-        renew_at: not_before + renew_after,
+        renew_at,
     })
 }

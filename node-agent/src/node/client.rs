@@ -43,7 +43,35 @@ struct TlsState {
 #[derive(Clone)]
 pub struct CaClient {
     state: Arc<RwLock<TlsState>>,
+    address: String,
+    name: ServerName<'static>,
     channel: Channel,
+}
+
+fn channel(state: Arc<RwLock<TlsState>>, addr: String, name: ServerName<'static>) -> Channel {
+    let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let st = state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let addr = addr.clone();
+        let name = name.clone();
+        async move {
+            let config = client_config(&st).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let tcp = TcpStream::connect(&addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Endpoint::from_static("http://signet-ca")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(connector)
 }
 
 impl CaClient {
@@ -57,33 +85,26 @@ impl CaClient {
             identity: None,
         }));
         let name = ServerName::try_from(server_name.to_owned())?;
-        let addr = address.to_owned();
-        let st = state.clone();
-        let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
-            let st = st
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            let addr = addr.clone();
-            let name = name.clone();
-            async move {
-                let config =
-                    client_config(&st).map_err(|e| std::io::Error::other(e.to_string()))?;
-                let tcp = TcpStream::connect(&addr).await?;
-                let _ = tcp.set_nodelay(true);
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        });
-        let channel = Endpoint::from_static("http://signet-ca")
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_with_connector_lazy(connector);
-        Ok(Self { state, channel })
+        let channel = channel(state.clone(), address.to_owned(), name.clone());
+        Ok(Self {
+            state,
+            address: address.to_owned(),
+            name,
+            channel,
+        })
+    }
+
+    /// The same client on a new channel: the next call opens a new
+    /// connection with the current TLS settings (e.g. a renewed node SVID),
+    /// while calls on the old channel finish where they are.
+    #[must_use]
+    pub fn fresh(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            address: self.address.clone(),
+            name: self.name.clone(),
+            channel: channel(self.state.clone(), self.address.clone(), self.name.clone()),
+        }
     }
 
     /// The gRPC client of the node API.

@@ -26,6 +26,34 @@ pub struct NodeSvid {
     pub not_after: SystemTime,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn renewal_counts_from_arrival_not_from_the_backdated_start() {
+        let now = SystemTime::now();
+        // 30 s TTL, backdated 30 s: half of the whole span is "now".
+        let at = renew_time(
+            now - Duration::from_secs(30),
+            now + Duration::from_secs(30),
+            now,
+            0.5,
+        );
+        assert_eq!(at, now + Duration::from_secs(15));
+        // Loaded from disk long after issuance: never before notBefore.
+        let nb = now - Duration::from_secs(100);
+        let at = renew_time(
+            nb,
+            now + Duration::from_secs(100),
+            nb - Duration::from_secs(5),
+            0.5,
+        );
+        assert_eq!(at, now);
+    }
+}
+
 impl std::fmt::Debug for NodeSvid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeSvid")
@@ -44,13 +72,9 @@ impl NodeSvid {
         }
     }
 
-    /// When to renew: half of the lifetime.
+    /// When to renew: half of the usable lifetime (see [`renew_time`]).
     pub fn renew_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + life / 2
+        renew_time(self.not_before, self.not_after, SystemTime::now(), 0.5)
     }
 }
 
@@ -61,6 +85,22 @@ fn paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("svid_key.pem"),
         dir.join("bundle.pem"),
     )
+}
+
+/// When to renew a certificate: `fraction` of its usable lifetime. The CA
+/// backdates notBefore (for clock skew), so with short lifetimes half of
+/// notAfter − notBefore may already be over when the certificate arrives;
+/// the lifetime therefore counts from when it became usable here: the later
+/// of notBefore and `received`.
+pub fn renew_time(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    received: SystemTime,
+    fraction: f64,
+) -> SystemTime {
+    let start = not_before.max(received.min(not_after));
+    let life = not_after.duration_since(start).unwrap_or_default();
+    start + life.mul_f64(fraction)
 }
 
 /// Reads certificates from PEM text.

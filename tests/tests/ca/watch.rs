@@ -171,3 +171,29 @@ async fn a_prepared_root_and_a_new_jwt_key_are_pushed_as_new_bundles() {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_the_node_svid_it_was_opened_with_expires() {
+    let ca = CaProcess::start(CaOptions::default().flag("node-svid-ttl", "2s"))
+        .await
+        .unwrap();
+    let node = attest_node(&ca, "node-a").await.unwrap();
+    let mut client = ca.node_client(Some(node.tls_identity())).await.unwrap();
+    let mut stream = client
+        .watch_bundle(pb::WatchBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut stream, Duration::from_secs(5), "first bundle").await;
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream outlived its credential");
+    let status = end.expect_err("the stream must end with an error");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // New calls on the same connection are refused too.
+    let again = client
+        .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unauthenticated, "{again:?}");
+}
