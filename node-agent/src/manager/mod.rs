@@ -191,42 +191,19 @@ impl Manager {
         }
     }
 
-    async fn follow_bundle(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
-        loop {
-            let result: anyhow::Result<()> = async {
-                let mut stream = self
-                    .client()
-                    .node()
-                    .watch_bundle(pb::WatchBundleRequest {})
-                    .await?
-                    .into_inner();
-                loop {
-                    tokio::select! {
-                        msg = stream.message() => match msg? {
-                            Some(b) => {
-                                self.apply_bundle(&b)?;
-                                backoff.reset();
-                            }
-                            None => anyhow::bail!("the CA closed the bundle stream"),
-                        },
-                        _ = shutdown.changed() => return Ok(()),
-                    }
-                }
-            }
-            .await;
-            if *shutdown.borrow() {
-                return;
-            }
-            let delay = backoff.next_delay();
-            if let Err(e) = result {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "bundle stream interrupted");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    async fn follow_bundle(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let this = self.clone();
+        follow(
+            "bundle",
+            self.config.max_backoff,
+            shutdown,
+            move || {
+                let client = this.client();
+                async move { client.node().watch_bundle(pb::WatchBundleRequest {}).await }
+            },
+            |b: pb::Bundle| self.apply_bundle(&b),
+        )
+        .await;
     }
 
     fn apply_bundle(&self, b: &pb::Bundle) -> anyhow::Result<()> {
@@ -262,42 +239,27 @@ impl Manager {
         Ok(())
     }
 
-    async fn follow_entries(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), self.config.max_backoff);
-        loop {
-            let result: anyhow::Result<()> = async {
-                let mut stream = self
-                    .client()
-                    .node()
-                    .watch_authorized_entries(pb::WatchAuthorizedEntriesRequest {})
-                    .await?
-                    .into_inner();
-                loop {
-                    tokio::select! {
-                        msg = stream.message() => match msg? {
-                            Some(update) => {
-                                self.apply_entries(update);
-                                backoff.reset();
-                            }
-                            None => anyhow::bail!("the CA closed the entry stream"),
-                        },
-                        _ = shutdown.changed() => return Ok(()),
-                    }
+    async fn follow_entries(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let this = self.clone();
+        follow(
+            "entry",
+            self.config.max_backoff,
+            shutdown,
+            move || {
+                let client = this.client();
+                async move {
+                    client
+                        .node()
+                        .watch_authorized_entries(pb::WatchAuthorizedEntriesRequest {})
+                        .await
                 }
-            }
-            .await;
-            if *shutdown.borrow() {
-                return;
-            }
-            let delay = backoff.next_delay();
-            if let Err(e) = result {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "entry stream interrupted");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+            },
+            |update: pb::AuthorizedEntriesUpdate| {
+                self.apply_entries(update);
+                Ok(())
+            },
+        )
+        .await;
     }
 
     fn apply_entries(&self, update: pb::AuthorizedEntriesUpdate) {
@@ -515,6 +477,51 @@ impl JwtSource for Manager {
         cache.retain(|_, (_, r)| *r > now);
         cache.insert(key, (resp.token.clone(), refresh_at));
         Ok(resp.token)
+    }
+}
+
+/// Follows a server stream from the CA until `shutdown`: opens it, applies
+/// every message, and after an error or the end of the stream reopens it
+/// with exponential backoff and jitter (reset by every message applied).
+async fn follow<T, F, Fut>(
+    what: &str,
+    max_backoff: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    open: F,
+    mut apply: impl FnMut(T) -> anyhow::Result<()>,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
+    loop {
+        let result: anyhow::Result<()> = async {
+            let mut stream = open().await?.into_inner();
+            loop {
+                tokio::select! {
+                    msg = stream.message() => match msg? {
+                        Some(m) => {
+                            apply(m)?;
+                            backoff.reset();
+                        }
+                        None => anyhow::bail!("the CA closed the stream"),
+                    },
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+        .await;
+        if *shutdown.borrow() {
+            return;
+        }
+        let delay = backoff.next_delay();
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "{what} stream interrupted");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

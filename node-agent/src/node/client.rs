@@ -140,11 +140,12 @@ fn client_config(st: &TlsState) -> anyhow::Result<Arc<ClientConfig>> {
             WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
                 .build()?
         }
-        ServerTrust::PinnedRoot(hash) => Arc::new(PinnedRootVerifier {
-            hash: *hash,
+        ServerTrust::PinnedRoot(hash) => Arc::new(BootstrapVerifier {
+            pinned: Some(*hash),
             provider: provider.clone(),
         }),
-        ServerTrust::Insecure => Arc::new(AnyServer {
+        ServerTrust::Insecure => Arc::new(BootstrapVerifier {
+            pinned: None,
             provider: provider.clone(),
         }),
     };
@@ -163,14 +164,17 @@ fn client_config(st: &TlsState) -> anyhow::Result<Arc<ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Finds the pinned root in the presented chain and verifies against it.
+/// Checks the CA's certificate before the agent has a bundle: against the
+/// pinned root found in the presented chain, or not at all when trust on
+/// first use was asked for. Handshake signatures are always checked.
 #[derive(Debug)]
-struct PinnedRootVerifier {
-    hash: [u8; 32],
+struct BootstrapVerifier {
+    /// SHA-256 of the root's DER; `None` = trust on first use.
+    pinned: Option<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedRootVerifier {
+impl ServerCertVerifier for BootstrapVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -179,9 +183,12 @@ impl ServerCertVerifier for PinnedRootVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(hash) = self.pinned else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let pinned = intermediates
             .iter()
-            .find(|c| ring::digest::digest(&ring::digest::SHA256, c).as_ref() == self.hash)
+            .find(|c| ring::digest::digest(&ring::digest::SHA256, c).as_ref() == hash)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the CA did not present the pinned root (sha256 mismatch)".into(),
@@ -195,6 +202,7 @@ impl ServerCertVerifier for PinnedRootVerifier {
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
+
     fn verify_tls12_signature(
         &self,
         m: &[u8],
@@ -208,6 +216,7 @@ impl ServerCertVerifier for PinnedRootVerifier {
             &self.provider.signature_verification_algorithms,
         )
     }
+
     fn verify_tls13_signature(
         &self,
         m: &[u8],
@@ -221,56 +230,7 @@ impl ServerCertVerifier for PinnedRootVerifier {
             &self.provider.signature_verification_algorithms,
         )
     }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
-/// Accepts any server certificate (still checks the handshake signature).
-#[derive(Debug)]
-struct AnyServer {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider
             .signature_verification_algorithms

@@ -26,34 +26,6 @@ pub struct NodeSvid {
     pub not_after: SystemTime,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn renewal_counts_from_arrival_not_from_the_backdated_start() {
-        let now = SystemTime::now();
-        // 30 s TTL, backdated 30 s: half of the whole span is "now".
-        let at = renew_time(
-            now - Duration::from_secs(30),
-            now + Duration::from_secs(30),
-            now,
-            0.5,
-        );
-        assert_eq!(at, now + Duration::from_secs(15));
-        // Loaded from disk long after issuance: never before notBefore.
-        let nb = now - Duration::from_secs(100);
-        let at = renew_time(
-            nb,
-            now + Duration::from_secs(100),
-            nb - Duration::from_secs(5),
-            0.5,
-        );
-        assert_eq!(at, now);
-    }
-}
-
 impl std::fmt::Debug for NodeSvid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeSvid")
@@ -269,4 +241,32 @@ pub async fn renew(client: &CaClient) -> anyhow::Result<NodeSvid> {
         .map_err(|s| anyhow::anyhow!("node SVID renewal refused: {:?}: {}", s.code(), s.message()))?
         .into_inner();
     from_response(resp.svid, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn renewal_counts_from_arrival_not_from_the_backdated_start() {
+        let now = SystemTime::now();
+        // 30 s TTL, backdated 30 s: half of the whole span is "now".
+        let at = renew_time(
+            now - Duration::from_secs(30),
+            now + Duration::from_secs(30),
+            now,
+            0.5,
+        );
+        assert_eq!(at, now + Duration::from_secs(15));
+        // Loaded from disk long after issuance: never before notBefore.
+        let nb = now - Duration::from_secs(100);
+        let at = renew_time(
+            nb,
+            now + Duration::from_secs(100),
+            nb - Duration::from_secs(5),
+            0.5,
+        );
+        assert_eq!(at, now);
+    }
 }
