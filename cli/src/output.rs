@@ -32,6 +32,20 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `text` to stdout for a reader following along (`watch`):
+/// `Ok(false)` once the reader has gone away, so the caller can stop.
+///
+/// # Errors
+/// Any other write failure.
+pub fn print_live(text: &str) -> anyhow::Result<bool> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
 /// Writes `value` to stdout as pretty-printed JSON and a newline.
 ///
 /// # Errors

@@ -507,6 +507,12 @@ impl CaProcess {
         self.start_again().await
     }
 
+    /// SIGKILL by PID (no drain), then reap: a crash, for tests. Does
+    /// nothing when it is not running; [`CaProcess::start_again`] follows.
+    pub fn kill_hard(&mut self) {
+        self.kill();
+    }
+
     /// Spawns the process and waits until it serves.
     async fn launch(&mut self) -> anyhow::Result<()> {
         self.trust_domain = TrustDomain::new(&self.opts.trust_domain)

@@ -29,13 +29,20 @@
 //! `SIGNET_LOG` is passed through to signet-ca (readiness does not depend on
 //! its log, so any filter works).
 
+mod agent;
 mod bins;
 mod ca;
+mod envoy;
 mod node;
 mod pki;
 
+pub use agent::AgentProcess;
 pub use bins::{CliOutput, binary, signet};
 pub use ca::{AuditRow, CaOptions, CaProcess, DEFAULT_TRUST_DOMAIN, health_check};
+pub use envoy::{
+    EnvoyOptions, EnvoyProcess, HttpResponse, LoadedCert, Outcome, Role, SERVER_BODY,
+    SerialHistory, Traffic, Validation, envoy_binary, http_get,
+};
 pub use node::{
     NodeIdentity, attest_node, attest_with_token, chain_of, create_token, new_key_and_csr,
 };
