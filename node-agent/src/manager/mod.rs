@@ -305,21 +305,15 @@ impl Manager {
     async fn certify(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.config.max_backoff);
         loop {
-            let now = SystemTime::now();
-            let (due, next_due) = {
+            let due: Vec<Arc<Entry>> = {
+                let now = SystemTime::now();
                 let inner = self.lock();
-                let mut due = Vec::new();
-                let mut next_due: Option<SystemTime> = None;
-                for entry in inner.entries.values() {
-                    match inner.svids.get(&entry.id) {
-                        Some(s) if s.renew_at > now => {
-                            let t = s.renew_at.min(s.not_after);
-                            next_due = Some(next_due.map_or(t, |n| n.min(t)));
-                        }
-                        _ => due.push(entry.clone()),
-                    }
-                }
-                (due, next_due)
+                inner
+                    .entries
+                    .values()
+                    .filter(|e| inner.svids.get(&e.id).is_none_or(|s| s.renew_at <= now))
+                    .cloned()
+                    .collect()
             };
             let mut failed = false;
             for chunk in due.chunks(BATCH) {
@@ -331,15 +325,35 @@ impl Manager {
             }
             // Expired SVIDs must disappear even when nothing else changes.
             self.publish();
-            let wait = if failed {
+            // What to wait for is decided from what is held *now*, after
+            // signing: the earliest renewal (or expiry) of any SVID, and a
+            // retry with backoff for entries still without an SVID.
+            let (next_due, unserved) = {
+                let now = SystemTime::now();
+                let inner = self.lock();
+                let mut next_due: Option<SystemTime> = None;
+                let mut unserved = false;
+                for entry in inner.entries.values() {
+                    match inner.svids.get(&entry.id) {
+                        Some(s) if s.renew_at > now => {
+                            let t = s.renew_at.min(s.not_after);
+                            next_due = Some(next_due.map_or(t, |n| n.min(t)));
+                        }
+                        _ => unserved = true,
+                    }
+                }
+                (next_due, unserved)
+            };
+            let retry = if failed || unserved {
                 backoff.next_delay()
             } else {
                 backoff.reset();
-                let until_due = next_due
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                    .unwrap_or(Duration::from_secs(3600));
-                until_due.min(Duration::from_secs(3600))
+                Duration::from_secs(3600)
             };
+            let until_due = next_due
+                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+                .unwrap_or(retry);
+            let wait = retry.min(until_due);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake_certify.notified(), if !failed => {}
