@@ -1011,7 +1011,23 @@ impl Drop for EnvoyProcess {
 pub struct LoadedCert {
     pub serial: String,
     pub uri_sans: Vec<String>,
+    /// `expiration_time`, RFC 3339.
     pub expiration: String,
+}
+
+impl LoadedCert {
+    /// The certificate's notAfter.
+    ///
+    /// # Errors
+    /// When Envoy's `expiration_time` is not RFC 3339.
+    pub fn not_after(&self) -> anyhow::Result<std::time::SystemTime> {
+        let t = time::OffsetDateTime::parse(
+            &self.expiration,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .with_context(|| format!("expiration_time {:?}", self.expiration))?;
+        Ok(t.into())
+    }
 }
 
 /// `name: value` from Envoy's text `/stats`.

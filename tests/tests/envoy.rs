@@ -6,19 +6,20 @@
 //!
 //! Needs the workspace binaries (`cargo build --workspace --bins`), Envoy
 //! (`SIGNET_ENVOY`, or `.venv-envoy` as `scripts/test.sh` installs it),
-//! `setpriv`, and root (to run the Envoys under other uids). Each test takes
-//! about a minute: the SVIDs live 30 s and the tests wait for rotations.
+//! `setpriv`, and root (to run the Envoys under other uids). The SVIDs live
+//! 30 s, so the tests take time: the rotation test keeps traffic flowing
+//! for 70 s, the fault test for about 25 s.
 
 // This whole crate is test code: a failed expectation should panic with
 // its message, in helpers as in the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use signet_tests::{
     AgentProcess, CaOptions, CaProcess, EnvoyOptions, EnvoyProcess, SERVER_BODY, SerialHistory,
-    Traffic, Validation,
+    Traffic, Validation, envoy_binary,
 };
 
 /// The uids the Envoys run under; the agent attests them as `unix:uid:N`.
@@ -50,6 +51,8 @@ struct Mesh {
 
 impl Mesh {
     async fn start(node: &str) -> Self {
+        // Before any process starts: a missing Envoy fails the test at once.
+        envoy_binary().unwrap();
         let ca = CaProcess::start(
             CaOptions::default()
                 .flag("default-x509-svid-ttl", SVID_TTL)
@@ -331,9 +334,11 @@ async fn mtls_between_envoys_across_rotations() {
     assert_leaf_is(&client, &mesh.client_id).await;
     assert_intruder_refused(&intruder, &server).await;
     eprintln!(
-        "{} requests in {took:.1?}, all 200; serials first seen:\n{}",
+        "{} requests in {took:.1?}, all 200; serials first seen:\n{}\n{}\n{}",
         outcomes.len(),
-        history.timeline()
+        history.timeline(),
+        server.summary().await,
+        client.summary().await
     );
 
     shut_down(mesh, vec![intruder, client, server]).await;
@@ -367,11 +372,19 @@ async fn envoys_ride_out_ca_crash_and_agent_restart() {
     let mut history = SerialHistory::default();
     history.sample(&envoys).await.unwrap();
 
-    // 1. The CA crashes. The SVIDs in hand live 30 s from their issue, so
-    //    8 s without a CA must not be noticed.
+    // 1. The CA crashes, timed so that the outage spans the agent's
+    //    renewal at about half the SVIDs' life (13.5 s to 16.5 s of 30 s):
+    //    that renewal fails, and the Envoys keep working on the SVIDs they
+    //    hold. Down from 10 s to about 16.5 s: short enough that the agent's
+    //    retry backoff (0.5 s doubling) brings it back to the CA well
+    //    before those SVIDs expire.
+    let expiry = earliest_expiry(&envoys).await;
+    if let Ok(wait) = (expiry - Duration::from_secs(20)).duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
     mesh.ca.kill_hard();
     let outage = Instant::now();
-    while outage.elapsed() < Duration::from_secs(8) {
+    while outage.elapsed() < Duration::from_secs(6) {
         history.sample(&envoys).await.unwrap();
         tokio::time::sleep(SAMPLE_INTERVAL).await;
     }
@@ -380,15 +393,17 @@ async fn envoys_ride_out_ca_crash_and_agent_restart() {
     // 2. The CA comes back on the same data directory and port: the agent
     //    reconnects and renews, and both Envoys get new certificates.
     mesh.ca.start_again().await.unwrap();
+    let refusals = mesh
+        .agent
+        .log()
+        .matches("signing SVIDs failed; still-valid SVIDs stay in service")
+        .count();
+    eprintln!(
+        "the CA was down {:.1?}; the agent's renewal failed {refusals} times meanwhile",
+        outage.elapsed()
+    );
     let known: Vec<BTreeSet<String>> = envoys.iter().map(|e| history.of(e.name())).collect();
-    let renewal = wait_new_serials(
-        &mut history,
-        &envoys,
-        &known,
-        Duration::from_secs(60),
-        &mesh,
-    )
-    .await;
+    let renewal = wait_new_serials(&mut history, &envoys, &known, SVID_LIFETIME, &mesh).await;
     eprintln!(
         "new SVIDs in both Envoys {renewal:.1?} after the CA came back; serials first seen:\n{}",
         history.timeline()
@@ -528,6 +543,18 @@ async fn sds_counters(envoy: &EnvoyProcess) -> Vec<u64> {
         ])
         .await
         .unwrap()
+}
+
+/// The earliest notAfter of the leaf certificates the Envoys hold.
+async fn earliest_expiry(envoys: &[&EnvoyProcess]) -> SystemTime {
+    let mut earliest: Option<SystemTime> = None;
+    for envoy in envoys {
+        for cert in envoy.leaf_certs().await.unwrap() {
+            let t = cert.not_after().unwrap();
+            earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        }
+    }
+    earliest.expect("the Envoys hold no certificate")
 }
 
 /// [`sds_counters`] of each Envoy.
