@@ -141,7 +141,8 @@ async fn drive(
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::new();
-    for mut node in nodes {
+    let count = nodes.len() as u32;
+    for (index, mut node) in nodes.into_iter().enumerate() {
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -149,8 +150,11 @@ async fn drive(
             let mut i = 0usize;
             // Open loop: requests leave on a fixed schedule whatever the
             // latency; closed loop (None): back to back.
+            // Nodes are spread evenly over the interval, as independent
+            // agents would be, rather than all sending at the same instant.
             let mut ticker = interval.map(|d| {
-                let mut t = tokio::time::interval(d);
+                let offset = d * index as u32 / count.max(1);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, d);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
@@ -223,6 +227,16 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     results.push(
         drive(
+            "single requests, 1 node, back to back",
+            setup(&ca, "one", 1, 4).await?,
+            1,
+            dur,
+            None,
+        )
+        .await?,
+    );
+    results.push(
+        drive(
             "single requests, 50 concurrent nodes, back to back",
             setup(&ca, "single", 50, 4).await?,
             1,
@@ -238,6 +252,16 @@ async fn main() -> anyhow::Result<()> {
             1,
             dur,
             Some(Duration::from_millis(50)),
+        )
+        .await?,
+    );
+    results.push(
+        drive(
+            "single requests, 50 concurrent nodes, 50/s each (2,500/s)",
+            setup(&ca, "paced2", 50, 4).await?,
+            1,
+            dur,
+            Some(Duration::from_millis(20)),
         )
         .await?,
     );
