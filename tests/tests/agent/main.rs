@@ -10,6 +10,7 @@
 // its message, in helpers as in the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bootstrap;
 mod cli;
 mod delivery;
 mod denied;
