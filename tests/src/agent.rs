@@ -184,29 +184,12 @@ impl AgentProcess {
     /// When it is not running, or is still running after 15 s (it is then
     /// killed).
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let pid = self.pid().context("signet-agent is not running")?;
-        let sent = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .context("running kill")?;
-        if !sent.success() {
-            bail!("kill -TERM {pid} failed: {sent}");
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.kill9();
-                bail!(
-                    "signet-agent (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:?}\n--- signet-agent log ---\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.log_path.clone();
+        crate::process::stop(&mut self.child, "signet-agent", STOP_TIMEOUT, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            format!("--- signet-agent log ---\n{text}")
+        })
+        .await
     }
 
     /// Starts the agent again after [`AgentProcess::stop`] or
@@ -224,10 +207,7 @@ impl AgentProcess {
 
     /// SIGKILL by PID, then reap. Does nothing when it is not running.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::process::kill(&mut self.child);
     }
 
     /// Spawns the process and waits until both sockets accept connections.
@@ -280,14 +260,7 @@ impl AgentProcess {
     }
 
     fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("signet-agent is not running");
-        };
-        let status = child.try_wait().context("waiting for signet-agent")?;
-        if status.is_some() {
-            self.child = None;
-        }
-        Ok(status)
+        crate::process::reap(&mut self.child, "signet-agent")
     }
 
     fn log_since(&self, offset: u64) -> String {

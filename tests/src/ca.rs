@@ -448,29 +448,12 @@ impl CaProcess {
     /// When it is not running, or is still running after 15 s (it is then
     /// killed).
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let pid = self.pid().context("signet-ca is not running")?;
-        let sent = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .context("running kill")?;
-        if !sent.success() {
-            bail!("kill -TERM {pid} failed: {sent}");
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                bail!(
-                    "signet-ca (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:?}\n--- signet-ca log ---\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.log_path.clone();
+        crate::process::stop(&mut self.child, "signet-ca", STOP_TIMEOUT, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            format!("--- signet-ca log ---\n{text}")
+        })
+        .await
     }
 
     /// Starts the CA again after [`CaProcess::stop`], on the same data
@@ -582,22 +565,12 @@ impl CaProcess {
     }
 
     fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("signet-ca is not running");
-        };
-        let status = child.try_wait().context("waiting for signet-ca")?;
-        if status.is_some() {
-            self.child = None;
-        }
-        Ok(status)
+        crate::process::reap(&mut self.child, "signet-ca")
     }
 
     /// SIGKILL by PID, then reap.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::process::kill(&mut self.child);
     }
 
     fn log_len(&self) -> u64 {

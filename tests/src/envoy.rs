@@ -941,24 +941,8 @@ impl EnvoyProcess {
     /// # Errors
     /// Not running, or still running after 10 s (it is then killed).
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let pid = self
-            .pid()
-            .with_context(|| format!("Envoy {:?} is not running", self.opts.name))?;
-        signal(pid, "TERM")?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                bail!(
-                    "Envoy {:?} (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:?}",
-                    self.opts.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("Envoy {:?}", self.opts.name);
+        crate::process::stop(&mut self.child, &what, STOP_TIMEOUT, String::new).await
     }
 
     fn diagnostics(&self) -> String {
@@ -972,22 +956,12 @@ impl EnvoyProcess {
     }
 
     fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("Envoy {:?} is not running", self.opts.name);
-        };
-        let status = child.try_wait().context("waiting for Envoy")?;
-        if status.is_some() {
-            self.child = None;
-        }
-        Ok(status)
+        crate::process::reap(&mut self.child, &format!("Envoy {:?}", self.opts.name))
     }
 
     /// SIGKILL by PID, then reap.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::process::kill(&mut self.child);
     }
 }
 
@@ -1048,19 +1022,6 @@ fn read_admin_port(path: &Path) -> Option<u16> {
     let text = std::fs::read_to_string(path).ok()?;
     let port = text.trim().rsplit_once(':')?.1.parse().ok()?;
     (port != 0).then_some(port)
-}
-
-/// Sends `SIG<name>` to `pid` with `kill(1)`.
-fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .context("running kill")?;
-    if !status.success() {
-        bail!("kill -{name} {pid} failed: {status}");
-    }
-    Ok(())
 }
 
 /// The uid this test runs as (the owner of `/proc/self`).

@@ -35,6 +35,7 @@ mod ca;
 mod envoy;
 mod node;
 mod pki;
+mod process;
 
 pub use agent::AgentProcess;
 pub use bins::{CliOutput, binary, signet};

@@ -304,16 +304,7 @@ impl NodeApi {
     }
 
     fn refuse<T>(&self, req: &Request<T>, action: &str, e: CaError) -> Status {
-        let caller = caller_label(req);
-        tracing::info!(%caller, action, error = %e, "request refused");
-        let _ = self.ca.store().audit(&crate::store::AuditRecord {
-            at: crate::ca::authorities::unix(self.ca.now()),
-            caller,
-            action: action.into(),
-            result: "rejected".into(),
-            detail: e.to_string(),
-            ..Default::default()
-        });
+        self.ca.audit_rejection(&caller_label(req), action, "", &e);
         Status::from(e)
     }
 }

@@ -415,7 +415,8 @@ impl Ca {
         }
     }
 
-    fn audit_rejection(&self, caller: &str, action: &str, spiffe_id: &str, err: &CaError) {
+    /// Logs and audits a refused request.
+    pub fn audit_rejection(&self, caller: &str, action: &str, spiffe_id: &str, err: &CaError) {
         tracing::info!(caller, action, spiffe_id, error = %err, "request refused");
         self.audit(AuditRecord {
             at: unix(self.now()),
