@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod fsutil;
 pub mod jwt;
 pub mod keys;
+pub mod reserved;
 pub mod spiffe_id;
 pub mod x509;
 
