@@ -108,7 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node_task = tokio::spawn(node_server.instrument(tracing::info_span!("node-api")));
     let admin_task = tokio::spawn(admin_server.instrument(tracing::info_span!("admin-api")));
 
-    terminate().await;
+    signet_service::terminated().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight requests");
     health_reporter
         .set_not_serving::<NodeServer<NodeApi>>()
@@ -129,24 +129,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
-}
-
-async fn terminate() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn rotate_loop(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {

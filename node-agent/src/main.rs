@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use signet_node_agent::config::{Config, Settings};
+use signet_service::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -30,39 +31,16 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let Command::Run { config, settings } = Cli::parse().command;
-    let config = match Config::load(config.as_deref(), settings) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("signet-agent: configuration error: {e:#}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("signet-agent: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(signet_node_agent::run::run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "signet-agent failed");
-            eprintln!("signet-agent: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    signet_service::run_daemon(
+        "signet-agent",
+        Config::load(config.as_deref(), settings),
+        |c| {
+            if c.log_json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            }
+        },
+        signet_node_agent::run::run,
+    )
 }

@@ -123,7 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
 
-    terminate().await;
+    signet_service::terminated().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -134,22 +134,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn terminate() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
