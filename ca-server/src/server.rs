@@ -1,16 +1,15 @@
 //! Wires the CA to its listeners and runs until SIGTERM/SIGINT, then drains
 //! in-flight requests within the configured grace period.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use signet_proto::ca::v1::admin_server::AdminServer;
 use signet_proto::ca::v1::node_server::NodeServer;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::Routes;
 use tracing::Instrument;
 
 use crate::api::admin::AdminApi;
@@ -21,6 +20,8 @@ use crate::config::Config;
 
 /// Largest request accepted on the node API (a full batch of RSA-4096 CSRs fits).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The admin socket is for the CA's own user only.
+const ADMIN_SOCKET_MODE: u32 = 0o600;
 
 /// Runs the CA until a termination signal.
 ///
@@ -49,24 +50,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the node API to {}", config.listen))?;
     let listen_addr = listener.local_addr()?;
-    if config.admin_socket.exists() {
-        std::fs::remove_file(&config.admin_socket).with_context(|| {
-            format!(
-                "removing a stale admin socket {}",
-                config.admin_socket.display()
-            )
-        })?;
-    }
-    if let Some(dir) = config
-        .admin_socket
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    let admin_listener = UnixListener::bind(&config.admin_socket)
-        .with_context(|| format!("binding the admin socket {}", config.admin_socket.display()))?;
-    std::fs::set_permissions(&config.admin_socket, std::fs::Permissions::from_mode(0o600))?;
+    // Only the CA's own user may administer it.
+    let admin_socket = signet_uds::bind(&config.admin_socket, ADMIN_SOCKET_MODE)
+        .await
+        .context("binding the admin socket")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (resolver, not_after) = ServerCertResolver::new(&ca)?;
@@ -96,13 +83,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tls::incoming(listener, tls_config, shutdown_rx.clone()),
             wait_for(shutdown_rx.clone()),
         );
-    let admin_server = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(AdminApi::new(ca.clone())))
-        .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(admin_listener),
-            wait_for(shutdown_rx.clone()),
-        );
+    let admin_routes =
+        Routes::new(AdminServer::new(AdminApi::new(ca.clone()))).add_service(health_service);
+    let admin_server = signet_uds::serve(
+        admin_socket,
+        admin_routes,
+        signet_uds::ServeOptions::default(),
+        shutdown_rx.clone(),
+    );
 
     tracing::info!(listen = %listen_addr, "serving the node API (TLS) and the admin API");
     let node_task = tokio::spawn(node_server.instrument(tracing::info_span!("node-api")));
@@ -122,7 +110,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
-    let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!("stopped");
     Ok(())
 }

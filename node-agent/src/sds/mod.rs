@@ -13,21 +13,19 @@ mod xds;
 #[cfg(test)]
 mod tests;
 
-use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
-use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, Span};
 
@@ -42,6 +40,8 @@ use crate::state::{Selector, SnapshotRx};
 use resources::{Caller, Subscription, combined_version};
 use xds::{Delta, Driver, Sotw, check_type_url, spiffe_validator_wanted};
 
+/// Any local process may connect; attestation decides what it gets.
+const SOCKET_MODE: u32 = 0o666;
 /// How long open connections may take to close after shutdown is signalled.
 /// Streams end at once; this only bounds a client that will not hang up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -183,7 +183,8 @@ impl SecretDiscoveryService for SdsServer {
 /// Binds the unix socket (replacing a stale one, creating its directory, mode
 /// 0666: attestation, not file permissions, decides what a caller gets),
 /// serves SDS until `shutdown` turns true (or its sender is dropped), then
-/// removes the socket.
+/// removes the socket if it is still ours. Connections still open
+/// [`DRAIN_DEADLINE`] after shutdown are dropped.
 ///
 /// # Errors
 /// The socket cannot be bound (another server is live on it, or the path is
@@ -193,60 +194,21 @@ pub async fn serve(
     mut server: SdsServer,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let listener = bind(&socket)?;
+    let bound = signet_uds::bind(&socket, SOCKET_MODE).await?;
     server.shutdown = Some(shutdown.clone());
     tracing::info!(socket = %socket.display(), "serving Envoy SDS");
-
-    let mut signal = Some(shutdown.clone());
-    let serving = tonic::transport::Server::builder()
-        .add_service(SecretDiscoveryServiceServer::new(server))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-            xds::shutdown_signalled(&mut signal).await;
-        });
-    let mut deadline = Some(shutdown);
-    let result = tokio::select! {
-        result = serving => result.context("the SDS server failed"),
-        () = async {
-            xds::shutdown_signalled(&mut deadline).await;
-            tokio::time::sleep(DRAIN_DEADLINE).await;
-        } => {
-            tracing::warn!("SDS connections did not close in time; dropping them");
-            Ok(())
-        }
+    let options = signet_uds::ServeOptions {
+        drain_deadline: Some(DRAIN_DEADLINE),
+        ..signet_uds::ServeOptions::default()
     };
-    if let Err(e) = std::fs::remove_file(&socket)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the SDS socket");
-    }
+    let result = signet_uds::serve(
+        bound,
+        Routes::new(SecretDiscoveryServiceServer::new(server)),
+        options,
+        shutdown,
+    )
+    .await
+    .context("the SDS server failed");
     tracing::info!("SDS server stopped");
     result
-}
-
-fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = socket.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    match std::fs::symlink_metadata(socket) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                bail!("another server is listening on {}", socket.display());
-            }
-            std::fs::remove_file(socket)
-                .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
-        }
-        Ok(_) => bail!(
-            "{} exists and is not a socket; refusing to replace it",
-            socket.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", socket.display())),
-    }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
-    Ok(listener)
 }

@@ -988,17 +988,17 @@ async fn the_socket_is_world_writable_and_stale_sockets_are_replaced() {
 
     // Stale: a socket file nobody listens on.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-    let live = bind(&path).unwrap();
+    let live = signet_uds::bind(&path, SOCKET_MODE).await.unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o666);
 
     // Live: refused, and left alone.
-    assert!(bind(&path).is_err());
+    assert!(signet_uds::bind(&path, SOCKET_MODE).await.is_err());
     drop(live);
 
     // Not a socket: refused, and left alone.
     let file = dir.path().join("file");
     std::fs::write(&file, b"keep me").unwrap();
-    assert!(bind(&file).is_err());
+    assert!(signet_uds::bind(&file, SOCKET_MODE).await.is_err());
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }

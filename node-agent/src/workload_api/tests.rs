@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -715,47 +715,6 @@ async fn shutdown_ends_open_streams_and_removes_the_socket() {
             .is_none()
     );
     h.stop().await;
-}
-
-#[tokio::test]
-async fn binding_replaces_a_stale_socket_but_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-
-    // A socket nobody listens on any more is replaced.
-    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-    let live = socket::bind(&path).await.unwrap();
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o666
-    );
-
-    // A socket a server still answers on is not.
-    let err = socket::bind(&path).await.unwrap_err();
-    assert!(err.to_string().contains("another server"), "{err:#}");
-    drop(live);
-
-    // Nor is a file that is not a socket.
-    let file = dir.path().join("file");
-    std::fs::write(&file, b"keep me").unwrap();
-    assert!(socket::bind(&file).await.is_err());
-    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
-}
-
-#[tokio::test]
-async fn missing_directories_are_created_reachable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a/b/agent.sock");
-    let _listener = socket::bind(&path).await.unwrap();
-    for d in [dir.path().join("a"), dir.path().join("a/b")] {
-        assert_eq!(
-            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
-            0o755,
-            "{}",
-            d.display()
-        );
-    }
-    assert!(Path::new(&path).exists());
 }
 
 #[test]
