@@ -169,3 +169,31 @@ async fn sds_answers_every_authority_form() {
         node.agent.log()
     );
 }
+
+#[test]
+fn the_wire_check_tells_the_forms_apart() {
+    let relay = "/tmp/signet-relay-x/relay.sock";
+    let socket = "/tmp/signet-agent-y/api.sock";
+    let encoded = Value::from("tmp%2Fsignet-relay-x%2Frelay.sock");
+    let raw = Value::from(socket);
+    let localhost = Value::from("localhost");
+    let cases = [
+        (Form::GrpcioDefault, &encoded, true),
+        (Form::GrpcioDefault, &raw, false),
+        (Form::GrpcioDefault, &localhost, false),
+        (Form::GrpcioDefault, &Value::Null, false),
+        (Form::GrpcioRawPath, &raw, true),
+        (Form::GrpcioRawPath, &encoded, false),
+        (Form::GrpcioRawPath, &Value::Null, false),
+        (Form::None, &Value::Null, true),
+        (Form::None, &localhost, false),
+        (Form::None, &Value::from(""), false),
+    ];
+    for (form, authority, ok) in cases {
+        assert_eq!(
+            form.check_wire(authority, relay, socket).is_ok(),
+            ok,
+            "{form:?} with {authority}"
+        );
+    }
+}

@@ -21,6 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod authority;
+mod judges;
 mod pyspiffe;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -167,48 +168,54 @@ impl Node {
             .map_err(|e| format!("`{command}` printed no JSON report ({e}):\n{stdout}\n{stderr}"))
     }
 
-    /// The CA's roots, DER.
-    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
-        read_certs(&self.ca.bundle_path()).unwrap()
-    }
-
-    /// Checks a chain a client received (`chain_pem` of a report, leaf
-    /// first): it names `id` as the leaf's only URI SAN and `openssl verify`
-    /// accepts it as a TLS client certificate under the CA's roots. Returns
-    /// what is wrong, if anything.
+    /// [`check_chain`] under this CA's roots.
     pub fn check_chain(&self, chain_pem: &str, id: &str) -> Result<(), String> {
-        let chain = certs_from_pem(chain_pem)?;
-        let uris = uri_sans(&chain[0])?;
-        if uris != [id] {
-            return Err(format!("the leaf's URI SANs are {uris:?}, not [{id:?}]"));
-        }
-        let (ok, text) = openssl_verify(Purpose::SslClient, &self.ca.bundle_path(), &chain)
-            .map_err(|e| e.to_string())?;
-        if !ok {
-            return Err(format!("openssl verify refused the chain: {text}"));
-        }
-        Ok(())
+        check_chain(&self.ca.bundle_path(), chain_pem, id)
     }
 
-    /// Checks a bundle a client received (`bundle_pem` of a report): the
-    /// very roots the CA wrote to its bundle.pem.
+    /// [`check_bundle`] against this CA's roots.
     pub fn check_bundle(&self, bundle_pem: &str) -> Result<(), String> {
-        let mut got: Vec<Vec<u8>> = certs_from_pem(bundle_pem)?
-            .iter()
-            .map(|c| c.to_vec())
-            .collect();
-        let mut want: Vec<Vec<u8>> = self.roots().iter().map(|c| c.to_vec()).collect();
-        got.sort();
-        want.sort();
-        if got == want {
-            Ok(())
-        } else {
-            Err(format!(
-                "the bundle holds {} certificate(s) that are not the CA's {} root(s)",
-                got.len(),
-                want.len()
-            ))
-        }
+        check_bundle(&self.ca.bundle_path(), bundle_pem)
+    }
+}
+
+/// Checks a chain a client received (`chain_pem` of a report, leaf first):
+/// it names `id` as the leaf's only URI SAN, and `openssl verify` accepts it
+/// as a TLS client certificate under the roots in `roots_pem`. Returns what
+/// is wrong, if anything.
+pub fn check_chain(roots_pem: &Path, chain_pem: &str, id: &str) -> Result<(), String> {
+    let chain = certs_from_pem(chain_pem)?;
+    let uris = uri_sans(&chain[0])?;
+    if uris != [id] {
+        return Err(format!("the leaf's URI SANs are {uris:?}, not [{id:?}]"));
+    }
+    let (ok, text) =
+        openssl_verify(Purpose::SslClient, roots_pem, &chain).map_err(|e| e.to_string())?;
+    if !ok {
+        return Err(format!("openssl verify refused the chain: {text}"));
+    }
+    Ok(())
+}
+
+/// Checks a bundle a client received (`bundle_pem` of a report): exactly
+/// the roots in `roots_pem` (the CA's bundle.pem).
+pub fn check_bundle(roots_pem: &Path, bundle_pem: &str) -> Result<(), String> {
+    let der = |certs: Vec<CertificateDer<'static>>| {
+        let mut v: Vec<Vec<u8>> = certs.iter().map(|c| c.to_vec()).collect();
+        v.sort();
+        v
+    };
+    let got = der(certs_from_pem(bundle_pem)?);
+    let want = der(read_certs(roots_pem).map_err(|e| format!("{e:#}"))?);
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "the bundle holds {} certificate(s) that are not the {} root(s) of {}",
+            got.len(),
+            want.len(),
+            roots_pem.display()
+        ))
     }
 }
 
