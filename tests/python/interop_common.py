@@ -7,8 +7,10 @@ their reports; the clients themselves only check what a client would check
 before using a credential (that the key fits the certificate).
 """
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -43,6 +45,7 @@ def generate_stubs():
     from grpc_tools import protoc
 
     out = tempfile.mkdtemp(prefix="signet-stubs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     for include, proto in (
         (WORKLOAD_PROTO_DIR, "workload.proto"),
