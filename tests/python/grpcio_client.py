@@ -66,9 +66,8 @@ def fetch_sds(channel, sds_pb2, sds_pb2_grpc):
     `ROOTCA`, an ACK for every response, until both have arrived."""
     stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
     wanted = ["default", "ROOTCA"]
-    outbox = queue.Queue()
 
-    def requests():
+    def requests(outbox):
         while True:
             request = outbox.get()
             if request is None:
@@ -85,8 +84,11 @@ def fetch_sds(channel, sds_pb2, sds_pb2_grpc):
         )
 
     def stream_until_complete():
+        # One queue per attempt: a retry must not inherit the end-of-stream
+        # marker of the attempt before.
+        outbox = queue.Queue()
         outbox.put(request())
-        stream = stub.StreamSecrets(requests(), timeout=common.DEFAULT_TIMEOUT)
+        stream = stub.StreamSecrets(requests(outbox), timeout=common.DEFAULT_TIMEOUT)
         secrets = {}
         try:
             for response in stream:
