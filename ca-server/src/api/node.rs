@@ -185,15 +185,16 @@ impl Node for NodeApi {
             let mut first = true;
             loop {
                 revisions.borrow_and_update();
-                let update = match ca.authorized_entries(&node) {
+                let (ca2, node2) = (ca.clone(), node.clone());
+                let update = match blocking(move || ca2.authorized_entries(&node2)).await {
                     Ok((entries, revision)) => diff(
                         &mut sent,
                         entries.iter().map(convert::entry).collect(),
                         revision,
                         first,
                     ),
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };

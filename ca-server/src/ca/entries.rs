@@ -337,3 +337,83 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod ca_tests {
+    use super::*;
+    use crate::ca::testing::{self, TestClock};
+    use crate::config::Settings;
+
+    #[test]
+    fn entries_and_mints_may_not_claim_what_belongs_to_signet() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let settings = Settings {
+            server_names: vec!["localhost".into(), "ca.test.org".into()],
+            ..Settings::default()
+        };
+        let ca = testing::open(dir.path(), &clock, settings);
+        let node = testing::attest(&ca, "n1");
+        let new = |path: &str, dns: &[&str]| NewEntry {
+            spiffe_id: format!("spiffe://test.org{path}"),
+            parent_id: node.to_string(),
+            selectors: vec![("unix".into(), "uid:1".into())],
+            ttl_seconds: 0,
+            dns_names: dns.iter().map(|d| (*d).to_owned()).collect(),
+        };
+        let refused = [
+            new("/signet/ca", &[]),
+            new("/signet", &[]),
+            new("/signet/node/n2", &[]),
+            new("/web", &["localhost"]),
+            new("/web", &["LOCALHOST"]),
+            new("/web", &["ca.test.org"]),
+            new("/web", &["*.test.org"]),
+            new("/web", &["not a name"]),
+            NewEntry {
+                spiffe_id: "spiffe://other.org/web".into(),
+                ..new("/web", &[])
+            },
+        ];
+        let records = testing::audit(&ca).len();
+        for req in &refused {
+            let err = ca.create_entry(req, "admin").unwrap_err();
+            assert!(
+                matches!(err, CaError::InvalidArgument(_)),
+                "{req:?}: {err:?}"
+            );
+            let minted = ca.mint(
+                &req.spiffe_id,
+                &testing::csr(),
+                None,
+                &req.dns_names,
+                "admin",
+            );
+            assert!(
+                matches!(minted, Err(CaError::InvalidArgument(_))),
+                "{req:?}: {minted:?}"
+            );
+        }
+        assert!(ca.list_entries(None).unwrap().is_empty());
+        let audit = testing::audit(&ca);
+        assert!(
+            audit[records..].iter().all(|r| r.result == "rejected"),
+            "{audit:?}"
+        );
+        // Other names are fine, and the change is recorded.
+        let entry = ca
+            .create_entry(&new("/web", &["web.test.org"]), "admin")
+            .unwrap();
+        let last = testing::audit(&ca).pop().unwrap();
+        assert_eq!(
+            (last.action.as_str(), last.result.as_str(), last.detail),
+            ("create_entry", "ok", format!("entry {}", entry.id))
+        );
+        ca.delete_entry(&entry.id, "admin").unwrap();
+        assert_eq!(testing::audit(&ca).pop().unwrap().action, "delete_entry");
+        assert!(matches!(
+            ca.delete_entry(&entry.id, "admin"),
+            Err(CaError::NotFound(_))
+        ));
+    }
+}

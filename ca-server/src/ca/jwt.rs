@@ -71,3 +71,63 @@ impl Ca {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::testing::{self, TestClock};
+    use crate::config::Settings;
+
+    #[test]
+    fn a_jwt_svid_is_not_returned_when_its_audit_record_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let node = testing::attest(&ca, "n1");
+        let entry = testing::entry(&ca, &node, "/web");
+        let aud = vec!["db".to_owned()];
+        // Works while the log is writable, and is recorded.
+        ca.mint_jwt(&node, &entry.id, &aud, None).unwrap();
+        let before = testing::audit(&ca);
+        assert_eq!(before.last().unwrap().action, "mint_jwt_svid");
+        assert_eq!(before.last().unwrap().result, "issued");
+
+        testing::break_audit_log(&ca);
+        let err = ca.mint_jwt(&node, &entry.id, &aud, None).unwrap_err();
+        assert!(matches!(err, CaError::Unavailable(_)), "{err:?}");
+        assert_eq!(crate::api::status::code_of(&err), tonic::Code::Unavailable);
+        assert!(err.to_string().contains("audit log"), "{err}");
+        // Nor is anything else handed out or changed while the log is broken.
+        assert!(matches!(
+            ca.mint("spiffe://test.org/m", &testing::csr(), None, &[], "admin"),
+            Err(CaError::Unavailable(_))
+        ));
+        let batch = [crate::ca::SignItem {
+            entry_id: entry.id.clone(),
+            csr: testing::csr(),
+            ttl: None,
+        }];
+        assert!(matches!(
+            ca.sign_batch(&node, &batch),
+            Err(CaError::Unavailable(_))
+        ));
+        let token = ca.create_join_token("n2", None, "admin");
+        assert!(matches!(token, Err(CaError::Unavailable(_))), "{token:?}");
+        testing::repair_audit_log(&ca);
+        assert_eq!(
+            testing::audit(&ca).len(),
+            before.len(),
+            "nothing was recorded"
+        );
+        // And a join token whose exchange could not be recorded is not used up.
+        let token = ca.create_join_token("n3", None, "admin").unwrap();
+        testing::break_audit_log(&ca);
+        assert!(matches!(
+            ca.attest_node(&token.token, &testing::csr(), "127.0.0.1:2"),
+            Err(CaError::Unavailable(_))
+        ));
+        testing::repair_audit_log(&ca);
+        ca.attest_node(&token.token, &testing::csr(), "127.0.0.1:2")
+            .unwrap();
+    }
+}

@@ -226,3 +226,76 @@ impl Ca {
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca::audit::SUPPRESSED;
+    use crate::config::Settings;
+    use testing::TestClock;
+
+    #[test]
+    fn a_flood_of_refusals_is_written_as_a_few_records_and_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let before = testing::audit(&ca).len();
+        let limits = RefusalLimits::default();
+        for port in 0..200u16 {
+            let caller = format!("192.0.2.7:{}", 10_000 + port);
+            let err = ca
+                .attest_node("bogus", &testing::csr(), &caller)
+                .unwrap_err();
+            assert!(matches!(err, CaError::PermissionDenied(_)));
+        }
+        let written = testing::audit(&ca).split_off(before);
+        assert_eq!(written.len(), limits.per_key as usize, "{written:?}");
+        assert!(written.iter().all(|r| r.result == "rejected"));
+
+        // Another reason from the same host is counted apart.
+        ca.attest_node("", &testing::csr(), "192.0.2.7:1")
+            .unwrap_err();
+        assert_eq!(
+            testing::audit(&ca).len(),
+            before + limits.per_key as usize + 1
+        );
+
+        // When the window closes, one record tells how many were left out.
+        clock.advance(limits.window);
+        ca.maintain_audit_log().unwrap();
+        let summary = testing::audit(&ca).pop().unwrap();
+        assert_eq!(summary.result, SUPPRESSED);
+        assert_eq!(summary.caller, "192.0.2.7");
+        assert_eq!(summary.action, "attest_node");
+        let expected = format!("suppressed {} similar refusals", 200 - limits.per_key);
+        assert!(summary.detail.starts_with(&expected), "{}", summary.detail);
+    }
+
+    #[test]
+    fn audit_records_older_than_the_retention_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let settings = Settings {
+            audit_retention: Some(Duration::from_secs(30 * 86_400)),
+            ..Settings::default()
+        };
+        let ca = testing::open(dir.path(), &clock, settings);
+        for i in 0..5 {
+            ca.create_join_token(&format!("old{i}"), None, "admin")
+                .unwrap();
+        }
+        let old = testing::audit(&ca).len();
+        assert!(old >= 5);
+        assert_eq!(ca.maintain_audit_log().unwrap(), 0, "nothing is old yet");
+
+        clock.advance(Duration::from_secs(20 * 86_400));
+        ca.create_join_token("recent", None, "admin").unwrap();
+        clock.advance(Duration::from_secs(10 * 86_400 + 1));
+        assert_eq!(ca.maintain_audit_log().unwrap(), old);
+        let left = testing::audit(&ca);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].spiffe_id, "spiffe://test.org/signet/node/recent");
+    }
+}

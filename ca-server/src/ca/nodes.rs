@@ -173,3 +173,33 @@ impl Ca {
         Ok(self.store.nodes()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca::testing::{self, TestClock};
+    use crate::config::Settings;
+
+    #[test]
+    fn renewal_keeps_the_attestation_time_and_a_new_attestation_moves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let attested_at = unix(clock.now());
+        let node = testing::attest(&ca, "n1");
+
+        clock.advance(Duration::from_secs(600));
+        let cert = ca.renew_node(&node, &testing::csr()).unwrap();
+        let row = ca.nodes().unwrap().pop().unwrap();
+        assert_eq!(row.attested_at, attested_at, "renewal is not attestation");
+        assert_eq!(row.last_serial, cert.serial_hex());
+
+        clock.advance(Duration::from_secs(600));
+        let again = testing::attest(&ca, "n1");
+        assert_eq!(again, node);
+        let row = ca.nodes().unwrap().pop().unwrap();
+        assert_eq!(row.attested_at, unix(clock.now()));
+    }
+}

@@ -125,3 +125,136 @@ impl Ca {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca::testing::{self, TestClock};
+    use crate::config::Settings;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn jwt_kids(ca: &Ca) -> Vec<String> {
+        let mut kids: Vec<String> = ca
+            .bundle()
+            .jwt_authorities()
+            .iter()
+            .map(|j| j.key_id().to_owned())
+            .collect();
+        kids.sort();
+        kids
+    }
+
+    fn states(ca: &Ca, kind: AuthorityKind) -> Vec<AuthorityState> {
+        ca.store()
+            .authorities(Some(kind))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.state)
+            .collect()
+    }
+
+    #[test]
+    fn the_intermediate_and_the_jwt_key_rotate_at_half_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let settings = Settings {
+            intermediate_ttl: Some(4 * DAY),
+            ..Settings::default()
+        };
+        let ca = testing::open(dir.path(), &clock, settings.clone());
+        let first = ca.signing();
+        let seq0 = ca.bundle().sequence();
+        let jwt0 = first.jwt.key_id.clone();
+        assert_eq!(jwt_kids(&ca), std::slice::from_ref(&jwt0));
+        assert_eq!(ca.bundle().x509_authorities().len(), 1);
+
+        // Just before half of the four days: nothing to do.
+        clock.advance(2 * DAY - Duration::from_secs(60));
+        assert!(!ca.rotate_if_due().unwrap());
+        assert!(Arc::ptr_eq(&ca.signing().signer, &first.signer));
+
+        // At half life (the intermediate is backdated, so it is due a little
+        // earlier than the JWT key): both are replaced.
+        clock.advance(Duration::from_secs(60));
+        assert!(ca.rotate_if_due().unwrap());
+        let second = ca.signing();
+        assert_ne!(second.signer.cert(), first.signer.cert());
+        assert_ne!(second.jwt.key_id, jwt0);
+        assert_eq!(
+            states(&ca, AuthorityKind::Intermediate),
+            [AuthorityState::Active, AuthorityState::Retired]
+        );
+        assert_eq!(
+            states(&ca, AuthorityKind::Jwt),
+            [AuthorityState::Active, AuthorityState::Retired]
+        );
+        // The old JWT key stays in the bundle while tokens it signed live;
+        // the roots do not change; the sequence moves.
+        let mut both = vec![jwt0.clone(), second.jwt.key_id.clone()];
+        both.sort();
+        assert_eq!(jwt_kids(&ca), both);
+        assert_eq!(ca.bundle().x509_authorities(), ca.signing().anchors);
+        assert!(ca.bundle().sequence() > seq0);
+
+        // New SVIDs come from the new intermediate and chain to the same root.
+        let csr = signet_identity::x509::VerifiedCsr::from_der(&testing::csr()).unwrap();
+        let id = signet_identity::SpiffeId::parse("spiffe://test.org/w").unwrap();
+        let cert = ca.sign(&csr, &id, &[], Duration::from_secs(600)).unwrap();
+        assert_eq!(cert.chain[1], *second.signer.cert());
+        signet_identity::x509::verify_x509_svid(&cert.chain, &ca.bundle(), clock.now()).unwrap();
+
+        // Nothing more until the new ones reach half life.
+        clock.advance(DAY);
+        assert!(!ca.rotate_if_due().unwrap());
+
+        // Past the first JWT key's expiry (4 days), the next rotation drops
+        // it from the bundle.
+        clock.advance(DAY + Duration::from_secs(60));
+        assert!(ca.rotate_if_due().unwrap());
+        let third = ca.signing();
+        let kids = jwt_kids(&ca);
+        assert!(
+            !kids.contains(&jwt0),
+            "expired key still published: {kids:?}"
+        );
+        assert!(kids.contains(&second.jwt.key_id) && kids.contains(&third.jwt.key_id));
+
+        // A restart loads the current authorities instead of making new ones.
+        let seq = ca.bundle().sequence();
+        drop(ca);
+        let ca = testing::open(dir.path(), &clock, settings);
+        assert_eq!(ca.signing().signer.cert(), third.signer.cert());
+        assert_eq!(ca.signing().jwt.key_id, third.jwt.key_id);
+        assert_eq!(ca.bundle().sequence(), seq);
+    }
+
+    #[test]
+    fn a_prepared_root_is_published_but_does_not_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let before = ca.signing();
+        let seq = ca.prepare_authority("root", "admin").unwrap();
+        assert!(seq > 1);
+        assert_eq!(ca.bundle().x509_authorities().len(), 2);
+        assert!(Arc::ptr_eq(&ca.signing().signer, &before.signer));
+        let mut roots = states(&ca, AuthorityKind::Root);
+        roots.sort_by_key(|s| s.as_str());
+        assert_eq!(roots, [AuthorityState::Active, AuthorityState::Prepared]);
+        let created = testing::audit(&ca)
+            .into_iter()
+            .filter(|r| r.action == "create_root")
+            .map(|r| r.caller)
+            .collect::<Vec<_>>();
+        assert_eq!(created, ["ca", "admin"], "each root creation is recorded");
+        for bad in ["intermediate", "upstream", "nonsense"] {
+            assert!(matches!(
+                ca.prepare_authority(bad, "admin"),
+                Err(CaError::InvalidArgument(_))
+            ));
+        }
+    }
+}

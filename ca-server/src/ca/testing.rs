@@ -40,3 +40,58 @@ pub fn open(dir: &std::path::Path, clock: &TestClock, mut settings: Settings) ->
     let config = Config::load(None, settings).unwrap();
     Ca::open_with_clock(Arc::new(config), clock.clock()).unwrap()
 }
+
+/// A CSR for a fresh P-256 key.
+pub fn csr() -> Vec<u8> {
+    signet_identity::PrivateKey::generate(signet_identity::KeyType::EcdsaP256)
+        .unwrap()
+        .csr_der()
+        .unwrap()
+}
+
+/// Attests the node `name` with a fresh join token.
+pub fn attest(ca: &Ca, name: &str) -> signet_identity::SpiffeId {
+    let token = ca.create_join_token(name, None, "test").unwrap();
+    ca.attest_node(&token.token, &csr(), "127.0.0.1:1")
+        .unwrap()
+        .0
+}
+
+/// Registers `path` for the node `node` (selector unix:uid:1000).
+pub fn entry(ca: &Ca, node: &signet_identity::SpiffeId, path: &str) -> crate::store::EntryRow {
+    ca.create_entry(
+        &super::NewEntry {
+            spiffe_id: format!("spiffe://{}{path}", ca.config().trust_domain),
+            parent_id: node.to_string(),
+            selectors: vec![("unix".into(), "uid:1000".into())],
+            ..super::NewEntry::default()
+        },
+        "test",
+    )
+    .unwrap()
+}
+
+/// Makes every later audit insert fail, as a full or broken disk would:
+/// the real writer and the real database, refusing the write.
+pub fn break_audit_log(ca: &Ca) {
+    ca.store()
+        .with_conn(|c| {
+            c.execute_batch(
+                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+            )
+        })
+        .unwrap();
+}
+
+/// Undoes [`break_audit_log`].
+pub fn repair_audit_log(ca: &Ca) {
+    ca.store()
+        .with_conn(|c| c.execute_batch("DROP TRIGGER audit_broken;"))
+        .unwrap();
+}
+
+/// Every audit record, oldest first.
+pub fn audit(ca: &Ca) -> Vec<crate::store::AuditRecord> {
+    ca.store().audit_tail(1_000_000).unwrap()
+}

@@ -765,6 +765,64 @@ mod tests {
     }
 
     #[test]
+    fn pruning_deletes_only_old_records_in_bounded_batches() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .transaction(|tx| {
+                for at in 0..25 {
+                    insert_audit(
+                        tx,
+                        &AuditRecord {
+                            at,
+                            action: "a".into(),
+                            ..AuditRecord::default()
+                        },
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 8);
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 8);
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 4);
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 0);
+        let left: Vec<i64> = store
+            .audit_tail(100)
+            .unwrap()
+            .iter()
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(left, (20..25).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn authority_kinds_and_states_round_trip_and_unknown_ones_are_corrupt() {
+        for k in [
+            AuthorityKind::Root,
+            AuthorityKind::Intermediate,
+            AuthorityKind::Jwt,
+            AuthorityKind::Upstream,
+        ] {
+            assert_eq!(AuthorityKind::parse(k.as_str()).unwrap(), k);
+        }
+        for s in [
+            AuthorityState::Active,
+            AuthorityState::Prepared,
+            AuthorityState::Retired,
+        ] {
+            assert_eq!(AuthorityState::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(matches!(
+            AuthorityState::parse("trusted"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            AuthorityKind::parse("ROOT"),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
     fn reopening_keeps_data_and_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("signet.db");
