@@ -7,7 +7,7 @@ use signet_proto::ca::v1 as pb;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::entries::AuthorityInfo;
-use crate::ca::time::unix;
+use crate::ca::time::{secs, unix};
 use crate::store::{AuthorityKind, EntryRow, NodeRow};
 
 pub fn svid(id: &SpiffeId, cert: &IssuedCert) -> pb::X509Svid {
@@ -33,7 +33,7 @@ pub fn bundle(b: &TrustBundle) -> pb::Bundle {
             })
             .collect(),
         sequence: b.sequence(),
-        refresh_hint_seconds: b.refresh_hint().map_or(0, |d| d.as_secs() as i64),
+        refresh_hint_seconds: b.refresh_hint().map_or(0, secs),
     }
 }
 

@@ -8,7 +8,7 @@ use signet_identity::x509::issue::validate_dns_name;
 use signet_identity::{SpiffeId, reserved};
 
 use super::authorities::cert_id;
-use super::time::unix;
+use super::time::{secs, unix};
 use super::{Ca, CaError};
 use crate::store::{self, AuditRecord, AuthorityKind, AuthorityState, EntryRow};
 
@@ -136,7 +136,7 @@ impl Ca {
         }
         selectors.sort();
         selectors.dedup();
-        let max = i64::try_from(self.config.max_x509_svid_ttl.as_secs()).unwrap_or(i64::MAX);
+        let max = secs(self.config.max_x509_svid_ttl);
         if req.ttl_seconds < 0 || req.ttl_seconds > max {
             return Err(CaError::InvalidArgument(format!(
                 "x509_svid_ttl_seconds must be between 0 and {max}"
@@ -261,7 +261,7 @@ impl Ca {
             let ttl = ttl.unwrap_or(self.config.join_token_ttl);
             let token = random_hex::<32>()?;
             let now = unix(self.now());
-            let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+            let expires_at = now.saturating_add(secs(ttl));
             self.store.transaction(|tx| {
                 store::insert_join_token(
                     tx,

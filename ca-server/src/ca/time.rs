@@ -15,6 +15,11 @@ pub fn from_unix(secs: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
+/// Whole seconds of `d` as the `i64` the store and the wire carry (saturating).
+pub fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// A requested lifetime in seconds: `None` for 0 or less ("the default").
 /// Callers that must refuse negative values check before calling.
 pub fn ttl_from_secs(secs: i64) -> Option<Duration> {
@@ -36,5 +41,7 @@ mod tests {
         assert_eq!(ttl_from_secs(0), None);
         assert_eq!(ttl_from_secs(-1), None);
         assert_eq!(ttl_from_secs(90), Some(Duration::from_secs(90)));
+        assert_eq!(secs(Duration::from_millis(90_500)), 90);
+        assert_eq!(secs(Duration::MAX), i64::MAX);
     }
 }
