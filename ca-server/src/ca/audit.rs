@@ -107,6 +107,26 @@ impl Auditor {
         self.write_best_effort(out);
     }
 
+    /// For a refusal recorded together with other records (a batch's
+    /// refused items, which commit with its issued ones): whether it is
+    /// written, and summaries of a closed window to write along with it.
+    pub fn admit_refusal(
+        &self,
+        caller: &str,
+        action: &str,
+        reason: &'static str,
+        now: SystemTime,
+    ) -> (bool, Vec<AuditRecord>) {
+        self.limiter().admit(
+            Key {
+                caller: caller_key(caller),
+                action: action.to_owned(),
+                reason,
+            },
+            now,
+        )
+    }
+
     /// Writes the summaries of a window that has closed. Called periodically
     /// so that suppressed counts appear even when refusals stop.
     pub fn flush(&self, now: SystemTime) {

@@ -97,30 +97,43 @@ impl Ca {
             }
             self.authorize_node(node)
         })?;
-        let now = unix(self.now());
+        let clock = self.now();
+        let now = unix(clock);
         let results: Vec<ItemResult> = items
             .iter()
             .map(|item| self.sign_item(node, item))
             .collect();
-        let records = items
-            .iter()
-            .zip(&results)
-            .map(|(item, result)| match result {
+        let mut records = Vec::with_capacity(items.len());
+        for (item, result) in items.iter().zip(&results) {
+            match result {
                 Ok((id, cert)) => {
                     let mut r = issued_record(node.as_str(), "sign_x509_svid", id, cert, now);
                     r.detail = format!("entry {}", item.entry_id);
-                    r
+                    records.push(r);
                 }
-                Err(e) => AuditRecord {
-                    at: now,
-                    caller: node.to_string(),
-                    action: "sign_x509_svid".into(),
-                    result: "rejected".into(),
-                    detail: format!("entry {}: {e}", item.entry_id),
-                    ..AuditRecord::default()
-                },
-            })
-            .collect();
+                Err(e) => {
+                    // Refused items are rate limited like any refusal, so
+                    // that a node cannot grow the log with bad batches.
+                    let (admit, summaries) = self.auditor.admit_refusal(
+                        node.as_str(),
+                        "sign_x509_svid",
+                        e.kind(),
+                        clock,
+                    );
+                    records.extend(summaries);
+                    if admit {
+                        records.push(AuditRecord {
+                            at: now,
+                            caller: node.to_string(),
+                            action: "sign_x509_svid".into(),
+                            result: "rejected".into(),
+                            detail: format!("entry {}: {e}", item.entry_id),
+                            ..AuditRecord::default()
+                        });
+                    }
+                }
+            }
+        }
         self.auditor.durable(records)?;
         Ok(results)
     }

@@ -274,6 +274,47 @@ mod tests {
     }
 
     #[test]
+    fn refused_batch_items_are_rate_limited_and_issued_ones_always_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let node = testing::attest(&ca, "n1");
+        let entry = testing::entry(&ca, &node, "/web");
+        let limits = RefusalLimits::default();
+        let before = testing::audit(&ca).len();
+        let mut items: Vec<SignItem> = (0..50)
+            .map(|i| SignItem {
+                entry_id: format!("nope-{i}"),
+                csr: testing::csr(),
+                ttl: None,
+            })
+            .collect();
+        items.push(SignItem {
+            entry_id: entry.id.clone(),
+            csr: testing::csr(),
+            ttl: None,
+        });
+        let results = ca.sign_batch(&node, &items).unwrap();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        let written = testing::audit(&ca).split_off(before);
+        let count = |result: &str| written.iter().filter(|r| r.result == result).count();
+        assert_eq!(count("rejected"), limits.per_key as usize);
+        assert_eq!(count("issued"), 1);
+
+        clock.advance(limits.window);
+        ca.sign_batch(&node, &items[..1]).unwrap();
+        let written = testing::audit(&ca).split_off(before);
+        let summary = written.iter().find(|r| r.result == SUPPRESSED).unwrap();
+        assert!(
+            summary
+                .detail
+                .starts_with(&format!("suppressed {}", 50 - limits.per_key)),
+            "{}",
+            summary.detail
+        );
+    }
+
+    #[test]
     fn audit_records_older_than_the_retention_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let clock = TestClock::new();
