@@ -6,7 +6,7 @@ use signet_proto::ca::v1 as pb;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::ca::entries::AuthorityInfo;
+use crate::ca::signing::AuthorityInfo;
 use crate::ca::time::{secs, unix};
 use crate::store::{AuthorityKind, EntryRow, NodeRow};
 

@@ -7,10 +7,9 @@ use std::time::Duration;
 use signet_identity::x509::issue::validate_dns_name;
 use signet_identity::{SpiffeId, reserved};
 
-use super::authorities::cert_id;
 use super::time::{secs, unix};
 use super::{Ca, CaError};
-use crate::store::{self, AuditRecord, AuthorityKind, AuthorityState, EntryRow};
+use crate::store::{self, AuditRecord, EntryRow};
 
 /// A registration entry as the admin asks for it, before it is checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,18 +28,6 @@ pub struct JoinToken {
     pub token: String,
     pub node_id: SpiffeId,
     pub expires_at: i64,
-}
-
-/// A signing authority as listed for operators.
-#[derive(Debug, Clone)]
-pub struct AuthorityInfo {
-    pub id: String,
-    pub kind: AuthorityKind,
-    pub state: AuthorityState,
-    /// DER certificate, or DER SubjectPublicKeyInfo for a JWT key.
-    pub der: Vec<u8>,
-    pub not_before: i64,
-    pub not_after: i64,
 }
 
 fn random_hex<const N: usize>() -> Result<String, CaError> {
@@ -284,38 +271,6 @@ impl Ca {
                 expires_at,
             })
         })
-    }
-
-    /// The signing authorities: the upstream CA when one is configured, then
-    /// every stored one, newest first.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub fn list_authorities(&self) -> Result<Vec<AuthorityInfo>, CaError> {
-        let mut out = Vec::new();
-        if self.config.upstream_ca.is_some() {
-            let signing = self.signing();
-            let der = signing.parent.cert().to_vec();
-            out.push(AuthorityInfo {
-                id: cert_id(&der),
-                kind: AuthorityKind::Upstream,
-                state: AuthorityState::Active,
-                not_before: super::time::unix(signing.parent.not_before()),
-                not_after: super::time::unix(signing.parent.not_after()),
-                der,
-            });
-        }
-        for row in self.keys.list()? {
-            out.push(AuthorityInfo {
-                id: row.id,
-                kind: row.kind,
-                state: row.state,
-                der: row.cert_der,
-                not_before: row.not_before,
-                not_after: row.not_after,
-            });
-        }
-        Ok(out)
     }
 }
 

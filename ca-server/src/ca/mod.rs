@@ -4,7 +4,7 @@
 //! that decodes, calls the CA and converts.
 //!
 //! One concern per file: `error` (what can fail), `signing` (the signing
-//! state and its rotation), `bundle`, `issue` (X.509-SVIDs and their
+//! state, its rotation, the authority list), `bundle`, `issue` (X.509-SVIDs and their
 //! lifetimes), `jwt`, `nodes` (attestation, renewal, authorization),
 //! `entries` (registration entries and join tokens), `audit` (the auditor),
 //! `authorities` (the key store), `time` (integer/time conversions).

@@ -1,12 +1,14 @@
-//! The signing state and its rotation. The state is swapped whole; readers
-//! take an `Arc` clone and never wait for a rotation.
+//! The signing state, its rotation, and the list of authorities shown to
+//! operators. The state is swapped whole; readers take an `Arc` clone and
+//! never wait for a rotation.
 
 use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 use signet_identity::x509::SigningAuthority;
 
-use super::authorities::{self, JwtKey};
+use super::authorities::{self, JwtKey, cert_id};
+use super::time::unix;
 use super::{Ca, CaError};
 use crate::store::{AuthorityKind, AuthorityState};
 
@@ -20,6 +22,18 @@ pub struct Signing {
     pub anchors: Vec<CertificateDer<'static>>,
     /// Signs JWT-SVIDs.
     pub jwt: Arc<JwtKey>,
+}
+
+/// A signing authority as listed for operators.
+#[derive(Debug, Clone)]
+pub struct AuthorityInfo {
+    pub id: String,
+    pub kind: AuthorityKind,
+    pub state: AuthorityState,
+    /// DER certificate, or DER SubjectPublicKeyInfo for a JWT key.
+    pub der: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
 impl Ca {
@@ -123,6 +137,38 @@ impl Ca {
             self.republish_bundle()?;
             Ok(self.bundle().sequence())
         })
+    }
+
+    /// The signing authorities: the upstream CA when one is configured, then
+    /// every stored one, newest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn list_authorities(&self) -> Result<Vec<AuthorityInfo>, CaError> {
+        let mut out = Vec::new();
+        if self.config.upstream_ca.is_some() {
+            let signing = self.signing();
+            let der = signing.parent.cert().to_vec();
+            out.push(AuthorityInfo {
+                id: cert_id(&der),
+                kind: AuthorityKind::Upstream,
+                state: AuthorityState::Active,
+                not_before: unix(signing.parent.not_before()),
+                not_after: unix(signing.parent.not_after()),
+                der,
+            });
+        }
+        for row in self.keys.list()? {
+            out.push(AuthorityInfo {
+                id: row.id,
+                kind: row.kind,
+                state: row.state,
+                der: row.cert_der,
+                not_before: row.not_before,
+                not_after: row.not_after,
+            });
+        }
+        Ok(out)
     }
 }
 
