@@ -80,6 +80,10 @@ pub struct Settings {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub shutdown_grace: Option<Duration>,
+    /// How long audit records are kept; older ones are deleted [default: 90d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub audit_retention: Option<Duration>,
 }
 
 /// The checked configuration.
@@ -101,6 +105,7 @@ pub struct Config {
     pub upstream_ca: Option<(PathBuf, PathBuf)>,
     pub max_batch: usize,
     pub shutdown_grace: Duration,
+    pub audit_retention: Duration,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -170,6 +175,7 @@ impl Config {
         let node_svid_ttl = pick!(node_svid_ttl, Duration::from_secs(3600));
         let max_batch = pick!(max_batch, 500);
         let shutdown_grace = pick!(shutdown_grace, Duration::from_secs(10));
+        let audit_retention = pick!(audit_retention, Duration::from_secs(90 * 24 * 3600));
         let upstream_ca = match flags.upstream_ca.clone().or(file.upstream_ca.clone()) {
             None => None,
             Some(spec) => {
@@ -201,6 +207,9 @@ impl Config {
         if intermediate_ttl > root_ttl {
             bail!("intermediate_ttl must not exceed root_ttl");
         }
+        if audit_retention < Duration::from_secs(3600) {
+            bail!("audit_retention must be at least 1h");
+        }
         if max_batch == 0 || max_batch > 10_000 {
             bail!("max_batch must be between 1 and 10000");
         }
@@ -221,6 +230,7 @@ impl Config {
             upstream_ca,
             max_batch,
             shutdown_grace,
+            audit_retention,
             defaulted,
         })
     }
@@ -249,6 +259,14 @@ mod tests {
         assert_eq!(c.admin_socket, PathBuf::from("signet-data/admin.sock"));
         assert_eq!(c.server_names, vec!["localhost"]);
         assert!(c.defaulted.contains(&"trust_domain"));
+        assert_eq!(c.audit_retention, Duration::from_secs(90 * 86400));
+    }
+
+    #[test]
+    fn audit_retention_is_read_from_the_file() {
+        let file: Settings = toml::from_str("audit_retention = \"30d\"\n").unwrap();
+        let c = Config::resolve(file, Settings::default()).unwrap();
+        assert_eq!(c.audit_retention, Duration::from_secs(30 * 86400));
     }
 
     #[test]
@@ -288,6 +306,10 @@ mod tests {
             },
             Settings {
                 server_names: vec!["bad name".into()],
+                ..Settings::default()
+            },
+            Settings {
+                audit_retention: Some(Duration::from_secs(60)),
                 ..Settings::default()
             },
         ] {

@@ -125,6 +125,12 @@ async fn rotate_loop(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         let ca2 = ca.clone();
+        match tokio::task::spawn_blocking(move || ca2.maintain_audit_log()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit log upkeep failed"),
+            Err(e) => tracing::error!(error = %e, "audit log upkeep task failed"),
+        }
+        let ca2 = ca.clone();
         match tokio::task::spawn_blocking(move || ca2.rotate_if_due()).await {
             Ok(Ok(true)) => tracing::info!("rotated the signing intermediate"),
             Ok(Ok(false)) => {}

@@ -1,5 +1,12 @@
 //! Private keys held by Signet: generated with ring, stored as PKCS#8, never
-//! printed. The bytes are zeroized when the key is dropped.
+//! printed.
+//!
+//! What is zeroized, and what is not: the PKCS#8 copy this type keeps (and
+//! every PEM it hands out, as `Zeroizing<String>`) is wiped when dropped.
+//! The `rcgen::KeyPair` inside, which signs, holds its own copy of the key
+//! bytes and ring's parsed key, and neither rcgen nor ring wipes those on
+//! drop. So key material can outlive a `PrivateKey` in freed memory; the
+//! protection against reading it is the process boundary, not zeroization.
 
 use std::fmt;
 
@@ -29,7 +36,8 @@ pub enum KeyError {
     Parse(String),
 }
 
-/// A private key, in PKCS#8 form. `Debug` prints `<redacted>`.
+/// A private key, in PKCS#8 form. `Debug` prints `<redacted>`. Only the
+/// PKCS#8 copy is zeroized on drop (see the module documentation).
 pub struct PrivateKey {
     pkcs8: Zeroizing<Vec<u8>>,
     pair: KeyPair,

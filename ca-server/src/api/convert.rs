@@ -4,8 +4,11 @@ use signet_identity::x509::IssuedCert;
 use signet_identity::{SpiffeId, TrustBundle};
 use signet_proto::ca::v1 as pb;
 
-use crate::ca::authorities::unix;
-use crate::store::EntryRow;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::ca::signing::AuthorityInfo;
+use crate::ca::time::{secs, unix};
+use crate::store::{AuthorityKind, EntryRow, NodeRow};
 
 pub fn svid(id: &SpiffeId, cert: &IssuedCert) -> pb::X509Svid {
     pb::X509Svid {
@@ -30,7 +33,7 @@ pub fn bundle(b: &TrustBundle) -> pb::Bundle {
             })
             .collect(),
         sequence: b.sequence(),
-        refresh_hint_seconds: b.refresh_hint().map_or(0, |d| d.as_secs() as i64),
+        refresh_hint_seconds: b.refresh_hint().map_or(0, secs),
     }
 }
 
@@ -51,5 +54,38 @@ pub fn entry(e: &EntryRow) -> pb::Entry {
         dns_names: e.dns_names.clone(),
         created_at: e.created_at,
         revision: e.revision,
+    }
+}
+
+pub fn agent(n: NodeRow) -> pb::Agent {
+    pb::Agent {
+        spiffe_id: n.spiffe_id,
+        name: n.name,
+        attested_at: n.attested_at,
+        svid_serial: n.last_serial,
+        svid_expires_at: n.svid_expires_at,
+        bundle_sequence: n.bundle_sequence,
+        last_seen: n.last_seen,
+        svid_count: n.svid_count,
+    }
+}
+
+pub fn authority(a: &AuthorityInfo) -> pb::Authority {
+    // A JWT key has no certificate, so no subject.
+    let subject = if a.kind == AuthorityKind::Jwt {
+        String::new()
+    } else {
+        X509Certificate::from_der(&a.der)
+            .map(|(_, c)| c.subject().to_string())
+            .unwrap_or_default()
+    };
+    pb::Authority {
+        id: a.id.clone(),
+        kind: a.kind.as_str().into(),
+        state: a.state.as_str().into(),
+        certificate: a.der.clone(),
+        not_before: a.not_before,
+        not_after: a.not_after,
+        subject,
     }
 }

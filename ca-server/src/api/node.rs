@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use signet_identity::SpiffeId;
@@ -14,7 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::status::blocking;
 use super::tls::PeerInfo;
+use crate::ca::time::{ttl_from_secs, unix};
 use crate::ca::{Ca, CaError, SignItem};
 
 /// The node API over a shared CA.
@@ -82,16 +83,6 @@ fn expired_status() -> Status {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Runs blocking CA work (signing, SQLite) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CaError> + Send + 'static,
-) -> Result<T, Status> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Status::from),
-        Err(e) => Err(Status::internal(format!("worker failed: {e}"))),
-    }
-}
-
 #[tonic::async_trait]
 impl Node for NodeApi {
     async fn attest_node(
@@ -141,10 +132,7 @@ impl Node for NodeApi {
             .map(|i| SignItem {
                 entry_id: i.entry_id,
                 csr: i.csr,
-                ttl: u64::try_from(i.ttl_seconds)
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .map(Duration::from_secs),
+                ttl: ttl_from_secs(i.ttl_seconds),
             })
             .collect();
         let ca = self.ca.clone();
@@ -172,7 +160,8 @@ impl Node for NodeApi {
         req: Request<pb::ListAuthorizedEntriesRequest>,
     ) -> Result<Response<pb::ListAuthorizedEntriesResponse>, Status> {
         let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "list_entries", e))?;
-        let (entries, revision) = self.ca.authorized_entries(&node)?;
+        let ca = self.ca.clone();
+        let (entries, revision) = blocking(move || ca.authorized_entries(&node)).await?;
         Ok(Response::new(pb::ListAuthorizedEntriesResponse {
             entries: entries.iter().map(convert::entry).collect(),
             revision,
@@ -196,15 +185,16 @@ impl Node for NodeApi {
             let mut first = true;
             loop {
                 revisions.borrow_and_update();
-                let update = match ca.authorized_entries(&node) {
+                let (ca2, node2) = (ca.clone(), node.clone());
+                let update = match blocking(move || ca2.authorized_entries(&node2)).await {
                     Ok((entries, revision)) => diff(
                         &mut sent,
                         entries.iter().map(convert::entry).collect(),
                         revision,
                         first,
                     ),
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
@@ -241,11 +231,8 @@ impl Node for NodeApi {
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
         let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "report_status", e))?;
         let body = req.into_inner();
-        let now = crate::ca::authorities::unix(self.ca.now());
-        self.ca
-            .store()
-            .report_status(node.as_str(), body.bundle_sequence, body.svid_count, now)
-            .map_err(CaError::from)?;
+        let ca = self.ca.clone();
+        blocking(move || ca.report_status(&node, body.bundle_sequence, body.svid_count)).await?;
         Ok(Response::new(pb::ReportStatusResponse {}))
     }
 
@@ -289,17 +276,14 @@ impl NodeApi {
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
         let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "mint_jwt_svid", e))?;
         let body = req.into_inner();
-        let ttl = u64::try_from(body.ttl_seconds)
-            .ok()
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs);
+        let ttl = ttl_from_secs(body.ttl_seconds);
         let ca = self.ca.clone();
         let (id, token, expires) =
             blocking(move || ca.mint_jwt(&node, &body.entry_id, &body.audience, ttl)).await?;
         Ok(Response::new(pb::MintJwtSvidResponse {
             spiffe_id: id.to_string(),
             token,
-            expires_at: crate::ca::authorities::unix(expires),
+            expires_at: unix(expires),
         }))
     }
 

@@ -34,7 +34,7 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer(conn, rx))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the audit writer: {e}")))?;
+            .map_err(|e| StoreError::AuditWrite(format!("cannot start the audit writer: {e}")))?;
         Ok(Self { tx })
     }
 
@@ -46,11 +46,11 @@ impl AuditLog {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         self.tx
             .send((records, done_tx))
-            .map_err(|_| StoreError::Corrupt("the audit writer has stopped".into()))?;
+            .map_err(|_| StoreError::AuditWriterStopped)?;
         match done_rx.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Corrupt(format!("audit log write failed: {e}"))),
-            Err(_) => Err(StoreError::Corrupt("the audit writer has stopped".into())),
+            Ok(Err(e)) => Err(StoreError::AuditWrite(e)),
+            Err(_) => Err(StoreError::AuditWriterStopped),
         }
     }
 }

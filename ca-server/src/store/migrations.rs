@@ -57,6 +57,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE nodes ADD COLUMN bundle_sequence INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE nodes ADD COLUMN svid_count INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE nodes ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;",
+    // 3: retention deletes the oldest audit records by time.
+    "CREATE INDEX audit_by_at ON audit (at);",
 ];
 
 /// The schema version this build writes.

@@ -34,6 +34,89 @@ pub enum StoreError {
     /// A unique constraint would be broken.
     #[error("{0}")]
     Conflict(String),
+    /// The audit writer thread is gone; nothing more can be recorded.
+    #[error("the audit writer has stopped")]
+    AuditWriterStopped,
+    /// A group of audit records could not be committed (none of it was).
+    #[error("audit log write failed: {0}")]
+    AuditWrite(String),
+}
+
+/// What a signing authority is for. Stored as text; `Upstream` is never
+/// stored (it is the configured parent CA, listed for operators).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthorityKind {
+    /// A self-signed root of the bundle.
+    Root,
+    /// The CA that signs X.509-SVIDs.
+    Intermediate,
+    /// A JWT-SVID signing key (the row holds its public key, not a certificate).
+    Jwt,
+    /// The configured upstream CA that signs our intermediates.
+    Upstream,
+}
+
+impl AuthorityKind {
+    /// The stored and wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Intermediate => "intermediate",
+            Self::Jwt => "jwt",
+            Self::Upstream => "upstream",
+        }
+    }
+
+    /// Parses the stored form.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for an unknown kind.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "root" => Self::Root,
+            "intermediate" => Self::Intermediate,
+            "jwt" => Self::Jwt,
+            "upstream" => Self::Upstream,
+            other => return Err(StoreError::Corrupt(format!("authority kind {other:?}"))),
+        })
+    }
+}
+
+/// Where an authority is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthorityState {
+    /// Signs (at most one per kind).
+    Active,
+    /// A root published in the bundle before anything is signed by it, the
+    /// first step of a root rotation.
+    Prepared,
+    /// Replaced by a newer active one of its kind. A retired JWT key stays in
+    /// the bundle until it expires, since tokens it signed are still valid.
+    Retired,
+}
+
+impl AuthorityState {
+    /// The stored and wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Prepared => "prepared",
+            Self::Retired => "retired",
+        }
+    }
+
+    /// Parses the stored form.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for an unknown state.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "active" => Self::Active,
+            "prepared" => Self::Prepared,
+            "retired" => Self::Retired,
+            other => return Err(StoreError::Corrupt(format!("authority state {other:?}"))),
+        })
+    }
 }
 
 /// A registration entry as stored.
@@ -53,8 +136,8 @@ pub struct EntryRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorityRow {
     pub id: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: AuthorityKind,
+    pub state: AuthorityState,
     pub cert_der: Vec<u8>,
     pub key_file: String,
     pub not_before: i64,
@@ -154,39 +237,18 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when an identical entry exists.
-    pub fn create_entry(&self, mut entry: EntryRow) -> Result<EntryRow, StoreError> {
-        self.transaction(|tx| {
-            let rev = bump_revision(tx)?;
-            entry.revision = rev;
-            let selectors = serde_json::to_string(&entry.selectors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let dns = serde_json::to_string(&entry.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let res = tx.execute(
-                "INSERT INTO entries (id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![entry.id, entry.spiffe_id, entry.parent_id, selectors, entry.ttl_seconds, dns, entry.created_at, rev as i64],
-            );
-            match res {
-                Ok(_) => Ok(entry.clone()),
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(
-                    StoreError::Conflict("an entry with the same SPIFFE ID, parent and selectors exists".into()),
-                ),
-                Err(e) => Err(e.into()),
-            }
-        })
+    #[cfg(test)]
+    pub fn create_entry(&self, entry: EntryRow) -> Result<EntryRow, StoreError> {
+        self.transaction(|tx| insert_entry(tx, entry))
     }
 
     /// Deletes an entry. Returns whether it existed.
     ///
     /// # Errors
     /// SQLite errors.
+    #[cfg(test)]
     pub fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {
-        self.transaction(|tx| {
-            let n = tx.execute("DELETE FROM entries WHERE id = ?1", params![id])?;
-            if n > 0 {
-                bump_revision(tx)?;
-            }
-            Ok(n > 0)
-        })
+        self.transaction(|tx| remove_entry(tx, id))
     }
 
     /// One entry by id.
@@ -240,6 +302,7 @@ impl Store {
     ///
     /// # Errors
     /// SQLite errors.
+    #[cfg(test)]
     pub fn create_join_token(
         &self,
         token_hash: &str,
@@ -247,11 +310,7 @@ impl Store {
         created_at: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO join_tokens (token_hash, node_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![token_hash, node_name, created_at, expires_at],
-        )?;
-        Ok(())
+        self.transaction(|tx| insert_join_token(tx, token_hash, node_name, created_at, expires_at))
     }
 
     // ---- authorities ---------------------------------------------------
@@ -260,48 +319,72 @@ impl Store {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn authorities(&self, kind: Option<&str>) -> Result<Vec<AuthorityRow>, StoreError> {
+    pub fn authorities(
+        &self,
+        kind: Option<AuthorityKind>,
+    ) -> Result<Vec<AuthorityRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT id, kind, state, cert_der, key_file, not_before, not_after, created_at FROM authorities
              WHERE (?1 IS NULL OR kind = ?1) ORDER BY created_at DESC, rowid DESC",
         )?;
         let rows = stmt
-            .query_map(params![kind], |r| {
-                Ok(AuthorityRow {
-                    id: r.get(0)?,
-                    kind: r.get(1)?,
-                    state: r.get(2)?,
-                    cert_der: r.get(3)?,
-                    key_file: r.get(4)?,
-                    not_before: r.get(5)?,
-                    not_after: r.get(6)?,
-                    created_at: r.get(7)?,
-                })
+            .query_map(params![kind.map(AuthorityKind::as_str)], |r| {
+                Ok((
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    AuthorityRow {
+                        id: r.get(0)?,
+                        kind: AuthorityKind::Root,
+                        state: AuthorityState::Active,
+                        cert_der: r.get(3)?,
+                        key_file: r.get(4)?,
+                        not_before: r.get(5)?,
+                        not_after: r.get(6)?,
+                        created_at: r.get(7)?,
+                    },
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        rows.into_iter()
+            .map(|(kind, state, row)| {
+                Ok(AuthorityRow {
+                    kind: AuthorityKind::parse(&kind)?,
+                    state: AuthorityState::parse(&state)?,
+                    ..row
+                })
+            })
+            .collect()
     }
 
-    /// Records a new authority; when it is `active`, every other authority of
-    /// the same kind that was active becomes `retired` in the same transaction.
+    /// Records a new authority and its audit record in one transaction; when
+    /// it is active, every other active authority of the same kind becomes
+    /// retired in that transaction too.
     ///
     /// # Errors
-    /// SQLite errors.
-    pub fn insert_authority(&self, row: &AuthorityRow) -> Result<(), StoreError> {
+    /// SQLite errors (then nothing is recorded).
+    pub fn insert_authority(
+        &self,
+        row: &AuthorityRow,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
         self.transaction(|tx| {
-            if row.state == "active" {
+            if row.state == AuthorityState::Active {
                 tx.execute(
-                    "UPDATE authorities SET state = 'retired' WHERE kind = ?1 AND state = 'active'",
-                    params![row.kind],
+                    "UPDATE authorities SET state = ?2 WHERE kind = ?1 AND state = ?3",
+                    params![
+                        row.kind.as_str(),
+                        AuthorityState::Retired.as_str(),
+                        AuthorityState::Active.as_str()
+                    ],
                 )?;
             }
             tx.execute(
                 "INSERT INTO authorities (id, kind, state, cert_der, key_file, not_before, not_after, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![row.id, row.kind, row.state, row.cert_der, row.key_file, row.not_before, row.not_after, row.created_at],
+                params![row.id, row.kind.as_str(), row.state.as_str(), row.cert_der, row.key_file, row.not_before, row.not_after, row.created_at],
             )?;
-            Ok(())
+            insert_audit(tx, audit)
         })
     }
 
@@ -332,13 +415,17 @@ impl Store {
 
     // ---- audit ---------------------------------------------------------
 
-    /// Appends to the audit log outside any other transaction.
+    /// Deletes up to `batch` audit records older than `before` (Unix
+    /// seconds), oldest first, in one short transaction. Returns how many.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+    pub fn prune_audit(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
         let conn = self.lock();
-        insert_audit(&conn, rec)
+        Ok(conn.execute(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 ORDER BY at, id LIMIT ?2)",
+            params![before, batch as i64],
+        )?)
     }
 
     /// The last `limit` audit records, oldest first.
@@ -391,6 +478,66 @@ pub fn insert_audit(conn: &Connection, rec: &AuditRecord) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Inserts an entry inside a transaction, assigning its revision.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when an identical entry exists.
+pub fn insert_entry(tx: &Transaction<'_>, mut entry: EntryRow) -> Result<EntryRow, StoreError> {
+    let rev = bump_revision(tx)?;
+    entry.revision = rev;
+    let selectors =
+        serde_json::to_string(&entry.selectors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let dns =
+        serde_json::to_string(&entry.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let res = tx.execute(
+        "INSERT INTO entries (id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![entry.id, entry.spiffe_id, entry.parent_id, selectors, entry.ttl_seconds, dns, entry.created_at, rev as i64],
+    );
+    match res {
+        Ok(_) => Ok(entry),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Conflict(
+                "an entry with the same SPIFFE ID, parent and selectors exists".into(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes an entry inside a transaction. Returns whether it existed.
+///
+/// # Errors
+/// SQLite errors.
+pub fn remove_entry(tx: &Transaction<'_>, id: &str) -> Result<bool, StoreError> {
+    let n = tx.execute("DELETE FROM entries WHERE id = ?1", params![id])?;
+    if n > 0 {
+        bump_revision(tx)?;
+    }
+    Ok(n > 0)
+}
+
+/// Stores a join token by its SHA-256 hash inside a transaction (the token
+/// itself is never stored).
+///
+/// # Errors
+/// SQLite errors.
+pub fn insert_join_token(
+    tx: &Transaction<'_>,
+    token_hash: &str,
+    node_name: &str,
+    created_at: i64,
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO join_tokens (token_hash, node_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![token_hash, node_name, created_at, expires_at],
+    )?;
+    Ok(())
+}
+
 /// Looks a join token up inside a transaction.
 ///
 /// # Errors
@@ -427,6 +574,15 @@ pub fn consume_token(tx: &Transaction<'_>, token_hash: &str, now: i64) -> Result
     Ok(())
 }
 
+/// Whether an [`upsert_node`] records an attestation or a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A join token was exchanged: `attested_at` becomes now.
+    Attested,
+    /// The node renewed its SVID: `attested_at` keeps its value.
+    Renewed,
+}
+
 /// Records (or refreshes) an attested node inside a transaction.
 ///
 /// # Errors
@@ -438,6 +594,7 @@ pub fn upsert_node(
     now: i64,
     serial: &str,
     expires_at: i64,
+    event: NodeEvent,
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO nodes (spiffe_id, name, attested_at, last_serial, svid_expires_at, updated_at)
@@ -445,7 +602,14 @@ pub fn upsert_node(
          ON CONFLICT(spiffe_id) DO UPDATE SET last_serial = excluded.last_serial,
            svid_expires_at = excluded.svid_expires_at, updated_at = excluded.updated_at,
            attested_at = CASE WHEN ?6 THEN excluded.attested_at ELSE nodes.attested_at END",
-        params![spiffe_id, name, now, serial, expires_at, true],
+        params![
+            spiffe_id,
+            name,
+            now,
+            serial,
+            expires_at,
+            event == NodeEvent::Attested
+        ],
     )?;
     Ok(())
 }
@@ -598,6 +762,64 @@ mod tests {
                 Ok::<_, StoreError>(())
             })
             .unwrap();
+    }
+
+    #[test]
+    fn pruning_deletes_only_old_records_in_bounded_batches() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .transaction(|tx| {
+                for at in 0..25 {
+                    insert_audit(
+                        tx,
+                        &AuditRecord {
+                            at,
+                            action: "a".into(),
+                            ..AuditRecord::default()
+                        },
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 8);
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 8);
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 4);
+        assert_eq!(store.prune_audit(20, 8).unwrap(), 0);
+        let left: Vec<i64> = store
+            .audit_tail(100)
+            .unwrap()
+            .iter()
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(left, (20..25).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn authority_kinds_and_states_round_trip_and_unknown_ones_are_corrupt() {
+        for k in [
+            AuthorityKind::Root,
+            AuthorityKind::Intermediate,
+            AuthorityKind::Jwt,
+            AuthorityKind::Upstream,
+        ] {
+            assert_eq!(AuthorityKind::parse(k.as_str()).unwrap(), k);
+        }
+        for s in [
+            AuthorityState::Active,
+            AuthorityState::Prepared,
+            AuthorityState::Retired,
+        ] {
+            assert_eq!(AuthorityState::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(matches!(
+            AuthorityState::parse("trusted"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            AuthorityKind::parse("ROOT"),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]

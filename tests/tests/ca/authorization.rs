@@ -409,3 +409,37 @@ async fn concurrent_attestations_with_one_token_yield_one_node_svid() {
         .count();
     assert_eq!(issued, 1, "audit log: one issuance");
 }
+
+/// Finding 9: refused callers, who need no credential to be refused, must
+/// not grow the audit log without bound. Each attempt comes on a new
+/// connection (a new source port), as a flood would; the first refusals of
+/// the minute are recorded, the rest only counted.
+#[tokio::test]
+async fn a_flood_of_refused_attestations_writes_a_bounded_number_of_records() {
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let (_key, csr) = new_key_and_csr().unwrap();
+    let mark = ca.audit_mark().unwrap();
+    for i in 0..60 {
+        let err = ca
+            .node_client(None)
+            .await
+            .unwrap()
+            .attest_node(pb::AttestNodeRequest {
+                join_token: format!("bogus-{i}"),
+                csr: csr.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    let rows = ca.audit_since(mark).unwrap();
+    let refused = rows
+        .iter()
+        .filter(|r| r.action == "attest_node" && r.result == "rejected")
+        .count();
+    assert_eq!(
+        refused, 10,
+        "refusal records of one source in one minute: {rows:#?}"
+    );
+    assert!(rows.iter().all(|r| r.result != "issued"), "{rows:#?}");
+}

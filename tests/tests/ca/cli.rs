@@ -166,6 +166,82 @@ async fn cli_admin_commands_round_trip() {
         !reserved.success(),
         "an entry in the reserved namespace was accepted: {reserved}"
     );
+    assert!(reserved.stderr.contains("InvalidArgument"), "{reserved}");
+
+    // Nor the CA's own identity, nor a DNS name the CA serves under: a
+    // workload holding either could pass for the CA. Minting is held to the
+    // same rules.
+    let out_dir = ca.scratch_dir().join("refused").display().to_string();
+    for (what, args) in [
+        (
+            "an entry for the CA's ID",
+            vec![
+                "entry".to_owned(),
+                "create".into(),
+                "--spiffe-id".into(),
+                ca.id("/signet/ca"),
+                "--parent-node".into(),
+                "node-a".into(),
+                "--selector".into(),
+                "unix:uid:0".into(),
+            ],
+        ),
+        (
+            "an entry with the CA's DNS name",
+            vec![
+                "entry".to_owned(),
+                "create".into(),
+                "--spiffe-id".into(),
+                ca.id("/impostor"),
+                "--parent-node".into(),
+                "node-a".into(),
+                "--selector".into(),
+                "unix:uid:0".into(),
+                "--dns-name".into(),
+                "localhost".into(),
+            ],
+        ),
+        (
+            "a minted SVID with the CA's DNS name",
+            vec![
+                "mint".to_owned(),
+                "--spiffe-id".into(),
+                ca.id("/impostor"),
+                "--out".into(),
+                out_dir.clone(),
+                "--dns-name".into(),
+                "localhost".into(),
+            ],
+        ),
+        (
+            "a minted SVID for the CA's ID",
+            vec![
+                "mint".to_owned(),
+                "--spiffe-id".into(),
+                ca.id("/signet/ca"),
+                "--out".into(),
+                out_dir.clone(),
+            ],
+        ),
+    ] {
+        let refused = ca.signet_ca(args).await.unwrap();
+        assert!(!refused.success(), "{what} was accepted: {refused}");
+        assert!(
+            refused.stderr.contains("InvalidArgument"),
+            "{what}: {refused}"
+        );
+    }
+    let entries = json(
+        &ca.signet_ca(["-o", "json", "entry", "list"])
+            .await
+            .unwrap()
+            .ok()
+            .unwrap(),
+    );
+    assert!(
+        !entries.to_string().contains("impostor"),
+        "a refused entry was stored: {entries}"
+    );
 
     // inspect on a minted SVID.
     let svid = ca.mint_cli(&web_id, "web", &[]).await.unwrap();

@@ -59,7 +59,7 @@ async fn ping(port: u16, config: Arc<ClientConfig>) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut tls = TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(ServerName::try_from("server.test").unwrap(), tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let server = tls
@@ -119,7 +119,7 @@ async fn minted_svids_authenticate_each_other_and_a_foreign_ca_is_refused() {
         .mint_cli(
             &server_id,
             "server",
-            &["--dns-name", "localhost", "--ttl", "1h"],
+            &["--dns-name", "server.test", "--ttl", "1h"],
         )
         .await
         .unwrap();

@@ -1,0 +1,205 @@
+//! Nodes: attestation with a join token, SVID renewal, the check that a
+//! caller is an attested node, and what nodes report.
+
+use signet_identity::x509::IssuedCert;
+use signet_identity::{SpiffeId, reserved};
+
+use super::issue::{issued_record, parse_csr};
+use super::time::unix;
+use super::{Ca, CaError};
+use crate::store::{self, EntryRow, NodeEvent, NodeRow, TokenState};
+
+/// The stored form of a join token: its SHA-256, hex.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
+}
+
+impl Ca {
+    /// The SPIFFE ID of a node.
+    ///
+    /// # Errors
+    /// [`CaError::InvalidArgument`] when `name` is not a valid path segment.
+    pub fn node_id(&self, name: &str) -> Result<SpiffeId, CaError> {
+        reserved::node_id(&self.config.trust_domain, name)
+            .map_err(|e| CaError::InvalidArgument(format!("invalid node name {name:?}: {e}")))
+    }
+
+    /// The node name in a node SPIFFE ID, when it is one of ours.
+    pub fn node_name<'a>(&self, id: &'a SpiffeId) -> Option<&'a str> {
+        reserved::node_name(id, &self.config.trust_domain)
+    }
+
+    /// Exchanges a join token and a CSR for a node SVID. The token is
+    /// consumed only if the SVID is issued and its record committed with it.
+    ///
+    /// # Errors
+    /// Unauthenticated without a token; InvalidArgument for a bad CSR;
+    /// PermissionDenied for an unknown, used or expired token; Unavailable
+    /// when the audit log cannot be written.
+    pub fn attest_node(
+        &self,
+        token: &str,
+        csr: &[u8],
+        caller: &str,
+    ) -> Result<(SpiffeId, IssuedCert), CaError> {
+        self.refusing(caller, "attest_node", "", || {
+            if token.is_empty() {
+                return Err(CaError::Unauthenticated("a join token is required".into()));
+            }
+            let csr = parse_csr(csr)?;
+            let hash = token_hash(token);
+            let now = unix(self.now());
+            self.store.transaction(|tx| {
+                let name = match store::token_state(tx, &hash, now)? {
+                    TokenState::Valid(name) => name,
+                    TokenState::Unknown => {
+                        return Err(CaError::PermissionDenied("join token is not valid".into()));
+                    }
+                    TokenState::Used => {
+                        return Err(CaError::PermissionDenied(
+                            "join token has already been used".into(),
+                        ));
+                    }
+                    TokenState::Expired => {
+                        return Err(CaError::PermissionDenied("join token has expired".into()));
+                    }
+                };
+                let id = self.node_id(&name)?;
+                let cert = self.sign(&csr, &id, &[], self.config.node_svid_ttl)?;
+                store::consume_token(tx, &hash, now)?;
+                store::upsert_node(
+                    tx,
+                    id.as_str(),
+                    &name,
+                    now,
+                    &cert.serial_hex(),
+                    unix(cert.not_after),
+                    NodeEvent::Attested,
+                )?;
+                self.auditor
+                    .durable_in(tx, &issued_record(caller, "attest_node", &id, &cert, now))?;
+                tracing::info!(node = %id, serial = %cert.serial_hex(), "node attested");
+                Ok((id, cert))
+            })
+        })
+    }
+
+    /// Checks that `node` is an attested node of this trust domain.
+    ///
+    /// # Errors
+    /// PermissionDenied otherwise.
+    pub fn authorize_node(&self, node: &SpiffeId) -> Result<(), CaError> {
+        if self.node_name(node).is_none() {
+            return Err(CaError::PermissionDenied(format!(
+                "{node} is not a node identity"
+            )));
+        }
+        if !self
+            .store
+            .with_conn(|c| store::node_exists(c, node.as_str()))?
+        {
+            return Err(CaError::PermissionDenied(format!(
+                "node {node} is not attested"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Issues a fresh node SVID to an authenticated node.
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad CSR; PermissionDenied for an unknown node;
+    /// Unavailable when the audit log cannot be written.
+    pub fn renew_node(&self, node: &SpiffeId, csr: &[u8]) -> Result<IssuedCert, CaError> {
+        self.refusing(node.as_str(), "renew_node", node.as_str(), || {
+            self.authorize_node(node)?;
+            let csr = parse_csr(csr)?;
+            let now = unix(self.now());
+            let name = self.node_name(node).unwrap_or_default().to_owned();
+            self.store.transaction(|tx| {
+                let cert = self.sign(&csr, node, &[], self.config.node_svid_ttl)?;
+                store::upsert_node(
+                    tx,
+                    node.as_str(),
+                    &name,
+                    now,
+                    &cert.serial_hex(),
+                    unix(cert.not_after),
+                    NodeEvent::Renewed,
+                )?;
+                self.auditor.durable_in(
+                    tx,
+                    &issued_record(node.as_str(), "renew_node", node, &cert, now),
+                )?;
+                Ok(cert)
+            })
+        })
+    }
+
+    /// The entries `node` may obtain SVIDs for, and the revision they reflect.
+    ///
+    /// # Errors
+    /// PermissionDenied for an unknown node.
+    pub fn authorized_entries(&self, node: &SpiffeId) -> Result<(Vec<EntryRow>, u64), CaError> {
+        self.authorize_node(node)?;
+        let revision = *self.entries.borrow();
+        Ok((self.store.list_entries(Some(node.as_str()))?, revision))
+    }
+
+    /// Records what an agent reports it serves.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn report_status(
+        &self,
+        node: &SpiffeId,
+        bundle_sequence: u64,
+        svid_count: u32,
+    ) -> Result<(), CaError> {
+        let now = unix(self.now());
+        self.store
+            .report_status(node.as_str(), bundle_sequence, svid_count, now)?;
+        Ok(())
+    }
+
+    /// Every attested node with what it last reported.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, CaError> {
+        Ok(self.store.nodes()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca::testing::{self, TestClock};
+    use crate::config::Settings;
+
+    #[test]
+    fn renewal_keeps_the_attestation_time_and_a_new_attestation_moves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let attested_at = unix(clock.now());
+        let node = testing::attest(&ca, "n1");
+
+        clock.advance(Duration::from_secs(600));
+        let cert = ca.renew_node(&node, &testing::csr()).unwrap();
+        let row = ca.nodes().unwrap().pop().unwrap();
+        assert_eq!(row.attested_at, attested_at, "renewal is not attestation");
+        assert_eq!(row.last_serial, cert.serial_hex());
+
+        clock.advance(Duration::from_secs(600));
+        let again = testing::attest(&ca, "n1");
+        assert_eq!(again, node);
+        let row = ca.nodes().unwrap().pop().unwrap();
+        assert_eq!(row.attested_at, unix(clock.now()));
+    }
+}

@@ -1,0 +1,97 @@
+//! Test support: a CA in a temporary directory with a clock the test moves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::Ca;
+use crate::config::{Config, Settings};
+
+/// A clock that stands still until moved.
+#[derive(Clone)]
+pub struct TestClock(Arc<AtomicU64>);
+
+impl TestClock {
+    /// A clock at a fixed, recent time.
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicU64::new(1_800_000_000)))
+    }
+
+    pub fn now(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::SeqCst))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_secs(), Ordering::SeqCst);
+    }
+
+    pub fn clock(&self) -> super::Clock {
+        let inner = self.clone();
+        Arc::new(move || inner.now())
+    }
+}
+
+/// A CA over `dir` with `settings` (trust domain `test.org` unless set).
+pub fn open(dir: &std::path::Path, clock: &TestClock, mut settings: Settings) -> Ca {
+    settings.data_dir = Some(dir.to_path_buf());
+    settings
+        .trust_domain
+        .get_or_insert_with(|| "test.org".into());
+    let config = Config::load(None, settings).unwrap();
+    Ca::open_with_clock(Arc::new(config), clock.clock()).unwrap()
+}
+
+/// A CSR for a fresh P-256 key.
+pub fn csr() -> Vec<u8> {
+    signet_identity::PrivateKey::generate(signet_identity::KeyType::EcdsaP256)
+        .unwrap()
+        .csr_der()
+        .unwrap()
+}
+
+/// Attests the node `name` with a fresh join token.
+pub fn attest(ca: &Ca, name: &str) -> signet_identity::SpiffeId {
+    let token = ca.create_join_token(name, None, "test").unwrap();
+    ca.attest_node(&token.token, &csr(), "127.0.0.1:1")
+        .unwrap()
+        .0
+}
+
+/// Registers `path` for the node `node` (selector unix:uid:1000).
+pub fn entry(ca: &Ca, node: &signet_identity::SpiffeId, path: &str) -> crate::store::EntryRow {
+    ca.create_entry(
+        &super::NewEntry {
+            spiffe_id: format!("spiffe://{}{path}", ca.config().trust_domain),
+            parent_id: node.to_string(),
+            selectors: vec![("unix".into(), "uid:1000".into())],
+            ..super::NewEntry::default()
+        },
+        "test",
+    )
+    .unwrap()
+}
+
+/// Makes every later audit insert fail, as a full or broken disk would:
+/// the real writer and the real database, refusing the write.
+pub fn break_audit_log(ca: &Ca) {
+    ca.store()
+        .with_conn(|c| {
+            c.execute_batch(
+                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+            )
+        })
+        .unwrap();
+}
+
+/// Undoes [`break_audit_log`].
+pub fn repair_audit_log(ca: &Ca) {
+    ca.store()
+        .with_conn(|c| c.execute_batch("DROP TRIGGER audit_broken;"))
+        .unwrap();
+}
+
+/// Every audit record, oldest first.
+pub fn audit(ca: &Ca) -> Vec<crate::store::AuditRecord> {
+    ca.store().audit_tail(1_000_000).unwrap()
+}
