@@ -114,7 +114,10 @@ mod tests {
         let (a, _) = create_temp(dir.path(), "k.pem", 0o600).unwrap();
         let (b, _) = create_temp(dir.path(), "k.pem", 0o600).unwrap();
         assert_ne!(a, b);
-        assert!(!a.to_string_lossy().contains(&std::process::id().to_string()));
+        assert!(
+            !a.to_string_lossy()
+                .contains(&std::process::id().to_string())
+        );
     }
 
     #[test]

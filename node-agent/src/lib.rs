@@ -11,3 +11,6 @@ pub mod run;
 pub mod sds;
 pub mod state;
 pub mod workload_api;
+
+#[cfg(test)]
+mod test_pki;

@@ -25,7 +25,9 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use tracing::{Instrument as _, Span};
 
-use super::resources::{Caller, Resolved, SECRET_TYPE_URL, Subscription, combined_version};
+use super::resources::{
+    Caller, Resolved, SECRET_TYPE_URL, Subscription, check_names, combined_version,
+};
 use crate::state::{Selector, SnapshotRx};
 
 /// The response stream of a streaming RPC.
@@ -146,6 +148,7 @@ impl Protocol for Sotw {
         caller: &Caller<'_>,
     ) -> Result<Option<DiscoveryResponse>, Status> {
         check_type_url(&request.type_url)?;
+        check_names(&request.resource_names, 0)?;
         if let Some(last) = &self.last_nonce
             && request.response_nonce != *last
         {
@@ -261,6 +264,15 @@ impl Protocol for Delta {
         caller: &Caller<'_>,
     ) -> Result<Option<DeltaDiscoveryResponse>, Status> {
         check_type_url(&request.type_url)?;
+        // Unsubscriptions first make room; what stays subscribed is bounded.
+        check_names(&request.resource_names_unsubscribe, 0)?;
+        check_names(
+            &request.resource_names_subscribe,
+            self.subscription
+                .names
+                .len()
+                .saturating_sub(request.resource_names_unsubscribe.len()),
+        )?;
         if !self.started {
             self.started = true;
             self.known
