@@ -37,10 +37,10 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub insecure_bootstrap: bool,
-    /// SPIFFE Workload API socket [default: DATA_DIR/public/api.sock].
+    /// SPIFFE Workload API socket [default: /tmp/signet-agent/public/api.sock].
     #[arg(long)]
     pub workload_api_socket: Option<PathBuf>,
-    /// Envoy SDS socket [default: DATA_DIR/public/sds.sock].
+    /// Envoy SDS socket [default: /tmp/signet-agent/public/sds.sock].
     #[arg(long)]
     pub sds_socket: Option<PathBuf>,
     /// Write svid.pem, svid_key.pem, bundle.pem here on every rotation.
@@ -56,6 +56,12 @@ pub struct Settings {
     #[arg(long)]
     pub log_format: Option<String>,
 }
+
+/// Where the sockets go by default: outside the data directory (0700, so
+/// that only the agent reads its keys), in a directory every local user can
+/// reach, as SPIRE's `/tmp/spire-agent/public`. The `signet` CLI's default
+/// Workload API address points here too.
+pub const DEFAULT_PUBLIC_DIR: &str = "/tmp/signet-agent/public";
 
 /// Where first-start trust comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,9 +157,9 @@ impl Config {
             ca_address: pick!(ca_address).unwrap_or_else(|| "127.0.0.1:8443".into()),
             ca_server_name: pick!(ca_server_name).unwrap_or_else(|| "localhost".into()),
             workload_api_socket: pick!(workload_api_socket)
-                .unwrap_or_else(|| data_dir.join("public").join("api.sock")),
+                .unwrap_or_else(|| Path::new(DEFAULT_PUBLIC_DIR).join("api.sock")),
             sds_socket: pick!(sds_socket)
-                .unwrap_or_else(|| data_dir.join("public").join("sds.sock")),
+                .unwrap_or_else(|| Path::new(DEFAULT_PUBLIC_DIR).join("sds.sock")),
             join_token: pick!(join_token).filter(|t| !t.is_empty()),
             data_dir,
             bootstrap,
@@ -188,8 +194,13 @@ mod tests {
         assert_eq!(c.bootstrap, Bootstrap::None);
         assert_eq!(
             c.workload_api_socket,
-            PathBuf::from("signet-agent-data/public/api.sock")
+            PathBuf::from("/tmp/signet-agent/public/api.sock")
         );
+        assert_eq!(
+            c.sds_socket,
+            PathBuf::from("/tmp/signet-agent/public/sds.sock")
+        );
+        assert_eq!(c.data_dir, PathBuf::from("signet-agent-data"));
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     client.set_identity(svid.client_identity());
+    for socket in [&config.workload_api_socket, &config.sds_socket] {
+        crate::public_dir::prepare(socket)?;
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = Manager::new(config.clone(), client, svid, bundle);

@@ -4,7 +4,15 @@
 //!
 //! PID reuse: the process's start time is read before and after everything
 //! else; if it changed (or the process is gone), the PID now names another
-//! process and the attestation is refused.
+//! process and the attestation is refused. The executable's identity
+//! (device and inode) is read before and after too, so a process that execs
+//! another binary while it is being attested is refused as well.
+//!
+//! Limit: `unix:path` says what the connecting PID runs *when it calls*, not
+//! what it ran when it connected, and the caller may be another process that
+//! inherited the socket. Entries that select only by path are therefore
+//! never matched ([`crate::state::Entry::is_path_only`]); uid and gid come
+//! from the kernel's record of the connect() and are sound.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +23,8 @@ use crate::state::Selector;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub exe: Option<PathBuf>,
+    /// Device and inode of the executable, when readable.
+    pub exe_id: Option<(u64, u64)>,
     pub cgroup: String,
     pub start_time: u64,
 }
@@ -70,6 +80,14 @@ impl UnixAttestor {
             .ok_or_else(|| Self::proc_err(pid, "malformed stat"))
     }
 
+    /// Device and inode of the binary `pid` runs (following /proc/PID/exe).
+    pub fn exe_id(&self, pid: i32) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(self.proc_root.join(pid.to_string()).join("exe"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
     /// Reads what /proc says about `pid`.
     ///
     /// # Errors
@@ -79,10 +97,12 @@ impl UnixAttestor {
         let start_time = self.start_time(pid)?;
         // A process of another user may not be readable (exe needs ptrace
         // rights); that is not fatal, it only yields no path selector.
+        let exe_id = self.exe_id(pid);
         let exe = std::fs::read_link(dir.join("exe")).ok();
         let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
         Ok(ProcessInfo {
             exe,
+            exe_id,
             cgroup,
             start_time,
         })
@@ -125,10 +145,14 @@ impl WorkloadAttestor for UnixAttestor {
                 selectors.push(Selector::new("unix", format!("path:{shown}")));
             }
         }
-        // PID reuse guard: the same PID must still name the same process.
+        // PID reuse guard: the same PID must still name the same process,
+        // running the same binary.
         match self.start_time(peer.pid) {
             Ok(t) if t == info.start_time => {}
             _ => return Err(AttestError::ProcessChanged(peer.pid)),
+        }
+        if self.exe_id(peer.pid) != info.exe_id {
+            return Err(AttestError::ProcessChanged(peer.pid));
         }
         tracing::debug!(pid = peer.pid, cgroup = %info.cgroup.trim(), ?selectors, "attested workload");
         Ok(selectors)

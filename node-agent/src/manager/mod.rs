@@ -329,6 +329,11 @@ impl Manager {
             }
             for e in update.upserted {
                 match entry_from_pb(e) {
+                    Ok(entry) if entry.is_path_only() => {
+                        tracing::warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, "ignoring an entry that selects only by unix:path; add unix:uid or unix:gid");
+                        inner.entries.remove(&entry.id);
+                        inner.svids.remove(&entry.id);
+                    }
                     Ok(entry) => {
                         // A changed entry (DNS names, TTL, ID) needs a new SVID.
                         if let Some(old) = inner.entries.get(&entry.id)

@@ -19,6 +19,7 @@ mod propagation;
 mod restart;
 mod rotation;
 mod status;
+mod unprivileged;
 mod x509;
 
 use std::os::unix::fs::MetadataExt as _;
