@@ -30,7 +30,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "starting signet-agent"
     );
     let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
-        Stored::Usable(svid, bundle) if svid.not_after > std::time::SystemTime::now() => {
+        Stored::Usable(pair) if pair.0.not_after > std::time::SystemTime::now() => {
+            let (svid, bundle) = *pair;
             tracing::info!(node = %svid.spiffe_id, "using the node SVID from the data directory");
             let client = CaClient::new(
                 &config.ca_address,

@@ -255,7 +255,7 @@ pub enum Stored {
     /// Nothing: first start.
     Nothing,
     /// A consistent node SVID, key and bundle.
-    Usable(NodeSvid, TrustBundle),
+    Usable(Box<(NodeSvid, TrustBundle)>),
     /// Something a crash left behind that cannot be used (e.g. a key with
     /// another key's certificate); the node must attest again.
     Unusable(String),
@@ -329,7 +329,7 @@ pub fn load(data_dir: &Path, td: &TrustDomain) -> Result<Stored, NodeError> {
         }
         tracing::info!(file = %p.identity.display(), "moved the node key and certificate into one file");
     }
-    Ok(Stored::Usable(svid, bundle))
+    Ok(Stored::Usable(Box::new((svid, bundle))))
 }
 
 /// The key and the chain (leaf first) of an identity file.
@@ -464,7 +464,7 @@ mod tests {
 
     fn usable(stored: Stored) -> (NodeSvid, TrustBundle) {
         match stored {
-            Stored::Usable(s, b) => (s, b),
+            Stored::Usable(pair) => *pair,
             other => panic!("not usable: {other:?}"),
         }
     }
