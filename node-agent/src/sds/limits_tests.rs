@@ -137,6 +137,27 @@ async fn too_many_names_are_refused_on_every_rpc() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     drop(tx);
 
+    // DeltaSecrets: a reconnect declaring too many known versions.
+    let reconnect = DeltaDiscoveryRequest {
+        initial_resource_versions: names(MAX_RESOURCE_NAMES + 1)
+            .into_iter()
+            .map(|n| (n, "v1".to_owned()))
+            .collect(),
+        type_url: SECRET_TYPE_URL.to_owned(),
+        ..DeltaDiscoveryRequest::default()
+    };
+    let mut responses = c
+        .delta_secrets(futures::stream::iter(vec![reconnect]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(PATIENCE, responses.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
     stop.send_replace(true);
     tokio::time::timeout(PATIENCE, task)
         .await
