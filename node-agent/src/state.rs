@@ -153,3 +153,46 @@ pub async fn ready_snapshot(rx: &SnapshotRx, limit: std::time::Duration) -> Arc<
     };
     ready.unwrap_or_else(|| rx.borrow().clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(selectors: &[(&str, &str)]) -> Entry {
+        Entry {
+            id: "e".into(),
+            spiffe_id: SpiffeId::parse("spiffe://example.org/w").unwrap(),
+            selectors: selectors
+                .iter()
+                .map(|(k, v)| Selector::new(*k, *v))
+                .collect(),
+            ttl_seconds: 0,
+            dns_names: vec![],
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn a_path_alone_never_selects_a_caller() {
+        let caller = [
+            Selector::new("unix", "uid:0"),
+            Selector::new("unix", "path:/usr/bin/sleep"),
+        ];
+        let table: [(&[(&str, &str)], bool); 5] = [
+            (&[("unix", "path:/usr/bin/sleep")], false),
+            (
+                &[
+                    ("unix", "path:/usr/bin/sleep"),
+                    ("unix", "path:/usr/bin/sleep"),
+                ],
+                false,
+            ),
+            (&[("unix", "path:/usr/bin/sleep"), ("unix", "uid:0")], true),
+            (&[("unix", "uid:0")], true),
+            (&[], false),
+        ];
+        for (selectors, matches) in table {
+            assert_eq!(entry(selectors).matches(&caller), matches, "{selectors:?}");
+        }
+    }
+}
