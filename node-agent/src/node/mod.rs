@@ -269,9 +269,10 @@ pub enum Stored {
 pub fn load(data_dir: &Path, td: &TrustDomain) -> Result<Stored, NodeError> {
     let p = Paths::new(data_dir);
     remove_leftovers(&p.dir);
-    let read = |path: &Path| -> Result<Option<Vec<u8>>, NodeError> {
+    // Key material: wiped from memory when dropped.
+    let read = |path: &Path| -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, NodeError> {
         match std::fs::read(path) {
-            Ok(b) => Ok(Some(b)),
+            Ok(b) => Ok(Some(zeroize::Zeroizing::new(b))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(path)(e)),
         }
@@ -282,8 +283,7 @@ pub fn load(data_dir: &Path, td: &TrustDomain) -> Result<Stored, NodeError> {
     let (pair, migrated) = match read(&p.identity)? {
         Some(text) => (split_identity(&text), false),
         None => match (read(&p.old_key)?, read(&p.old_svid)?) {
-            (Some(key), Some(certs)) => {
-                let mut both = key;
+            (Some(mut both), Some(certs)) => {
                 both.extend_from_slice(&certs);
                 (split_identity(&both), true)
             }
@@ -322,12 +322,16 @@ pub fn load(data_dir: &Path, td: &TrustDomain) -> Result<Stored, NodeError> {
     };
     if migrated {
         save_identity(&p, &svid)?;
-        for old in [&p.old_svid, &p.old_key] {
-            if let Err(e) = std::fs::remove_file(old) {
+        tracing::info!(file = %p.identity.display(), "moved the node key and certificate into one file");
+    }
+    // Also after a crash between writing the new file and removing these.
+    for old in [&p.old_svid, &p.old_key] {
+        match std::fs::remove_file(old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(file = %old.display(), error = %e, "could not remove a file of the old format");
             }
+            _ => {}
         }
-        tracing::info!(file = %p.identity.display(), "moved the node key and certificate into one file");
     }
     Ok(Stored::Usable(Box::new((svid, bundle))))
 }
@@ -522,6 +526,20 @@ mod tests {
             load(dir.path(), &td()).unwrap(),
             Stored::Unusable(_)
         ));
+    }
+
+    #[test]
+    fn the_one_file_wins_over_old_files_a_crashed_migration_left() {
+        let ca = TestCa::new("example.org");
+        let dir = tempfile::tempdir().unwrap();
+        let old = node_svid(&ca);
+        old_format(dir.path(), &old.key, &old.chain, &ca);
+        let current = node_svid(&ca);
+        save(dir.path(), &current, &ca.bundle).unwrap();
+        let (loaded, _) = usable(load(dir.path(), &td()).unwrap());
+        assert_eq!(loaded.key.pkcs8_der(), current.key.pkcs8_der());
+        assert!(!dir.path().join("node/svid_key.pem").exists());
+        assert!(!dir.path().join("node/svid.pem").exists());
     }
 
     #[test]
