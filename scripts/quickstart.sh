@@ -3,7 +3,9 @@
 # (trust domain signet.local, 127.0.0.1:8443, data in ./signet-data), mints an
 # X.509-SVID from it with the CLI, shows and verifies it; then starts a node
 # agent beside it (join token, pinned bundle), registers this shell's user as
-# a workload, and fetches its SVID over the SPIFFE Workload API. Stops both.
+# a workload, and fetches its SVID over the SPIFFE Workload API from the
+# default socket (/tmp/signet-agent/public/api.sock); as root, it also fetches
+# one as the unprivileged user nobody (uid 65534). Stops both.
 # Set KEEP_RUNNING=1 to leave them running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,15 +43,32 @@ token=$("$bin/signet" ca token create --node "$node" --ttl 10m | head -1)
 "$bin/signet" ca entry create --spiffe-id "spiffe://signet.local/quickstart/user-$(id -u)" \
   --parent-node "$node" --selector "unix:uid:$(id -u)" --ttl 1h >/dev/null
 rm -rf signet-agent-data
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
+  "$bin/signet" ca entry create --spiffe-id spiffe://signet.local/quickstart/nobody \
+    --parent-node "$node" --selector unix:uid:65534 --ttl 1h >/dev/null
+fi
 "$bin/signet-agent" run --join-token "$token" --trust-bundle signet-data/bundle.pem &
 agent_pid=$!
-export SPIFFE_ENDPOINT_SOCKET="unix:$PWD/signet-agent-data/public/api.sock"
+# The agent's and the CLI's default: /tmp/signet-agent/public/api.sock.
 for _ in $(seq 1 100); do
-  [ -S signet-agent-data/public/api.sock ] && break
+  [ -S /tmp/signet-agent/public/api.sock ] && break
   sleep 0.1
 done
-"$bin/signet" agent svid fetch --out signet-data/quickstart-workload
+# Retries while the agent syncs its entries; only the last attempt's error shows.
+fetch() {
+  for _ in $(seq 1 49); do
+    "$@" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  "$@"
+}
+fetch "$bin/signet" agent svid fetch --out signet-data/quickstart-workload
 "$bin/signet" verify --bundle signet-data/quickstart-workload/bundle.pem signet-data/quickstart-workload/svid.pem
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
+  echo
+  echo "==> the same default socket, as the unprivileged user nobody"
+  fetch setpriv --reuid 65534 --regid 65534 --clear-groups "$PWD/$bin/signet" agent svid fetch
+fi
 "$bin/signet" ca agent list
 
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then

@@ -1,9 +1,7 @@
 //! Writing credentials to disk so that a reader never sees half a file and a
 //! private key is never readable by anyone else, not even for a moment.
 
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::Path;
 
 /// Mode of a private key file.
@@ -11,50 +9,17 @@ pub const MODE_SECRET: u32 = 0o600;
 /// Mode of certificates and bundles.
 pub const MODE_PUBLIC: u32 = 0o644;
 
-/// Replaces `path` with `contents`: a temporary file in the same directory is
-/// created with `mode`, written, synced, and renamed over `path`; then the
-/// directory is synced so the rename survives a crash.
+/// Replaces `path` with `contents`: a temporary file in the same directory
+/// (created exclusively under a random name, never through a symlink) is
+/// written with `mode`, synced, and renamed over `path`; then the directory
+/// is synced so the rename survives a crash. The same helper as the agent's
+/// and the CA's ([`signet_identity::fsutil::write_atomic`]).
 ///
 /// # Errors
 /// Any I/O failure; the temporary file is removed when a step after its
 /// creation fails.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    // Left over by an earlier run that died with the same pid; create_new
-    // below must not trip over it.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    let written = (|| {
-        // The umask may have narrowed the mode at creation; say it exactly.
-        file.set_permissions(Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir)?.sync_all()
+    signet_identity::fsutil::write_atomic(path, contents, mode)
 }
 
 /// Certificates (DER) as PEM blocks in the given order, LF line endings.
@@ -72,6 +37,8 @@ pub fn chain_pem<C: AsRef<[u8]>>(chain: &[C]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn chain_pem_keeps_order() {

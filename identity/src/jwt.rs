@@ -21,6 +21,10 @@ use crate::spiffe_id::SpiffeId;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Most audiences one JWT-SVID request may name.
+pub const MAX_AUDIENCES: usize = 16;
+/// Longest audience value, in bytes.
+pub const MAX_AUDIENCE_LEN: usize = 256;
 
 /// Why a JWT-SVID could not be made or is not valid.
 #[non_exhaustive]

@@ -4,9 +4,54 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde::Deserialize;
-use signet_identity::TrustDomain;
+use signet_identity::{SpiffeIdError, TrustDomain};
+
+/// Why a configuration is refused.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// An invalid trust domain.
+    #[error("invalid trust_domain {value:?}: {source}")]
+    TrustDomain {
+        value: String,
+        #[source]
+        source: SpiffeIdError,
+    },
+    /// More than one first-start trust source.
+    #[error("give only one of trust_bundle, ca_root_hash and insecure_bootstrap")]
+    BootstrapConflict,
+    /// An unknown log format.
+    #[error("log_format must be text or json, not {0:?}")]
+    LogFormat(String),
+    /// `svid_dir` without the ID to write there.
+    #[error("svid_dir needs svid_dir_spiffe_id")]
+    SvidDirWithoutId,
+    /// An invalid `svid_dir_spiffe_id`.
+    #[error("invalid svid_dir_spiffe_id {value:?}: {source}")]
+    SvidDirId {
+        value: String,
+        #[source]
+        source: SpiffeIdError,
+    },
+    /// A root hash that is not `sha256:` and 64 hex digits.
+    #[error("ca_root_hash {0:?} must be sha256: and 64 hex digits")]
+    RootHash(String),
+}
 
 /// Settings as they may appear in the file or as flags.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
@@ -37,10 +82,10 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub insecure_bootstrap: bool,
-    /// SPIFFE Workload API socket [default: DATA_DIR/public/api.sock].
+    /// SPIFFE Workload API socket [default: /tmp/signet-agent/public/api.sock].
     #[arg(long)]
     pub workload_api_socket: Option<PathBuf>,
-    /// Envoy SDS socket [default: DATA_DIR/public/sds.sock].
+    /// Envoy SDS socket [default: /tmp/signet-agent/public/sds.sock].
     #[arg(long)]
     pub sds_socket: Option<PathBuf>,
     /// Write svid.pem, svid_key.pem, bundle.pem here on every rotation.
@@ -56,6 +101,12 @@ pub struct Settings {
     #[arg(long)]
     pub log_format: Option<String>,
 }
+
+/// Where the sockets go by default: outside the data directory (0700, so
+/// that only the agent reads its keys), in a directory every local user can
+/// reach, as SPIRE's `/tmp/spire-agent/public`. The `signet` CLI's default
+/// Workload API address points here too.
+pub const DEFAULT_PUBLIC_DIR: &str = "/tmp/signet-agent/public";
 
 /// Where first-start trust comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,13 +150,17 @@ impl Config {
     ///
     /// # Errors
     /// Unreadable file, unknown keys, invalid values.
-    pub fn load(file: Option<&Path>, flags: Settings) -> anyhow::Result<Self> {
+    pub fn load(file: Option<&Path>, flags: Settings) -> Result<Self, ConfigError> {
         let f = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<Settings>(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<Settings>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?
             }
             None => Settings::default(),
         };
@@ -115,8 +170,10 @@ impl Config {
             };
         }
         let td = pick!(trust_domain).unwrap_or_else(|| "signet.local".into());
-        let trust_domain =
-            TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
+        let trust_domain = TrustDomain::new(&td).map_err(|source| ConfigError::TrustDomain {
+            value: td.clone(),
+            source,
+        })?;
         let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("signet-agent-data"));
         let bootstrap = match (
             pick!(trust_bundle),
@@ -127,21 +184,25 @@ impl Config {
             (None, Some(h), false) => Bootstrap::RootHash(parse_hash(&h)?),
             (None, None, true) => Bootstrap::Insecure,
             (None, None, false) => Bootstrap::None,
-            _ => bail!("give only one of trust_bundle, ca_root_hash and insecure_bootstrap"),
+            _ => return Err(ConfigError::BootstrapConflict),
         };
         let log_json = match pick!(log_format).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
-            Some(other) => bail!("log_format must be text or json, not {other:?}"),
+            Some(other) => return Err(ConfigError::LogFormat(other.to_owned())),
         };
         let files = match pick!(svid_dir) {
             None => None,
             Some(dir) => {
-                let id = pick!(svid_dir_spiffe_id).context("svid_dir needs svid_dir_spiffe_id")?;
+                let id = pick!(svid_dir_spiffe_id).ok_or(ConfigError::SvidDirWithoutId)?;
                 Some(FileDelivery {
                     dir,
-                    spiffe_id: signet_identity::SpiffeId::parse(&id)
-                        .with_context(|| format!("invalid svid_dir_spiffe_id {id:?}"))?,
+                    spiffe_id: signet_identity::SpiffeId::parse(&id).map_err(|source| {
+                        ConfigError::SvidDirId {
+                            value: id.clone(),
+                            source,
+                        }
+                    })?,
                     command: pick!(svid_dir_command),
                 })
             }
@@ -151,9 +212,9 @@ impl Config {
             ca_address: pick!(ca_address).unwrap_or_else(|| "127.0.0.1:8443".into()),
             ca_server_name: pick!(ca_server_name).unwrap_or_else(|| "localhost".into()),
             workload_api_socket: pick!(workload_api_socket)
-                .unwrap_or_else(|| data_dir.join("public").join("api.sock")),
+                .unwrap_or_else(|| Path::new(DEFAULT_PUBLIC_DIR).join("api.sock")),
             sds_socket: pick!(sds_socket)
-                .unwrap_or_else(|| data_dir.join("public").join("sds.sock")),
+                .unwrap_or_else(|| Path::new(DEFAULT_PUBLIC_DIR).join("sds.sock")),
             join_token: pick!(join_token).filter(|t| !t.is_empty()),
             data_dir,
             bootstrap,
@@ -168,12 +229,12 @@ impl Config {
 ///
 /// # Errors
 /// Anything else.
-pub fn parse_hash(s: &str) -> anyhow::Result<[u8; 32]> {
+pub fn parse_hash(s: &str) -> Result<[u8; 32], ConfigError> {
     let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
-    let bytes = hex::decode(hex_part).with_context(|| format!("ca_root_hash {s:?} is not hex"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("ca_root_hash must be 32 bytes (64 hex digits)"))
+    hex::decode(hex_part)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ConfigError::RootHash(s.to_owned()))
 }
 
 #[cfg(test)]
@@ -188,8 +249,13 @@ mod tests {
         assert_eq!(c.bootstrap, Bootstrap::None);
         assert_eq!(
             c.workload_api_socket,
-            PathBuf::from("signet-agent-data/public/api.sock")
+            PathBuf::from("/tmp/signet-agent/public/api.sock")
         );
+        assert_eq!(
+            c.sds_socket,
+            PathBuf::from("/tmp/signet-agent/public/sds.sock")
+        );
+        assert_eq!(c.data_dir, PathBuf::from("signet-agent-data"));
     }
 
     #[test]

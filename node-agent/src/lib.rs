@@ -7,7 +7,11 @@ pub mod config;
 pub mod files;
 pub mod manager;
 pub mod node;
+pub mod public_dir;
 pub mod run;
 pub mod sds;
 pub mod state;
 pub mod workload_api;
+
+#[cfg(test)]
+mod test_pki;

@@ -10,6 +10,7 @@ use crate::attest::WorkloadAttestor;
 use crate::attest::unix::UnixAttestor;
 use crate::config::{Bootstrap, Config};
 use crate::manager::Manager;
+use crate::node::Stored;
 use crate::node::client::{CaClient, ServerTrust};
 use crate::state::JwtSource;
 use crate::{files, node, sds, workload_api};
@@ -29,18 +30,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "starting signet-agent"
     );
     let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
-        Some((svid, bundle)) if svid.not_after > std::time::SystemTime::now() => {
+        Stored::Usable(pair) if pair.0.not_after > std::time::SystemTime::now() => {
+            let (svid, bundle) = *pair;
             tracing::info!(node = %svid.spiffe_id, "using the node SVID from the data directory");
             let client = CaClient::new(
                 &config.ca_address,
                 &config.ca_server_name,
+                &config.trust_domain,
                 ServerTrust::Roots(bundle.x509_authorities().to_vec()),
             )?;
             (svid, bundle, client)
         }
         stored => {
-            if stored.is_some() {
-                tracing::warn!("the stored node SVID has expired; attesting again");
+            match stored {
+                Stored::Usable(..) => {
+                    tracing::warn!("the stored node SVID has expired; attesting again");
+                }
+                Stored::Unusable(why) => {
+                    tracing::warn!(reason = %why, "the stored node identity is unusable; attesting again");
+                }
+                Stored::Nothing => {}
             }
             let token = config
                 .join_token
@@ -66,7 +75,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     "first start needs trust in the CA: --trust-bundle FILE, --ca-root-hash sha256:HEX or (unsafe) --insecure-bootstrap"
                 ),
             };
-            let client = CaClient::new(&config.ca_address, &config.ca_server_name, trust)?;
+            let client = CaClient::new(
+                &config.ca_address,
+                &config.ca_server_name,
+                &config.trust_domain,
+                trust,
+            )?;
             let (svid, bundle) = node::attest(&client, &token).await?;
             node::save(&config.data_dir, &svid, &bundle)?;
             tracing::info!(node = %svid.spiffe_id, "attested to the CA");
@@ -76,12 +90,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let client = CaClient::new(
                 &config.ca_address,
                 &config.ca_server_name,
+                &config.trust_domain,
                 ServerTrust::Roots(bundle.x509_authorities().to_vec()),
             )?;
             (svid, bundle, client)
         }
     };
     client.set_identity(svid.client_identity());
+    for socket in [&config.workload_api_socket, &config.sds_socket] {
+        crate::public_dir::prepare(socket)?;
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = Manager::new(config.clone(), client, svid, bundle);

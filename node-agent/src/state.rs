@@ -46,9 +46,26 @@ pub struct Entry {
 
 impl Entry {
     /// Whether a caller with `selectors` matches this entry: every selector
-    /// of the entry must be among the caller's.
+    /// of the entry must be among the caller's. An entry that selects only
+    /// by executable path matches nobody (see [`Entry::is_path_only`]).
     pub fn matches(&self, selectors: &[Selector]) -> bool {
-        !self.selectors.is_empty() && self.selectors.iter().all(|s| selectors.contains(s))
+        !self.selectors.is_empty()
+            && !self.is_path_only()
+            && self.selectors.iter().all(|s| selectors.contains(s))
+    }
+
+    /// Whether every selector is `unix:path:...`. The path of a process is
+    /// read from /proc when it calls, not when it connected: a process can
+    /// connect, hand the socket to a child and exec the registered binary,
+    /// and be attested as that binary. `unix:uid`/`unix:gid` come from the
+    /// kernel's record of the connecting process and cannot be changed that
+    /// way, so a path must be combined with them.
+    pub fn is_path_only(&self) -> bool {
+        !self.selectors.is_empty()
+            && self
+                .selectors
+                .iter()
+                .all(|s| s.kind == "unix" && s.value.starts_with("path:"))
     }
 }
 
@@ -135,4 +152,47 @@ pub async fn ready_snapshot(rx: &SnapshotRx, limit: std::time::Duration) -> Arc<
         _ => None,
     };
     ready.unwrap_or_else(|| rx.borrow().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(selectors: &[(&str, &str)]) -> Entry {
+        Entry {
+            id: "e".into(),
+            spiffe_id: SpiffeId::parse("spiffe://example.org/w").unwrap(),
+            selectors: selectors
+                .iter()
+                .map(|(k, v)| Selector::new(*k, *v))
+                .collect(),
+            ttl_seconds: 0,
+            dns_names: vec![],
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn a_path_alone_never_selects_a_caller() {
+        let caller = [
+            Selector::new("unix", "uid:0"),
+            Selector::new("unix", "path:/usr/bin/sleep"),
+        ];
+        let table: [(&[(&str, &str)], bool); 5] = [
+            (&[("unix", "path:/usr/bin/sleep")], false),
+            (
+                &[
+                    ("unix", "path:/usr/bin/sleep"),
+                    ("unix", "path:/usr/bin/sleep"),
+                ],
+                false,
+            ),
+            (&[("unix", "path:/usr/bin/sleep"), ("unix", "uid:0")], true),
+            (&[("unix", "uid:0")], true),
+            (&[], false),
+        ];
+        for (selectors, matches) in table {
+            assert_eq!(entry(selectors).matches(&caller), matches, "{selectors:?}");
+        }
+    }
 }

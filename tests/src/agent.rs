@@ -14,6 +14,9 @@ use tempfile::TempDir;
 use crate::bins;
 use crate::ca::CaProcess;
 
+/// signet-agent's default socket directory (its `config::DEFAULT_PUBLIC_DIR`).
+pub const DEFAULT_PUBLIC_DIR: &str = "/tmp/signet-agent/public";
+
 /// Longest wait for the agent to attest (first start) and open both sockets.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -80,14 +83,43 @@ impl AgentProcess {
         token: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn(ca, node_name, token, extra_args, true).await
+    }
+
+    /// As [`AgentProcess::start`], but without socket flags: the agent uses
+    /// its default socket paths (`/tmp/signet-agent/public/{api,sds}.sock`).
+    /// Only one such agent can run on the machine at a time.
+    ///
+    /// # Errors
+    /// As [`AgentProcess::start`].
+    pub async fn start_with_default_sockets(
+        ca: &CaProcess,
+        node_name: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let token = ca.token_cli(node_name, None).await?;
+        Self::spawn(ca, node_name, &token, extra_args, false).await
+    }
+
+    async fn spawn(
+        ca: &CaProcess,
+        node_name: &str,
+        token: &str,
+        extra_args: &[&str],
+        own_sockets: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("signet-agent-")
             .tempdir()
             .context("creating the agent's temporary directory")?;
         let data_dir = dir.path().join("data");
         // Short names: a unix socket path must fit in 108 bytes.
-        let workload_api_socket = dir.path().join("api.sock");
-        let sds_socket = dir.path().join("sds.sock");
+        let (workload_api_socket, sds_socket) = if own_sockets {
+            (dir.path().join("api.sock"), dir.path().join("sds.sock"))
+        } else {
+            let public = Path::new(DEFAULT_PUBLIC_DIR);
+            (public.join("api.sock"), public.join("sds.sock"))
+        };
         let mut args: Vec<OsString> = vec![
             "run".into(),
             "--trust-domain".into(),
@@ -100,11 +132,15 @@ impl AgentProcess {
             ca.bundle_path().into(),
             "--data-dir".into(),
             data_dir.clone().into(),
-            "--workload-api-socket".into(),
-            workload_api_socket.clone().into(),
-            "--sds-socket".into(),
-            sds_socket.clone().into(),
         ];
+        if own_sockets {
+            args.extend([
+                "--workload-api-socket".into(),
+                workload_api_socket.clone().into(),
+                "--sds-socket".into(),
+                sds_socket.clone().into(),
+            ]);
+        }
         args.extend(extra_args.iter().map(OsString::from));
         let mut agent = Self {
             child: None,

@@ -37,7 +37,7 @@ mod node;
 mod pki;
 mod process;
 
-pub use agent::AgentProcess;
+pub use agent::{AgentProcess, DEFAULT_PUBLIC_DIR};
 pub use bins::{CliOutput, binary, signet};
 pub use ca::{AuditRow, CaOptions, CaProcess, DEFAULT_TRUST_DOMAIN, health_check};
 pub use envoy::{

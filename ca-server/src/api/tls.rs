@@ -207,7 +207,7 @@ impl ServerCertResolver {
 fn issue_server_cert(ca: &Ca) -> anyhow::Result<(CertifiedKey, std::time::SystemTime)> {
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = signet_identity::x509::VerifiedCsr::from_der(&key.csr_der()?)?;
-    let id = SpiffeId::from_segments(&ca.config().trust_domain, &["signet", "ca-server"])?;
+    let id = signet_identity::reserved::ca_server_id(&ca.config().trust_domain);
     let ttl = ca.config().node_svid_ttl;
     let cert = ca
         .sign(&csr, &id, &ca.config().server_names, ttl)

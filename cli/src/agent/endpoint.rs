@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-/// Where signet-agent puts its Workload API socket with the default data
-/// directory.
-pub const DEFAULT_SOCKET: &str = "./signet-agent-data/public/api.sock";
+/// Where signet-agent puts its Workload API socket by default (its
+/// `DEFAULT_PUBLIC_DIR`), reachable by every local user.
+pub const DEFAULT_SOCKET: &str = "/tmp/signet-agent/public/api.sock";
 
 /// The socket path of a Workload API address.
 ///

@@ -12,6 +12,20 @@ pub struct PeerCred {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    /// Device and inode of the peer's executable when the connection was
+    /// accepted, when the serving loop recorded it ([`AcceptedPeer`]).
+    pub exe_at_accept: Option<(u64, u64)>,
+}
+
+/// A connection's peer as sampled when the agent accepted it
+/// ([`unix::accepted`]). A serving loop that wraps its accepted streams in
+/// an IO type whose tonic `ConnectInfo` is this type gets it into every
+/// request's extensions, and [`peer_of`] prefers it to tonic's
+/// `UdsConnectInfo`: the attestor then refuses a caller whose PID runs
+/// another executable than at accept time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptedPeer {
+    pub cred: PeerCred,
 }
 
 /// Why a caller could not be attested.
@@ -61,6 +75,9 @@ pub async fn attest_all(
 /// [`AttestError::NoCredentials`] when the request did not come over a unix
 /// socket with credentials.
 pub fn peer_of<T>(req: &tonic::Request<T>) -> Result<PeerCred, AttestError> {
+    if let Some(accepted) = req.extensions().get::<AcceptedPeer>() {
+        return Ok(accepted.cred);
+    }
     let info = req
         .extensions()
         .get::<tonic::transport::server::UdsConnectInfo>()
@@ -70,5 +87,6 @@ pub fn peer_of<T>(req: &tonic::Request<T>) -> Result<PeerCred, AttestError> {
         pid: cred.pid().ok_or(AttestError::NoCredentials)?,
         uid: cred.uid(),
         gid: cred.gid(),
+        exe_at_accept: None,
     })
 }

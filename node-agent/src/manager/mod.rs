@@ -12,21 +12,78 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use rustls_pki_types::CertificateDer;
-use signet_identity::{KeyType, PrivateKey, SpiffeId, TrustBundle};
+use signet_identity::x509::SvidError;
+use signet_identity::{
+    KeyError, KeyType, PrivateKey, SpiffeId, SpiffeIdError, TrustBundle, TrustDomain,
+};
 use signet_proto::ca::v1 as pb;
 use tokio::sync::{Notify, watch};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::Config;
 use crate::node::client::{CaClient, ServerTrust};
-use crate::node::{self, NodeSvid};
+use crate::node::{self, NodeError, NodeSvid};
 use crate::state::{Entry, JwtSource, Selector, Snapshot, Svid};
 use backoff::{Backoff, jitter_fraction};
 
 /// Most CSRs sent in one request.
 const BATCH: usize = 200;
+
+/// What can go wrong while following the CA.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The node identity or a bundle from the CA.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A bundle for another trust domain.
+    #[error("the CA sent a bundle for {0}")]
+    ForeignBundle(TrustDomain),
+    /// A bundle that would leave nothing to verify with.
+    #[error("the CA sent a bundle without X.509 authorities; keeping the current one")]
+    EmptyBundle,
+    /// A call to the CA failed.
+    #[error("{code:?}: {message}")]
+    Ca { code: tonic::Code, message: String },
+    /// The CA ended a stream.
+    #[error("the CA closed the stream")]
+    StreamClosed,
+    /// A key could not be generated.
+    #[error("key: {0}")]
+    Key(#[from] KeyError),
+    /// An entry whose SPIFFE ID does not parse.
+    #[error("entry {id}: {source}")]
+    Entry {
+        id: String,
+        #[source]
+        source: SpiffeIdError,
+    },
+    /// No bundle yet to check an SVID with.
+    #[error("no trust bundle to verify the SVID against")]
+    NoBundle,
+    /// The CA's answer holds no certificate.
+    #[error("empty certificate chain")]
+    EmptyChain,
+    /// A certificate that does not parse.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The certificate is for another key.
+    #[error("the certificate is not for the key generated here")]
+    WrongKey,
+    /// The SVID would not validate for the entry against the served bundle.
+    #[error("the SVID does not validate against the served bundle: {0}")]
+    Invalid(#[from] SvidError),
+}
+
+impl From<tonic::Status> for ManagerError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Ca {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Inner {
@@ -155,12 +212,12 @@ impl Manager {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
-            match node::renew(&self.client()).await {
+            let Some(bundle) = self.lock().bundle.clone() else {
+                return;
+            };
+            match node::renew(&self.client(), &bundle).await {
                 Ok(svid) => {
-                    let bundle = self.lock().bundle.clone();
-                    if let Some(b) = &bundle
-                        && let Err(e) = node::save(&self.config.data_dir, &svid, b)
-                    {
+                    if let Err(e) = node::save(&self.config.data_dir, &svid, &bundle) {
                         tracing::error!(error = %format!("{e:#}"), "could not persist the renewed node SVID");
                     }
                     let client = self.client();
@@ -206,15 +263,13 @@ impl Manager {
         .await;
     }
 
-    fn apply_bundle(&self, b: &pb::Bundle) -> anyhow::Result<()> {
+    fn apply_bundle(&self, b: &pb::Bundle) -> Result<(), ManagerError> {
         let bundle = node::bundle_from_pb(b)?;
         if bundle.trust_domain() != &self.config.trust_domain {
-            anyhow::bail!("the CA sent a bundle for {}", bundle.trust_domain());
+            return Err(ManagerError::ForeignBundle(bundle.trust_domain().clone()));
         }
         if bundle.x509_authorities().is_empty() {
-            anyhow::bail!(
-                "the CA sent a bundle without X.509 authorities; keeping the current one"
-            );
+            return Err(ManagerError::EmptyBundle);
         }
         {
             let mut inner = self.lock();
@@ -274,6 +329,11 @@ impl Manager {
             }
             for e in update.upserted {
                 match entry_from_pb(e) {
+                    Ok(entry) if entry.is_path_only() => {
+                        tracing::warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, "ignoring an entry that selects only by unix:path; add unix:uid or unix:gid");
+                        inner.entries.remove(&entry.id);
+                        inner.svids.remove(&entry.id);
+                    }
                     Ok(entry) => {
                         // A changed entry (DNS names, TTL, ID) needs a new SVID.
                         if let Some(old) = inner.entries.get(&entry.id)
@@ -286,7 +346,7 @@ impl Manager {
                         inner.entries.insert(entry.id.clone(), Arc::new(entry));
                     }
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "ignoring an entry the CA sent")
+                        tracing::warn!(error = %e, "ignoring an entry the CA sent")
                     }
                 }
             }
@@ -362,7 +422,7 @@ impl Manager {
         }
     }
 
-    async fn sign_batch(&self, entries: &[Arc<Entry>]) -> anyhow::Result<()> {
+    async fn sign_batch(&self, entries: &[Arc<Entry>]) -> Result<(), ManagerError> {
         let mut keys = HashMap::with_capacity(entries.len());
         let mut items = Vec::with_capacity(entries.len());
         for e in entries {
@@ -378,19 +438,23 @@ impl Manager {
             .client()
             .node()
             .batch_sign_x509_svid(pb::BatchSignX509SvidRequest { items })
-            .await
-            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+            .await?
             .into_inner();
         let mut issued = 0;
         {
             let mut inner = self.lock();
+            let bundle = inner.bundle.clone();
             for r in resp.results {
                 let Some((key, entry)) = keys.remove(&r.entry_id) else {
                     continue;
                 };
                 match r.result {
                     Some(pb::sign_result::Result::Svid(svid)) => {
-                        match svid_from_pb(&entry, svid, key) {
+                        match bundle
+                            .as_deref()
+                            .ok_or(ManagerError::NoBundle)
+                            .and_then(|b| svid_from_pb(&entry, svid, key, b, SystemTime::now()))
+                        {
                             Ok(s) => {
                                 if inner.entries.contains_key(&entry.id) {
                                     tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
@@ -399,7 +463,7 @@ impl Manager {
                                 }
                             }
                             Err(e) => {
-                                tracing::error!(entry = %entry.id, error = %format!("{e:#}"), "unusable SVID from the CA")
+                                tracing::error!(entry = %entry.id, error = %e, "refusing an SVID from the CA; not publishing it")
                             }
                         }
                     }
@@ -502,14 +566,14 @@ async fn follow<T, F, Fut>(
     max_backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
     open: F,
-    mut apply: impl FnMut(T) -> anyhow::Result<()>,
+    mut apply: impl FnMut(T) -> Result<(), ManagerError>,
 ) where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
     loop {
-        let result: anyhow::Result<()> = async {
+        let result: Result<(), ManagerError> = async {
             let mut stream = open().await?.into_inner();
             loop {
                 tokio::select! {
@@ -518,7 +582,7 @@ async fn follow<T, F, Fut>(
                             apply(m)?;
                             backoff.reset();
                         }
-                        None => anyhow::bail!("the CA closed the stream"),
+                        None => return Err(ManagerError::StreamClosed),
                     },
                     _ = shutdown.changed() => return Ok(()),
                 }
@@ -530,7 +594,7 @@ async fn follow<T, F, Fut>(
         }
         let delay = backoff.next_delay();
         if let Err(e) = result {
-            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "{what} stream interrupted");
+            tracing::warn!(error = %e, retry_in = ?delay, "{what} stream interrupted");
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -539,9 +603,12 @@ async fn follow<T, F, Fut>(
     }
 }
 
-fn entry_from_pb(e: pb::Entry) -> anyhow::Result<Entry> {
+fn entry_from_pb(e: pb::Entry) -> Result<Entry, ManagerError> {
     Ok(Entry {
-        spiffe_id: SpiffeId::parse(&e.spiffe_id).with_context(|| format!("entry {}", e.id))?,
+        spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|source| ManagerError::Entry {
+            id: e.id.clone(),
+            source,
+        })?,
         id: e.id,
         selectors: e
             .selectors
@@ -554,36 +621,41 @@ fn entry_from_pb(e: pb::Entry) -> anyhow::Result<Entry> {
     })
 }
 
-fn svid_from_pb(entry: &Entry, svid: pb::X509Svid, key: PrivateKey) -> anyhow::Result<Svid> {
+/// An SVID from the CA, checked before anything is published: it must be
+/// for the key generated here, and validate, as a workload's peer would
+/// check it, against the bundle the agent serves, for the entry's SPIFFE ID.
+fn svid_from_pb(
+    entry: &Entry,
+    svid: pb::X509Svid,
+    key: PrivateKey,
+    bundle: &TrustBundle,
+    now: SystemTime,
+) -> Result<Svid, ManagerError> {
     let chain: Vec<CertificateDer<'static>> = svid
         .cert_chain
         .into_iter()
         .map(CertificateDer::from)
         .collect();
-    let leaf = chain.first().context("empty chain")?;
-    let (_, cert) = X509Certificate::from_der(leaf)?;
+    let leaf = chain.first().ok_or(ManagerError::EmptyChain)?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| ManagerError::Certificate(e.to_string()))?;
     if cert.public_key().raw != key.public_key_spki().as_slice() {
-        anyhow::bail!("the certificate is not for the key generated here");
+        return Err(ManagerError::WrongKey);
     }
-    let spiffe_id = SpiffeId::parse(&svid.spiffe_id)?;
-    if spiffe_id != entry.spiffe_id {
-        anyhow::bail!(
-            "the certificate is for {spiffe_id}, not {}",
-            entry.spiffe_id
-        );
-    }
+    let verified =
+        signet_identity::x509::verify::verify_x509_svid_for(&chain, bundle, &entry.spiffe_id, now)?;
     let not_before = SystemTime::from(cert.validity().not_before.to_datetime());
     let not_after = SystemTime::from(cert.validity().not_after.to_datetime());
     // Half of the lifetime, ±10%.
     let renew_at = node::renew_time(
         not_before,
         not_after,
-        SystemTime::now(),
+        now,
         0.5 * (0.9 + 0.2 * jitter_fraction()),
     );
     Ok(Svid {
         entry_id: entry.id.clone(),
-        spiffe_id,
+        spiffe_id: verified.spiffe_id,
         chain,
         key,
         serial: svid.serial,
@@ -591,4 +663,90 @@ fn svid_from_pb(entry: &Entry, svid: pb::X509Svid, key: PrivateKey) -> anyhow::R
         not_after,
         renew_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_pki::TestCa;
+
+    fn entry(id: &str) -> Entry {
+        Entry {
+            id: "e1".into(),
+            spiffe_id: SpiffeId::parse(id).unwrap(),
+            selectors: vec![Selector::new("unix", "uid:1")],
+            ttl_seconds: 0,
+            dns_names: vec![],
+            revision: 1,
+        }
+    }
+
+    fn answer(cert: &signet_identity::x509::IssuedCert, id: &str) -> pb::X509Svid {
+        pb::X509Svid {
+            spiffe_id: id.into(),
+            cert_chain: cert.chain.iter().map(|c| c.to_vec()).collect(),
+            serial: cert.serial_hex(),
+            ..pb::X509Svid::default()
+        }
+    }
+
+    const WEB: &str = "spiffe://example.org/web";
+
+    #[test]
+    fn a_good_svid_is_accepted() {
+        let ca = TestCa::new("example.org");
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let cert = ca.issue_for(&key, WEB, &[]);
+        let svid = svid_from_pb(
+            &entry(WEB),
+            answer(&cert, WEB),
+            key,
+            &ca.bundle,
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(svid.spiffe_id.as_str(), WEB);
+    }
+
+    #[test]
+    fn an_svid_that_would_not_validate_is_never_published() {
+        let ca = TestCa::new("example.org");
+        let other = TestCa::new("example.org");
+        let now = SystemTime::now();
+
+        // Signed by a CA outside the served bundle.
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let cert = other.issue_for(&key, WEB, &[]);
+        let err = svid_from_pb(&entry(WEB), answer(&cert, WEB), key, &ca.bundle, now).unwrap_err();
+        assert!(matches!(err, ManagerError::Invalid(_)), "{err}");
+
+        // A certificate for another SPIFFE ID, whatever the answer claims.
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let cert = ca.issue_for(&key, "spiffe://example.org/admin", &[]);
+        let err = svid_from_pb(&entry(WEB), answer(&cert, WEB), key, &ca.bundle, now).unwrap_err();
+        assert!(matches!(err, ManagerError::Invalid(_)), "{err}");
+
+        // For another key.
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let (_, cert) = ca.issue(WEB, &[]);
+        let err = svid_from_pb(&entry(WEB), answer(&cert, WEB), key, &ca.bundle, now).unwrap_err();
+        assert!(matches!(err, ManagerError::WrongKey), "{err}");
+
+        // Not valid yet / any more at `now`.
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let cert = ca.issue_for(&key, WEB, &[]);
+        let later = now + std::time::Duration::from_secs(7200);
+        let err =
+            svid_from_pb(&entry(WEB), answer(&cert, WEB), key, &ca.bundle, later).unwrap_err();
+        assert!(matches!(err, ManagerError::Invalid(_)), "{err}");
+
+        // An empty chain.
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let empty = pb::X509Svid {
+            spiffe_id: WEB.into(),
+            ..pb::X509Svid::default()
+        };
+        let err = svid_from_pb(&entry(WEB), empty, key, &ca.bundle, now).unwrap_err();
+        assert!(matches!(err, ManagerError::EmptyChain), "{err}");
+    }
 }

@@ -3,6 +3,14 @@
 //! node SVID once the agent has one. The TLS settings are read anew for every
 //! connection, so a renewed node SVID or a new bundle takes effect on the
 //! next reconnect without rebuilding the gRPC channel.
+//!
+//! Chaining to the roots and carrying the configured DNS name is not enough
+//! for a server to be the CA: every workload SVID chains to the same roots,
+//! and an entry may ask for DNS `localhost`. The CA's certificate must also
+//! carry the reserved SPIFFE ID [`ca_server_id`], which no entry can claim.
+//! This is required whenever the chain is checked: with the bundle, with a
+//! bundle file on first start, and with a pinned root hash (the pinned root
+//! signs workload SVIDs too). Only explicit trust on first use checks nothing.
 
 use std::sync::{Arc, RwLock};
 
@@ -11,6 +19,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use signet_identity::reserved::ca_server_id;
+use signet_identity::{SpiffeId, TrustDomain};
 use signet_proto::ca::v1::node_client::NodeClient;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
@@ -37,6 +47,22 @@ pub struct ClientIdentity {
 struct TlsState {
     trust: ServerTrust,
     identity: Option<ClientIdentity>,
+    /// The SPIFFE ID the CA's serving certificate must carry.
+    ca_id: SpiffeId,
+}
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The configured server name is not a DNS name or IP address.
+    #[error("invalid CA server name {name:?}: {reason}")]
+    ServerName { name: String, reason: String },
+    /// The TLS settings were refused (e.g. a root that does not parse).
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The roots could not be turned into a verifier.
+    #[error("TLS verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
 }
 
 /// A lazily connecting, self-reconnecting channel to the CA.
@@ -75,16 +101,27 @@ fn channel(state: Arc<RwLock<TlsState>>, addr: String, name: ServerName<'static>
 }
 
 impl CaClient {
-    /// A client for `address` (host:port) whose certificate must be valid for `server_name`.
+    /// A client for `address` (host:port) whose certificate must be valid for
+    /// `server_name` and carry the CA's reserved ID in `trust_domain`.
     ///
     /// # Errors
     /// An invalid server name.
-    pub fn new(address: &str, server_name: &str, trust: ServerTrust) -> anyhow::Result<Self> {
+    pub fn new(
+        address: &str,
+        server_name: &str,
+        trust_domain: &TrustDomain,
+        trust: ServerTrust,
+    ) -> Result<Self, ClientError> {
         let state = Arc::new(RwLock::new(TlsState {
             trust,
             identity: None,
+            ca_id: ca_server_id(trust_domain),
         }));
-        let name = ServerName::try_from(server_name.to_owned())?;
+        let name =
+            ServerName::try_from(server_name.to_owned()).map_err(|e| ClientError::ServerName {
+                name: server_name.to_owned(),
+                reason: e.to_string(),
+            })?;
         let channel = channel(state.clone(), address.to_owned(), name.clone());
         Ok(Self {
             state,
@@ -129,7 +166,7 @@ impl CaClient {
     }
 }
 
-fn client_config(st: &TlsState) -> anyhow::Result<Arc<ClientConfig>> {
+fn client_config(st: &TlsState) -> Result<Arc<ClientConfig>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match &st.trust {
         ServerTrust::Roots(roots) => {
@@ -137,12 +174,21 @@ fn client_config(st: &TlsState) -> anyhow::Result<Arc<ClientConfig>> {
             for r in roots {
                 store.add(r.clone())?;
             }
-            WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
-                .build()?
+            Arc::new(CaIdentityVerifier {
+                inner: WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(store),
+                    provider.clone(),
+                )
+                .build()?,
+                expected: st.ca_id.clone(),
+            })
         }
-        ServerTrust::PinnedRoot(hash) => Arc::new(BootstrapVerifier {
-            pinned: Some(*hash),
-            provider: provider.clone(),
+        ServerTrust::PinnedRoot(hash) => Arc::new(CaIdentityVerifier {
+            inner: Arc::new(BootstrapVerifier {
+                pinned: Some(*hash),
+                provider: provider.clone(),
+            }),
+            expected: st.ca_id.clone(),
         }),
         ServerTrust::Insecure => Arc::new(BootstrapVerifier {
             pinned: None,
@@ -162,6 +208,66 @@ fn client_config(st: &TlsState) -> anyhow::Result<Arc<ClientConfig>> {
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Whether a server certificate carries `expected` as its one URI SAN.
+pub fn carries_spiffe_id(end_entity: &[u8], expected: &SpiffeId) -> bool {
+    signet_identity::x509::check_certificate(end_entity)
+        .ok()
+        .and_then(|r| r.spiffe_id)
+        .is_some_and(|id| &id == expected)
+}
+
+/// Another verifier's checks, then the CA's reserved SPIFFE ID.
+#[derive(Debug)]
+struct CaIdentityVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    expected: SpiffeId,
+}
+
+impl ServerCertVerifier for CaIdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        if !carries_spiffe_id(end_entity, &self.expected) {
+            tracing::warn!(expected = %self.expected, "the server is not the CA: its certificate lacks the CA's SPIFFE ID");
+            return Err(rustls::Error::General(format!(
+                "the server's certificate does not carry the CA's SPIFFE ID {}",
+                self.expected
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(m, c, d)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Checks the CA's certificate before the agent has a bundle: against the
@@ -235,5 +341,128 @@ impl ServerCertVerifier for BootstrapVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_pki::TestCa;
+    use rustls::ServerConfig;
+    use tokio::net::TcpListener;
+
+    const TD: &str = "example.org";
+
+    /// A TLS server on loopback presenting `chain` (leaf, then the root, as
+    /// signet-ca sends it); returns its address.
+    async fn fake_ca(
+        key: &signet_identity::PrivateKey,
+        chain: Vec<CertificateDer<'static>>,
+    ) -> String {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                chain,
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 64];
+                        let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn handshake(addr: &str, trust: ServerTrust) -> Result<(), String> {
+        let state = TlsState {
+            trust,
+            identity: None,
+            ca_id: ca_server_id(&TrustDomain::new(TD).unwrap()),
+        };
+        let config = client_config(&state).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn pin(root: &CertificateDer<'_>) -> [u8; 32] {
+        ring::digest::digest(&ring::digest::SHA256, root)
+            .as_ref()
+            .try_into()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_workload_svid_for_localhost_is_not_the_ca() {
+        let ca = TestCa::new(TD);
+        // The attack: an entry with --dns-name localhost, its SVID served
+        // as if it were the node API.
+        let (key, svid) = ca.issue("spiffe://example.org/web", &["localhost"]);
+        let addr = fake_ca(&key, vec![svid.der.clone(), ca.root.clone()]).await;
+        for trust in [
+            ServerTrust::Roots(vec![ca.root.clone()]),
+            ServerTrust::PinnedRoot(pin(&ca.root)),
+        ] {
+            let err = handshake(&addr, trust.clone()).await.unwrap_err();
+            assert!(err.contains("CA's SPIFFE ID"), "{trust:?}: {err}");
+        }
+        // And the agent's client takes nothing from it.
+        let client = CaClient::new(
+            &addr,
+            "localhost",
+            &TrustDomain::new(TD).unwrap(),
+            ServerTrust::Roots(vec![ca.root.clone()]),
+        )
+        .unwrap();
+        let err = client
+            .node()
+            .watch_bundle(signet_proto::ca::v1::WatchBundleRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn the_ca_is_recognised_by_its_reserved_id() {
+        let ca = TestCa::new(TD);
+        let (key, cert) = ca.issue("spiffe://example.org/signet/ca", &["localhost"]);
+        let addr = fake_ca(&key, vec![cert.der.clone(), ca.root.clone()]).await;
+        handshake(&addr, ServerTrust::Roots(vec![ca.root.clone()]))
+            .await
+            .unwrap();
+        handshake(&addr, ServerTrust::PinnedRoot(pin(&ca.root)))
+            .await
+            .unwrap();
+        // The DNS name still has to match.
+        let state = TlsState {
+            trust: ServerTrust::Roots(vec![ca.root.clone()]),
+            identity: None,
+            ca_id: ca_server_id(&TrustDomain::new(TD).unwrap()),
+        };
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let wrong_name = tokio_rustls::TlsConnector::from(client_config(&state).unwrap())
+            .connect(ServerName::try_from("ca.example.org").unwrap(), tcp)
+            .await;
+        assert!(wrong_name.is_err());
+        // Trust on first use checks nothing, by definition.
+        let (key, svid) = ca.issue("spiffe://example.org/web", &["localhost"]);
+        let tofu = fake_ca(&key, vec![svid.der.clone()]).await;
+        handshake(&tofu, ServerTrust::Insecure).await.unwrap();
     }
 }

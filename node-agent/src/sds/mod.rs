@@ -11,6 +11,8 @@ mod resources;
 mod xds;
 
 #[cfg(test)]
+mod limits_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
@@ -30,8 +32,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, Span};
 
 pub use resources::{
-    ALL_BUNDLES, DEFAULT_SVID, ROOT_CA, SECRET_TYPE_URL, SPIFFE_VALIDATOR,
-    SPIFFE_VALIDATOR_TYPE_URL,
+    ALL_BUNDLES, DEFAULT_SVID, MAX_RESOURCE_NAME_LEN, MAX_RESOURCE_NAMES, ROOT_CA, SECRET_TYPE_URL,
+    SPIFFE_VALIDATOR, SPIFFE_VALIDATOR_TYPE_URL,
 };
 pub use xds::ResponseStream;
 
@@ -157,6 +159,7 @@ impl SecretDiscoveryService for SdsServer {
         let (span, selectors) = self.admit(peer, "FetchSecrets").await?;
         let request = request.into_inner();
         check_type_url(&request.type_url)?;
+        resources::check_names(&request.resource_names, 0)?;
         let spiffe_validator = request
             .node
             .as_ref()

@@ -19,6 +19,7 @@ use prost::Message as _;
 use ring::digest;
 use rustls_pki_types::CertificateDer;
 use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
+use tonic::Status;
 
 use crate::state::{Selector, Snapshot, Svid};
 
@@ -39,6 +40,33 @@ pub const SPIFFE_VALIDATOR_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
 
 const PEM_CERTIFICATE: &str = "CERTIFICATE";
+
+/// Most resource names one request (or, for the incremental protocol, one
+/// stream's subscription) may hold. Envoy asks for one name per stream; a
+/// generous bound keeps a local caller from making the agent resolve and
+/// log without limit.
+pub const MAX_RESOURCE_NAMES: usize = 64;
+/// Longest resource name, in bytes: a SPIFFE ID's own limit.
+pub const MAX_RESOURCE_NAME_LEN: usize = 2048;
+
+/// Refuses more than [`MAX_RESOURCE_NAMES`] names, or a name longer than
+/// [`MAX_RESOURCE_NAME_LEN`], before any of them is looked at.
+pub(crate) fn check_names<S: AsRef<str>>(names: &[S], already: usize) -> Result<(), Status> {
+    if names.len().saturating_add(already) > MAX_RESOURCE_NAMES {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_RESOURCE_NAMES} resource names may be requested"
+        )));
+    }
+    if names
+        .iter()
+        .any(|n| n.as_ref().len() > MAX_RESOURCE_NAME_LEN)
+    {
+        return Err(Status::invalid_argument(format!(
+            "a resource name may be at most {MAX_RESOURCE_NAME_LEN} bytes long"
+        )));
+    }
+    Ok(())
+}
 
 /// What a requested resource name refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,27 +176,39 @@ impl Subscription {
     }
 
     /// The resources of this subscription that exist for `caller`. With
-    /// `report`, names that cannot be served (yet) are logged.
+    /// `report`, names that cannot be served (yet) are logged, in one line
+    /// for the whole request.
     pub(crate) fn resolve(&self, caller: &Caller<'_>, report: bool) -> Vec<Resolved> {
         let mut out = if self.wildcard {
             caller.everything()
         } else {
             Vec::new()
         };
+        let mut pending: Vec<(&str, &'static str)> = Vec::new();
+        let mut refused: Vec<(&str, &'static str)> = Vec::new();
         for name in &self.names {
             if out.iter().any(|r| r.name == *name) {
                 continue;
             }
             match caller.lookup(name) {
                 Lookup::Ready(r) => out.push(r),
-                Lookup::Pending(why) if report => {
-                    tracing::info!(resource = %name, why, "not available yet; will send it when it is");
-                }
-                Lookup::Refused(why) if report => {
-                    tracing::warn!(resource = %name, why, "not serving this resource");
-                }
-                Lookup::Pending(_) | Lookup::Refused(_) => {}
+                Lookup::Pending(why) => pending.push((name, why)),
+                Lookup::Refused(why) => refused.push((name, why)),
             }
+        }
+        if report && !refused.is_empty() {
+            tracing::warn!(
+                count = pending.len() + refused.len(),
+                refused = ?refused,
+                pending = ?pending,
+                "not serving some of the requested resources (pending ones follow when available)"
+            );
+        } else if report && !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                pending = ?pending,
+                "not available yet; will send them when they are"
+            );
         }
         out
     }

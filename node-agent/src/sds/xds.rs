@@ -25,7 +25,9 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use tracing::{Instrument as _, Span};
 
-use super::resources::{Caller, Resolved, SECRET_TYPE_URL, Subscription, combined_version};
+use super::resources::{
+    Caller, Resolved, SECRET_TYPE_URL, Subscription, check_names, combined_version,
+};
 use crate::state::{Selector, SnapshotRx};
 
 /// The response stream of a streaming RPC.
@@ -146,6 +148,7 @@ impl Protocol for Sotw {
         caller: &Caller<'_>,
     ) -> Result<Option<DiscoveryResponse>, Status> {
         check_type_url(&request.type_url)?;
+        check_names(&request.resource_names, 0)?;
         if let Some(last) = &self.last_nonce
             && request.response_nonce != *last
         {
@@ -261,10 +264,15 @@ impl Protocol for Delta {
         caller: &Caller<'_>,
     ) -> Result<Option<DeltaDiscoveryResponse>, Status> {
         check_type_url(&request.type_url)?;
+        // Each request is bounded, and so is what stays subscribed.
+        check_names(&request.resource_names_unsubscribe, 0)?;
+        check_names(&request.resource_names_subscribe, 0)?;
         if !self.started {
             self.started = true;
-            self.known
-                .extend(std::mem::take(&mut request.initial_resource_versions));
+            let initial = std::mem::take(&mut request.initial_resource_versions);
+            let names: Vec<&String> = initial.keys().collect();
+            check_names(&names, 0)?;
+            self.known.extend(initial);
             // A first request that names nothing is the legacy wildcard.
             self.subscription.wildcard = request.resource_names_subscribe.is_empty();
         }
@@ -285,6 +293,7 @@ impl Protocol for Delta {
                 self.known.remove(&name);
             }
         }
+        check_names::<String>(&[], self.subscription.names.len())?;
         if !request.response_nonce.is_empty() {
             match (&request.error_detail, &self.last_nonce) {
                 (_, Some(last)) if *last != request.response_nonce => {

@@ -146,6 +146,25 @@ fn attest_status(rpc: &'static str, pid: Option<i32>, error: &AttestError) -> St
     }
 }
 
+/// Bounds what a caller may ask the CA to put in a token: at most
+/// [`jwt::MAX_AUDIENCES`] audiences of at most [`jwt::MAX_AUDIENCE_LEN`] bytes.
+fn check_audience_limits(audience: &[String]) -> Result<(), Status> {
+    if audience.len() > jwt::MAX_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "at most {} audiences may be requested, not {}",
+            jwt::MAX_AUDIENCES,
+            audience.len()
+        )));
+    }
+    if audience.iter().any(|a| a.len() > jwt::MAX_AUDIENCE_LEN) {
+        return Err(Status::invalid_argument(format!(
+            "an audience may be at most {} bytes long",
+            jwt::MAX_AUDIENCE_LEN
+        )));
+    }
+    Ok(())
+}
+
 /// Rejects requests without `workload.spiffe.io: true` with InvalidArgument,
 /// before anything else happens (SPIFFE Workload Endpoint, sections 3 and 6).
 ///
@@ -220,6 +239,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
         }
+        check_audience_limits(&req.audience)?;
         let wanted = if req.spiffe_id.is_empty() {
             None
         } else {

@@ -809,3 +809,33 @@ fn the_view_waits_until_the_agent_has_a_bundle() {
         stream::Decision::Wait(None)
     ));
 }
+
+#[tokio::test]
+async fn jwt_audiences_are_bounded_in_count_and_length() {
+    let pki = Pki::new(td());
+    let entries = [entry("e-api", "/api", vec![me()])];
+    let svids = [pki.issue(&entries[0])];
+    let h = Harness::start(&pki, pki.snapshot(&entries, &svids, 1)).await;
+    let mut raw = h.raw().await;
+    let ask = |audience: Vec<String>| {
+        with_header(JwtsvidRequest {
+            audience,
+            spiffe_id: String::new(),
+        })
+    };
+
+    let at_the_limits: Vec<String> = (0..jwt::MAX_AUDIENCES)
+        .map(|i| format!("{i:0>width$}", width = jwt::MAX_AUDIENCE_LEN))
+        .collect();
+    let ok = raw.fetch_jwtsvid(ask(at_the_limits)).await.unwrap();
+    assert_eq!(ok.into_inner().svids.len(), 1);
+
+    let too_many: Vec<String> = (0..=jwt::MAX_AUDIENCES).map(|i| format!("a{i}")).collect();
+    let err = raw.fetch_jwtsvid(ask(too_many)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let too_long = vec!["db".to_owned(), "x".repeat(jwt::MAX_AUDIENCE_LEN + 1)];
+    let err = raw.fetch_jwtsvid(ask(too_long)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    h.stop().await;
+}

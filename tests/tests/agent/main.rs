@@ -15,10 +15,12 @@ mod cli;
 mod delivery;
 mod denied;
 mod jwt;
+mod node_state;
 mod propagation;
 mod restart;
 mod rotation;
 mod status;
+mod unprivileged;
 mod x509;
 
 use std::os::unix::fs::MetadataExt as _;

@@ -198,7 +198,7 @@ async fn the_ca_serves_its_own_svid_on_the_node_port() {
         .iter()
         .map(|c| c.clone().into_owned())
         .collect();
-    crate::assert_leaf_profile(&chain[0], &ca.id("/signet/ca-server"), &["localhost"]);
+    crate::assert_leaf_profile(&chain[0], &ca.id("/signet/ca"), &["localhost"]);
     let (ok, out) =
         signet_tests::openssl_verify(signet_tests::Purpose::SslServer, &ca.bundle_path(), &chain)
             .unwrap();
