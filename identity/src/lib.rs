@@ -10,6 +10,8 @@ pub mod jwt;
 pub mod keys;
 pub mod reserved;
 pub mod spiffe_id;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod x509;
 
 pub use bundle::{BundleError, JwtAuthority, TrustBundle};
