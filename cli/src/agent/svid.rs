@@ -16,6 +16,8 @@ use crate::certinfo;
 use crate::files::{self, MODE_PUBLIC, MODE_SECRET};
 use crate::grpc::status_error;
 use crate::output::{self, Format};
+use signet_identity::unix_time::unix_seconds;
+use signet_identity::x509::chain_to_pem;
 
 const RPC: &str = "FetchX509SVID";
 
@@ -92,7 +94,7 @@ impl Svid {
 
     /// The chain as PEM, leaf first.
     pub fn chain_pem(&self) -> String {
-        files::chain_pem(&self.chain)
+        chain_to_pem(&self.chain)
     }
 
     /// The key as PKCS#8 PEM.
@@ -105,7 +107,7 @@ impl Svid {
 
     /// The bundle's CA certificates as PEM.
     pub fn bundle_pem(&self) -> String {
-        files::chain_pem(&self.bundle)
+        chain_to_pem(&self.bundle)
     }
 }
 
@@ -234,7 +236,7 @@ fn svids_of(response: X509svidResponse) -> anyhow::Result<(Vec<Svid>, Vec<String
 /// A failed call or an unusable SVID.
 pub async fn fetch(client: &mut Client, format: Format) -> anyhow::Result<()> {
     let (svids, federated_bundles) = svids_of(first_response(client).await?)?;
-    let now = output::unix_seconds(SystemTime::now());
+    let now = unix_seconds(SystemTime::now());
     let fetched = FetchView {
         svids: svids
             .iter()
@@ -297,7 +299,7 @@ pub async fn fetch_to_dir(
     // Fail on an unusable directory before asking for anything.
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (svids, federated_bundles) = svids_of(first_response(client).await?)?;
-    let now = output::unix_seconds(SystemTime::now());
+    let now = unix_seconds(SystemTime::now());
     let mut views = Vec::new();
     for (i, svid) in svids.iter().enumerate() {
         let mut v = view(svid, now)?;
@@ -400,7 +402,7 @@ pub async fn watch(client: &mut Client, format: Format) -> anyhow::Result<()> {
             _ = &mut ctrl_c => return Ok(()),
             message = stream.message() => match message {
                 Ok(Some(response)) => {
-                    let now = output::unix_seconds(SystemTime::now());
+                    let now = unix_seconds(SystemTime::now());
                     if !output::print_live(&watch_lines(now, &response, format))? {
                         return Ok(());
                     }

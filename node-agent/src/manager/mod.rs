@@ -207,7 +207,7 @@ impl Manager {
     }
 
     fn apply_bundle(&self, b: &pb::Bundle) -> anyhow::Result<()> {
-        let bundle = node::bundle_from_pb(b)?;
+        let bundle = signet_proto::convert::bundle_from_pb(b)?;
         if bundle.trust_domain() != &self.config.trust_domain {
             anyhow::bail!("the CA sent a bundle for {}", bundle.trust_domain());
         }

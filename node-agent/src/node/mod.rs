@@ -11,8 +11,10 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use rustls_pki_types::CertificateDer;
 use signet_identity::fsutil::{ensure_private_dir, write_atomic};
+use signet_identity::x509::chain_to_pem;
 use signet_identity::{KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use signet_proto::ca::v1 as pb;
+use signet_proto::convert::bundle_from_pb;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use client::{CaClient, ClientIdentity};
@@ -87,13 +89,6 @@ pub fn certs_from_pem(text: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>
         .collect())
 }
 
-fn pem_chain(certs: &[CertificateDer<'_>]) -> String {
-    certs
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-        .collect()
-}
-
 /// Validity of a leaf.
 fn validity(der: &[u8]) -> anyhow::Result<(SystemTime, SystemTime)> {
     let (_, cert) = X509Certificate::from_der(der).context("parsing the node SVID")?;
@@ -124,33 +119,6 @@ fn from_response(svid: Option<pb::X509Svid>, key: PrivateKey) -> anyhow::Result<
         not_before,
         not_after,
     })
-}
-
-/// A bundle from the wire.
-///
-/// # Errors
-/// Authorities that do not parse.
-pub fn bundle_from_pb(b: &pb::Bundle) -> anyhow::Result<TrustBundle> {
-    let td = TrustDomain::new(&b.trust_domain)?;
-    let mut bundle = TrustBundle::new(td).with_x509_authorities(
-        b.x509_authorities
-            .iter()
-            .map(|c| CertificateDer::from(c.clone())),
-    )?;
-    for j in &b.jwt_authorities {
-        let mut a = signet_identity::JwtAuthority::new(j.key_id.clone(), &j.public_key)?;
-        if j.expires_at > 0 {
-            a = a.with_expires_at(j.expires_at);
-        }
-        bundle.add_jwt_authority(a)?;
-    }
-    bundle.set_sequence(b.sequence);
-    if b.refresh_hint_seconds > 0 {
-        bundle.set_refresh_hint(Some(std::time::Duration::from_secs(
-            b.refresh_hint_seconds as u64,
-        )));
-    }
-    Ok(bundle)
 }
 
 /// Loads the node SVID and bundle kept from an earlier run.
@@ -199,7 +167,7 @@ pub fn save(data_dir: &Path, svid: &NodeSvid, bundle: &TrustBundle) -> anyhow::R
     ensure_private_dir(&data_dir.join("node"))?;
     let (svid_path, key_path, bundle_path) = paths(data_dir);
     write_atomic(&key_path, svid.key.to_pem().as_bytes(), 0o600)?;
-    write_atomic(&svid_path, pem_chain(&svid.chain).as_bytes(), 0o644)?;
+    write_atomic(&svid_path, chain_to_pem(&svid.chain).as_bytes(), 0o644)?;
     write_atomic(&bundle_path, bundle.to_pem().as_bytes(), 0o644)?;
     Ok(())
 }
