@@ -422,33 +422,26 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    };
+    use std::time::Duration;
+
+    use signet_identity::testing::TestCa;
+    use signet_identity::{PrivateKey, SpiffeId, TrustDomain};
 
     /// A root and a leaf for `id` signed by it, with the leaf's key.
-    fn svid_message(id: &str) -> (X509svid, KeyPair) {
-        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.distinguished_name.push(DnType::CommonName, "root");
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, &ca_key);
-        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut leaf = CertificateParams::default();
-        leaf.is_ca = IsCa::ExplicitNoCa;
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    fn svid_message(id: &str) -> (X509svid, PrivateKey) {
+        let id = SpiffeId::parse(id).unwrap();
+        let ca = TestCa::new(TrustDomain::new(id.trust_domain().as_str()).unwrap()).unwrap();
+        let leaf = ca
+            .issue(&id, SystemTime::now(), Duration::from_secs(3600))
+            .unwrap();
         let message = X509svid {
-            spiffe_id: id.to_owned(),
-            x509_svid: leaf_cert.der().to_vec(),
-            x509_svid_key: leaf_key.serialize_der(),
-            bundle: ca_cert.der().to_vec(),
+            spiffe_id: id.to_string(),
+            x509_svid: leaf.chain[0].to_vec(),
+            x509_svid_key: leaf.key.pkcs8_der().to_vec(),
+            bundle: ca.root().to_vec(),
             hint: String::new(),
         };
-        (message, leaf_key)
+        (message, leaf.key)
     }
 
     #[test]
@@ -548,8 +541,8 @@ mod tests {
         let bundle = pem::parse_many(std::fs::read(dir.join("bundle.pem")).unwrap()).unwrap();
         assert_eq!(bundle[0].contents(), expected_bundle.as_slice());
         let key_text = std::fs::read_to_string(dir.join("svid_key.pem")).unwrap();
-        let key = KeyPair::from_pem(&key_text).unwrap();
-        assert_eq!(key.serialize_der(), leaf_key.serialize_der());
+        let key = PrivateKey::from_pem(&key_text).unwrap();
+        assert_eq!(key.pkcs8_der(), leaf_key.pkcs8_der());
         let mode = std::fs::metadata(dir.join("svid_key.pem"))
             .unwrap()
             .permissions()
