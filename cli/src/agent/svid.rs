@@ -421,7 +421,6 @@ pub async fn watch(client: &mut Client, format: Format) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
-
     use std::time::Duration;
 
     use signet_identity::testing::TestCa;
