@@ -22,32 +22,11 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     signet_identity::fsutil::write_atomic(path, contents, mode)
 }
 
-/// Certificates (DER) as PEM blocks in the given order, LF line endings.
-pub fn chain_pem<C: AsRef<[u8]>>(chain: &[C]) -> String {
-    let blocks: Vec<pem::Pem> = chain
-        .iter()
-        .map(|der| pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
-        .collect();
-    pem::encode_many_config(
-        &blocks,
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::PermissionsExt as _;
-
-    #[test]
-    fn chain_pem_keeps_order() {
-        let pem = chain_pem(&[b"leaf".to_vec(), b"intermediate".to_vec()]);
-        let blocks = pem::parse_many(pem).unwrap();
-        assert_eq!(blocks.len(), 2);
-        assert_eq!(blocks[0].contents(), b"leaf");
-        assert_eq!(blocks[1].contents(), b"intermediate");
-    }
 
     #[test]
     fn writes_with_the_exact_mode_and_replaces_old_contents() {

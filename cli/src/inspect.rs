@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use serde::Serialize;
+use signet_identity::unix_time::unix_seconds;
 use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
 use x509_parser::prelude::{FromDer, SubjectPublicKeyInfo};
 
@@ -58,7 +59,7 @@ struct JwtKeyInfo {
 /// When the input cannot be read or holds no certificate or bundle.
 pub fn run(args: &Args, format: Format) -> anyhow::Result<()> {
     let bytes = input::read(&args.input)?;
-    let now = output::unix_seconds(SystemTime::now());
+    let now = unix_seconds(SystemTime::now());
     let report = match input::sniff(&bytes) {
         Some(Encoding::Jwks) => inspect_jwks(&bytes, args.trust_domain.as_ref(), now)?,
         _ => {

@@ -4,7 +4,7 @@
 //! instead of panicking halfway through a `println!`.
 
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use time::OffsetDateTime;
@@ -54,14 +54,6 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
     text.push('\n');
     print(&text)
-}
-
-/// Seconds since the Unix epoch; negative before it.
-pub fn unix_seconds(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
-    }
 }
 
 /// A Unix timestamp as RFC 3339 in UTC, e.g. `2025-01-02T03:04:05Z`. Times
@@ -200,14 +192,6 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(i64::MAX), format!("@{}", i64::MAX));
-    }
-
-    #[test]
-    fn unix_seconds_before_and_after_the_epoch() {
-        let after = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
-        assert_eq!(unix_seconds(after), 5);
-        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(5);
-        assert_eq!(unix_seconds(before), -5);
     }
 
     #[test]

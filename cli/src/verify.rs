@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use serde::Serialize;
+use signet_identity::unix_time::unix_seconds;
 use signet_identity::x509::rules::check_certificate;
 use signet_identity::x509::verify::{VerifiedSvid, verify_x509_svid, verify_x509_svid_for};
 use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
@@ -53,7 +54,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<ExitCode> {
         Ok(svid) => Outcome {
             ok: true,
             spiffe_id: Some(svid.spiffe_id.to_string()),
-            not_after: Some(output::rfc3339(output::unix_seconds(svid.not_after))),
+            not_after: Some(output::rfc3339(unix_seconds(svid.not_after))),
             error: None,
         },
         Err(e) => Outcome {

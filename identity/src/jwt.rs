@@ -18,6 +18,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use crate::bundle::TrustBundle;
 use crate::keys::PrivateKey;
 use crate::spiffe_id::SpiffeId;
+use crate::unix_time::unix_seconds;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -132,11 +133,6 @@ impl Claims {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Signs a JWT-SVID with an ECDSA P-256 key (ES256).
 ///
 /// # Errors
@@ -172,8 +168,8 @@ pub fn sign_es256(
         } else {
             Audience::Many(audience.to_vec())
         }),
-        exp: Some(unix(now + ttl)),
-        iat: Some(unix(now)),
+        exp: Some(unix_seconds(now + ttl)),
+        iat: Some(unix_seconds(now)),
         other: serde_json::Map::new(),
     };
     let enc = |v: &dyn erased::Ser| -> Result<String, JwtError> {
@@ -298,7 +294,7 @@ pub fn validate(
         ));
     }
     let exp = claims.exp.ok_or(JwtError::MissingExpiry)?;
-    if unix(now) >= exp {
+    if unix_seconds(now) >= exp {
         return Err(JwtError::Expired);
     }
     let auds = claims.audience();
@@ -353,7 +349,7 @@ mod tests {
         let ok = validate(&token, &bundle, Some("cache"), now).unwrap();
         assert_eq!(ok.spiffe_id, id);
         assert_eq!(ok.claims.audience(), vec!["db", "cache"]);
-        assert_eq!(ok.claims.exp, Some(unix(now) + 300));
+        assert_eq!(ok.claims.exp, Some(unix_seconds(now) + 300));
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub mod jwt;
 pub mod keys;
 pub mod reserved;
 pub mod spiffe_id;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+pub mod unix_time;
 pub mod x509;
 
 pub use bundle::{BundleError, JwtAuthority, TrustBundle};

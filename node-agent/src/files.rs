@@ -5,17 +5,11 @@
 use std::sync::Arc;
 
 use signet_identity::fsutil::write_atomic;
+use signet_identity::x509::chain_to_pem;
 use tokio::sync::watch;
 
 use crate::config::FileDelivery;
 use crate::state::{Snapshot, SnapshotRx};
-
-fn pem_chain(certs: &[rustls_pki_types::CertificateDer<'_>]) -> String {
-    certs
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-        .collect()
-}
 
 /// Writes the files whenever the SVID's serial or the bundle changes.
 pub async fn run(
@@ -83,7 +77,7 @@ fn write(
     )?;
     write_atomic(
         &files.dir.join("svid.pem"),
-        pem_chain(&svid.chain).as_bytes(),
+        chain_to_pem(&svid.chain).as_bytes(),
         0o644,
     )?;
     write_atomic(

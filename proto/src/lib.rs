@@ -14,3 +14,7 @@ pub mod ca {
 pub mod workload {
     tonic::include_proto!("_");
 }
+
+/// Conversions between these messages and the identity crate's types.
+#[warn(clippy::all)]
+pub mod convert;

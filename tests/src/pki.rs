@@ -18,15 +18,9 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// `chain` as concatenated PEM `CERTIFICATE` blocks.
-#[must_use]
-pub fn pem_chain(chain: &[CertificateDer<'_>]) -> String {
-    let blocks: Vec<pem::Pem> = chain
-        .iter()
-        .map(|c| pem::Pem::new("CERTIFICATE", c.as_ref().to_vec()))
-        .collect();
-    pem::encode_many(&blocks)
-}
+/// `chain` as concatenated PEM `CERTIFICATE` blocks: the identity crate's
+/// encoding, the one the binaries write.
+pub use signet_identity::x509::chain_to_pem as pem_chain;
 
 /// Writes `chain` to `path` as PEM.
 ///

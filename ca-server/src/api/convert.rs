@@ -1,39 +1,24 @@
 //! Conversions between the CA's types and the wire messages.
 
+use signet_identity::SpiffeId;
+use signet_identity::unix_time::unix_seconds;
 use signet_identity::x509::IssuedCert;
-use signet_identity::{SpiffeId, TrustBundle};
 use signet_proto::ca::v1 as pb;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::signing::AuthorityInfo;
-use crate::ca::time::{secs, unix};
 use crate::store::{AuthorityKind, EntryRow, NodeRow};
+
+/// The wire form of a bundle, shared with every side of the wire.
+pub use signet_proto::convert::bundle_to_pb as bundle;
 
 pub fn svid(id: &SpiffeId, cert: &IssuedCert) -> pb::X509Svid {
     pb::X509Svid {
         spiffe_id: id.to_string(),
         cert_chain: cert.chain.iter().map(|c| c.to_vec()).collect(),
-        expires_at: unix(cert.not_after),
+        expires_at: unix_seconds(cert.not_after),
         serial: cert.serial_hex(),
-    }
-}
-
-pub fn bundle(b: &TrustBundle) -> pb::Bundle {
-    pb::Bundle {
-        trust_domain: b.trust_domain().to_string(),
-        x509_authorities: b.x509_authorities().iter().map(|c| c.to_vec()).collect(),
-        jwt_authorities: b
-            .jwt_authorities()
-            .iter()
-            .map(|j| pb::JwtAuthority {
-                key_id: j.key_id().to_owned(),
-                public_key: j.public_key().to_vec(),
-                expires_at: j.expires_at().unwrap_or(0),
-            })
-            .collect(),
-        sequence: b.sequence(),
-        refresh_hint_seconds: b.refresh_hint().map_or(0, secs),
     }
 }
 

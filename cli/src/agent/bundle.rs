@@ -132,18 +132,14 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    use signet_identity::testing::TestCa;
     use signet_identity::{JwtAuthority, KeyType, PrivateKey};
 
     fn root(td: &str) -> Vec<u8> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{td}").as_str().try_into().unwrap(),
-        )];
-        params.self_signed(&key).unwrap().der().to_vec()
+        TestCa::new(TrustDomain::new(td).unwrap())
+            .unwrap()
+            .root()
+            .to_vec()
     }
 
     fn jwks(td: &str, kid: &str, sequence: u64) -> Vec<u8> {

@@ -13,6 +13,7 @@ use signet_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest};
 
 use super::client::{self, Client, request};
 use crate::output::{self, Format};
+use signet_identity::unix_time::unix_seconds;
 
 /// Claims holding Unix times, shown with their calendar form too.
 const TIME_CLAIMS: [&str; 3] = ["exp", "iat", "nbf"];
@@ -64,10 +65,7 @@ pub async fn fetch(
     };
     match format {
         Format::Json => output::print_json(&list),
-        Format::Text => output::print(&render_tokens(
-            &list,
-            output::unix_seconds(SystemTime::now()),
-        )),
+        Format::Text => output::print(&render_tokens(&list, unix_seconds(SystemTime::now()))),
     }
 }
 

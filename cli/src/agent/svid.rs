@@ -16,6 +16,8 @@ use crate::certinfo;
 use crate::files::{self, MODE_PUBLIC, MODE_SECRET};
 use crate::grpc::status_error;
 use crate::output::{self, Format};
+use signet_identity::unix_time::unix_seconds;
+use signet_identity::x509::chain_to_pem;
 
 const RPC: &str = "FetchX509SVID";
 
@@ -92,7 +94,7 @@ impl Svid {
 
     /// The chain as PEM, leaf first.
     pub fn chain_pem(&self) -> String {
-        files::chain_pem(&self.chain)
+        chain_to_pem(&self.chain)
     }
 
     /// The key as PKCS#8 PEM.
@@ -105,7 +107,7 @@ impl Svid {
 
     /// The bundle's CA certificates as PEM.
     pub fn bundle_pem(&self) -> String {
-        files::chain_pem(&self.bundle)
+        chain_to_pem(&self.bundle)
     }
 }
 
@@ -234,7 +236,7 @@ fn svids_of(response: X509svidResponse) -> anyhow::Result<(Vec<Svid>, Vec<String
 /// A failed call or an unusable SVID.
 pub async fn fetch(client: &mut Client, format: Format) -> anyhow::Result<()> {
     let (svids, federated_bundles) = svids_of(first_response(client).await?)?;
-    let now = output::unix_seconds(SystemTime::now());
+    let now = unix_seconds(SystemTime::now());
     let fetched = FetchView {
         svids: svids
             .iter()
@@ -297,7 +299,7 @@ pub async fn fetch_to_dir(
     // Fail on an unusable directory before asking for anything.
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (svids, federated_bundles) = svids_of(first_response(client).await?)?;
-    let now = output::unix_seconds(SystemTime::now());
+    let now = unix_seconds(SystemTime::now());
     let mut views = Vec::new();
     for (i, svid) in svids.iter().enumerate() {
         let mut v = view(svid, now)?;
@@ -400,7 +402,7 @@ pub async fn watch(client: &mut Client, format: Format) -> anyhow::Result<()> {
             _ = &mut ctrl_c => return Ok(()),
             message = stream.message() => match message {
                 Ok(Some(response)) => {
-                    let now = output::unix_seconds(SystemTime::now());
+                    let now = unix_seconds(SystemTime::now());
                     if !output::print_live(&watch_lines(now, &response, format))? {
                         return Ok(());
                     }
@@ -419,34 +421,26 @@ pub async fn watch(client: &mut Client, format: Format) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+    use std::time::Duration;
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    };
+    use signet_identity::testing::TestCa;
+    use signet_identity::{PrivateKey, SpiffeId, TrustDomain};
 
     /// A root and a leaf for `id` signed by it, with the leaf's key.
-    fn svid_message(id: &str) -> (X509svid, KeyPair) {
-        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.distinguished_name.push(DnType::CommonName, "root");
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, &ca_key);
-        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut leaf = CertificateParams::default();
-        leaf.is_ca = IsCa::ExplicitNoCa;
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    fn svid_message(id: &str) -> (X509svid, PrivateKey) {
+        let id = SpiffeId::parse(id).unwrap();
+        let ca = TestCa::new(TrustDomain::new(id.trust_domain().as_str()).unwrap()).unwrap();
+        let leaf = ca
+            .issue(&id, SystemTime::now(), Duration::from_secs(3600))
+            .unwrap();
         let message = X509svid {
-            spiffe_id: id.to_owned(),
-            x509_svid: leaf_cert.der().to_vec(),
-            x509_svid_key: leaf_key.serialize_der(),
-            bundle: ca_cert.der().to_vec(),
+            spiffe_id: id.to_string(),
+            x509_svid: leaf.chain[0].to_vec(),
+            x509_svid_key: leaf.key.pkcs8_der().to_vec(),
+            bundle: ca.root().to_vec(),
             hint: String::new(),
         };
-        (message, leaf_key)
+        (message, leaf.key)
     }
 
     #[test]
@@ -546,8 +540,8 @@ mod tests {
         let bundle = pem::parse_many(std::fs::read(dir.join("bundle.pem")).unwrap()).unwrap();
         assert_eq!(bundle[0].contents(), expected_bundle.as_slice());
         let key_text = std::fs::read_to_string(dir.join("svid_key.pem")).unwrap();
-        let key = KeyPair::from_pem(&key_text).unwrap();
-        assert_eq!(key.serialize_der(), leaf_key.serialize_der());
+        let key = PrivateKey::from_pem(&key_text).unwrap();
+        assert_eq!(key.pkcs8_der(), leaf_key.pkcs8_der());
         let mode = std::fs::metadata(dir.join("svid_key.pem"))
             .unwrap()
             .permissions()

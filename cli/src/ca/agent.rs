@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use signet_identity::unix_time::unix_seconds;
 use signet_proto::ca::v1 as pb;
 use signet_proto::ca::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -125,10 +126,7 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
     let list = agent_views(list);
     match format {
         Format::Json => output::print_json(&list),
-        Format::Text => output::print(&render_agents(
-            &list,
-            output::unix_seconds(SystemTime::now()),
-        )),
+        Format::Text => output::print(&render_agents(&list, unix_seconds(SystemTime::now()))),
     }
 }
 

@@ -18,6 +18,8 @@ use crate::files::{self, MODE_PUBLIC, MODE_SECRET};
 use crate::grpc::status_error;
 use crate::output::{self, Format};
 use crate::ttl::Ttl;
+use signet_identity::unix_time::unix_seconds;
+use signet_identity::x509::chain_to_pem;
 
 const SVID_FILE: &str = "svid.pem";
 const KEY_FILE: &str = "svid_key.pem";
@@ -60,6 +62,7 @@ pub(super) async fn run(
     let bundle = trust_bundle(
         response
             .bundle
+            .as_ref()
             .ok_or_else(|| anyhow!("server sent no bundle"))?,
     )?;
     check_leaf_key(&svid, &key)?;
@@ -68,13 +71,13 @@ pub(super) async fn run(
     let [svid_path, key_path, bundle_path] = &paths;
     write(
         svid_path,
-        files::chain_pem(&svid.cert_chain).as_bytes(),
+        chain_to_pem(&svid.cert_chain).as_bytes(),
         MODE_PUBLIC,
     )?;
     write(key_path, key.to_pem().as_bytes(), MODE_SECRET)?;
     write(bundle_path, bundle.to_pem().as_bytes(), MODE_PUBLIC)?;
 
-    let now = output::unix_seconds(SystemTime::now());
+    let now = unix_seconds(SystemTime::now());
     let view = MintView {
         spiffe_id: svid.spiffe_id,
         serial: svid.serial,

@@ -4,6 +4,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::{BundleError, TrustBundle, check_size, count_occurrences};
 use crate::spiffe_id::TrustDomain;
+use crate::x509::chain_to_pem;
 
 const PEM_CERTIFICATE: &str = "CERTIFICATE";
 pub(super) const PEM_BEGIN: &[u8] = b"-----BEGIN ";
@@ -11,13 +12,7 @@ pub(super) const PEM_BEGIN: &[u8] = b"-----BEGIN ";
 impl TrustBundle {
     /// the sequence number and the refresh hint have no place in this form.
     pub fn to_pem(&self) -> String {
-        let blocks: Vec<pem::Pem> = self
-            .x509_authorities
-            .iter()
-            .map(|cert| pem::Pem::new(PEM_CERTIFICATE, cert.to_vec()))
-            .collect();
-        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-        pem::encode_many_config(&blocks, config)
+        chain_to_pem(&self.x509_authorities)
     }
 
     /// Reads X.509 authorities from PEM. Every block must be a `CERTIFICATE`

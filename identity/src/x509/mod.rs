@@ -4,6 +4,7 @@
 
 pub mod csr;
 pub mod issue;
+pub mod pem;
 pub mod rules;
 pub mod verify;
 
@@ -12,5 +13,6 @@ pub use issue::{
     IssueError, IssuedCert, SigningAuthority, SigningCaParams, X509SvidParams, issue_x509_svid,
     new_intermediate, new_root,
 };
+pub use pem::chain_to_pem;
 pub use rules::{Finding, check_certificate};
 pub use verify::{SvidError, VerifiedSvid, verify_x509_svid};

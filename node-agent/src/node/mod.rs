@@ -51,6 +51,9 @@ pub enum NodeError {
     /// A bundle that does not parse.
     #[error("trust bundle: {0}")]
     Bundle(#[from] BundleError),
+    /// A bundle message from the CA that does not convert.
+    #[error("trust bundle from the CA: {0}")]
+    BundleMessage(#[from] signet_proto::convert::BundleMessageError),
     /// A SPIFFE ID that does not parse.
     #[error("SPIFFE ID: {0}")]
     SpiffeId(#[from] SpiffeIdError),
@@ -174,13 +177,6 @@ pub fn certs_from_pem(text: &[u8]) -> Result<Vec<CertificateDer<'static>>, NodeE
         .collect())
 }
 
-fn pem_chain(certs: &[CertificateDer<'_>]) -> String {
-    certs
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-        .collect()
-}
-
 /// Validity of a leaf.
 fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), NodeError> {
     let (_, cert) =
@@ -227,26 +223,7 @@ fn from_response(svid: Option<pb::X509Svid>, key: PrivateKey) -> Result<NodeSvid
 /// # Errors
 /// Authorities that do not parse.
 pub fn bundle_from_pb(b: &pb::Bundle) -> Result<TrustBundle, NodeError> {
-    let td = TrustDomain::new(&b.trust_domain)?;
-    let mut bundle = TrustBundle::new(td).with_x509_authorities(
-        b.x509_authorities
-            .iter()
-            .map(|c| CertificateDer::from(c.clone())),
-    )?;
-    for j in &b.jwt_authorities {
-        let mut a = signet_identity::JwtAuthority::new(j.key_id.clone(), &j.public_key)?;
-        if j.expires_at > 0 {
-            a = a.with_expires_at(j.expires_at);
-        }
-        bundle.add_jwt_authority(a)?;
-    }
-    bundle.set_sequence(b.sequence);
-    if b.refresh_hint_seconds > 0 {
-        bundle.set_refresh_hint(Some(std::time::Duration::from_secs(
-            b.refresh_hint_seconds as u64,
-        )));
-    }
-    Ok(bundle)
+    Ok(signet_proto::convert::bundle_from_pb(b)?)
 }
 
 /// What the data directory holds from an earlier run.
@@ -373,7 +350,7 @@ fn remove_leftovers(dir: &Path) {
 
 fn save_identity(p: &Paths, svid: &NodeSvid) -> Result<(), NodeError> {
     let mut text = zeroize::Zeroizing::new(String::from(svid.key.to_pem().as_str()));
-    text.push_str(&pem_chain(&svid.chain));
+    text.push_str(&signet_identity::x509::chain_to_pem(&svid.chain));
     write_atomic(&p.identity, text.as_bytes(), 0o600).map_err(io_err(&p.identity))
 }
 
@@ -504,7 +481,7 @@ mod tests {
         let node = dir.join("node");
         std::fs::create_dir_all(&node).unwrap();
         std::fs::write(node.join("svid_key.pem"), key.to_pem().as_bytes()).unwrap();
-        std::fs::write(node.join("svid.pem"), pem_chain(chain)).unwrap();
+        std::fs::write(node.join("svid.pem"), signet_identity::x509::chain_to_pem(chain)).unwrap();
         std::fs::write(node.join("bundle.pem"), ca.bundle.to_pem()).unwrap();
     }
 

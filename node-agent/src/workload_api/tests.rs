@@ -11,9 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt as _;
 use rustls_pki_types::CertificateDer;
 use signet_identity::bundle::JwtAuthority;
-use signet_identity::x509::{
-    SigningAuthority, SigningCaParams, VerifiedCsr, X509SvidParams, issue_x509_svid, new_root,
-};
+use signet_identity::testing::TestCa;
 use signet_identity::{KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use signet_proto::workload::{
@@ -56,7 +54,7 @@ fn entry(entry_id: &str, path: &str, selectors: Vec<Selector>) -> Arc<Entry> {
 
 /// A trust domain's CA and its bundle (X.509 root plus one JWT key).
 struct Pki {
-    authority: SigningAuthority,
+    ca: TestCa,
     root: CertificateDer<'static>,
     bundle: Arc<TrustBundle>,
     jwt_key: Arc<PrivateKey>,
@@ -64,26 +62,15 @@ struct Pki {
 
 impl Pki {
     fn new(trust_domain: TrustDomain) -> Self {
-        let now = SystemTime::now();
-        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        let params = SigningCaParams {
-            trust_domain: trust_domain.clone(),
-            ttl: Duration::from_secs(86400),
-            backdate: Duration::from_secs(3600),
-        };
-        let root = new_root(&params, &key, now).unwrap();
-        let authority =
-            SigningAuthority::new(trust_domain.clone(), root.clone(), vec![], key).unwrap();
+        let ca = TestCa::new(trust_domain).unwrap();
         let jwt_key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        let mut bundle = TrustBundle::new(trust_domain)
-            .with_x509_authorities([root.clone()])
-            .unwrap();
+        let mut bundle = ca.bundle().clone();
         bundle
             .add_jwt_authority(JwtAuthority::new("jwt-1", &jwt_key.public_key_spki()).unwrap())
             .unwrap();
         Self {
-            authority,
-            root,
+            root: ca.root().clone(),
+            ca,
             bundle: Arc::new(bundle),
             jwt_key: Arc::new(jwt_key),
         }
@@ -93,21 +80,13 @@ impl Pki {
     fn issue_expiring(&self, entry: &Entry, remaining: Duration) -> Arc<Svid> {
         let ttl = Duration::from_secs(3600);
         let issued_at = SystemTime::now() - (ttl - remaining);
-        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        let csr = VerifiedCsr::from_der(&key.csr_der().unwrap()).unwrap();
-        let params = X509SvidParams {
-            spiffe_id: entry.spiffe_id.clone(),
-            dns_names: vec![],
-            ttl,
-            backdate: Duration::ZERO,
-        };
-        let cert = issue_x509_svid(&csr, &params, &self.authority, issued_at).unwrap();
+        let cert = self.ca.issue(&entry.spiffe_id, issued_at, ttl).unwrap();
         Arc::new(Svid {
             entry_id: entry.id.clone(),
-            spiffe_id: entry.spiffe_id.clone(),
-            chain: cert.chain.clone(),
-            key,
-            serial: cert.serial_hex(),
+            spiffe_id: cert.spiffe_id,
+            chain: cert.chain,
+            key: cert.key,
+            serial: cert.serial,
             not_before: cert.not_before,
             not_after: cert.not_after,
             renew_at: cert.not_before + ttl / 2,

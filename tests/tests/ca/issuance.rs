@@ -11,7 +11,7 @@ use signet_tests::{
     signet, webpki_verify_client, write_pem_chain,
 };
 
-use crate::{assert_leaf_profile, serial_hex, svid_of, unix, validity};
+use crate::{assert_leaf_profile, serial_hex, svid_of, unix_seconds, validity};
 
 /// What the test asks for; the entry has no TTL of its own, so the server's
 /// 1 h default maximum applies and this is honoured as asked.
@@ -144,18 +144,18 @@ async fn join_token_entry_attestation_and_signing_end_to_end() {
     assert_leaf_profile(&chain[0], &web_id, &["web.example"]);
     let (not_before, not_after) = validity(&chain[0]);
     assert!(
-        not_before >= unix(before) - 31 && not_before <= unix(after) - 29,
+        not_before >= unix_seconds(before) - 31 && not_before <= unix_seconds(after) - 29,
         "notBefore should be backdated ~30 s: notBefore {not_before}, issued between {} and {}",
-        unix(before),
-        unix(after)
+        unix_seconds(before),
+        unix_seconds(after)
     );
     let ttl = i64::try_from(REQUESTED_TTL.as_secs()).unwrap();
     assert!(
-        not_after <= unix(after) + ttl,
+        not_after <= unix_seconds(after) + ttl,
         "notAfter {not_after} exceeds the requested TTL"
     );
     assert!(
-        not_after >= unix(before) + ttl - 1,
+        not_after >= unix_seconds(before) + ttl - 1,
         "notAfter {not_after} is shorter than the requested TTL"
     );
     assert_eq!(svid.expires_at, not_after);
@@ -232,9 +232,9 @@ async fn lifetimes_follow_the_request_the_entry_and_the_server_limits() {
     let after = SystemTime::now();
     let (_, node_not_after) = validity(&node.chain_der[0]);
     assert!(
-        (unix(before) + 599..=unix(after) + 600).contains(&node_not_after),
+        (unix_seconds(before) + 599..=unix_seconds(after) + 600).contains(&node_not_after),
         "node SVID should live --node-svid-ttl (10m): notAfter {node_not_after}, attested at {}",
-        unix(before)
+        unix_seconds(before)
     );
 
     let mut admin = ca.admin().await.unwrap();
@@ -291,10 +291,11 @@ async fn lifetimes_follow_the_request_the_entry_and_the_server_limits() {
         let svid = svid_of(result);
         let (_, not_after) = validity(&chain_of(svid)[0]);
         assert!(
-            (unix(before) + expected - 1..=unix(after) + expected).contains(&not_after),
+            (unix_seconds(before) + expected - 1..=unix_seconds(after) + expected)
+                .contains(&not_after),
             "entry {entry_id}, requested {requested}s: expected a lifetime of {expected}s, \
              got notAfter {not_after} for a request at {}",
-            unix(before)
+            unix_seconds(before)
         );
     }
 }

@@ -18,8 +18,6 @@ mod restart;
 mod upstream;
 mod watch;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use rustls_pki_types::CertificateDer;
 use signet_proto::ca::v1 as pb;
 use signet_tests::{AuditRow, CaProcess};
@@ -29,10 +27,7 @@ use x509_parser::prelude::*;
 pub const INVALID_ARGUMENT: i32 = 3;
 pub const PERMISSION_DENIED: i32 = 7;
 
-/// Unix seconds.
-pub fn unix(t: SystemTime) -> i64 {
-    i64::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
-}
+pub use signet_identity::unix_time::unix_seconds;
 
 /// The SVID of a batch item, or a panic naming the item's error.
 pub fn svid_of(result: &pb::SignResult) -> &pb::X509Svid {
