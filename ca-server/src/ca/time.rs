@@ -6,8 +6,7 @@ use std::time::{Duration, SystemTime};
 
 /// Unix seconds of `t`; 0 before the epoch.
 pub fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    signet_identity::unix_time::unix_seconds(t).max(0)
 }
 
 /// The time `secs` Unix seconds denote; negative values are the epoch.
@@ -23,10 +22,7 @@ pub fn secs(d: Duration) -> i64 {
 /// A requested lifetime in seconds: `None` for 0 or less ("the default").
 /// Callers that must refuse negative values check before calling.
 pub fn ttl_from_secs(secs: i64) -> Option<Duration> {
-    u64::try_from(secs)
-        .ok()
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs)
+    signet_proto::convert::optional_seconds(secs)
 }
 
 #[cfg(test)]
