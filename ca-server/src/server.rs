@@ -69,6 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::set_permissions(&config.admin_socket, std::fs::Permissions::from_mode(0o600))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    crate::metrics::start(&ca, shutdown_rx.clone()).await?;
     let (resolver, not_after) = ServerCertResolver::new(&ca)?;
     let tls_config = tls::server_config(&ca, resolver.clone())?;
     tokio::spawn(

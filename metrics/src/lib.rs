@@ -26,8 +26,6 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-pub use prometheus_client;
-
 /// The only path served.
 pub const PATH: &str = "/metrics";
 /// The content type of the OpenMetrics text format, which is what
@@ -169,6 +167,9 @@ pub fn encode_gauges<L: EncodeLabelSet>(
     }
     Ok(())
 }
+
+/// The label set of a sample without labels, for [`encode_gauges`].
+pub const NO_LABELS: [(&str, &str); 0] = [];
 
 /// Seconds since the Unix epoch, for timestamp gauges.
 pub fn unix_seconds(t: std::time::SystemTime) -> f64 {

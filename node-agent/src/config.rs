@@ -55,6 +55,9 @@ pub struct Settings {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where first-start trust comes from.
@@ -92,6 +95,8 @@ pub struct Config {
     pub files: Option<FileDelivery>,
     pub log_json: bool,
     pub max_backoff: Duration,
+    /// Where to serve Prometheus metrics; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -160,6 +165,7 @@ impl Config {
             files,
             log_json,
             max_backoff: Duration::from_secs(30),
+            metrics_listen: pick!(metrics_listen),
         })
     }
 }
@@ -186,6 +192,7 @@ mod tests {
         assert_eq!(c.ca_address, "127.0.0.1:8443");
         assert_eq!(c.trust_domain.as_str(), "signet.local");
         assert_eq!(c.bootstrap, Bootstrap::None);
+        assert_eq!(c.metrics_listen, None, "metrics are off by default");
         assert_eq!(
             c.workload_api_socket,
             PathBuf::from("signet-agent-data/public/api.sock")

@@ -85,6 +85,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = Manager::new(config.clone(), client, svid, bundle);
+    crate::metrics::start(
+        config.metrics_listen,
+        manager.subscribe(),
+        shutdown_rx.clone(),
+    )
+    .await?;
     let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(

@@ -330,7 +330,8 @@ impl Admin for AdminApi {
             return Err(CaError::InvalidArgument("ttl_seconds must not be negative".into()).into());
         }
         let ca = self.ca.clone();
-        let (id, cert) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let minted = tokio::task::spawn_blocking(move || {
             ca.mint(
                 &body.spiffe_id,
                 &body.csr,
@@ -340,7 +341,9 @@ impl Admin for AdminApi {
             )
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (id, cert) =
+            crate::metrics::record("mint_x509_svid", started, minted.map_err(Status::from))?;
         Ok(Response::new(pb::MintX509SvidResponse {
             svid: Some(convert::svid(&id, &cert)),
             bundle: Some(convert::bundle(&self.ca.bundle())),
