@@ -257,7 +257,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("signet_agent_svids 0.0\n"), "{text}");
         assert!(
-            !text.contains("signet_agent_svid_earliest_expiry_seconds "),
+            !text.contains("\nsignet_agent_svid_earliest_expiry_seconds "),
             "{text}"
         );
         drop(tx);
