@@ -55,6 +55,8 @@ enum Command {
     /// The node agents the CA has attested, and how current they are.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Health on one screen: authorities, bundle, agents, last audit write.
+    Status,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -204,6 +206,7 @@ pub fn run(args: Args, format: Format) -> anyhow::Result<()> {
             Command::Authority(AuthorityCommand::List) => authority_list(&mut client, format).await,
             Command::Mint(mint_args) => mint(&mut client, mint_args, format).await,
             Command::Agent(AgentCommand::List) => agent_list(&mut client, format).await,
+            Command::Status => crate::ca_status::run(&mut client, format).await,
         }
     })
 }

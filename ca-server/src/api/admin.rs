@@ -320,6 +320,20 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let authorities = self.list_authorities(Request::new(pb::ListAuthoritiesRequest {}));
+        let agents = self.list_agents(Request::new(pb::ListAgentsRequest {}));
+        let (authorities, agents) = (authorities.await?.into_inner(), agents.await?.into_inner());
+        Ok(Response::new(super::overview::status(
+            &self.ca,
+            authorities,
+            agents,
+        )?))
+    }
+
     async fn mint_x509_svid(
         &self,
         req: Request<pb::MintX509SvidRequest>,
