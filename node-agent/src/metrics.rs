@@ -152,29 +152,38 @@ pub fn registry(snapshots: SnapshotRx) -> Registry {
     r
 }
 
-/// Binds `metrics_listen` if it is set and serves the metrics there until
-/// `shutdown`.
+/// Binds `metrics_listen` if it is set. Done first thing, so that a taken
+/// port stops the agent before it attests (and spends its join token).
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn start(
-    listen: Option<std::net::SocketAddr>,
-    snapshots: SnapshotRx,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+pub async fn bind(listen: Option<std::net::SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
     let Some(addr) = listen else {
-        return Ok(());
+        return Ok(None);
     };
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
-    tracing::info!(listen = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+    Ok(Some(listener))
+}
+
+/// Serves the metrics on `listener` (if bound) until `shutdown`.
+pub fn serve(
+    listener: Option<TcpListener>,
+    snapshots: SnapshotRx,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(listener) = listener else {
+        return;
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+    }
     tokio::spawn(signet_metrics::serve(
         listener,
         Arc::new(registry(snapshots)),
         shutdown,
     ));
-    Ok(())
 }
 
 /// What the agent holds, read from the current snapshot on every scrape.

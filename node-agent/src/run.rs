@@ -28,6 +28,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sds = %config.sds_socket.display(),
         "starting signet-agent"
     );
+    let metrics = crate::metrics::bind(config.metrics_listen).await?;
     let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
         Some((svid, bundle)) if svid.not_after > std::time::SystemTime::now() => {
             tracing::info!(node = %svid.spiffe_id, "using the node SVID from the data directory");
@@ -85,12 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = Manager::new(config.clone(), client, svid, bundle);
-    crate::metrics::start(
-        config.metrics_listen,
-        manager.subscribe(),
-        shutdown_rx.clone(),
-    )
-    .await?;
+    crate::metrics::serve(metrics, manager.subscribe(), shutdown_rx.clone());
     let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(
