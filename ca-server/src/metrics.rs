@@ -94,8 +94,14 @@ pub fn reason(code: Code) -> &'static str {
     }
 }
 
-/// Counts a request of `api` refused with `code`.
+/// Counts a request of `api` refused with `code`. `api` may be an audit
+/// action name: the audit log says `sign_batch` for a batch refused whole,
+/// the metrics say `sign_x509_svid` for everything about that RPC.
 pub fn refused(api: &'static str, code: Code) {
+    let api = match api {
+        "sign_batch" => "sign_x509_svid",
+        other => other,
+    };
     EVENTS
         .refused
         .get_or_create(&[("api", api), ("reason", reason(code))])
@@ -338,6 +344,14 @@ mod tests {
         assert_eq!(bundle_standing(0, 3), "unreported");
         assert_eq!(bundle_standing(2, 3), "behind");
         assert_eq!(bundle_standing(3, 3), "current");
+    }
+
+    #[test]
+    fn a_batch_refused_whole_counts_under_its_rpc() {
+        let label = [("api", "sign_x509_svid"), ("reason", "data_loss")];
+        let before = EVENTS.refused.get_or_create(&label).get();
+        refused("sign_batch", Code::DataLoss);
+        assert_eq!(EVENTS.refused.get_or_create(&label).get(), before + 1);
     }
 
     #[test]
