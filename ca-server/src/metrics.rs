@@ -283,7 +283,7 @@ impl Collector for CaState {
         encode_gauges(
             &mut encoder,
             "signet_ca_bundle_sequence",
-            "Sequence number of the trust bundle the CA serves",
+            "Sequence number of the trust bundle the CA serves.",
             [(NO_LABELS, current as f64)],
         )?;
         match self.ca.store().nodes() {
@@ -298,7 +298,7 @@ impl Collector for CaState {
                 encode_gauges(
                     &mut encoder,
                     "signet_ca_agents",
-                    "Attested agents by the bundle they report serving: current, behind, or unreported",
+                    "Attested agents by the bundle they report serving: current, behind, or unreported.",
                     counts.map(|(s, n)| ([("bundle", s)], n as f64)),
                 )?;
             }
@@ -329,7 +329,7 @@ impl Collector for CaState {
         encode_gauges(
             &mut encoder,
             "signet_ca_authority_expiry_seconds",
-            "Seconds until each signing or trust authority expires (negative once expired)",
+            "Seconds until each signing or trust authority expires (negative once expired).",
             expiry,
         )
     }

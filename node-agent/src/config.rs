@@ -217,4 +217,11 @@ mod tests {
         );
         assert!(parse_hash("sha256:abcd").is_err());
     }
+
+    #[test]
+    fn metrics_listen_comes_from_the_file_or_the_flag() {
+        let s: Settings = toml::from_str("metrics_listen = \"127.0.0.1:9091\"").unwrap();
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9091".parse().unwrap()));
+        assert!(toml::from_str::<Settings>("metrics_listen = \"nowhere\"").is_err());
+    }
 }

@@ -199,26 +199,26 @@ impl Collector for Held {
         encode_gauges(
             &mut encoder,
             "signet_agent_svids",
-            "X.509-SVIDs held for workloads",
+            "X.509-SVIDs held for workloads.",
             [(NO_LABELS, snapshot.svids.len() as f64)],
         )?;
         encode_gauges(
             &mut encoder,
             "signet_agent_entries",
-            "Registration entries this node is authorized for",
+            "Registration entries this node is authorized for.",
             [(NO_LABELS, snapshot.entries.len() as f64)],
         )?;
         let earliest = snapshot.svids.values().map(|s| s.not_after).min();
         encode_gauges(
             &mut encoder,
             "signet_agent_svid_earliest_expiry_seconds",
-            "Seconds until the first held X.509-SVID expires (absent while none is held)",
+            "Seconds until the first held X.509-SVID expires (absent while none is held).",
             earliest.map(|t| (NO_LABELS, seconds_until(t, now))),
         )?;
         encode_gauges(
             &mut encoder,
             "signet_agent_bundle_sequence",
-            "Sequence number of the trust bundle served to workloads (0: none yet)",
+            "Sequence number of the trust bundle served to workloads (0: none yet).",
             [(
                 NO_LABELS,
                 snapshot.bundle.as_ref().map_or(0, |b| b.sequence()) as f64,
