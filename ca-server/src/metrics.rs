@@ -37,6 +37,9 @@ type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 type HistogramFamily = Family<Labels1, Histogram, fn() -> Histogram>;
 
+/// How long an expired authority is still shown, seconds.
+const EXPIRED_SHOWN_FOR: i64 = 86_400;
+
 /// Latency buckets: 0.25 ms to about 4 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
@@ -317,12 +320,17 @@ impl Collector for CaState {
             ));
         }
         match self.ca.store().authorities(None) {
-            Ok(rows) => expiry.extend(rows.into_iter().map(|a| {
+            Ok(rows) => expiry.extend(rows.into_iter().filter_map(|a| {
                 let left = a.not_after - crate::ca::authorities::unix(now);
-                (
+                // Every rotation leaves a row behind; one expired for more
+                // than a day tells nothing, and would grow the series forever.
+                if left < -EXPIRED_SHOWN_FOR {
+                    return None;
+                }
+                Some((
                     [("id", a.id), ("kind", a.kind), ("state", a.state)],
                     left as f64,
-                )
+                ))
             })),
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the authorities"),
         }
