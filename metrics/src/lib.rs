@@ -73,8 +73,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &registry);
-                async move { Ok::<_, Infallible>(response) }
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(respond(&req, registry).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -96,7 +96,7 @@ pub async fn serve(
 
 /// The answer to one request: the metrics for `GET /metrics`, an error
 /// status for anything else.
-fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+async fn respond(req: &Request<Incoming>, registry: Arc<Registry>) -> Response<Full<Bytes>> {
     if req.uri().path() != PATH {
         return plain(StatusCode::NOT_FOUND, "only /metrics is served here\n");
     }
@@ -106,11 +106,23 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
             .insert(ALLOW, hyper::header::HeaderValue::from_static("GET"));
         return r;
     }
-    let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
-        tracing::error!(error = %e, "metrics endpoint: encoding failed");
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
-    }
+    // Collectors may read a database: keep them off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).map(|()| text)
+    })
+    .await;
+    let text = match encoded {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "metrics endpoint: encoding failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "metrics endpoint: encoding task failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
+        }
+    };
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
         CONTENT_TYPE_HEADER,
