@@ -287,6 +287,30 @@ mod tests {
         assert_eq!(r.matches("HTTP/1.1 200").count(), 1, "{r}");
     }
 
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed() {
+        let (addr, _stop, _) = server().await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Every slot is held by a client that sends nothing (yet).
+        let r = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(r, "", "the connection over the limit was served");
+        // Slots free up as those clients go away.
+        drop(idle);
+        let mut attempts = 0;
+        loop {
+            let r = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            if r.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            attempts += 1;
+            assert!(attempts < 500, "no slot was freed: {r:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[test]
     fn gauge_guard_counts_live_values() {
         let g = Gauge::default();
