@@ -84,6 +84,9 @@ pub struct Settings {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub audit_retention: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The checked configuration.
@@ -106,6 +109,8 @@ pub struct Config {
     pub max_batch: usize,
     pub shutdown_grace: Duration,
     pub audit_retention: Duration,
+    /// Where to serve Prometheus metrics; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -231,6 +236,7 @@ impl Config {
             max_batch,
             shutdown_grace,
             audit_retention,
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             defaulted,
         })
     }
@@ -259,6 +265,7 @@ mod tests {
         assert_eq!(c.admin_socket, PathBuf::from("signet-data/admin.sock"));
         assert_eq!(c.server_names, vec!["localhost"]);
         assert!(c.defaulted.contains(&"trust_domain"));
+        assert_eq!(c.metrics_listen, None, "metrics are off by default");
         assert_eq!(c.audit_retention, Duration::from_secs(90 * 86400));
     }
 
@@ -272,7 +279,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file: Settings =
-            toml::from_str("trust_domain = \"file.org\"\nintermediate_ttl = \"2d\"\n").unwrap();
+            toml::from_str("trust_domain = \"file.org\"\nintermediate_ttl = \"2d\"\nmetrics_listen = \"127.0.0.1:9090\"\n").unwrap();
         let flags = Settings {
             trust_domain: Some("flag.org".into()),
             ..Settings::default()
@@ -281,6 +288,7 @@ mod tests {
         assert_eq!(c.trust_domain.as_str(), "flag.org");
         assert_eq!(c.intermediate_ttl, Duration::from_secs(2 * 86400));
         assert!(!c.defaulted.contains(&"intermediate_ttl"));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
     }
 
     #[test]

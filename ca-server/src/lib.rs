@@ -3,5 +3,6 @@
 pub mod api;
 pub mod ca;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod store;

@@ -56,6 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("binding the admin socket")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    crate::metrics::start(&ca, shutdown_rx.clone()).await?;
     let (resolver, not_after) = ServerCertResolver::new(&ca)?;
     let tls_config = tls::server_config(&ca, resolver.clone())?;
     tokio::spawn(

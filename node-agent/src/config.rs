@@ -100,6 +100,9 @@ pub struct Settings {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where the sockets go by default: outside the data directory (0700, so
@@ -143,6 +146,8 @@ pub struct Config {
     pub files: Option<FileDelivery>,
     pub log_json: bool,
     pub max_backoff: Duration,
+    /// Where to serve Prometheus metrics; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -221,6 +226,7 @@ impl Config {
             files,
             log_json,
             max_backoff: Duration::from_secs(30),
+            metrics_listen: pick!(metrics_listen),
         })
     }
 }
@@ -247,6 +253,7 @@ mod tests {
         assert_eq!(c.ca_address, "127.0.0.1:8443");
         assert_eq!(c.trust_domain.as_str(), "signet.local");
         assert_eq!(c.bootstrap, Bootstrap::None);
+        assert_eq!(c.metrics_listen, None, "metrics are off by default");
         assert_eq!(
             c.workload_api_socket,
             PathBuf::from("/tmp/signet-agent/public/api.sock")
@@ -275,5 +282,12 @@ mod tests {
             Bootstrap::RootHash([0xab; 32])
         );
         assert!(parse_hash("sha256:abcd").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_comes_from_the_file_or_the_flag() {
+        let s: Settings = toml::from_str("metrics_listen = \"127.0.0.1:9091\"").unwrap();
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9091".parse().unwrap()));
+        assert!(toml::from_str::<Settings>("metrics_listen = \"nowhere\"").is_err());
     }
 }

@@ -6,6 +6,7 @@ pub mod attest;
 pub mod config;
 pub mod files;
 pub mod manager;
+pub mod metrics;
 pub mod node;
 pub mod public_dir;
 pub mod run;

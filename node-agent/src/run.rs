@@ -29,6 +29,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sds = %config.sds_socket.display(),
         "starting signet-agent"
     );
+    let metrics = crate::metrics::bind(config.metrics_listen).await?;
     let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
         Stored::Usable(pair) if pair.0.not_after > std::time::SystemTime::now() => {
             let (svid, bundle) = *pair;
@@ -103,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = Manager::new(config.clone(), client, svid, bundle);
+    crate::metrics::serve(metrics, manager.subscribe(), shutdown_rx.clone());
     let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(

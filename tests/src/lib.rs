@@ -33,6 +33,7 @@ mod agent;
 mod bins;
 mod ca;
 mod envoy;
+mod metrics;
 mod node;
 mod pki;
 mod process;
@@ -44,6 +45,7 @@ pub use envoy::{
     EnvoyOptions, EnvoyProcess, HttpResponse, LoadedCert, Outcome, Role, SERVER_BODY,
     SerialHistory, Traffic, Validation, envoy_binary, http_get,
 };
+pub use metrics::{Sample, Scrape, free_loopback_addr, scrape, scrape_until};
 pub use node::{
     NodeIdentity, attest_node, attest_with_token, chain_of, create_token, new_key_and_csr,
 };

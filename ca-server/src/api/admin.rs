@@ -166,6 +166,20 @@ impl Admin for AdminApi {
         }))
     }
 
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let authorities = self.list_authorities(Request::new(pb::ListAuthoritiesRequest {}));
+        let agents = self.list_agents(Request::new(pb::ListAgentsRequest {}));
+        let (authorities, agents) = (authorities.await?.into_inner(), agents.await?.into_inner());
+        Ok(Response::new(super::overview::status(
+            &self.ca,
+            authorities,
+            agents,
+        )?))
+    }
+
     async fn mint_x509_svid(
         &self,
         req: Request<pb::MintX509SvidRequest>,
@@ -174,7 +188,8 @@ impl Admin for AdminApi {
         let body = req.into_inner();
         not_negative("ttl_seconds", body.ttl_seconds)?;
         let ca = self.ca.clone();
-        let (id, cert) = blocking(move || {
+        let started = std::time::Instant::now();
+        let minted = blocking(move || {
             ca.mint(
                 &body.spiffe_id,
                 &body.csr,
@@ -183,7 +198,8 @@ impl Admin for AdminApi {
                 &caller,
             )
         })
-        .await?;
+        .await;
+        let (id, cert) = crate::metrics::record("mint_x509_svid", started, minted)?;
         Ok(Response::new(pb::MintX509SvidResponse {
             svid: Some(convert::svid(&id, &cert)),
             bundle: Some(convert::bundle(&self.ca.bundle())),

@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod convert;
 pub mod node;
+pub mod overview;
 pub mod status;
 pub mod tls;

@@ -17,6 +17,7 @@ use super::status::blocking;
 use super::tls::PeerInfo;
 use crate::ca::time::{ttl_from_secs, unix};
 use crate::ca::{Ca, CaError, SignItem};
+use crate::metrics;
 
 /// The node API over a shared CA.
 pub struct NodeApi {
@@ -92,8 +93,11 @@ impl Node for NodeApi {
         let caller = caller_label(&req);
         let body = req.into_inner();
         let ca = self.ca.clone();
-        let (id, cert) =
-            blocking(move || ca.attest_node(&body.join_token, &body.csr, &caller)).await?;
+        let (id, cert) = metrics::timed(
+            "attest_node",
+            blocking(move || ca.attest_node(&body.join_token, &body.csr, &caller)),
+        )
+        .await?;
         Ok(Response::new(pb::AttestNodeResponse {
             svid: Some(convert::svid(&id, &cert)),
             bundle: Some(convert::bundle(&self.ca.bundle())),
@@ -111,7 +115,8 @@ impl Node for NodeApi {
         let ca = self.ca.clone();
         let csr = req.into_inner().csr;
         let node2 = node.clone();
-        let cert = blocking(move || ca.renew_node(&node2, &csr)).await?;
+        let cert =
+            metrics::timed("renew_node", blocking(move || ca.renew_node(&node2, &csr))).await?;
         Ok(Response::new(pb::RenewNodeSvidResponse {
             svid: Some(convert::svid(&node, &cert)),
         }))
@@ -137,7 +142,11 @@ impl Node for NodeApi {
             .collect();
         let ca = self.ca.clone();
         let ids: Vec<String> = items.iter().map(|i| i.entry_id.clone()).collect();
-        let results = blocking(move || ca.sign_batch(&node, &items)).await?;
+        let results = metrics::timed(
+            "sign_x509_svid",
+            blocking(move || ca.sign_batch(&node, &items)),
+        )
+        .await?;
         let results = results
             .into_iter()
             .zip(ids)
@@ -249,6 +258,7 @@ impl Node for NodeApi {
         let mut bundles = self.ca.watch_bundle();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _connected = metrics::agent_connected();
             loop {
                 let current = convert::bundle(&bundles.borrow_and_update());
                 if tx.send(Ok(current)).await.is_err() {
@@ -278,8 +288,11 @@ impl NodeApi {
         let body = req.into_inner();
         let ttl = ttl_from_secs(body.ttl_seconds);
         let ca = self.ca.clone();
-        let (id, token, expires) =
-            blocking(move || ca.mint_jwt(&node, &body.entry_id, &body.audience, ttl)).await?;
+        let (id, token, expires) = metrics::timed(
+            "mint_jwt_svid",
+            blocking(move || ca.mint_jwt(&node, &body.entry_id, &body.audience, ttl)),
+        )
+        .await?;
         Ok(Response::new(pb::MintJwtSvidResponse {
             spiffe_id: id.to_string(),
             token,
@@ -287,7 +300,8 @@ impl NodeApi {
         }))
     }
 
-    fn refuse<T>(&self, req: &Request<T>, action: &str, e: CaError) -> Status {
+    fn refuse<T>(&self, req: &Request<T>, action: &'static str, e: CaError) -> Status {
+        metrics::refused(action, super::status::code_of(&e));
         self.ca.audit_rejection(&caller_label(req), action, "", &e);
         Status::from(e)
     }

@@ -68,6 +68,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = (|| -> Result<(), StoreError> {
             let tx = conn.transaction()?;
             for (records, _) in &group {
@@ -78,6 +79,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>) {
             tx.commit()?;
             Ok(())
         })();
+        crate::metrics::audit_committed(started.elapsed(), count);
         let reply = result.map_err(|e| e.to_string());
         for (_, done) in group {
             let _ = done.send(reply.clone());

@@ -7,6 +7,7 @@ mod authority;
 mod bundle;
 mod entry;
 mod mint;
+mod status;
 mod token;
 
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ enum Command {
     /// The node agents the CA has attested, and how current they are.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Health on one screen: authorities, bundle, agents, last audit write.
+    Status,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -199,6 +202,7 @@ pub fn run(args: Args, format: Format) -> anyhow::Result<()> {
             }
             Command::Mint(mint_args) => mint::run(&mut client, mint_args, format).await,
             Command::Agent(AgentCommand::List) => agent::list(&mut client, format).await,
+            Command::Status => status::run(&mut client, format).await,
         }
     })
 }

@@ -235,9 +235,11 @@ impl Manager {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(svid);
                     backoff.reset();
+                    crate::metrics::synced();
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
+                    crate::metrics::renewal_failed("node");
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "node SVID renewal failed");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -379,6 +381,7 @@ impl Manager {
             for chunk in due.chunks(BATCH) {
                 if let Err(e) = self.sign_batch(chunk).await {
                     failed = true;
+                    crate::metrics::renewal_failed("workload");
                     tracing::warn!(error = %format!("{e:#}"), "signing SVIDs failed; still-valid SVIDs stay in service");
                     break;
                 }
@@ -440,6 +443,7 @@ impl Manager {
             .batch_sign_x509_svid(pb::BatchSignX509SvidRequest { items })
             .await?
             .into_inner();
+        crate::metrics::synced();
         let mut issued = 0;
         {
             let mut inner = self.lock();
@@ -468,6 +472,7 @@ impl Manager {
                         }
                     }
                     Some(pb::sign_result::Result::Error(e)) => {
+                        crate::metrics::renewal_failed("workload");
                         tracing::warn!(entry = %entry.id, code = e.code, message = %e.message, "the CA refused an SVID");
                     }
                     None => {}
@@ -498,7 +503,10 @@ impl Manager {
                     svid_count: count,
                 };
                 match self.client().node().report_status(req).await {
-                    Ok(_) => last_reported = Some((sequence, count)),
+                    Ok(_) => {
+                        crate::metrics::synced();
+                        last_reported = Some((sequence, count));
+                    }
                     Err(s) => {
                         tracing::debug!(code = ?s.code(), message = %s.message(), "status report failed")
                     }
@@ -580,6 +588,7 @@ async fn follow<T, F, Fut>(
                     msg = stream.message() => match msg? {
                         Some(m) => {
                             apply(m)?;
+                            crate::metrics::synced();
                             backoff.reset();
                         }
                         None => return Err(ManagerError::StreamClosed),

@@ -481,7 +481,11 @@ mod tests {
         let node = dir.join("node");
         std::fs::create_dir_all(&node).unwrap();
         std::fs::write(node.join("svid_key.pem"), key.to_pem().as_bytes()).unwrap();
-        std::fs::write(node.join("svid.pem"), signet_identity::x509::chain_to_pem(chain)).unwrap();
+        std::fs::write(
+            node.join("svid.pem"),
+            signet_identity::x509::chain_to_pem(chain),
+        )
+        .unwrap();
         std::fs::write(node.join("bundle.pem"), ca.bundle.to_pem()).unwrap();
     }
 

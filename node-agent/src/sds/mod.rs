@@ -105,6 +105,7 @@ impl SdsServer {
 /// API: a caller that cannot be identified is not permitted; /proc that
 /// cannot be read (most often, the caller exited) is worth a retry.
 fn attest_status(error: &AttestError) -> Status {
+    crate::metrics::attestation_failed("sds", error);
     let message = format!("workload attestation failed: {error}");
     match error {
         AttestError::NoCredentials | AttestError::ProcessChanged(_) => {

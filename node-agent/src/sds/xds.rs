@@ -361,13 +361,14 @@ impl<P: Protocol> Driver<P> {
     /// The responses, each produced inside `span`. The stream is dropped
     /// (and the work stops) when the client goes away.
     pub(crate) fn into_stream(self, span: Span) -> ResponseStream<P::Response> {
-        Box::pin(futures::stream::unfold(self, move |mut driver| {
+        let stream = Box::pin(futures::stream::unfold(self, move |mut driver| {
             async move {
                 let item = driver.next().await?;
                 Some((item, driver))
             }
             .instrument(span.clone())
-        }))
+        }));
+        crate::metrics::counted("sds", stream)
     }
 
     async fn next(&mut self) -> Option<Result<P::Response, Status>> {

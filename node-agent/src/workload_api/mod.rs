@@ -136,6 +136,7 @@ impl WorkloadApi {
 /// the client retries with a backoff.
 fn attest_status(rpc: &'static str, pid: Option<i32>, error: &AttestError) -> Status {
     tracing::info!(rpc, ?pid, %error, "workload attestation failed");
+    crate::metrics::attestation_failed("workload_api", error);
     match error {
         AttestError::NoCredentials | AttestError::ProcessChanged(_) => {
             Status::permission_denied(format!("workload attestation failed: {error}"))

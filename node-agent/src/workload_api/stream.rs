@@ -51,7 +51,7 @@ where
         last: None,
         done: false,
     };
-    Box::pin(futures::stream::unfold(state, |mut st| async move {
+    let stream = Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
         }
@@ -85,7 +85,8 @@ where
                 () = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
             }
         }
-    }))
+    }));
+    crate::metrics::counted("workload_api", stream)
 }
 
 /// Resolves once shutdown is requested, or once nobody can request it any

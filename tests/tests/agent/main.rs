@@ -15,6 +15,7 @@ mod cli;
 mod delivery;
 mod denied;
 mod jwt;
+mod metrics;
 mod node_state;
 mod propagation;
 mod restart;

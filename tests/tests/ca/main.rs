@@ -15,6 +15,7 @@ mod health;
 mod issuance;
 mod mtls;
 mod restart;
+mod status;
 mod upstream;
 mod watch;
 
