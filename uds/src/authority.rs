@@ -43,6 +43,8 @@ pub const CLIENT_TABLE_SIZE: usize = 4096;
 /// The value every `:authority` becomes.
 pub const AUTHORITY: &[u8] = b"localhost";
 
+/// Buffers larger than this are freed after each header block.
+const KEPT_BUFFER: usize = 8 * 1024;
 const FRAME_HEADER_LEN: usize = 9;
 const TYPE_HEADERS: u8 = 0x1;
 const TYPE_CONTINUATION: u8 = 0x9;
@@ -113,6 +115,8 @@ pub struct Rewriter {
     fragments: Vec<u8>,
     block: Option<Block>,
     decoder: Decoder<'static>,
+    /// The re-encoded block, kept to reuse its allocation.
+    encoded: Vec<u8>,
     blocks: u64,
 }
 
@@ -146,6 +150,7 @@ impl Rewriter {
             fragments: Vec::new(),
             block: None,
             decoder,
+            encoded: Vec::new(),
             blocks: 0,
         }
     }
@@ -334,7 +339,8 @@ impl Rewriter {
         let Some(block) = self.block.take() else {
             return Err(RewriteError::UnexpectedContinuation);
         };
-        let mut encoded = Vec::with_capacity(self.fragments.len() * 2);
+        let encoded = &mut self.encoded;
+        encoded.clear();
         let mut list_size = 0usize;
         let decoded = self.decoder.decode_with_cb(&self.fragments, |name, value| {
             list_size = list_size.saturating_add(name.len() + value.len() + 32);
@@ -347,8 +353,8 @@ impl Rewriter {
                 &value
             };
             encoded.push(LITERAL_WITHOUT_INDEXING_NEW_NAME);
-            encode_string(&name, &mut encoded);
-            encode_string(value, &mut encoded);
+            encode_string(&name, encoded);
+            encode_string(value, encoded);
         });
         self.fragments.clear();
         decoded.map_err(|e| RewriteError::Hpack(e.to_string()))?;
@@ -356,7 +362,14 @@ impl Rewriter {
             return Err(RewriteError::HeaderListTooLarge);
         }
         self.blocks += 1;
-        write_block(&block, &encoded, out);
+        write_block(&block, &self.encoded, out);
+        // Keep small buffers for the next block, but do not let one large
+        // block pin memory for the connection's lifetime.
+        for buf in [&mut self.encoded, &mut self.fragments, &mut self.payload] {
+            if buf.capacity() > KEPT_BUFFER {
+                *buf = Vec::new();
+            }
+        }
         Ok(())
     }
 }

@@ -72,7 +72,10 @@ fn rewrite_rate(requests: u32, socket: &str) -> anyhow::Result<(f64, usize, usiz
             (b":authority", authority.as_bytes()),
             (b"te", b"trailers"),
             (b"content-type", b"application/grpc"),
-            (b"user-agent", b"grpc-python/1.85.0 grpc-c/51.0.0 (linux; chttp2)"),
+            (
+                b"user-agent",
+                b"grpc-python/1.85.0 grpc-c/51.0.0 (linux; chttp2)",
+            ),
             (b"workload.spiffe.io", b"true"),
         ];
         let block = encoder.encode(headers);
