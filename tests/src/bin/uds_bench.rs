@@ -10,7 +10,7 @@
 //!   server in this process, served by plain tonic and by `signet_uds::serve`,
 //!   back to back and with concurrent callers.
 //!
-//! Usage: `signet-uds-bench [--seconds N] [--concurrency N]`
+//! Usage: `signet-uds-bench [--seconds N] [--concurrency N] [--only plain|wrapped|serve]`
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -186,6 +186,29 @@ async fn plain_server(path: &Path, stop: watch::Receiver<bool>) -> anyhow::Resul
     Ok(())
 }
 
+/// Plain tonic, but every connection wrapped in the normaliser: what the
+/// rewriter alone costs, without the limits.
+async fn wrapped_server(path: &Path, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let listener = tokio::net::UnixListener::bind(path)?;
+    let incoming = futures::stream::unfold(listener, |l| async move {
+        let conn = l
+            .accept()
+            .await
+            .map(|(s, _)| signet_uds::NormalizedStream::new(s, None, None));
+        Some((conn, l))
+    });
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let mut stop = stop;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+    );
+    Ok(())
+}
+
 async fn normalised_server(path: &Path, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let bound = signet_uds::bind(path, 0o600).await?;
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -225,16 +248,37 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop) = watch::channel(false);
     let plain = dir.path().join("plain.sock");
     plain_server(&plain, stop.clone()).await?;
+    let wrapped = dir.path().join("wrapped.sock");
+    wrapped_server(&wrapped, stop.clone()).await?;
     normalised_server(&socket, stop).await?;
 
     println!();
     println!("| unary health Check over a unix socket | calls/s | p50 | p99 | of plain tonic |");
     println!("|---|---|---|---|---|");
     for c in [1, concurrency] {
+        if let Some(only) = std::env::args().skip_while(|a| a != "--only").nth(1) {
+            let path = match only.as_str() {
+                "plain" => &plain,
+                "wrapped" => &wrapped,
+                _ => &socket,
+            };
+            let row = unary(path, c, dur).await?;
+            println!(
+                "{only}, {c} caller(s): {:.0}/s",
+                row.calls as f64 / row.secs
+            );
+            continue;
+        }
         let base = unary(&plain, c, dur).await?;
+        let only = unary(&wrapped, c, dur).await?;
         let ours = unary(&socket, c, dur).await?;
         let base_rate = base.calls as f64 / base.secs;
-        for (name, row) in [("plain tonic", &base), ("signet_uds::serve", &ours)] {
+        let rows = [
+            ("plain tonic", &base),
+            ("plain tonic + normaliser", &only),
+            ("signet_uds::serve (normaliser + limits)", &ours),
+        ];
+        for (name, row) in rows {
             let r = row.calls as f64 / row.secs;
             println!(
                 "| {name}, {c} caller(s) | {r:.0} | {:.0} µs | {:.0} µs | {:.0}% |",
