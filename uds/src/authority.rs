@@ -19,6 +19,13 @@
 //! by our decoder, which has seen every block the client sent. Every other
 //! frame passes through unchanged, and so does the write side.
 //!
+//! Table sizes: the SETTINGS_HEADER_TABLE_SIZE a client sends limits the
+//! *server's* encoder (responses), so it passes through to h2 and does not
+//! concern us. The client's encoder is limited by what h2 advertises, the
+//! default 4096 ([`CLIENT_TABLE_SIZE`]); our decoder enforces that bound on
+//! the client's dynamic table size updates, as h2 would. We never send a size
+//! update: h2's table stays empty, whatever its size.
+//!
 //! Bounds: a header block (the sum of its fragments) larger than
 //! [`MAX_HEADER_BLOCK`] or decoding to more than [`MAX_HEADER_LIST`] ends the
 //! connection, as does anything malformed. h2 would refuse such input too.
