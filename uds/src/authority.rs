@@ -19,6 +19,13 @@
 //! by our decoder, which has seen every block the client sent. Every other
 //! frame passes through unchanged, and so does the write side.
 //!
+//! Table sizes: the SETTINGS_HEADER_TABLE_SIZE a client sends limits the
+//! *server's* encoder (responses), so it passes through to h2 and does not
+//! concern us. The client's encoder is limited by what h2 advertises, the
+//! default 4096 ([`CLIENT_TABLE_SIZE`]); our decoder enforces that bound on
+//! the client's dynamic table size updates, as h2 would. We never send a size
+//! update: h2's table stays empty, whatever its size.
+//!
 //! Bounds: a header block (the sum of its fragments) larger than
 //! [`MAX_HEADER_BLOCK`] or decoding to more than [`MAX_HEADER_LIST`] ends the
 //! connection, as does anything malformed. h2 would refuse such input too.
@@ -43,6 +50,8 @@ pub const CLIENT_TABLE_SIZE: usize = 4096;
 /// The value every `:authority` becomes.
 pub const AUTHORITY: &[u8] = b"localhost";
 
+/// Buffers larger than this are freed after each header block.
+const KEPT_BUFFER: usize = 8 * 1024;
 const FRAME_HEADER_LEN: usize = 9;
 const TYPE_HEADERS: u8 = 0x1;
 const TYPE_CONTINUATION: u8 = 0x9;
@@ -113,6 +122,8 @@ pub struct Rewriter {
     fragments: Vec<u8>,
     block: Option<Block>,
     decoder: Decoder<'static>,
+    /// The re-encoded block, kept to reuse its allocation.
+    encoded: Vec<u8>,
     blocks: u64,
 }
 
@@ -146,6 +157,7 @@ impl Rewriter {
             fragments: Vec::new(),
             block: None,
             decoder,
+            encoded: Vec::new(),
             blocks: 0,
         }
     }
@@ -334,7 +346,8 @@ impl Rewriter {
         let Some(block) = self.block.take() else {
             return Err(RewriteError::UnexpectedContinuation);
         };
-        let mut encoded = Vec::with_capacity(self.fragments.len() * 2);
+        let encoded = &mut self.encoded;
+        encoded.clear();
         let mut list_size = 0usize;
         let decoded = self.decoder.decode_with_cb(&self.fragments, |name, value| {
             list_size = list_size.saturating_add(name.len() + value.len() + 32);
@@ -347,8 +360,8 @@ impl Rewriter {
                 &value
             };
             encoded.push(LITERAL_WITHOUT_INDEXING_NEW_NAME);
-            encode_string(&name, &mut encoded);
-            encode_string(value, &mut encoded);
+            encode_string(&name, encoded);
+            encode_string(value, encoded);
         });
         self.fragments.clear();
         decoded.map_err(|e| RewriteError::Hpack(e.to_string()))?;
@@ -356,7 +369,14 @@ impl Rewriter {
             return Err(RewriteError::HeaderListTooLarge);
         }
         self.blocks += 1;
-        write_block(&block, &encoded, out);
+        write_block(&block, &self.encoded, out);
+        // Keep small buffers for the next block, but do not let one large
+        // block pin memory for the connection's lifetime.
+        for buf in [&mut self.encoded, &mut self.fragments, &mut self.payload] {
+            if buf.capacity() > KEPT_BUFFER {
+                *buf = Vec::new();
+            }
+        }
         Ok(())
     }
 }
