@@ -18,12 +18,18 @@ pub mod bind;
 #[cfg(feature = "serve")]
 pub mod limits;
 #[cfg(feature = "serve")]
+pub mod peer;
+#[cfg(feature = "serve")]
 pub mod serve;
 #[cfg(feature = "serve")]
 pub mod stream;
 
 #[cfg(feature = "serve")]
 pub use bind::{BindError, BoundSocket, bind};
+#[cfg(feature = "serve")]
+pub use http::Extensions;
+#[cfg(feature = "serve")]
+pub use peer::{AcceptHook, UdsPeer};
 #[cfg(feature = "serve")]
 pub use serve::{ServeError, ServeOptions, serve};
 #[cfg(feature = "serve")]

@@ -10,6 +10,7 @@ use tonic::service::Routes;
 
 use crate::bind::BoundSocket;
 use crate::limits::{Limiter, StreamLimitLayer};
+use crate::peer::{AcceptHook, PeerLayer};
 use crate::stream::NormalizedStream;
 
 /// Default cap on open connections to one socket, all users together.
@@ -49,6 +50,9 @@ pub struct ServeOptions {
     /// After shutdown is signalled, connections still open this long later
     /// are dropped; `None` waits for them.
     pub drain_deadline: Option<Duration>,
+    /// Runs on each accepted connection before it is served; what it
+    /// records reaches every request of the connection.
+    pub on_accept: Option<AcceptHook>,
 }
 
 impl Default for ServeOptions {
@@ -63,6 +67,7 @@ impl Default for ServeOptions {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             drain_deadline: None,
+            on_accept: None,
         }
     }
 }
@@ -95,6 +100,7 @@ pub async fn serve(
         .max_concurrent_streams(options.max_streams_per_connection)
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
+        .layer(PeerLayer)
         .layer(StreamLimitLayer::new(
             options.max_streams,
             options.max_streams_per_uid,
@@ -129,6 +135,7 @@ struct Accept {
     listener: UnixListener,
     connections: Limiter,
     handshake_timeout: Duration,
+    on_accept: Option<AcceptHook>,
     backoff: Duration,
     refused: u64,
     last_refusal_log: Option<Instant>,
@@ -146,6 +153,7 @@ pub(crate) fn incoming(
         listener,
         connections: Limiter::new(options.max_connections, options.max_connections_per_uid),
         handshake_timeout: options.handshake_timeout,
+        on_accept: options.on_accept.clone(),
         backoff: ACCEPT_BACKOFF.0,
         refused: 0,
         last_refusal_log: None,
@@ -167,8 +175,16 @@ pub(crate) fn incoming(
             let uid = stream.peer_cred().ok().map(|c| c.uid());
             match st.connections.try_acquire(uid) {
                 Ok(permit) => {
+                    // Sampled before the first byte is read: what the peer
+                    // was when it connected, not what it may exec into.
+                    let accepted = st
+                        .on_accept
+                        .as_ref()
+                        .map(|hook| hook.run(&stream))
+                        .unwrap_or_default();
                     let conn =
-                        NormalizedStream::new(stream, Some(st.handshake_timeout), Some(permit));
+                        NormalizedStream::new(stream, Some(st.handshake_timeout), Some(permit))
+                            .with_accepted(accepted);
                     return Some((Ok(conn), st));
                 }
                 Err(e) => {

@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::Sleep;
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::authority::Rewriter;
 use crate::limits::Permit;
+use crate::peer::UdsPeer;
 
 /// Bytes read from the client per read call while not inside a pass-through
 /// payload: a few frames' worth.
@@ -32,6 +33,7 @@ pub struct NormalizedStream<S> {
     chunk: Box<[u8]>,
     failed: Option<io::ErrorKind>,
     handshake: Option<Pin<Box<Sleep>>>,
+    accepted: http::Extensions,
     _permit: Option<Permit>,
 }
 
@@ -56,8 +58,17 @@ impl<S> NormalizedStream<S> {
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             failed: None,
             handshake: handshake_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+            accepted: http::Extensions::new(),
             _permit: permit,
         }
+    }
+
+    /// Values recorded when the connection was accepted, handed to every
+    /// request on it (see [`UdsPeer`]).
+    #[must_use]
+    pub fn with_accepted(mut self, accepted: http::Extensions) -> Self {
+        self.accepted = accepted;
+        self
     }
 
     /// The wrapped connection.
@@ -67,12 +78,16 @@ impl<S> NormalizedStream<S> {
 }
 
 impl Connected for NormalizedStream<UnixStream> {
-    type ConnectInfo = UdsConnectInfo;
+    type ConnectInfo = UdsPeer;
 
-    /// Exactly what tonic gives for a bare `UnixStream`, so that handlers
-    /// find the caller's SO_PEERCRED where they always did.
+    /// What tonic gives for a bare `UnixStream`, plus the accept-time
+    /// values; [`PeerLayer`](crate::peer::PeerLayer) unpacks both, so that
+    /// handlers find the caller's SO_PEERCRED where they always did.
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        UdsPeer {
+            uds: self.inner.connect_info(),
+            accepted: self.accepted.clone(),
+        }
     }
 }
 

@@ -18,11 +18,10 @@ pub struct PeerCred {
 }
 
 /// A connection's peer as sampled when the agent accepted it
-/// ([`unix::accepted`]). A serving loop that wraps its accepted streams in
-/// an IO type whose tonic `ConnectInfo` is this type gets it into every
-/// request's extensions, and [`peer_of`] prefers it to tonic's
-/// `UdsConnectInfo`: the attestor then refuses a caller whose PID runs
-/// another executable than at accept time.
+/// ([`unix::accepted`]). The agent's sockets record it through
+/// [`unix::accept_hook`], which puts it into every request's extensions, and
+/// [`peer_of`] prefers it to tonic's `UdsConnectInfo`: the attestor then
+/// refuses a caller whose PID runs another executable than at accept time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcceptedPeer {
     pub cred: PeerCred,

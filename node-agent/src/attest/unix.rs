@@ -112,10 +112,25 @@ impl UnixAttestor {
     }
 }
 
+/// The accept hook of the agent's sockets: records [`accepted`] for each
+/// connection, so that attestation compares the caller with what it was at
+/// connect time. A connection without credentials records nothing and is
+/// refused when it calls.
+#[must_use]
+pub fn accept_hook() -> signet_uds::AcceptHook {
+    signet_uds::AcceptHook::new(|stream| {
+        let mut values = signet_uds::Extensions::new();
+        if let Ok(peer) = accepted(stream) {
+            values.insert(peer);
+        }
+        values
+    })
+}
+
 /// Samples the peer of a connection just accepted: its credentials and its
-/// executable now. Call it in the accept loop, before the connection is
-/// handed to the gRPC server, and expose the result as the connection's
-/// tonic `ConnectInfo` (see [`AcceptedPeer`]).
+/// executable now. [`accept_hook`] calls it in the accept loop of
+/// `signet_uds::serve`, before the connection is handed to the gRPC server;
+/// the result reaches each request's extensions (see [`AcceptedPeer`]).
 ///
 /// # Errors
 /// The socket carries no peer credentials.

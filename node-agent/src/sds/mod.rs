@@ -203,6 +203,7 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "serving Envoy SDS");
     let options = signet_uds::ServeOptions {
         drain_deadline: Some(DRAIN_DEADLINE),
+        on_accept: Some(crate::attest::unix::accept_hook()),
         ..signet_uds::ServeOptions::default()
     };
     let result = signet_uds::serve(

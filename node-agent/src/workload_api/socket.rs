@@ -36,7 +36,10 @@ pub async fn serve(
     let result = signet_uds::serve(
         bound,
         Routes::new(super::service(api)),
-        signet_uds::ServeOptions::default(),
+        signet_uds::ServeOptions {
+            on_accept: Some(crate::attest::unix::accept_hook()),
+            ..signet_uds::ServeOptions::default()
+        },
         shutdown,
     )
     .await;

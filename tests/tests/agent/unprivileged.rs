@@ -171,31 +171,44 @@ async fn exec_after_connect_does_not_earn_the_binarys_identity() {
     let nobody = node.ca.id("/nobody");
     let sleep_only = node.ca.id("/sleep-only");
     let deadline = Instant::now() + WAIT;
-    let ids = loop {
+    // The agent recorded the connector's executable (python) when it
+    // accepted the connection; the PID now runs `sleep`, so every call on
+    // that connection is refused, whatever entries python or sleep match.
+    let refusal = loop {
         let mut request = tonic::Request::new(X509svidRequest {});
         request
             .metadata_mut()
             .insert("workload.spiffe.io", "true".parse().unwrap());
         let answer = match client.fetch_x509svid(request).await {
-            Ok(r) => r.into_inner().message().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(r) => r.into_inner().message().await,
+            Err(e) => Err(e),
         };
-        let ids: Vec<String> = match &answer {
-            Ok(Some(m)) => m.svids.iter().map(|s| s.spiffe_id.clone()).collect(),
-            _ => vec![],
-        };
-        if ids.contains(&nobody) {
-            break ids;
+        match answer {
+            Err(status) if status.code() == tonic::Code::PermissionDenied => break status,
+            Ok(Some(m)) => {
+                let ids: Vec<&str> = m.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+                panic!(
+                    "a connection whose connector exec'd was served {ids:?} (not {nobody} nor {sleep_only} may be)"
+                );
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the relay got no refusal: {other:?}\n--- agent log ---\n{}",
+                    node.agent.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the relay got no answer naming {nobody}: {answer:?}\n--- agent log ---\n{}",
-            node.agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // The connecting PID runs `sleep` now, but it is not `sleep` that asks.
-    assert!(!ids.contains(&sleep_only), "{ids:?}");
+    assert!(refusal.message().contains("changed"), "{refusal:?}");
+    assert!(
+        node.agent
+            .log()
+            .contains("another executable than when it connected"),
+        "{}",
+        node.agent.log()
+    );
     assert!(
         node.agent.log().contains("selects only by unix:path"),
         "{}",
