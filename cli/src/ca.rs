@@ -61,6 +61,8 @@ enum Command {
 enum AgentCommand {
     /// List attested agents: bundle sequence served, SVIDs held, last report.
     List,
+    #[command(flatten)]
+    Lifecycle(crate::ca_nodes::NodeLifecycle),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -204,6 +206,9 @@ pub fn run(args: Args, format: Format) -> anyhow::Result<()> {
             Command::Authority(AuthorityCommand::List) => authority_list(&mut client, format).await,
             Command::Mint(mint_args) => mint(&mut client, mint_args, format).await,
             Command::Agent(AgentCommand::List) => agent_list(&mut client, format).await,
+            Command::Agent(AgentCommand::Lifecycle(cmd)) => {
+                crate::ca_nodes::run(&mut client, cmd, format).await
+            }
         }
     })
 }

@@ -8,6 +8,7 @@
 mod admin_client;
 mod agent;
 mod ca;
+mod ca_nodes;
 mod certinfo;
 mod files;
 mod grpc;

@@ -3,6 +3,7 @@
 //! the audit log. Transport-free: the gRPC layer in `api/` is a thin shell.
 
 pub mod authorities;
+pub mod nodes;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -80,6 +81,7 @@ pub struct Ca {
     signing: RwLock<Arc<Signing>>,
     bundle: watch::Sender<Arc<TrustBundle>>,
     entries: watch::Sender<u64>,
+    node_events: tokio::sync::broadcast::Sender<SpiffeId>,
     clock: fn() -> SystemTime,
 }
 
@@ -140,6 +142,7 @@ impl Ca {
             })),
             bundle: bundle_tx,
             entries: entries_tx,
+            node_events: tokio::sync::broadcast::channel(nodes::NODE_EVENTS_CAPACITY).0,
             clock,
         })
     }
@@ -341,6 +344,11 @@ impl Ca {
                 signet_identity::jwt::JwtError::MissingAudience => CaError::InvalidArgument(
                     "a JWT-SVID needs at least one non-empty audience".into(),
                 ),
+                e @ (signet_identity::jwt::JwtError::TooManyAudiences(_)
+                | signet_identity::jwt::JwtError::AudienceTooLong(_)
+                | signet_identity::jwt::JwtError::TooLong) => {
+                    CaError::InvalidArgument(e.to_string())
+                }
                 other => CaError::Internal(other.to_string()),
             })?;
             self.audit(AuditRecord {
@@ -480,7 +488,7 @@ impl Ca {
             VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
         let hash = token_hash(token);
         let now = self.now();
-        self.store.transaction(|tx| {
+        let attested = self.store.transaction(|tx| {
             let name = match store::token_state(tx, &hash, unix(now))? {
                 TokenState::Valid(name) => name,
                 TokenState::Unknown => {
@@ -495,6 +503,7 @@ impl Ca {
                     return Err(CaError::PermissionDenied("join token has expired".into()));
                 }
             };
+            self.check_not_banned(tx, &name)?;
             let id = self.node_id(&name)?;
             let cert = self.sign(&csr, &id, &[], self.config.node_svid_ttl)?;
             store::consume_token(tx, &hash, unix(now))?;
@@ -506,13 +515,17 @@ impl Ca {
                 &cert.serial_hex(),
                 unix(cert.not_after),
             )?;
+            // A new attestation retires every earlier SVID of the node.
+            store::nodes_ban::set_previous_serial(tx, id.as_str(), "")?;
             store::insert_audit(
                 tx,
                 &Self::issued_record(caller, "attest_node", &id, &cert, unix(now)),
             )?;
             tracing::info!(node = %id, serial = %cert.serial_hex(), "node attested");
             Ok((id, cert))
-        })
+        })?;
+        self.announce_node_change(&attested.0);
+        Ok(attested)
     }
 
     /// Checks that `node` is an attested node of this trust domain.
@@ -536,18 +549,26 @@ impl Ca {
         Ok(())
     }
 
-    /// Issues a fresh node SVID to an authenticated node.
+    /// Issues a fresh node SVID to an authenticated node presenting its
+    /// current node SVID (serial `presented`); see [`nodes`].
     ///
     /// # Errors
-    /// InvalidArgument for a bad CSR; PermissionDenied for an unknown node.
-    pub fn renew_node(&self, node: &SpiffeId, csr: &[u8]) -> Result<IssuedCert, CaError> {
+    /// InvalidArgument for a bad CSR; PermissionDenied for an unknown node
+    /// or a superseded SVID.
+    pub fn renew_node(
+        &self,
+        node: &SpiffeId,
+        presented: Option<&str>,
+        csr: &[u8],
+    ) -> Result<IssuedCert, CaError> {
         let result = (|| {
             self.authorize_node(node)?;
             let csr =
                 VerifiedCsr::from_der(csr).map_err(|e| CaError::InvalidArgument(e.to_string()))?;
             let now = self.now();
             let name = self.node_name(node).unwrap_or_default().to_owned();
-            self.store.transaction(|tx| {
+            let cert = self.store.transaction(|tx| {
+                let previous = self.check_renewal(tx, node, presented)?;
                 let cert = self.sign(&csr, node, &[], self.config.node_svid_ttl)?;
                 store::upsert_node(
                     tx,
@@ -557,12 +578,15 @@ impl Ca {
                     &cert.serial_hex(),
                     unix(cert.not_after),
                 )?;
+                store::nodes_ban::set_previous_serial(tx, node.as_str(), &previous)?;
                 store::insert_audit(
                     tx,
                     &Self::issued_record(node.as_str(), "renew_node", node, &cert, unix(now)),
                 )?;
-                Ok(cert)
-            })
+                Ok::<_, CaError>(cert)
+            })?;
+            self.announce_node_change(node);
+            Ok(cert)
         })();
         if let Err(e) = &result {
             self.audit_rejection(node.as_str(), "renew_node", node.as_str(), e);
