@@ -88,13 +88,15 @@ pub struct Settings {
     #[arg(long)]
     pub max_connections: Option<usize>,
     /// Most connections from one source IP that are not (yet) authenticated
-    /// by a node SVID: handshakes in flight and attestation calls [default: 32].
+    /// by a node SVID: handshakes in flight and connections without a node
+    /// SVID (attestation) [default: 32].
     #[arg(long)]
     pub max_connections_per_ip: Option<usize>,
     /// Most open connections per node SVID identity [default: 8].
     #[arg(long)]
     pub max_connections_per_node: Option<usize>,
-    /// Most connections without a node SVID, all callers together [default: 256].
+    /// Most connections that finished TLS without a node SVID, all callers
+    /// together [default: 256].
     #[arg(long)]
     pub max_unauthenticated_connections: Option<usize>,
     /// Lifetime of a connection without a node SVID (enough for one

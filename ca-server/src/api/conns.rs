@@ -2,8 +2,11 @@
 //!
 //! Every accepted TCP connection takes a slot before its TLS handshake
 //! starts. Until a node SVID authenticates it, the slot counts against the
-//! source IP and against the pool of unauthenticated connections; once a
-//! node SVID does, it counts against that node instead. Over any cap the
+//! source IP; once a node SVID does, it counts against that node instead. A
+//! connection that finishes its handshake without a node SVID also takes a
+//! place in the pool of unauthenticated connections. Handshakes in flight
+//! are not in that pool, so that callers flooding it from many addresses
+//! cannot keep a node from reaching the point where it is authenticated. Over any cap the
 //! connection is closed at once, so that a flood costs the CA one accept and
 //! one close per connection, not a file descriptor and buffers for as long as
 //! the flooder likes.
@@ -89,6 +92,7 @@ pub struct Slot {
 
 #[derive(Debug)]
 enum SlotKind {
+    Handshake,
     Unauthenticated,
     Node { id: u64, node: SpiffeId },
     Released,
@@ -136,7 +140,7 @@ impl ConnTracker {
         }
     }
 
-    /// Takes a slot for a new, not yet authenticated connection from `ip`.
+    /// Takes a slot for a new connection from `ip`, for its handshake.
     ///
     /// # Errors
     /// [`Refused`] when a cap is reached.
@@ -145,20 +149,16 @@ impl ConnTracker {
         if s.total >= self.limits.max_connections {
             return Err(Refused::Total);
         }
-        if s.unauthenticated >= self.limits.max_unauthenticated_connections {
-            return Err(Refused::Unauthenticated);
-        }
         let from_ip = s.per_ip.entry(ip).or_insert(0);
         if *from_ip >= self.limits.max_connections_per_ip {
             return Err(Refused::PerIp);
         }
         *from_ip += 1;
         s.total += 1;
-        s.unauthenticated += 1;
         Ok(Slot {
             tracker: self.clone(),
             ip,
-            kind: SlotKind::Unauthenticated,
+            kind: SlotKind::Handshake,
         })
     }
 
@@ -192,7 +192,7 @@ impl ConnTracker {
 }
 
 impl Slot {
-    /// Moves an unauthenticated slot to `node`, presenting the certificate
+    /// Moves the slot of a connection past its handshake to `node`, presenting the certificate
     /// with `serial` that expires at `not_after`. Returns the connection's
     /// kill switch.
     ///
@@ -219,7 +219,6 @@ impl Slot {
                 return Err(Refused::PerNode);
             }
             s.per_node.insert(node.clone(), count + 1);
-            s.unauthenticated -= 1;
             decrement_ip(&mut s, self.ip);
             let id = tracker.next_id.fetch_add(1, Ordering::Relaxed);
             s.nodes.insert(
@@ -244,12 +243,26 @@ impl Slot {
         }))
     }
 
-    /// The kill switch of a connection that stays unauthenticated.
-    #[must_use]
-    pub fn unauthenticated_deadline(&self) -> KillSwitch {
-        Box::pin(tokio::time::sleep(
+    /// Keeps a connection that finished its handshake without a node SVID,
+    /// for `unauthenticated_timeout` at most (the returned kill switch).
+    ///
+    /// # Errors
+    /// [`Refused::Unauthenticated`] when the pool of such connections is
+    /// full; the slot is then freed.
+    pub fn stay_unauthenticated(&mut self) -> Result<KillSwitch, Refused> {
+        {
+            let mut s = self.tracker.lock();
+            if s.unauthenticated >= self.tracker.limits.max_unauthenticated_connections {
+                drop(s);
+                self.release();
+                return Err(Refused::Unauthenticated);
+            }
+            s.unauthenticated += 1;
+        }
+        self.kind = SlotKind::Unauthenticated;
+        Ok(Box::pin(tokio::time::sleep(
             self.tracker.limits.unauthenticated_timeout,
-        ))
+        )))
     }
 
     fn release(&mut self) {
@@ -257,6 +270,7 @@ impl Slot {
         let mut s = self.tracker.lock();
         match kind {
             SlotKind::Released => return,
+            SlotKind::Handshake => decrement_ip(&mut s, self.ip),
             SlotKind::Unauthenticated => {
                 s.unauthenticated -= 1;
                 decrement_ip(&mut s, self.ip);
@@ -319,15 +333,26 @@ mod tests {
     #[tokio::test]
     async fn caps_hold_and_slots_come_back() {
         let t = ConnTracker::new(limits());
-        let a1 = t.admit(ip(1)).unwrap();
-        let a2 = t.admit(ip(1)).unwrap();
+        let mut a1 = t.admit(ip(1)).unwrap();
+        let mut a2 = t.admit(ip(1)).unwrap();
         assert_eq!(t.admit(ip(1)).unwrap_err(), Refused::PerIp);
-        let b1 = t.admit(ip(2)).unwrap();
-        assert_eq!(t.admit(ip(3)).unwrap_err(), Refused::Unauthenticated);
+        let mut b1 = t.admit(ip(2)).unwrap();
+        let mut c1 = t.admit(ip(3)).unwrap();
+        // Handshakes are not in the unauthenticated pool; finished ones are.
+        let _k = [
+            a1.stay_unauthenticated().unwrap(),
+            a2.stay_unauthenticated().unwrap(),
+            b1.stay_unauthenticated().unwrap(),
+        ];
+        assert_eq!(
+            c1.stay_unauthenticated().err(),
+            Some(Refused::Unauthenticated)
+        );
+        drop(c1);
         drop(a2);
         let mut a3 = t.admit(ip(1)).unwrap();
 
-        // Authenticating frees the unauthenticated and per-IP places.
+        // Authenticating frees the per-IP place.
         let later = SystemTime::now() + Duration::from_secs(60);
         let _k = a3.authenticate(node("n"), "01".into(), later).unwrap();
         let _a4 = t.admit(ip(1)).unwrap();
@@ -335,7 +360,7 @@ mod tests {
             t.counts(),
             Counts {
                 total: 4,
-                unauthenticated: 3,
+                unauthenticated: 2,
                 nodes: 1
             }
         );

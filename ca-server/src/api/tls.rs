@@ -407,7 +407,13 @@ fn admit_peer(
                 }
             }
         }
-        _ => slot.unauthenticated_deadline(),
+        _ => match slot.stay_unauthenticated() {
+            Ok(kill) => kill,
+            Err(why) => {
+                tracing::debug!(%remote, reason = %why, "connection refused");
+                return None;
+            }
+        },
     };
     Some(TlsConn {
         inner: stream,
