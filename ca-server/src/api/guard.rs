@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use futures::future::{Either, Ready, ready as ready_future};
+use futures::future::BoxFuture;
 use http_body::{Frame, SizeHint};
 use tonic::Status;
 use tonic::body::Body;
@@ -126,10 +126,12 @@ pub struct Guard<S> {
 impl<S> tower_service::Service<http::Request<Body>> for Guard<S>
 where
     S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<http::Response<Body>, S::Error>>, S::Future>;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -144,8 +146,23 @@ where
                 "this call requires a node SVID as TLS client certificate".into(),
             );
             self.ca.audit_rejection(&caller, rule.action, "", &e);
-            return Either::Left(ready_future(Ok(Status::from(e).into_http())));
+            return refuse(Status::from(e));
         }
+        // Held until the call has been answered.
+        let batch_permit = match (rule.batch, peer) {
+            (true, Some(p)) => match p.batch_slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let e = CaError::FailedPrecondition(format!(
+                        "at most {} batch requests may be in flight on one connection",
+                        super::tls::MAX_BATCHES_PER_CONNECTION
+                    ));
+                    self.ca.audit_rejection(&caller, rule.action, "", &e);
+                    return refuse(Status::resource_exhausted(e.to_string()));
+                }
+            },
+            _ => None,
+        };
         let ca = self.ca.clone();
         let action = rule.action;
         let max_items = rule.batch.then(|| ca.config().max_batch);
@@ -164,8 +181,19 @@ where
                 failed: false,
             })
         });
-        Either::Right(self.inner.call(req))
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let response = call.await;
+            drop(batch_permit);
+            response
+        })
     }
+}
+
+fn refuse<E: Send + 'static>(
+    status: Status,
+) -> BoxFuture<'static, Result<http::Response<Body>, E>> {
+    Box::pin(std::future::ready(Ok(status.into_http())))
 }
 
 type OnRefuse = Box<dyn FnOnce(&Status) + Send>;
@@ -447,6 +475,83 @@ mod tests {
             s.feed(&[0]).unwrap_err().code(),
             tonic::Code::ResourceExhausted
         );
+    }
+
+    /// An inner service whose calls never finish: they stay in flight.
+    #[derive(Clone)]
+    struct Never;
+
+    impl tower_service::Service<http::Request<Body>> for Never {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = futures::future::Pending<Result<http::Response<Body>, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            futures::future::pending()
+        }
+    }
+
+    fn grpc_status(r: &http::Response<Body>) -> Option<&str> {
+        r.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn no_node_svid_is_refused_and_batches_in_flight_are_capped_per_connection() {
+        use futures::FutureExt;
+        use tower_layer::Layer;
+        use tower_service::Service;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::load(
+            None,
+            crate::config::Settings {
+                data_dir: Some(dir.path().join("data")),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ca = Arc::new(Ca::open(Arc::new(config)).unwrap());
+        let mut guard = GuardLayer::new(ca).layer(Never);
+        let peer = |node: bool| PeerInfo {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            spiffe_id: node.then(|| {
+                signet_identity::SpiffeId::parse("spiffe://signet.local/signet/node/n").unwrap()
+            }),
+            not_after: None,
+            serial: None,
+            batch_slots: Arc::new(tokio::sync::Semaphore::new(
+                super::super::tls::MAX_BATCHES_PER_CONNECTION,
+            )),
+        };
+        let request = |peer: &PeerInfo| {
+            let mut r = http::Request::builder()
+                .uri("/signet.ca.v1.Node/BatchSignX509Svid")
+                .body(Body::empty())
+                .unwrap();
+            r.extensions_mut().insert(peer.clone());
+            r
+        };
+
+        let anonymous = peer(false);
+        let refused = guard.call(request(&anonymous)).await.unwrap();
+        assert_eq!(grpc_status(&refused), Some("16"), "UNAUTHENTICATED");
+
+        let node = peer(true);
+        let mut in_flight: Vec<_> = (0..super::super::tls::MAX_BATCHES_PER_CONNECTION)
+            .map(|_| guard.call(request(&node)))
+            .collect();
+        for call in &mut in_flight {
+            assert!(call.now_or_never().is_none(), "passed to the service");
+        }
+        let refused = guard.call(request(&node)).await.unwrap();
+        assert_eq!(grpc_status(&refused), Some("8"), "RESOURCE_EXHAUSTED");
+        // Another connection has its own slots.
+        assert!(guard.call(request(&peer(true))).now_or_never().is_none());
+        // A finished call gives its slot back.
+        drop(in_flight.pop());
+        assert!(guard.call(request(&node)).now_or_never().is_none());
     }
 
     #[test]

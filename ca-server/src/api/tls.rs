@@ -44,7 +44,13 @@ pub struct PeerInfo {
     /// The serial of that certificate, lowercase hex: only the node's
     /// current SVID (or the one it just replaced) is honoured.
     pub serial: Option<String>,
+    /// Batch signing calls this connection may have in flight.
+    pub batch_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most `BatchSignX509Svid` calls in flight on one connection: each may hold
+/// a 4 MiB request and its decoded items.
+pub const MAX_BATCHES_PER_CONNECTION: usize = 4;
 
 /// A TLS connection carrying its [`PeerInfo`], its place in the connection
 /// counts and its kill switch.
@@ -422,6 +428,7 @@ fn admit_peer(
             spiffe_id,
             not_after,
             serial,
+            batch_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_PER_CONNECTION)),
         },
         kill,
         killed: false,
