@@ -43,7 +43,7 @@ fn serial_of<T>(req: &Request<T>) -> Option<String> {
 }
 
 /// The calling node, from its verified client certificate, which must be
-/// the node's current SVID (or the one it just replaced).
+/// the node's current SVID or the one it was renewed from.
 fn node_of<T>(ca: &Ca, req: &Request<T>) -> Result<SpiffeId, CaError> {
     let id = peer(req).and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
         CaError::Unauthenticated("this call requires a node SVID as TLS client certificate".into())

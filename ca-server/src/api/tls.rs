@@ -42,7 +42,7 @@ pub struct PeerInfo {
     /// outlive its credential.
     pub not_after: Option<std::time::SystemTime>,
     /// The serial of that certificate, lowercase hex: only the node's
-    /// current SVID (or the one it just replaced) is honoured.
+    /// current SVID and the one it was renewed from are honoured.
     pub serial: Option<String>,
     /// Batch signing calls this connection may have in flight.
     pub batch_slots: Arc<tokio::sync::Semaphore>,
