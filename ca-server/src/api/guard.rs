@@ -468,6 +468,38 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_the_scanner() {
+        // A fixed xorshift stream: random-looking bodies, frame headers with
+        // any length, varints of any size, every wire type, any chunking.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2_000 {
+            let len = (next() % 512) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = body.first_mut() {
+                // Mostly uncompressed frames, so that the scanner goes on.
+                *first &= u8::from(next() % 8 == 0);
+            }
+            let mut s = Scan::new(1 << 20, Some(3));
+            let mut rest = body.as_slice();
+            while !rest.is_empty() {
+                let k = 1 + (next() as usize % rest.len());
+                let (part, tail) = rest.split_at(k);
+                if s.feed(part).is_err() {
+                    break;
+                }
+                rest = tail;
+            }
+            assert!(s.items <= 4);
+        }
+    }
+
+    #[test]
     fn the_byte_cap_holds_without_counting() {
         let mut s = Scan::new(10, None);
         s.feed(&[0; 10]).unwrap();
