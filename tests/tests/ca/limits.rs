@@ -298,3 +298,52 @@ async fn jwt_audiences_are_limited_in_count_and_length() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
+
+#[tokio::test]
+async fn connections_per_node_are_capped() {
+    let ca = CaProcess::start(CaOptions::default().flag("max-connections-per-node", "3"))
+        .await
+        .unwrap();
+    let node = attest_node(&ca, "node-a").await.unwrap();
+    let list = |mut c: signet_proto::ca::v1::node_client::NodeClient<tonic::transport::Channel>| async move {
+        c.list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+            .await
+            .map(|_| c)
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let client = ca.node_client(Some(node.tls_identity())).await.unwrap();
+        held.push(list(client).await.expect("within the per-node cap"));
+    }
+    // A fourth connection with the same node SVID is closed after its
+    // handshake: its call fails at the transport.
+    let fourth = ca.node_client(Some(node.tls_identity())).await;
+    if let Ok(client) = fourth {
+        let err = list(client).await.expect_err("over the per-node cap");
+        assert!(
+            matches!(err.code(), Code::Unavailable | Code::Unknown),
+            "{err:?}"
+        );
+    }
+    // Another node is not affected.
+    let other = attest_node(&ca, "node-b").await.unwrap();
+    list(ca.node_client(Some(other.tls_identity())).await.unwrap())
+        .await
+        .unwrap();
+
+    // Closing one gives its place back (the close reaches the CA shortly).
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + CLOSE_BOUND;
+    loop {
+        if let Ok(client) = ca.node_client(Some(node.tls_identity())).await
+            && list(client).await.is_ok()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place of a closed connection never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
