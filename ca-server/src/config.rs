@@ -87,6 +87,57 @@ pub struct Settings {
     /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest TLS handshake on the node API [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub tls_handshake_timeout: Option<Duration>,
+    /// Most open node-API connections, all callers together [default: 4096].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most connections from one source IP that are not (yet) authenticated
+    /// by a node SVID: handshakes in flight and connections without a node
+    /// SVID (attestation) [default: 32].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most open connections per node SVID identity [default: 8].
+    #[arg(long)]
+    pub max_connections_per_node: Option<usize>,
+    /// Most connections that finished TLS without a node SVID, all callers
+    /// together [default: 256].
+    #[arg(long)]
+    pub max_unauthenticated_connections: Option<usize>,
+    /// Lifetime of a connection without a node SVID (enough for one
+    /// attestation) [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub unauthenticated_timeout: Option<Duration>,
+    /// HTTP/2 keepalive PING interval on the node API [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long a keepalive PING may stay unanswered before the connection is
+    /// closed [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub http2_keepalive_timeout: Option<Duration>,
+    /// Most concurrent gRPC calls (HTTP/2 streams) per connection [default: 64].
+    #[arg(long)]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+/// Limits of the node API's listener: what one caller, and all callers
+/// together, may hold open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_connections_per_node: usize,
+    pub max_unauthenticated_connections: usize,
+    pub unauthenticated_timeout: Duration,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    pub max_concurrent_streams: u32,
 }
 
 /// The checked configuration.
@@ -111,6 +162,7 @@ pub struct Config {
     pub audit_retention: Duration,
     /// Where to serve Prometheus metrics; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    pub limits: ConnectionLimits,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -181,6 +233,18 @@ impl Config {
         let max_batch = pick!(max_batch, 500);
         let shutdown_grace = pick!(shutdown_grace, Duration::from_secs(10));
         let audit_retention = pick!(audit_retention, Duration::from_secs(90 * 24 * 3600));
+        let limits = ConnectionLimits {
+            tls_handshake_timeout: pick!(tls_handshake_timeout, Duration::from_secs(10)),
+            max_connections: pick!(max_connections, 4096),
+            max_connections_per_ip: pick!(max_connections_per_ip, 32),
+            max_connections_per_node: pick!(max_connections_per_node, 8),
+            max_unauthenticated_connections: pick!(max_unauthenticated_connections, 256),
+            unauthenticated_timeout: pick!(unauthenticated_timeout, Duration::from_secs(30)),
+            http2_keepalive_interval: pick!(http2_keepalive_interval, Duration::from_secs(30)),
+            http2_keepalive_timeout: pick!(http2_keepalive_timeout, Duration::from_secs(10)),
+            max_concurrent_streams: pick!(max_concurrent_streams, 64),
+        };
+        check_limits(&limits)?;
         let upstream_ca = match flags.upstream_ca.clone().or(file.upstream_ca.clone()) {
             None => None,
             Some(spec) => {
@@ -237,9 +301,43 @@ impl Config {
             shutdown_grace,
             audit_retention,
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            limits,
             defaulted,
         })
     }
+}
+
+fn check_limits(l: &ConnectionLimits) -> anyhow::Result<()> {
+    for (name, d) in [
+        ("tls_handshake_timeout", l.tls_handshake_timeout),
+        ("unauthenticated_timeout", l.unauthenticated_timeout),
+        ("http2_keepalive_interval", l.http2_keepalive_interval),
+        ("http2_keepalive_timeout", l.http2_keepalive_timeout),
+    ] {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+            bail!("{name} must be between 100ms and 1h");
+        }
+    }
+    for (name, n) in [
+        ("max_connections", l.max_connections),
+        ("max_connections_per_ip", l.max_connections_per_ip),
+        ("max_connections_per_node", l.max_connections_per_node),
+        (
+            "max_unauthenticated_connections",
+            l.max_unauthenticated_connections,
+        ),
+    ] {
+        if n == 0 || n > 1_000_000 {
+            bail!("{name} must be between 1 and 1000000");
+        }
+    }
+    if l.max_unauthenticated_connections > l.max_connections {
+        bail!("max_unauthenticated_connections must not exceed max_connections");
+    }
+    if l.max_concurrent_streams == 0 || l.max_concurrent_streams > 10_000 {
+        bail!("max_concurrent_streams must be between 1 and 10000");
+    }
+    Ok(())
 }
 
 mod opt_duration {
@@ -318,6 +416,19 @@ mod tests {
             },
             Settings {
                 audit_retention: Some(Duration::from_secs(60)),
+                ..Settings::default()
+            },
+            Settings {
+                max_connections: Some(100),
+                max_unauthenticated_connections: Some(200),
+                ..Settings::default()
+            },
+            Settings {
+                max_connections_per_node: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                unauthenticated_timeout: Some(Duration::ZERO),
                 ..Settings::default()
             },
         ] {

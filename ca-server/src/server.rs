@@ -13,13 +13,20 @@ use tonic::service::Routes;
 use tracing::Instrument;
 
 use crate::api::admin::AdminApi;
+use crate::api::conns::ConnTracker;
+use crate::api::guard::{GuardLayer, MAX_BATCH_REQUEST_BYTES};
 use crate::api::node::NodeApi;
 use crate::api::tls::{self, ServerCertResolver};
 use crate::ca::Ca;
 use crate::config::Config;
 
-/// Largest request accepted on the node API (a full batch of RSA-4096 CSRs fits).
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest request accepted on the node API; [`GuardLayer`] sets tighter
+/// limits per method before decoding.
+const MAX_MESSAGE_BYTES: usize = MAX_BATCH_REQUEST_BYTES;
+
+/// Largest header block of a node-API request.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// The admin socket is for the CA's own user only.
 const ADMIN_SOCKET_MODE: u32 = 0o600;
 
@@ -72,8 +79,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     health_reporter.set_serving::<NodeServer<NodeApi>>().await;
     health_reporter.set_serving::<AdminServer<AdminApi>>().await;
 
+    let limits = &config.limits;
+    let tracker = ConnTracker::new(limits.clone());
+    tokio::spawn(
+        crate::api::revocation::run(ca.clone(), tracker.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("revocation")),
+    );
     let node_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(GuardLayer::new(ca.clone()))
         .add_service(
             NodeServer::new(NodeApi::new(ca.clone(), shutdown_rx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -81,7 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .add_service(health_service.clone())
         .serve_with_incoming_shutdown(
-            tls::incoming(listener, tls_config, shutdown_rx.clone()),
+            tls::incoming(listener, tls_config, tracker, shutdown_rx.clone()),
             wait_for(shutdown_rx.clone()),
         );
     let admin_routes =

@@ -22,9 +22,13 @@ use crate::unix_time::unix_seconds;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
-/// Most audiences one JWT-SVID request may name.
+
+/// Most audiences one JWT-SVID may name. With [`MAX_AUDIENCE_LEN`] this
+/// keeps every token the CA mints well below [`MAX_TOKEN_LEN`], so that a
+/// token that can be minted can also be validated.
 pub const MAX_AUDIENCES: usize = 16;
-/// Longest audience value, in bytes.
+
+/// Longest single audience, in bytes.
 pub const MAX_AUDIENCE_LEN: usize = 256;
 
 /// Why a JWT-SVID could not be made or is not valid.
@@ -67,6 +71,12 @@ pub enum JwtError {
     /// `aud` missing or empty.
     #[error("token has no audience")]
     MissingAudience,
+    /// More than [`MAX_AUDIENCES`] audiences.
+    #[error("a token may name at most {MAX_AUDIENCES} audiences, not {0}")]
+    TooManyAudiences(usize),
+    /// An audience over [`MAX_AUDIENCE_LEN`] bytes.
+    #[error("an audience may be at most {MAX_AUDIENCE_LEN} bytes, not {0}")]
+    AudienceTooLong(usize),
     /// None of the token's audiences is the one expected.
     #[error("token audience {actual:?} does not include {expected:?}")]
     AudienceMismatch {
@@ -136,7 +146,9 @@ impl Claims {
 /// Signs a JWT-SVID with an ECDSA P-256 key (ES256).
 ///
 /// # Errors
-/// [`JwtError::MissingAudience`] for no audience, [`JwtError::Sign`] when the
+/// [`JwtError::MissingAudience`] for no audience, [`JwtError::TooManyAudiences`]
+/// and [`JwtError::AudienceTooLong`] over the limits, [`JwtError::TooLong`]
+/// when the token would exceed [`MAX_TOKEN_LEN`], [`JwtError::Sign`] when the
 /// key is not P-256.
 pub fn sign_es256(
     key: &PrivateKey,
@@ -146,9 +158,7 @@ pub fn sign_es256(
     ttl: Duration,
     now: SystemTime,
 ) -> Result<String, JwtError> {
-    if audience.is_empty() || audience.iter().any(String::is_empty) {
-        return Err(JwtError::MissingAudience);
-    }
+    check_audiences(audience)?;
     let rng = SystemRandom::new();
     let pair = EcdsaKeyPair::from_pkcs8(
         &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -179,10 +189,31 @@ pub fn sign_es256(
     let sig = pair
         .sign(&rng, signing_input.as_bytes())
         .map_err(|e| JwtError::Sign(e.to_string()))?;
-    Ok(format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(sig.as_ref())
-    ))
+    let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(JwtError::TooLong);
+    }
+    Ok(token)
+}
+
+/// Checks a requested audience list against the limits every JWT-SVID
+/// honours: at least one, at most [`MAX_AUDIENCES`], none empty, none over
+/// [`MAX_AUDIENCE_LEN`] bytes.
+///
+/// # Errors
+/// [`JwtError::MissingAudience`], [`JwtError::TooManyAudiences`] or
+/// [`JwtError::AudienceTooLong`].
+pub fn check_audiences(audience: &[String]) -> Result<(), JwtError> {
+    if audience.is_empty() || audience.iter().any(String::is_empty) {
+        return Err(JwtError::MissingAudience);
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(JwtError::TooManyAudiences(audience.len()));
+    }
+    if let Some(long) = audience.iter().find(|a| a.len() > MAX_AUDIENCE_LEN) {
+        return Err(JwtError::AudienceTooLong(long.len()));
+    }
+    Ok(())
 }
 
 mod erased {
@@ -331,6 +362,33 @@ mod tests {
             bundle,
             SpiffeId::parse("spiffe://example.org/web").unwrap(),
         )
+    }
+
+    #[test]
+    fn audience_limits_are_enforced_when_signing() {
+        let (key, _, id) = setup();
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(60);
+        let at_limit: Vec<String> = (0..MAX_AUDIENCES)
+            .map(|i| format!("{i:0>width$}", width = MAX_AUDIENCE_LEN))
+            .collect();
+        let token = sign_es256(&key, "k1", &id, &at_limit, ttl, now).unwrap();
+        assert!(token.len() <= MAX_TOKEN_LEN);
+        let mut too_many = at_limit.clone();
+        too_many.push("one-more".into());
+        assert_eq!(
+            sign_es256(&key, "k1", &id, &too_many, ttl, now),
+            Err(JwtError::TooManyAudiences(MAX_AUDIENCES + 1))
+        );
+        let too_long = vec!["a".repeat(MAX_AUDIENCE_LEN + 1)];
+        assert_eq!(
+            sign_es256(&key, "k1", &id, &too_long, ttl, now),
+            Err(JwtError::AudienceTooLong(MAX_AUDIENCE_LEN + 1))
+        );
+        assert_eq!(
+            sign_es256(&key, "k1", &id, &[], ttl, now),
+            Err(JwtError::MissingAudience)
+        );
     }
 
     #[test]

@@ -205,4 +205,25 @@ impl Admin for AdminApi {
             bundle: Some(convert::bundle(&self.ca.bundle())),
         }))
     }
+
+    async fn evict_agent(
+        &self,
+        req: Request<pb::EvictAgentRequest>,
+    ) -> Result<Response<pb::EvictAgentResponse>, Status> {
+        super::admin_nodes::evict(&self.ca, &Self::caller(&req), req.into_inner()).await
+    }
+
+    async fn ban_agent(
+        &self,
+        req: Request<pb::BanAgentRequest>,
+    ) -> Result<Response<pb::BanAgentResponse>, Status> {
+        super::admin_nodes::ban(&self.ca, &Self::caller(&req), req.into_inner()).await
+    }
+
+    async fn unban_agent(
+        &self,
+        req: Request<pb::UnbanAgentRequest>,
+    ) -> Result<Response<pb::UnbanAgentResponse>, Status> {
+        super::admin_nodes::unban(&self.ca, &Self::caller(&req), req.into_inner()).await
+    }
 }

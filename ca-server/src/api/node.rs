@@ -8,7 +8,7 @@ use futures::Stream;
 use signet_identity::SpiffeId;
 use signet_proto::ca::v1 as pb;
 use signet_proto::ca::v1::node_server::Node;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -36,16 +36,16 @@ fn peer<T>(req: &Request<T>) -> Option<&PeerInfo> {
 }
 
 fn caller_label<T>(req: &Request<T>) -> String {
-    peer(req).map_or_else(
-        || "unknown".to_owned(),
-        |p| match &p.spiffe_id {
-            Some(id) => format!("{id}@{}", p.remote),
-            None => p.remote.to_string(),
-        },
-    )
+    super::guard::caller_label(peer(req))
 }
 
-/// The calling node, from its verified client certificate.
+/// The serial of the connection's client certificate.
+fn serial_of<T>(req: &Request<T>) -> Option<String> {
+    peer(req).and_then(|p| p.serial.clone())
+}
+
+/// The calling node, from its verified client certificate, which must be
+/// the node's current SVID or the one it was renewed from.
 fn node_of<T>(ca: &Ca, req: &Request<T>) -> Result<SpiffeId, CaError> {
     let id = peer(req).and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
         CaError::Unauthenticated("this call requires a node SVID as TLS client certificate".into())
@@ -55,8 +55,29 @@ fn node_of<T>(ca: &Ca, req: &Request<T>) -> Result<SpiffeId, CaError> {
             "the node SVID this connection was opened with has expired; reconnect with the current one".into(),
         ));
     }
-    ca.authorize_node(&id)?;
+    ca.authorize_node_svid(&id, serial_of(req).as_deref())?;
     Ok(id)
+}
+
+/// Resolves when `node`'s SVID `serial` is no longer honoured (evicted,
+/// banned, attested again), with the reason.
+async fn revoked(
+    ca: &Ca,
+    events: &mut broadcast::Receiver<SpiffeId>,
+    node: &SpiffeId,
+    serial: Option<&str>,
+) -> CaError {
+    loop {
+        match events.recv().await {
+            Ok(changed) if &changed != node => continue,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                if let Err(e) = ca.authorize_node_svid(node, serial) {
+                    return e;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
 }
 
 /// When the connection's client certificate expires.
@@ -113,10 +134,14 @@ impl Node for NodeApi {
             Err(e) => return Err(self.refuse(&req, "renew_node", e)),
         };
         let ca = self.ca.clone();
+        let serial = serial_of(&req);
         let csr = req.into_inner().csr;
         let node2 = node.clone();
-        let cert =
-            metrics::timed("renew_node", blocking(move || ca.renew_node(&node2, &csr))).await?;
+        let cert = metrics::timed(
+            "renew_node",
+            blocking(move || ca.renew_node(&node2, serial.as_deref(), &csr)),
+        )
+        .await?;
         Ok(Response::new(pb::RenewNodeSvidResponse {
             svid: Some(convert::svid(&node, &cert)),
         }))
@@ -185,8 +210,10 @@ impl Node for NodeApi {
     ) -> Result<Response<Self::WatchAuthorizedEntriesStream>, Status> {
         let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_entries", e))?;
         let deadline = credential_deadline(&req);
+        let serial = serial_of(&req);
         let (tx, rx) = mpsc::channel(4);
         let ca = self.ca.clone();
+        let mut events = ca.node_events();
         let mut revisions = ca.watch_entries();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -221,6 +248,10 @@ impl Node for NodeApi {
                         let _ = tx.send(Err(expired_status())).await;
                         return;
                     }
+                    e = revoked(&ca, &mut events, &node, serial.as_deref()) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
                 }
             }
         });
@@ -251,9 +282,11 @@ impl Node for NodeApi {
         &self,
         req: Request<pb::WatchBundleRequest>,
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
-        node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_bundle", e))?;
+        let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "watch_bundle", e))?;
         let deadline = credential_deadline(&req);
+        let serial = serial_of(&req);
         let ca = self.ca.clone();
+        let mut events = ca.node_events();
         let (tx, rx) = mpsc::channel(4);
         let mut bundles = self.ca.watch_bundle();
         let mut shutdown = self.shutdown.clone();
@@ -270,6 +303,10 @@ impl Node for NodeApi {
                     _ = tx.closed() => return,
                     _ = until(&ca, deadline) => {
                         let _ = tx.send(Err(expired_status())).await;
+                        return;
+                    }
+                    e = revoked(&ca, &mut events, &node, serial.as_deref()) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
                 }

@@ -2,6 +2,11 @@
 //! life), client certificates are optional at the handshake (attestation has
 //! none yet) and, when given, must be X.509-SVIDs of the current bundle. The
 //! verified peer identity travels to handlers as connection info.
+//!
+//! The listener bounds what callers can hold: handshakes time out, every
+//! connection takes a slot of [`ConnTracker`] before its handshake, and a
+//! connection closes when its kill switch fires (lifetime without a node
+//! SVID, credential expiry, revocation).
 
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -23,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::conns::{ConnTracker, KillSwitch, Slot};
 use crate::ca::Ca;
 
 /// What handlers learn about the caller's connection.
@@ -35,12 +41,45 @@ pub struct PeerInfo {
     /// When that certificate expires: a long-lived connection must not
     /// outlive its credential.
     pub not_after: Option<std::time::SystemTime>,
+    /// The serial of that certificate, lowercase hex: only the node's
+    /// current SVID and the one it was renewed from are honoured.
+    pub serial: Option<String>,
+    /// Batch signing calls this connection may have in flight.
+    pub batch_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// A TLS connection carrying its [`PeerInfo`].
+/// Most `BatchSignX509Svid` calls in flight on one connection: each may hold
+/// a 4 MiB request and its decoded items.
+pub const MAX_BATCHES_PER_CONNECTION: usize = 4;
+
+/// A TLS connection carrying its [`PeerInfo`], its place in the connection
+/// counts and its kill switch.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    kill: KillSwitch,
+    killed: bool,
+    // Freed when the connection is dropped.
+    _slot: Slot,
+}
+
+impl TlsConn {
+    /// Whether the kill switch has fired; polls it (and registers the waker)
+    /// until it does.
+    fn poll_killed(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.killed && self.kill.as_mut().poll(cx).is_ready() {
+            self.killed = true;
+            tracing::debug!(remote = %self.info.remote, "closing the connection: lifetime over or credential revoked");
+        }
+        self.killed
+    }
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "connection lifetime over or credential revoked",
+    )
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -56,6 +95,9 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.poll_killed(cx) {
+            return Poll::Ready(Err(closed()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -66,6 +108,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.poll_killed(cx) {
+            return Poll::Ready(Err(closed()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -79,6 +124,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.poll_killed(cx) {
+            return Poll::Ready(Err(closed()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -207,6 +255,8 @@ impl ServerCertResolver {
 fn issue_server_cert(ca: &Ca) -> anyhow::Result<(CertifiedKey, std::time::SystemTime)> {
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = signet_identity::x509::VerifiedCsr::from_der(&key.csr_der()?)?;
+    // The reserved CA identity: agents require it of the CA after bootstrap,
+    // and no registration entry can claim it.
     let id = signet_identity::reserved::ca_server_id(&ca.config().trust_domain);
     let ttl = ca.config().node_svid_ttl;
     let cert = ca
@@ -250,34 +300,59 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts TCP connections, completes TLS handshakes off the accept loop and
+/// Shortest and longest pause after a failed `accept` (EMFILE, ENFILE,
+/// ENOBUFS...): the error repeats until descriptors come back, and retrying
+/// at once would spin a core.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts TCP connections within the caps of `tracker`, completes TLS
+/// handshakes off the accept loop (each within the handshake timeout) and
 /// yields connections with their verified peer identity.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    tracker: Arc<ConnTracker>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(128);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let (tcp, remote) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(c) => c,
+                    Ok(c) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        c
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 },
                 _ = shutdown.changed() => return,
             };
+            let slot = match tracker.admit(remote.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    // Closed at once: the descriptor comes straight back.
+                    tracing::debug!(%remote, reason = %why, "connection refused");
+                    drop(tcp);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let handshake_timeout = tracker.limits().tls_handshake_timeout;
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
                 let stream = match handshake {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -289,34 +364,84 @@ pub fn incoming(
                         return;
                     }
                 };
-                let leaf = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first());
-                let spiffe_id = leaf
-                    .and_then(|leaf| signet_identity::x509::check_certificate(leaf).ok())
-                    .and_then(|report| report.spiffe_id);
-                let not_after = leaf.and_then(|leaf| {
-                    use x509_parser::prelude::FromDer;
-                    x509_parser::prelude::X509Certificate::from_der(leaf)
-                        .ok()
-                        .map(|(_, c)| {
-                            std::time::SystemTime::from(c.validity().not_after.to_datetime())
-                        })
-                });
-                let _ = tx
-                    .send(Ok(TlsConn {
-                        inner: stream,
-                        info: PeerInfo {
-                            remote,
-                            spiffe_id,
-                            not_after,
-                        },
-                    }))
-                    .await;
+                let Some(conn) = admit_peer(stream, remote, slot) else {
+                    return;
+                };
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Reads the verified client certificate (if any) and moves the connection
+/// into the node's counts, or leaves it unauthenticated with its short
+/// lifetime. `None` when the node has too many connections already.
+fn admit_peer(
+    stream: TlsStream<TcpStream>,
+    remote: std::net::SocketAddr,
+    mut slot: Slot,
+) -> Option<TlsConn> {
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first());
+    let spiffe_id = leaf
+        .and_then(|leaf| signet_identity::x509::check_certificate(leaf).ok())
+        .and_then(|report| report.spiffe_id);
+    let parsed = leaf.and_then(|leaf| {
+        use x509_parser::prelude::FromDer;
+        x509_parser::prelude::X509Certificate::from_der(leaf)
+            .ok()
+            .map(|(_, c)| {
+                (
+                    std::time::SystemTime::from(c.validity().not_after.to_datetime()),
+                    serial_hex(c.raw_serial()),
+                )
+            })
+    });
+    let not_after = parsed.as_ref().map(|(t, _)| *t);
+    let serial = parsed.map(|(_, s)| s);
+    let kill = match (&spiffe_id, &serial, not_after) {
+        (Some(id), Some(serial), Some(not_after)) => {
+            match slot.authenticate(id.clone(), serial.clone(), not_after) {
+                Ok(kill) => kill,
+                Err(why) => {
+                    tracing::info!(%remote, node = %id, reason = %why, "connection refused");
+                    return None;
+                }
+            }
+        }
+        _ => match slot.stay_unauthenticated() {
+            Ok(kill) => kill,
+            Err(why) => {
+                tracing::debug!(%remote, reason = %why, "connection refused");
+                return None;
+            }
+        },
+    };
+    Some(TlsConn {
+        inner: stream,
+        info: PeerInfo {
+            remote,
+            spiffe_id,
+            not_after,
+            serial,
+            batch_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_PER_CONNECTION)),
+        },
+        kill,
+        killed: false,
+        _slot: slot,
+    })
+}
+
+/// A certificate serial as the CA records it: lowercase hex of the
+/// big-endian bytes, without leading zero bytes.
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    hex::encode(&raw[start..])
 }

@@ -55,6 +55,9 @@ impl Ca {
                 JwtError::MissingAudience => CaError::InvalidArgument(
                     "a JWT-SVID needs at least one non-empty audience".into(),
                 ),
+                e @ (JwtError::TooManyAudiences(_)
+                | JwtError::AudienceTooLong(_)
+                | JwtError::TooLong) => CaError::InvalidArgument(e.to_string()),
                 other => CaError::Internal(other.to_string()),
             })?;
             self.auditor.durable(vec![AuditRecord {

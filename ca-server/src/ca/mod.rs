@@ -6,6 +6,7 @@
 //! One concern per file: `error` (what can fail), `signing` (the signing
 //! state, its rotation, the authority list), `bundle`, `issue` (X.509-SVIDs and their
 //! lifetimes), `jwt`, `nodes` (attestation, renewal, authorization),
+//! `revocation` (current node SVIDs, eviction and bans),
 //! `entries` (registration entries and join tokens), `audit` (the auditor),
 //! `authorities` (the key store), `time` (integer/time conversions).
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod issue;
 pub mod jwt;
 pub mod nodes;
+pub mod revocation;
 pub mod signing;
 pub mod time;
 
@@ -58,6 +60,7 @@ pub struct Ca {
     rotation: Mutex<()>,
     bundle: watch::Sender<Arc<TrustBundle>>,
     entries: watch::Sender<u64>,
+    node_events: tokio::sync::broadcast::Sender<signet_identity::SpiffeId>,
     clock: Clock,
 }
 
@@ -115,6 +118,7 @@ impl Ca {
             rotation: Mutex::new(()),
             bundle: bundle_tx,
             entries: entries_tx,
+            node_events: tokio::sync::broadcast::channel(revocation::NODE_EVENTS_CAPACITY).0,
             clock,
         })
     }

@@ -52,7 +52,7 @@ impl Ca {
             let csr = parse_csr(csr)?;
             let hash = token_hash(token);
             let now = unix(self.now());
-            self.store.transaction(|tx| {
+            let attested = self.store.transaction(|tx| {
                 let name = match store::token_state(tx, &hash, now)? {
                     TokenState::Valid(name) => name,
                     TokenState::Unknown => {
@@ -67,6 +67,7 @@ impl Ca {
                         return Err(CaError::PermissionDenied("join token has expired".into()));
                     }
                 };
+                self.check_not_banned(tx, &name)?;
                 let id = self.node_id(&name)?;
                 let cert = self.sign(&csr, &id, &[], self.config.node_svid_ttl)?;
                 store::consume_token(tx, &hash, now)?;
@@ -79,11 +80,15 @@ impl Ca {
                     unix(cert.not_after),
                     NodeEvent::Attested,
                 )?;
+                // A new attestation retires every earlier SVID of the node.
+                store::nodes_ban::set_previous_serial(tx, id.as_str(), "")?;
                 self.auditor
                     .durable_in(tx, &issued_record(caller, "attest_node", &id, &cert, now))?;
                 tracing::info!(node = %id, serial = %cert.serial_hex(), "node attested");
                 Ok((id, cert))
-            })
+            })?;
+            self.announce_node_change(&attested.0);
+            Ok(attested)
         })
     }
 
@@ -108,18 +113,26 @@ impl Ca {
         Ok(())
     }
 
-    /// Issues a fresh node SVID to an authenticated node.
+    /// Issues a fresh node SVID to an authenticated node presenting its
+    /// current node SVID (serial `presented`); see [`super::revocation`].
     ///
     /// # Errors
-    /// InvalidArgument for a bad CSR; PermissionDenied for an unknown node;
-    /// Unavailable when the audit log cannot be written.
-    pub fn renew_node(&self, node: &SpiffeId, csr: &[u8]) -> Result<IssuedCert, CaError> {
+    /// InvalidArgument for a bad CSR; PermissionDenied for an unknown node
+    /// or a superseded SVID; Unavailable when the audit log cannot be
+    /// written.
+    pub fn renew_node(
+        &self,
+        node: &SpiffeId,
+        presented: Option<&str>,
+        csr: &[u8],
+    ) -> Result<IssuedCert, CaError> {
         self.refusing(node.as_str(), "renew_node", node.as_str(), || {
             self.authorize_node(node)?;
             let csr = parse_csr(csr)?;
             let now = unix(self.now());
             let name = self.node_name(node).unwrap_or_default().to_owned();
-            self.store.transaction(|tx| {
+            let cert = self.store.transaction(|tx| {
+                let previous = self.check_renewal(tx, node, presented)?;
                 let cert = self.sign(&csr, node, &[], self.config.node_svid_ttl)?;
                 store::upsert_node(
                     tx,
@@ -130,12 +143,15 @@ impl Ca {
                     unix(cert.not_after),
                     NodeEvent::Renewed,
                 )?;
+                store::nodes_ban::set_previous_serial(tx, node.as_str(), &previous)?;
                 self.auditor.durable_in(
                     tx,
                     &issued_record(node.as_str(), "renew_node", node, &cert, now),
                 )?;
-                Ok(cert)
-            })
+                Ok::<_, CaError>(cert)
+            })?;
+            self.announce_node_change(node);
+            Ok(cert)
         })
     }
 
@@ -191,7 +207,10 @@ mod tests {
         let node = testing::attest(&ca, "n1");
 
         clock.advance(Duration::from_secs(600));
-        let cert = ca.renew_node(&node, &testing::csr()).unwrap();
+        let current = ca.nodes().unwrap().pop().unwrap().last_serial;
+        let cert = ca
+            .renew_node(&node, Some(&current), &testing::csr())
+            .unwrap();
         let row = ca.nodes().unwrap().pop().unwrap();
         assert_eq!(row.attested_at, attested_at, "renewal is not attestation");
         assert_eq!(row.last_serial, cert.serial_hex());

@@ -59,6 +59,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE nodes ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;",
     // 3: retention deletes the oldest audit records by time.
     "CREATE INDEX audit_by_at ON audit (at);",
+    // 4: the node SVID the current one was renewed from (still honoured),
+    // and node names refused attestation.
+    "ALTER TABLE nodes ADD COLUMN prev_serial TEXT NOT NULL DEFAULT '';
+     CREATE TABLE banned_nodes (name TEXT PRIMARY KEY, banned_at INTEGER NOT NULL);",
 ];
 
 /// The schema version this build writes.

@@ -4,6 +4,7 @@
 
 mod audit;
 mod migrations;
+pub mod nodes_ban;
 
 pub use audit::AuditLog;
 

@@ -7,6 +7,7 @@ mod authority;
 mod bundle;
 mod entry;
 mod mint;
+mod nodes;
 mod status;
 mod token;
 
@@ -63,6 +64,8 @@ enum Command {
 enum AgentCommand {
     /// List attested agents: bundle sequence served, SVIDs held, last report.
     List,
+    #[command(flatten)]
+    Lifecycle(nodes::NodeLifecycle),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -202,6 +205,9 @@ pub fn run(args: Args, format: Format) -> anyhow::Result<()> {
             }
             Command::Mint(mint_args) => mint::run(&mut client, mint_args, format).await,
             Command::Agent(AgentCommand::List) => agent::list(&mut client, format).await,
+            Command::Agent(AgentCommand::Lifecycle(cmd)) => {
+                nodes::run(&mut client, cmd, format).await
+            }
             Command::Status => status::run(&mut client, format).await,
         }
     })

@@ -14,6 +14,7 @@ mod bootstrap;
 mod cli;
 mod delivery;
 mod denied;
+mod evicted;
 mod jwt;
 mod metrics;
 mod node_state;

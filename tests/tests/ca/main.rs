@@ -11,8 +11,10 @@
 
 mod authorization;
 mod cli;
+mod evict;
 mod health;
 mod issuance;
+mod limits;
 mod mtls;
 mod restart;
 mod status;

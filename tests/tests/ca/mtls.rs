@@ -172,7 +172,7 @@ async fn minted_svids_authenticate_each_other_and_a_foreign_ca_is_refused() {
 }
 
 #[tokio::test]
-async fn the_ca_serves_its_own_svid_on_the_node_port() {
+async fn the_ca_serves_its_own_svid_with_the_reserved_ca_id_on_the_node_port() {
     let ca = CaProcess::start(CaOptions::default()).await.unwrap();
     let roots = ca.bundle().unwrap().x509_authorities().to_vec();
     let mut config = ClientConfig::builder_with_provider(crypto_provider())
@@ -198,7 +198,11 @@ async fn the_ca_serves_its_own_svid_on_the_node_port() {
         .iter()
         .map(|c| c.clone().into_owned())
         .collect();
-    crate::assert_leaf_profile(&chain[0], &ca.id("/signet/ca"), &["localhost"]);
+    // The reserved CA identity as the one URI SAN (agents require it after
+    // bootstrap), beside the DNS name clients ask for.
+    let reserved = signet_identity::reserved::ca_server_id(ca.trust_domain());
+    assert_eq!(reserved.as_str(), ca.id("/signet/ca"));
+    crate::assert_leaf_profile(&chain[0], reserved.as_str(), &["localhost"]);
     let (ok, out) =
         signet_tests::openssl_verify(signet_tests::Purpose::SslServer, &ca.bundle_path(), &chain)
             .unwrap();

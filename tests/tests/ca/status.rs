@@ -73,7 +73,7 @@ async fn status_shows_authorities_agents_and_the_last_audit_write() {
     assert!(left > 364 * 86400 && left <= 365 * 86400, "{root:#}");
     let audit = &v["last_audit"];
     assert!(audit["at"].is_string(), "{v:#}");
-    assert_eq!(audit["action"], "prepare_jwt", "{v:#}");
+    assert_eq!(audit["action"], "create_jwt", "{v:#}");
     assert_eq!(audit["result"], "ok", "{v:#}");
 
     let text = ca.signet_ca(["status"]).await.unwrap().ok().unwrap().stdout;
@@ -97,7 +97,7 @@ async fn status_shows_authorities_agents_and_the_last_audit_write() {
     assert!(row("silent").contains("never"), "{text}");
     // The last audited action was the JWT key rotation (status reports are
     // not audited).
-    assert!(text.contains("): prepare_jwt ok by admin"), "{text}");
+    assert!(text.contains("): create_jwt ok by admin"), "{text}");
     let root_row = text
         .lines()
         .find(|l| l.contains(" root "))
