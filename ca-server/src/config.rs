@@ -10,10 +10,10 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use signet_identity::TrustDomain;
 
-/// Trust domain used when none is configured.
-pub const DEFAULT_TRUST_DOMAIN: &str = "signet.local";
-/// Listen address used when none is configured.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Trust domain used when none is configured (the agent's default too).
+pub use signet_service::DEFAULT_TRUST_DOMAIN;
+/// Listen address used when none is configured: where agents look by default.
+pub const DEFAULT_LISTEN: &str = signet_service::DEFAULT_CA_ADDRESS;
 /// Data directory used when none is configured (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "signet-data";
 
@@ -174,15 +174,7 @@ impl Config {
     /// # Errors
     /// Unreadable file, unknown keys, invalid values.
     pub fn load(file: Option<&Path>, flags: Settings) -> anyhow::Result<Self> {
-        let from_file = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<Settings>(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => Settings::default(),
-        };
+        let from_file = signet_service::read_settings::<Settings>(file)?;
         Self::resolve(from_file, flags)
     }
 
@@ -211,18 +203,15 @@ impl Config {
             file.server_names.clone()
         } else {
             defaulted.push("server_names");
-            vec!["localhost".to_owned()]
+            vec![signet_service::DEFAULT_CA_SERVER_NAME.to_owned()]
         };
         for name in &server_names {
             signet_identity::x509::issue::validate_dns_name(name)
                 .with_context(|| "invalid server_names")?;
         }
         let log_format = pick!(log_format, "text".to_owned());
-        let log_json = match log_format.as_str() {
-            "text" => false,
-            "json" => true,
-            other => bail!("log_format must be text or json, not {other:?}"),
-        };
+        let log_json =
+            signet_service::LogFormat::parse(Some(&log_format))? == signet_service::LogFormat::Json;
         let root_ttl = pick!(root_ttl, Duration::from_secs(365 * 24 * 3600));
         let intermediate_ttl = pick!(intermediate_ttl, Duration::from_secs(7 * 24 * 3600));
         let default_x509_svid_ttl = pick!(default_x509_svid_ttl, Duration::from_secs(3600));

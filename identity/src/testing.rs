@@ -14,8 +14,8 @@ use crate::bundle::{BundleError, TrustBundle};
 use crate::keys::{KeyError, KeyType, PrivateKey};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::x509::{
-    CsrError, IssueError, SigningAuthority, SigningCaParams, VerifiedCsr, X509SvidParams,
-    issue_x509_svid, new_root,
+    CsrError, IssueError, IssuedCert, SigningAuthority, SigningCaParams, VerifiedCsr,
+    X509SvidParams, issue_x509_svid, new_root,
 };
 
 /// How long a test root is valid: from [`ROOT_BACKDATE`] ago for this long.
@@ -118,22 +118,38 @@ impl TestCa {
         ttl: Duration,
     ) -> Result<TestSvid, TestPkiError> {
         let key = PrivateKey::generate(KeyType::EcdsaP256)?;
-        let csr = VerifiedCsr::from_der(&key.csr_der()?)?;
-        let params = X509SvidParams {
-            spiffe_id: spiffe_id.clone(),
-            dns_names: vec![],
-            ttl,
-            backdate: Duration::ZERO,
-        };
-        let issued = issue_x509_svid(&csr, &params, &self.authority, not_before)?;
+        let issued = self.issue_for(&key, spiffe_id, &[], not_before, ttl)?;
         Ok(TestSvid {
-            spiffe_id: params.spiffe_id,
+            spiffe_id: spiffe_id.clone(),
             serial: issued.serial_hex(),
             chain: issued.chain,
             key,
             not_before: issued.not_before,
             not_after: issued.not_after,
         })
+    }
+
+    /// An SVID for `key` (made elsewhere, e.g. by the code under test) with
+    /// `dns_names` beside the SPIFFE ID, valid from `not_before` for `ttl`.
+    ///
+    /// # Errors
+    /// As [`issue_x509_svid`]; a DNS name the issuance profile refuses.
+    pub fn issue_for(
+        &self,
+        key: &PrivateKey,
+        spiffe_id: &SpiffeId,
+        dns_names: &[&str],
+        not_before: SystemTime,
+        ttl: Duration,
+    ) -> Result<IssuedCert, TestPkiError> {
+        let csr = VerifiedCsr::from_der(&key.csr_der()?)?;
+        let params = X509SvidParams {
+            spiffe_id: spiffe_id.clone(),
+            dns_names: dns_names.iter().map(|d| (*d).to_owned()).collect(),
+            ttl,
+            backdate: Duration::ZERO,
+        };
+        Ok(issue_x509_svid(&csr, &params, &self.authority, not_before)?)
     }
 }
 

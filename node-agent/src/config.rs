@@ -11,20 +11,16 @@ use signet_identity::{SpiffeIdError, TrustDomain};
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has unknown keys.
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
+    /// The file cannot be read or parsed (unknown keys included), or
+    /// `log_format` is neither text nor json.
+    #[error(transparent)]
+    Settings(#[from] signet_service::SettingsError),
+    /// `ca_address` is not `host:port`.
+    #[error("ca_address must be host:port with a port from 1 to 65535, not {0:?}")]
+    CaAddress(String),
+    /// `ca_server_name` is neither a DNS name nor an IP address.
+    #[error("ca_server_name must be a DNS name or an IP address, not {0:?}")]
+    CaServerName(String),
     /// An invalid trust domain.
     #[error("invalid trust_domain {value:?}: {source}")]
     TrustDomain {
@@ -35,9 +31,6 @@ pub enum ConfigError {
     /// More than one first-start trust source.
     #[error("give only one of trust_bundle, ca_root_hash and insecure_bootstrap")]
     BootstrapConflict,
-    /// An unknown log format.
-    #[error("log_format must be text or json, not {0:?}")]
-    LogFormat(String),
     /// `svid_dir` without the ID to write there.
     #[error("svid_dir needs svid_dir_spiffe_id")]
     SvidDirWithoutId,
@@ -156,25 +149,13 @@ impl Config {
     /// # Errors
     /// Unreadable file, unknown keys, invalid values.
     pub fn load(file: Option<&Path>, flags: Settings) -> Result<Self, ConfigError> {
-        let f = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                toml::from_str::<Settings>(&text).map_err(|source| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    source,
-                })?
-            }
-            None => Settings::default(),
-        };
+        let f = signet_service::read_settings::<Settings>(file)?;
         macro_rules! pick {
             ($field:ident) => {
                 flags.$field.clone().or(f.$field.clone())
             };
         }
-        let td = pick!(trust_domain).unwrap_or_else(|| "signet.local".into());
+        let td = pick!(trust_domain).unwrap_or_else(|| signet_service::DEFAULT_TRUST_DOMAIN.into());
         let trust_domain = TrustDomain::new(&td).map_err(|source| ConfigError::TrustDomain {
             value: td.clone(),
             source,
@@ -191,11 +172,16 @@ impl Config {
             (None, None, false) => Bootstrap::None,
             _ => return Err(ConfigError::BootstrapConflict),
         };
-        let log_json = match pick!(log_format).as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => return Err(ConfigError::LogFormat(other.to_owned())),
-        };
+        let log_json = signet_service::LogFormat::parse(pick!(log_format).as_deref())?
+            == signet_service::LogFormat::Json;
+        let ca_address =
+            pick!(ca_address).unwrap_or_else(|| signet_service::DEFAULT_CA_ADDRESS.into());
+        check_ca_address(&ca_address)?;
+        let ca_server_name =
+            pick!(ca_server_name).unwrap_or_else(|| signet_service::DEFAULT_CA_SERVER_NAME.into());
+        if rustls_pki_types::ServerName::try_from(ca_server_name.as_str()).is_err() {
+            return Err(ConfigError::CaServerName(ca_server_name));
+        }
         let files = match pick!(svid_dir) {
             None => None,
             Some(dir) => {
@@ -214,8 +200,8 @@ impl Config {
         };
         Ok(Self {
             trust_domain,
-            ca_address: pick!(ca_address).unwrap_or_else(|| "127.0.0.1:8443".into()),
-            ca_server_name: pick!(ca_server_name).unwrap_or_else(|| "localhost".into()),
+            ca_address,
+            ca_server_name,
             workload_api_socket: pick!(workload_api_socket)
                 .unwrap_or_else(|| Path::new(DEFAULT_PUBLIC_DIR).join("api.sock")),
             sds_socket: pick!(sds_socket)
@@ -229,6 +215,29 @@ impl Config {
             metrics_listen: pick!(metrics_listen),
         })
     }
+}
+
+/// Checks that `address` is `host:port` (a name, an IPv4 address, or an
+/// IPv6 address in brackets) before anything tries to connect to it, so
+/// that a typo is reported at start-up instead of as endless retries.
+///
+/// # Errors
+/// [`ConfigError::CaAddress`] otherwise.
+pub fn check_ca_address(address: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::CaAddress(address.to_owned());
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(bad()),
+    }
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && !host.contains(['[', ']', ':', '/', ' '])
+            && rustls_pki_types::ServerName::try_from(host).is_ok()
+    };
+    if host_ok { Ok(()) } else { Err(bad()) }
 }
 
 /// Parses `sha256:<64 hex>` (the prefix is optional).
@@ -289,5 +298,39 @@ mod tests {
         let s: Settings = toml::from_str("metrics_listen = \"127.0.0.1:9091\"").unwrap();
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9091".parse().unwrap()));
         assert!(toml::from_str::<Settings>("metrics_listen = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn ca_addresses_are_checked_before_use() {
+        for (address, ok) in [
+            ("127.0.0.1:8443", true),
+            ("signet-ca.signet.svc:8443", true),
+            ("[::1]:8443", true),
+            ("localhost", false),
+            ("localhost:0", false),
+            ("localhost:99999", false),
+            (":8443", false),
+            ("::1:8443", false),
+            ("https://ca:8443", false),
+            ("ca host:8443", false),
+        ] {
+            assert_eq!(check_ca_address(address).is_ok(), ok, "{address}");
+        }
+        let flags = Settings {
+            ca_address: Some("nowhere".into()),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::load(None, flags),
+            Err(ConfigError::CaAddress(_))
+        ));
+        let flags = Settings {
+            log_format: Some("xml".into()),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::load(None, flags),
+            Err(ConfigError::Settings(_))
+        ));
     }
 }

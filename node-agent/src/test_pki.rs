@@ -1,39 +1,30 @@
-//! A throwaway CA for the agent's unit tests: a root that signs SVIDs with
-//! chosen SPIFFE IDs and DNS names, as signet-ca would.
+//! The agent's unit tests' view of the shared test PKI
+//! (`signet_identity::testing`): a root that signs SVIDs with chosen SPIFFE
+//! IDs and DNS names, as signet-ca would, with the fields these tests read.
 
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
-use signet_identity::x509::{
-    IssuedCert, SigningAuthority, SigningCaParams, VerifiedCsr, X509SvidParams, issue_x509_svid,
-    new_root,
-};
+use signet_identity::x509::IssuedCert;
 use signet_identity::{KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 
+/// How long the SVIDs of these tests live, from a minute ago.
+const SVID_TTL: Duration = Duration::from_secs(3600);
+const SVID_BACKDATE: Duration = Duration::from_secs(60);
+
 pub(crate) struct TestCa {
-    pub(crate) authority: SigningAuthority,
+    inner: signet_identity::testing::TestCa,
     pub(crate) root: CertificateDer<'static>,
     pub(crate) bundle: TrustBundle,
 }
 
 impl TestCa {
     pub(crate) fn new(td: &str) -> Self {
-        let td = TrustDomain::new(td).unwrap();
-        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        let params = SigningCaParams {
-            trust_domain: td.clone(),
-            ttl: Duration::from_secs(86400),
-            backdate: Duration::from_secs(3600),
-        };
-        let root = new_root(&params, &key, SystemTime::now()).unwrap();
-        let authority = SigningAuthority::new(td.clone(), root.clone(), vec![], key).unwrap();
-        let bundle = TrustBundle::new(td)
-            .with_x509_authorities([root.clone()])
-            .unwrap();
+        let inner = signet_identity::testing::TestCa::new(TrustDomain::new(td).unwrap()).unwrap();
         Self {
-            authority,
-            root,
-            bundle,
+            root: inner.root().clone(),
+            bundle: inner.bundle().clone(),
+            inner,
         }
     }
 
@@ -46,13 +37,14 @@ impl TestCa {
 
     /// An SVID for `key`.
     pub(crate) fn issue_for(&self, key: &PrivateKey, id: &str, dns_names: &[&str]) -> IssuedCert {
-        let csr = VerifiedCsr::from_der(&key.csr_der().unwrap()).unwrap();
-        let params = X509SvidParams {
-            spiffe_id: SpiffeId::parse(id).unwrap(),
-            dns_names: dns_names.iter().map(|d| (*d).to_owned()).collect(),
-            ttl: Duration::from_secs(3600),
-            backdate: Duration::from_secs(60),
-        };
-        issue_x509_svid(&csr, &params, &self.authority, SystemTime::now()).unwrap()
+        self.inner
+            .issue_for(
+                key,
+                &SpiffeId::parse(id).unwrap(),
+                dns_names,
+                SystemTime::now() - SVID_BACKDATE,
+                SVID_TTL + SVID_BACKDATE,
+            )
+            .unwrap()
     }
 }

@@ -321,7 +321,12 @@ async fn connections_per_node_are_capped() {
     if let Ok(client) = fourth {
         let err = list(client).await.expect_err("over the per-node cap");
         assert!(
-            matches!(err.code(), Code::Unavailable | Code::Unknown),
+            // The close reaches the client as a transport failure; which
+            // code hyper's error maps to depends on when it lands.
+            matches!(
+                err.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled
+            ),
             "{err:?}"
         );
     }
