@@ -18,3 +18,7 @@ pub mod workload {
 /// Conversions between these messages and the identity crate's types.
 #[warn(clippy::all)]
 pub mod convert;
+
+/// Counting a request body's size and batch items on the wire.
+#[warn(clippy::all)]
+pub mod wire_scan;

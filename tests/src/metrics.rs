@@ -13,10 +13,17 @@ use anyhow::{Context as _, bail};
 /// A loopback address with a port free at the time of the call, for
 /// `--metrics-listen`.
 ///
+/// Each call of a test process gets its own address in 127.0.0.2–254, so
+/// that the probed port cannot be handed out again to another server of the
+/// same test before it binds: node APIs and other probes use 127.0.0.1.
+///
 /// # Errors
 /// No port can be bound.
 pub fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 2 + n % 253);
+    let l = std::net::TcpListener::bind((ip, 0)).context("finding a free port")?;
     Ok(l.local_addr()?)
 }
 

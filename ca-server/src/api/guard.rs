@@ -31,8 +31,7 @@ pub const MAX_JWT_REQUEST_BYTES: usize = 16 * 1024;
 /// Largest request of every other method (they carry a few scalars).
 pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
 
-/// The gRPC frame header: compression flag and big-endian length.
-const FRAME_HEADER: usize = 5;
+use signet_proto::wire_scan::{BodyScan as Scan, FRAME_HEADER, ScanError};
 
 /// What a method requires of its caller and its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +232,7 @@ impl http_body::Body for Limited {
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
-            && let Err(status) = this.scan.feed(data)
+            && let Err(status) = this.scan.feed(data).map_err(scan_status)
         {
             this.failed = true;
             tracing::info!(error = %status.message(), "request refused before decoding");
@@ -254,166 +253,11 @@ impl http_body::Body for Limited {
     }
 }
 
-/// Counts the bytes of a request body and, for a batch, the top-level
-/// field-1 (`items`) records of each gRPC message, without decoding them.
-#[derive(Debug)]
-struct Scan {
-    max_body: usize,
-    seen: usize,
-    max_items: Option<usize>,
-    items: usize,
-    frame: FrameState,
-}
-
-#[derive(Debug)]
-enum FrameState {
-    Header {
-        buf: [u8; FRAME_HEADER],
-        have: usize,
-    },
-    Message {
-        left: usize,
-        field: Field,
-    },
-}
-
-#[derive(Debug)]
-enum Field {
-    Tag { acc: u64, shift: u32 },
-    Varint,
-    Len { acc: u64, shift: u32 },
-    Skip(u64),
-}
-
-/// One more byte of a varint: `Some(value)` when it ends here, `None` when
-/// more follow; `Err` when it is longer than 64 bits.
-fn varint_step(acc: &mut u64, shift: &mut u32, b: u8) -> Result<Option<u64>, ()> {
-    if *shift > 63 {
-        return Err(());
-    }
-    *acc |= u64::from(b & 0x7f) << *shift;
-    *shift += 7;
-    Ok((b & 0x80 == 0).then_some(*acc))
-}
-
-const NEW_TAG: Field = Field::Tag { acc: 0, shift: 0 };
-
-impl Scan {
-    fn new(max_body: usize, max_items: Option<usize>) -> Self {
-        Self {
-            max_body,
-            seen: 0,
-            max_items,
-            items: 0,
-            frame: FrameState::Header {
-                buf: [0; FRAME_HEADER],
-                have: 0,
-            },
-        }
-    }
-
-    fn feed(&mut self, mut data: &[u8]) -> Result<(), Status> {
-        self.seen = self.seen.saturating_add(data.len());
-        if self.seen > self.max_body {
-            return Err(Status::resource_exhausted(format!(
-                "request is larger than {} bytes",
-                self.max_body - FRAME_HEADER
-            )));
-        }
-        let Some(max_items) = self.max_items else {
-            return Ok(());
-        };
-        while let Some((&b, rest)) = data.split_first() {
-            match &mut self.frame {
-                FrameState::Header { buf, have } => {
-                    buf[*have] = b;
-                    *have += 1;
-                    data = rest;
-                    if *have == FRAME_HEADER {
-                        if buf[0] != 0 {
-                            // Compressed: not accepted by the server anyway,
-                            // and nothing to count without inflating it.
-                            self.max_items = None;
-                            return Ok(());
-                        }
-                        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-                        self.frame = FrameState::Message {
-                            left: len as usize,
-                            field: NEW_TAG,
-                        };
-                    }
-                }
-                FrameState::Message { left, .. } if *left == 0 => {
-                    self.frame = FrameState::Header {
-                        buf: [0; FRAME_HEADER],
-                        have: 0,
-                    };
-                }
-                FrameState::Message { left, field } => {
-                    if let Field::Skip(n) = field {
-                        let k = data
-                            .len()
-                            .min(*left)
-                            .min(usize::try_from(*n).unwrap_or(usize::MAX));
-                        data = &data[k..];
-                        *left -= k;
-                        *n -= k as u64;
-                        if *n == 0 {
-                            *field = NEW_TAG;
-                        }
-                        continue;
-                    }
-                    data = rest;
-                    *left -= 1;
-                    let next = match field {
-                        Field::Tag { acc, shift } => match varint_step(acc, shift, b) {
-                            Err(()) => None,
-                            Ok(None) => continue,
-                            Ok(Some(tag)) => {
-                                let (number, wire) = (tag >> 3, tag & 7);
-                                if number == 1 && wire == 2 {
-                                    self.items += 1;
-                                    if self.items > max_items {
-                                        return Err(Status::invalid_argument(format!(
-                                            "batch has more than {max_items} items; the limit is {max_items}"
-                                        )));
-                                    }
-                                }
-                                match wire {
-                                    0 => Some(Field::Varint),
-                                    1 => Some(Field::Skip(8)),
-                                    2 => Some(Field::Len { acc: 0, shift: 0 }),
-                                    5 => Some(Field::Skip(4)),
-                                    _ => None,
-                                }
-                            }
-                        },
-                        Field::Varint => Some(if b & 0x80 == 0 {
-                            NEW_TAG
-                        } else {
-                            Field::Varint
-                        }),
-                        Field::Len { acc, shift } => match varint_step(acc, shift, b) {
-                            Err(()) => None,
-                            Ok(None) => continue,
-                            Ok(Some(0)) => Some(NEW_TAG),
-                            Ok(Some(n)) => Some(Field::Skip(n)),
-                        },
-                        Field::Skip(_) => Some(NEW_TAG),
-                    };
-                    match next {
-                        Some(f) => *field = f,
-                        None => {
-                            // Not protobuf we can follow; the decoder will
-                            // refuse it, and the size cap still holds.
-                            self.max_items = None;
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+/// The gRPC status of a body the scanner refused.
+fn scan_status(e: ScanError) -> Status {
+    match e {
+        ScanError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -448,9 +292,9 @@ mod tests {
     fn scan(bytes: &[u8], chunk: usize, max_items: usize) -> Result<usize, Status> {
         let mut s = Scan::new(1 << 30, Some(max_items));
         for part in bytes.chunks(chunk) {
-            s.feed(part)?;
+            s.feed(part).map_err(scan_status)?;
         }
-        Ok(s.items)
+        Ok(s.items())
     }
 
     #[test]
@@ -507,7 +351,7 @@ mod tests {
                 }
                 rest = tail;
             }
-            assert!(s.items <= 4);
+            assert!(s.items() <= 4);
         }
     }
 
@@ -516,7 +360,7 @@ mod tests {
         let mut s = Scan::new(10, None);
         s.feed(&[0; 10]).unwrap();
         assert_eq!(
-            s.feed(&[0]).unwrap_err().code(),
+            scan_status(s.feed(&[0]).unwrap_err()).code(),
             tonic::Code::ResourceExhausted
         );
     }
