@@ -6,9 +6,51 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde::Deserialize;
 use signet_identity::TrustDomain;
+
+/// Why a configuration cannot be used; reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The settings file cannot be read or parsed, or `log_format` is
+    /// neither text nor json.
+    #[error(transparent)]
+    Settings(#[from] signet_service::SettingsError),
+    /// `trust_domain` is not a valid trust domain name.
+    #[error("invalid trust_domain {value:?}: {source}")]
+    TrustDomain {
+        value: String,
+        #[source]
+        source: signet_identity::SpiffeIdError,
+    },
+    /// One of `server_names` is not a DNS name the certificate can carry.
+    #[error("invalid server_names: {0}")]
+    ServerName(#[source] signet_identity::x509::IssueError),
+    /// `upstream_ca` is not `CERT,KEY`.
+    #[error("upstream_ca must be CERT,KEY, not {0:?}")]
+    UpstreamCa(String),
+    /// A duration outside its allowed range.
+    #[error("{name} must be between {min} and {max}")]
+    DurationRange {
+        name: &'static str,
+        min: &'static str,
+        max: &'static str,
+    },
+    /// A count outside its allowed range.
+    #[error("{name} must be between {min} and {max}")]
+    CountRange {
+        name: &'static str,
+        min: usize,
+        max: usize,
+    },
+    /// An address that does not parse.
+    #[error("invalid address: {0}")]
+    Address(#[from] std::net::AddrParseError),
+    /// Two settings that contradict each other.
+    #[error("{0}")]
+    Conflict(String),
+}
 
 /// Trust domain used when none is configured (the agent's default too).
 pub use signet_service::DEFAULT_TRUST_DOMAIN;
@@ -173,12 +215,12 @@ impl Config {
     ///
     /// # Errors
     /// Unreadable file, unknown keys, invalid values.
-    pub fn load(file: Option<&Path>, flags: Settings) -> anyhow::Result<Self> {
+    pub fn load(file: Option<&Path>, flags: Settings) -> Result<Self, ConfigError> {
         let from_file = signet_service::read_settings::<Settings>(file)?;
         Self::resolve(from_file, flags)
     }
 
-    fn resolve(file: Settings, flags: Settings) -> anyhow::Result<Self> {
+    fn resolve(file: Settings, flags: Settings) -> Result<Self, ConfigError> {
         let mut defaulted = Vec::new();
         macro_rules! pick {
             ($field:ident, $default:expr) => {
@@ -192,8 +234,10 @@ impl Config {
             };
         }
         let td = pick!(trust_domain, DEFAULT_TRUST_DOMAIN.to_owned());
-        let trust_domain =
-            TrustDomain::new(&td).with_context(|| format!("invalid trust_domain {td:?}"))?;
+        let trust_domain = TrustDomain::new(&td).map_err(|source| ConfigError::TrustDomain {
+            value: td.clone(),
+            source,
+        })?;
         let listen = pick!(listen, DEFAULT_LISTEN.parse()?);
         let data_dir = pick!(data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         let admin_socket = pick!(admin_socket, data_dir.join("admin.sock"));
@@ -207,7 +251,7 @@ impl Config {
         };
         for name in &server_names {
             signet_identity::x509::issue::validate_dns_name(name)
-                .with_context(|| "invalid server_names")?;
+                .map_err(ConfigError::ServerName)?;
         }
         let log_format = pick!(log_format, "text".to_owned());
         let log_json =
@@ -239,7 +283,7 @@ impl Config {
             Some(spec) => {
                 let (cert, key) = spec
                     .split_once(',')
-                    .with_context(|| format!("upstream_ca must be CERT,KEY, not {spec:?}"))?;
+                    .ok_or_else(|| ConfigError::UpstreamCa(spec.clone()))?;
                 Some((PathBuf::from(cert.trim()), PathBuf::from(key.trim())))
             }
         };
@@ -252,24 +296,38 @@ impl Config {
             ("node_svid_ttl", node_svid_ttl),
         ] {
             if ttl < Duration::from_secs(1) {
-                bail!("{name} must be at least 1s");
+                return Err(ConfigError::DurationRange {
+                    name,
+                    min: "1s",
+                    max: "any",
+                });
             }
         }
         if default_x509_svid_ttl > max_x509_svid_ttl {
-            bail!(
+            return Err(ConfigError::Conflict(format!(
                 "default_x509_svid_ttl ({}) exceeds max_x509_svid_ttl ({})",
                 humantime::format_duration(default_x509_svid_ttl),
                 humantime::format_duration(max_x509_svid_ttl)
-            );
+            )));
         }
         if intermediate_ttl > root_ttl {
-            bail!("intermediate_ttl must not exceed root_ttl");
+            return Err(ConfigError::Conflict(
+                "intermediate_ttl must not exceed root_ttl".into(),
+            ));
         }
         if audit_retention < Duration::from_secs(3600) {
-            bail!("audit_retention must be at least 1h");
+            return Err(ConfigError::DurationRange {
+                name: "audit_retention",
+                min: "1h",
+                max: "any",
+            });
         }
         if max_batch == 0 || max_batch > 10_000 {
-            bail!("max_batch must be between 1 and 10000");
+            return Err(ConfigError::CountRange {
+                name: "max_batch",
+                min: 1,
+                max: 10_000,
+            });
         }
         Ok(Self {
             trust_domain,
@@ -296,7 +354,7 @@ impl Config {
     }
 }
 
-fn check_limits(l: &ConnectionLimits) -> anyhow::Result<()> {
+fn check_limits(l: &ConnectionLimits) -> Result<(), ConfigError> {
     for (name, d) in [
         ("tls_handshake_timeout", l.tls_handshake_timeout),
         ("unauthenticated_timeout", l.unauthenticated_timeout),
@@ -304,7 +362,11 @@ fn check_limits(l: &ConnectionLimits) -> anyhow::Result<()> {
         ("http2_keepalive_timeout", l.http2_keepalive_timeout),
     ] {
         if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-            bail!("{name} must be between 100ms and 1h");
+            return Err(ConfigError::DurationRange {
+                name,
+                min: "100ms",
+                max: "1h",
+            });
         }
     }
     for (name, n) in [
@@ -317,14 +379,24 @@ fn check_limits(l: &ConnectionLimits) -> anyhow::Result<()> {
         ),
     ] {
         if n == 0 || n > 1_000_000 {
-            bail!("{name} must be between 1 and 1000000");
+            return Err(ConfigError::CountRange {
+                name,
+                min: 1,
+                max: 1_000_000,
+            });
         }
     }
     if l.max_unauthenticated_connections > l.max_connections {
-        bail!("max_unauthenticated_connections must not exceed max_connections");
+        return Err(ConfigError::Conflict(
+            "max_unauthenticated_connections must not exceed max_connections".into(),
+        ));
     }
     if l.max_concurrent_streams == 0 || l.max_concurrent_streams > 10_000 {
-        bail!("max_concurrent_streams must be between 1 and 10000");
+        return Err(ConfigError::CountRange {
+            name: "max_concurrent_streams",
+            min: 1,
+            max: 10_000,
+        });
     }
     Ok(())
 }

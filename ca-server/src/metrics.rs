@@ -16,7 +16,6 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::Counter;
@@ -27,7 +26,6 @@ use prometheus_client::registry::Registry;
 use signet_identity::SpiffeId;
 use signet_identity::x509::IssuedCert;
 use signet_metrics::{GaugeGuard, NO_LABELS, encode_gauges, seconds_until};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::{Code, Status};
 
@@ -241,14 +239,16 @@ pub fn registry(ca: Arc<Ca>) -> Registry {
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn start(ca: &Arc<Ca>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn start(
+    ca: &Arc<Ca>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), signet_metrics::BindError> {
     let Some(addr) = ca.config().metrics_listen else {
         return Ok(());
     };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
-    tracing::info!(listen = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+    let listener = signet_metrics::bind(addr).await?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(listen = %bound, "serving Prometheus metrics on /metrics");
     tokio::spawn(signet_metrics::serve(
         listener,
         Arc::new(registry(ca.clone())),

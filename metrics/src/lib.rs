@@ -43,6 +43,27 @@ pub const MAX_REQUEST_BYTES: usize = 8192;
 /// Most request header fields accepted.
 pub const MAX_HEADERS: usize = 32;
 
+/// The metrics address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding the metrics endpoint to {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: std::net::SocketAddr,
+    /// What the OS said.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the metrics endpoint's listener on `addr`.
+///
+/// # Errors
+/// [`BindError`] when the address is taken or not ours.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
 /// Serves `registry` on `listener` until `shutdown` turns true (or its
 /// sender is dropped). Accept errors (e.g. out of file descriptors) are
 /// logged and retried after a pause; they never end the server.

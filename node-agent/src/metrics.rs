@@ -12,7 +12,6 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
 
-use anyhow::Context;
 use futures::Stream;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -157,14 +156,13 @@ pub fn registry(snapshots: SnapshotRx) -> Registry {
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn bind(listen: Option<std::net::SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+pub async fn bind(
+    listen: Option<std::net::SocketAddr>,
+) -> Result<Option<TcpListener>, signet_metrics::BindError> {
     let Some(addr) = listen else {
         return Ok(None);
     };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
-    Ok(Some(listener))
+    Ok(Some(signet_metrics::bind(addr).await?))
 }
 
 /// Serves the metrics on `listener` (if bound) until `shutdown`.

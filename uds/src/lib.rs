@@ -34,3 +34,17 @@ pub use peer::{AcceptHook, UdsPeer};
 pub use serve::{ServeError, ServeOptions, serve};
 #[cfg(feature = "serve")]
 pub use stream::NormalizedStream;
+
+/// Why a socket could not be served: it could not be bound, or the server
+/// failed.
+#[cfg(feature = "serve")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    /// Binding failed (see [`BindError`]).
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}

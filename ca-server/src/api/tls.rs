@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::conns::{ConnTracker, KillSwitch, Slot};
-use crate::ca::Ca;
+use crate::ca::{Ca, CaError};
 
 /// What handlers learn about the caller's connection.
 #[derive(Debug, Clone)]
@@ -206,12 +206,33 @@ impl ResolvesServerCert for ServerCertResolver {
     }
 }
 
+/// Why the node API's TLS set-up failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// The serving key could not be made.
+    #[error("serving key: {0}")]
+    Key(#[from] signet_identity::KeyError),
+    /// The serving key's CSR did not verify.
+    #[error("serving key's CSR: {0}")]
+    Csr(#[from] signet_identity::x509::CsrError),
+    /// The CA refused or failed to sign the serving certificate.
+    #[error("signing the serving certificate: {0}")]
+    Sign(#[from] CaError),
+    /// A root could not be put in a bundle to check the chain.
+    #[error("bundle: {0}")]
+    Bundle(#[from] signet_identity::BundleError),
+    /// rustls refused the key or the configuration.
+    #[error("rustls: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
 impl ServerCertResolver {
     /// Issues a first server SVID.
     ///
     /// # Errors
     /// Signing failures.
-    pub fn new(ca: &Ca) -> anyhow::Result<(Arc<Self>, std::time::SystemTime)> {
+    pub fn new(ca: &Ca) -> Result<(Arc<Self>, std::time::SystemTime), TlsSetupError> {
         let (key, not_after) = issue_server_cert(ca)?;
         Ok((
             Arc::new(Self {
@@ -252,16 +273,14 @@ impl ServerCertResolver {
     }
 }
 
-fn issue_server_cert(ca: &Ca) -> anyhow::Result<(CertifiedKey, std::time::SystemTime)> {
+fn issue_server_cert(ca: &Ca) -> Result<(CertifiedKey, std::time::SystemTime), TlsSetupError> {
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = signet_identity::x509::VerifiedCsr::from_der(&key.csr_der()?)?;
     // The reserved CA identity: agents require it of the CA after bootstrap,
     // and no registration entry can claim it.
     let id = signet_identity::reserved::ca_server_id(&ca.config().trust_domain);
     let ttl = ca.config().node_svid_ttl;
-    let cert = ca
-        .sign(&csr, &id, &ca.config().server_names, ttl)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cert = ca.sign(&csr, &id, &ca.config().server_names, ttl)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)?;
     // The root travels with the chain so that an agent bootstrapping with a
@@ -286,7 +305,7 @@ fn issue_server_cert(ca: &Ca) -> anyhow::Result<(CertifiedKey, std::time::System
 pub fn server_config(
     ca: &Ca,
     resolver: Arc<ServerCertResolver>,
-) -> anyhow::Result<Arc<ServerConfig>> {
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SvidClientVerifier {
         bundle: ca.watch_bundle(),

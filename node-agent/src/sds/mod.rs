@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -197,7 +196,7 @@ pub async fn serve(
     socket: PathBuf,
     mut server: SdsServer,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), signet_uds::SocketError> {
     let bound = signet_uds::bind(&socket, SOCKET_MODE).await?;
     server.shutdown = Some(shutdown.clone());
     tracing::info!(socket = %socket.display(), "serving Envoy SDS");
@@ -212,8 +211,7 @@ pub async fn serve(
         options,
         shutdown,
     )
-    .await
-    .context("the SDS server failed");
+    .await;
     tracing::info!("SDS server stopped");
-    result
+    Ok(result?)
 }

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -29,7 +28,7 @@ pub async fn serve(
     socket: PathBuf,
     mut api: WorkloadApi,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), signet_uds::SocketError> {
     let bound = signet_uds::bind(&socket, SOCKET_MODE).await?;
     tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
     api.shutdown = Some(shutdown.clone());
@@ -44,5 +43,5 @@ pub async fn serve(
     )
     .await;
     tracing::info!(socket = %socket.display(), "Workload API stopped");
-    result.context("serving the Workload API")
+    Ok(result?)
 }

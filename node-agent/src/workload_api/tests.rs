@@ -142,7 +142,7 @@ struct Harness {
     socket: PathBuf,
     snapshots: watch::Sender<Arc<Snapshot>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), signet_uds::SocketError>>,
 }
 
 impl Harness {

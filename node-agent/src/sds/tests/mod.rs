@@ -156,7 +156,7 @@ struct Harness {
     socket: PathBuf,
     snapshots: watch::Sender<Arc<Snapshot>>,
     shutdown: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: tokio::task::JoinHandle<Result<(), signet_uds::SocketError>>,
     channel: Channel,
 }
 
