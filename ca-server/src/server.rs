@@ -128,6 +128,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
+    let flushing = ca.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || flushing.flush_audit_summaries()).await {
+        tracing::error!(error = %e, "could not write the last refusal summaries");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -134,6 +134,13 @@ impl Auditor {
         self.write_best_effort(out);
     }
 
+    /// Writes the summaries of the current window even though it has not
+    /// closed yet: called when the CA stops.
+    pub fn flush_all(&self, now: SystemTime) {
+        let out = self.limiter().close(now);
+        self.write_best_effort(out);
+    }
+
     fn limiter(&self) -> std::sync::MutexGuard<'_, RefusalLimiter> {
         self.refusals
             .lock()
@@ -257,12 +264,18 @@ impl RefusalLimiter {
     /// When the current window is over: one summary per key that had
     /// refusals suppressed (plus one for untracked keys), and a new window.
     fn close_if_due(&mut self, now: SystemTime) -> Vec<AuditRecord> {
+        match self.start {
+            Some(start) if now >= start + self.limits.window => self.close(now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Closes the current window now, due or not (at shutdown), so that no
+    /// suppressed count is lost.
+    fn close(&mut self, now: SystemTime) -> Vec<AuditRecord> {
         let Some(start) = self.start else {
             return Vec::new();
         };
-        if now < start + self.limits.window {
-            return Vec::new();
-        }
         let window = humantime::format_duration(self.limits.window);
         let mut out: Vec<AuditRecord> = self
             .keys

@@ -185,6 +185,12 @@ impl Ca {
         );
     }
 
+    /// Writes the refusal summaries of the current window before the CA
+    /// stops, so that a restart loses no suppressed count.
+    pub fn flush_audit_summaries(&self) {
+        self.auditor.flush_all(self.now());
+    }
+
     /// Periodic upkeep of the audit log: writes the summaries of refusal
     /// windows that have closed, and deletes records older than the
     /// retention period in bounded batches. Returns how many were deleted.
@@ -275,6 +281,40 @@ mod tests {
         assert_eq!(summary.action, "attest_node");
         let expected = format!("suppressed {} similar refusals", 200 - limits.per_key);
         assert!(summary.detail.starts_with(&expected), "{}", summary.detail);
+    }
+
+    #[test]
+    fn suppressed_refusals_are_summarised_when_the_ca_stops_mid_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let limits = RefusalLimits::default();
+        let extra = 7;
+        for port in 0..(u16::try_from(limits.per_key).unwrap() + extra) {
+            let caller = format!("192.0.2.9:{}", 20_000 + port);
+            ca.attest_node("bogus", &testing::csr(), &caller)
+                .unwrap_err();
+        }
+        // Upkeep before the window is over writes nothing more...
+        let before = testing::audit(&ca).len();
+        ca.maintain_audit_log().unwrap();
+        assert_eq!(testing::audit(&ca).len(), before);
+        // ...but stopping does, at once.
+        ca.flush_audit_summaries();
+        let summary = testing::audit(&ca).pop().unwrap();
+        assert_eq!(summary.result, SUPPRESSED);
+        assert_eq!(summary.caller, "192.0.2.9");
+        assert!(
+            summary
+                .detail
+                .starts_with(&format!("suppressed {extra} similar refusals")),
+            "{}",
+            summary.detail
+        );
+        // Nothing is counted twice once the window would have closed.
+        clock.advance(limits.window);
+        ca.maintain_audit_log().unwrap();
+        assert_eq!(testing::audit(&ca).len(), before + 1);
     }
 
     #[test]
