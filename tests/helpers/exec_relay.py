@@ -28,6 +28,13 @@ def main():
     api, relay, binary = sys.argv[1], sys.argv[2], sys.argv[3:]
     upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     upstream.connect(api)
+    # Wait (without consuming it) for the server's HTTP/2 SETTINGS: the agent
+    # sends them only after it accepted the connection, so the exec below
+    # comes after the accept. An exec between connect() and accept() is a
+    # different, documented limit; this script reproduces the finding.
+    upstream.settimeout(10)
+    upstream.recv(1, socket.MSG_PEEK)
+    upstream.settimeout(None)
     if os.fork() != 0:
         # The connecting process becomes the registered binary.
         os.execv(binary[0], binary)
