@@ -11,8 +11,6 @@ mod resources;
 mod xds;
 
 #[cfg(test)]
-mod limits_tests;
-#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ mod access;
 mod binder;
 mod delta;
 mod fetch;
+mod limits;
 mod names;
 mod resources;
 mod streams;

@@ -3,7 +3,7 @@
 //! and names that cannot be served are logged in one line per request.
 
 use std::os::unix::fs::MetadataExt as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -12,11 +12,11 @@ use futures::StreamExt as _;
 use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
 use tokio::sync::watch;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
-use super::xds::Protocol as _;
 use super::*;
 use crate::attest::unix::UnixAttestor;
+use crate::sds::xds::Protocol as _;
 use crate::state::{Entry, Selector, Snapshot};
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -56,18 +56,7 @@ fn sotw(resource_names: Vec<String>) -> DiscoveryRequest {
 }
 
 async fn client(socket: &std::path::Path) -> SecretDiscoveryServiceClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://sds.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    SecretDiscoveryServiceClient::new(channel)
+    SecretDiscoveryServiceClient::new(connect(socket).await)
 }
 
 #[tokio::test]
@@ -166,28 +155,6 @@ async fn too_many_names_are_refused_on_every_rpc() {
         .unwrap();
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
 #[test]
 fn unavailable_names_are_logged_once_per_request() {
     let logs = Logs::default();
@@ -200,7 +167,7 @@ fn unavailable_names_are_logged_once_per_request() {
 
     let snapshot = snapshot();
     let selectors = snapshot.entries[0].selectors.clone();
-    let caller = resources::Caller::new(&snapshot, &selectors, SystemTime::now(), true);
+    let caller = crate::sds::resources::Caller::new(&snapshot, &selectors, SystemTime::now(), true);
     let mut wanted = names(MAX_RESOURCE_NAMES - 2);
     wanted.push("spiffe://example.org/web".into()); // pending: no SVID yet
     wanted.push("no-such-name".into()); // refused
@@ -208,7 +175,7 @@ fn unavailable_names_are_logged_once_per_request() {
         .on_request(sotw(wanted), &caller)
         .unwrap();
     assert!(sent.is_none());
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(
         text.contains(&format!("count={MAX_RESOURCE_NAMES}")),
