@@ -378,10 +378,10 @@ async fn streams_over_the_per_uid_cap_get_resource_exhausted() {
 /// [`child_calls_as_another_user`]) with uid and gid 65534.
 #[tokio::test]
 async fn a_flooding_uid_does_not_lock_out_another() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to run a client as another uid");
-        return;
-    }
+    assert!(
+        is_root(),
+        "this test runs a client as another uid, which needs root (as the test command does)"
+    );
     let options = ServeOptions {
         max_connections_per_uid: 4,
         ..ServeOptions::default()
@@ -496,10 +496,8 @@ async fn h2_client_to_h2_server_through_the_normaliser() {
 /// Check with raw bytes: no generated stubs needed.
 #[tokio::test]
 async fn grpcio_is_served() {
-    let Some(python) = std::env::var_os("SIGNET_PYTHON") else {
-        eprintln!("SKIPPED: set SIGNET_PYTHON to a Python with grpcio");
-        return;
-    };
+    let python = std::env::var_os("SIGNET_PYTHON")
+        .expect("SIGNET_PYTHON must name a Python with grpcio (scripts/test.sh sets it)");
     let server = Server::start(ServeOptions::default()).await;
     let script = r#"
 import sys, grpc
