@@ -54,6 +54,7 @@ pub fn bundle_to_pb(bundle: &TrustBundle) -> pb::Bundle {
         refresh_hint_seconds: bundle
             .refresh_hint()
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        ..pb::Bundle::default()
     }
 }
 

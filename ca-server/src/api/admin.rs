@@ -146,12 +146,69 @@ impl Admin for AdminApi {
         req: Request<pb::PrepareAuthorityRequest>,
     ) -> Result<Response<pb::PrepareAuthorityResponse>, Status> {
         let caller = Self::caller(&req);
-        let kind = req.into_inner().kind;
+        let kind = convert::kind_from_pb(req.into_inner().kind);
         let ca = self.ca.clone();
-        let bundle_sequence = blocking(move || ca.prepare_authority(&kind, &caller)).await?;
+        let bundle_sequence = blocking(move || ca.prepare_authority(kind, &caller)).await?;
         Ok(Response::new(pb::PrepareAuthorityResponse {
             bundle_sequence,
+            authority: None,
         }))
+    }
+
+    async fn activate_authority(
+        &self,
+        _req: Request<pb::ActivateAuthorityRequest>,
+    ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
+        Err(Status::unimplemented("activate_authority: not implemented yet"))
+    }
+
+    async fn taint_authority(
+        &self,
+        _req: Request<pb::TaintAuthorityRequest>,
+    ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
+        Err(Status::unimplemented("taint_authority: not implemented yet"))
+    }
+
+    async fn revoke_authority(
+        &self,
+        _req: Request<pb::RevokeAuthorityRequest>,
+    ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
+        Err(Status::unimplemented("revoke_authority: not implemented yet"))
+    }
+
+    async fn create_federation(
+        &self,
+        _req: Request<pb::CreateFederationRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        Err(Status::unimplemented("create_federation: not implemented yet"))
+    }
+
+    async fn list_federations(
+        &self,
+        _req: Request<pb::ListFederationsRequest>,
+    ) -> Result<Response<pb::ListFederationsResponse>, Status> {
+        Err(Status::unimplemented("list_federations: not implemented yet"))
+    }
+
+    async fn get_federation(
+        &self,
+        _req: Request<pb::GetFederationRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        Err(Status::unimplemented("get_federation: not implemented yet"))
+    }
+
+    async fn delete_federation(
+        &self,
+        _req: Request<pb::DeleteFederationRequest>,
+    ) -> Result<Response<pb::DeleteFederationResponse>, Status> {
+        Err(Status::unimplemented("delete_federation: not implemented yet"))
+    }
+
+    async fn refresh_federation(
+        &self,
+        _req: Request<pb::RefreshFederationRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        Err(Status::unimplemented("refresh_federation: not implemented yet"))
     }
 
     async fn list_agents(

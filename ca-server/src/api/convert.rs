@@ -8,7 +8,7 @@ use signet_proto::ca::v1 as pb;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::signing::AuthorityInfo;
-use crate::store::{AuthorityKind, EntryRow, NodeRow};
+use crate::store::{AuthorityKind, AuthorityState, EntryRow, NodeRow};
 
 /// The wire form of a bundle, shared with every side of the wire.
 pub use signet_proto::convert::bundle_to_pb as bundle;
@@ -39,6 +39,7 @@ pub fn entry(e: &EntryRow) -> pb::Entry {
         dns_names: e.dns_names.clone(),
         created_at: e.created_at,
         revision: e.revision,
+        ..pb::Entry::default()
     }
 }
 
@@ -66,11 +67,42 @@ pub fn authority(a: &AuthorityInfo) -> pb::Authority {
     };
     pb::Authority {
         id: a.id.clone(),
-        kind: a.kind.as_str().into(),
-        state: a.state.as_str().into(),
+        kind: kind_to_pb(a.kind).into(),
+        state: state_to_pb(a.state).into(),
         certificate: a.der.clone(),
         not_before: a.not_before,
         not_after: a.not_after,
         subject,
+        ..pb::Authority::default()
+    }
+}
+
+/// The wire form of an authority kind.
+pub fn kind_to_pb(kind: AuthorityKind) -> pb::AuthorityKind {
+    match kind {
+        AuthorityKind::Root => pb::AuthorityKind::Root,
+        AuthorityKind::Intermediate => pb::AuthorityKind::Intermediate,
+        AuthorityKind::Jwt => pb::AuthorityKind::Jwt,
+        AuthorityKind::Upstream => pb::AuthorityKind::Upstream,
+    }
+}
+
+/// The authority kind a request names; `None` for unspecified or unknown.
+pub fn kind_from_pb(kind: i32) -> Option<AuthorityKind> {
+    match pb::AuthorityKind::try_from(kind).ok()? {
+        pb::AuthorityKind::Root => Some(AuthorityKind::Root),
+        pb::AuthorityKind::Intermediate => Some(AuthorityKind::Intermediate),
+        pb::AuthorityKind::Jwt => Some(AuthorityKind::Jwt),
+        pb::AuthorityKind::Upstream => Some(AuthorityKind::Upstream),
+        pb::AuthorityKind::Unspecified => None,
+    }
+}
+
+/// The wire form of an authority state.
+pub fn state_to_pb(state: AuthorityState) -> pb::AuthorityState {
+    match state {
+        AuthorityState::Active => pb::AuthorityState::Active,
+        AuthorityState::Prepared => pb::AuthorityState::Prepared,
+        AuthorityState::Retired => pb::AuthorityState::Retired,
     }
 }

@@ -95,13 +95,18 @@ impl Ca {
     /// InvalidArgument for a kind other than root or jwt; FailedPrecondition
     /// when an upstream CA owns the roots; Unavailable when the audit log
     /// cannot be written; internal errors.
-    pub fn prepare_authority(&self, kind: &str, caller: &str) -> Result<u64, CaError> {
+    pub fn prepare_authority(
+        &self,
+        kind: Option<AuthorityKind>,
+        caller: &str,
+    ) -> Result<u64, CaError> {
         self.refusing(caller, "prepare_authority", "", || {
-            let kind = match AuthorityKind::parse(kind) {
-                Ok(k @ (AuthorityKind::Root | AuthorityKind::Jwt)) => k,
-                _ => {
+            let kind = match kind {
+                Some(k @ (AuthorityKind::Root | AuthorityKind::Jwt)) => k,
+                other => {
                     return Err(CaError::InvalidArgument(format!(
-                        "kind must be root or jwt, not {kind:?}"
+                        "kind must be root or jwt, not {}",
+                        other.map_or("unspecified", AuthorityKind::as_str)
                     )));
                 }
             };
@@ -283,7 +288,9 @@ mod tests {
         let clock = TestClock::new();
         let ca = testing::open(dir.path(), &clock, Settings::default());
         let before = ca.signing();
-        let seq = ca.prepare_authority("root", "admin").unwrap();
+        let seq = ca
+            .prepare_authority(Some(AuthorityKind::Root), "admin")
+            .unwrap();
         assert!(seq > 1);
         assert_eq!(ca.bundle().x509_authorities().len(), 2);
         assert!(Arc::ptr_eq(&ca.signing().signer, &before.signer));
@@ -296,7 +303,11 @@ mod tests {
             .map(|r| r.caller)
             .collect::<Vec<_>>();
         assert_eq!(created, ["ca", "admin"], "each root creation is recorded");
-        for bad in ["intermediate", "upstream", "nonsense"] {
+        for bad in [
+            Some(AuthorityKind::Intermediate),
+            Some(AuthorityKind::Upstream),
+            None,
+        ] {
             assert!(matches!(
                 ca.prepare_authority(bad, "admin"),
                 Err(CaError::InvalidArgument(_))

@@ -34,8 +34,8 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
         .into_iter()
         .map(|a| AuthorityView {
             id: a.id,
-            kind: a.kind,
-            state: a.state,
+            kind: kind_name(a.kind),
+            state: state_name(a.state),
             not_before: output::rfc3339(a.not_before),
             not_after: output::rfc3339(a.not_after),
             subject: subject_of(&a.certificate).unwrap_or(a.subject),
@@ -68,4 +68,28 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
 fn subject_of(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(crate::certinfo::rfc4514(cert.subject()))
+}
+
+/// The lowercase name of an authority kind, as operators type it.
+pub(super) fn kind_name(kind: i32) -> String {
+    match pb::AuthorityKind::try_from(kind) {
+        Ok(pb::AuthorityKind::Root) => "root".into(),
+        Ok(pb::AuthorityKind::Intermediate) => "intermediate".into(),
+        Ok(pb::AuthorityKind::Jwt) => "jwt".into(),
+        Ok(pb::AuthorityKind::Upstream) => "upstream".into(),
+        Ok(pb::AuthorityKind::Unspecified) | Err(_) => format!("unknown({kind})"),
+    }
+}
+
+/// The lowercase name of an authority state.
+pub(super) fn state_name(state: i32) -> String {
+    match pb::AuthorityState::try_from(state) {
+        Ok(pb::AuthorityState::Prepared) => "prepared".into(),
+        Ok(pb::AuthorityState::Active) => "active".into(),
+        Ok(pb::AuthorityState::Retired) => "retired".into(),
+        Ok(pb::AuthorityState::Tainted) => "tainted".into(),
+        Ok(pb::AuthorityState::Revoked) => "revoked".into(),
+        Ok(pb::AuthorityState::Pruned) => "pruned".into(),
+        Ok(pb::AuthorityState::Unspecified) | Err(_) => format!("unknown({state})"),
+    }
 }

@@ -179,6 +179,7 @@ pub(super) fn create_request(args: EntryCreateArgs) -> anyhow::Result<pb::Create
             .collect(),
         x509_svid_ttl_seconds: args.ttl.map_or(0, Ttl::seconds),
         dns_names: args.dns_names,
+        federates_with: Vec::new(),
     })
 }
 

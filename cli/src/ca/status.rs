@@ -92,8 +92,8 @@ fn view(s: pb::GetStatusResponse) -> (StatusView, i64) {
             not_after: output::rfc3339(a.not_after),
             expires_in_seconds: a.not_after.saturating_sub(now),
             id: a.id,
-            kind: a.kind,
-            state: a.state,
+            kind: super::authority::kind_name(a.kind),
+            state: super::authority::state_name(a.state),
         })
         .collect();
     let list: Vec<AgentView> = s
@@ -262,8 +262,8 @@ mod tests {
             bundle_sequence: 4,
             authorities: vec![pb::Authority {
                 id: "abc".into(),
-                kind: "root".into(),
-                state: "active".into(),
+                kind: pb::AuthorityKind::Root.into(),
+                state: pb::AuthorityState::Active.into(),
                 not_after: now + 3 * 86400,
                 ..Default::default()
             }],

@@ -501,6 +501,7 @@ impl Manager {
                 let req = pb::ReportStatusRequest {
                     bundle_sequence: sequence,
                     svid_count: count,
+                    chains_through: Vec::new(),
                 };
                 match self.client().node().report_status(req).await {
                     Ok(_) => {

@@ -151,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
                 }],
                 x509_svid_ttl_seconds: 0,
                 dns_names: vec![],
+                federates_with: vec![],
             })
             .await?;
     }
@@ -213,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         admin
             .prepare_authority(pb::PrepareAuthorityRequest {
-                kind: "root".into(),
+                kind: pb::AuthorityKind::Root.into(),
             })
             .await?;
         let wl_at = tokio::time::timeout(Duration::from_secs(10), bundles.message())
@@ -271,7 +272,7 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     admin
         .prepare_authority(pb::PrepareAuthorityRequest {
-            kind: "root".into(),
+            kind: pb::AuthorityKind::Root.into(),
         })
         .await?;
     let mut got = vec![None; streams];

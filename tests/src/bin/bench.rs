@@ -111,6 +111,7 @@ async fn setup(
                     }],
                     x509_svid_ttl_seconds: 0,
                     dns_names: vec![],
+                    federates_with: vec![],
                 })
                 .await?
                 .into_inner();

@@ -247,6 +247,7 @@ async fn lifetimes_follow_the_request_the_entry_and_the_server_limits() {
         }],
         x509_svid_ttl_seconds: ttl,
         dns_names: vec![],
+        federates_with: vec![],
     };
     let with_ttl = admin
         .create_entry(entry(3600))

@@ -21,6 +21,7 @@ async fn status_shows_authorities_agents_and_the_last_audit_write() {
     let report = |sequence: u64| pb::ReportStatusRequest {
         bundle_sequence: sequence,
         svid_count: 3,
+        chains_through: vec![],
     };
     ca.node_client(Some(behind.tls_identity()))
         .await
@@ -29,7 +30,9 @@ async fn status_shows_authorities_agents_and_the_last_audit_write() {
         .await
         .unwrap();
     let new = admin
-        .prepare_authority(pb::PrepareAuthorityRequest { kind: "jwt".into() })
+        .prepare_authority(pb::PrepareAuthorityRequest {
+            kind: pb::AuthorityKind::Jwt.into(),
+        })
         .await
         .unwrap()
         .into_inner()

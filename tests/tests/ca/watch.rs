@@ -136,7 +136,7 @@ async fn a_prepared_root_and_a_new_jwt_key_are_pushed_as_new_bundles() {
     let mut admin = ca.admin().await.unwrap();
     let seq = admin
         .prepare_authority(pb::PrepareAuthorityRequest {
-            kind: "root".into(),
+            kind: pb::AuthorityKind::Root.into(),
         })
         .await
         .unwrap()
@@ -156,7 +156,9 @@ async fn a_prepared_root_and_a_new_jwt_key_are_pushed_as_new_bundles() {
     assert_eq!(ca.bundle().unwrap().x509_authorities().len(), 2);
 
     admin
-        .prepare_authority(pb::PrepareAuthorityRequest { kind: "jwt".into() })
+        .prepare_authority(pb::PrepareAuthorityRequest {
+            kind: pb::AuthorityKind::Jwt.into(),
+        })
         .await
         .unwrap();
     let third = next(&mut stream, UPDATE_DEADLINE, "bundle with the new JWT key").await;
@@ -165,7 +167,7 @@ async fn a_prepared_root_and_a_new_jwt_key_are_pushed_as_new_bundles() {
 
     let bad = admin
         .prepare_authority(pb::PrepareAuthorityRequest {
-            kind: "nonsense".into(),
+            kind: 99,
         })
         .await
         .unwrap_err();
