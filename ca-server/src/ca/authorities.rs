@@ -140,8 +140,7 @@ fn past_half_life(not_before: SystemTime, not_after: SystemTime, now: SystemTime
 /// A short stable id for a certificate or key: the first 8 bytes of its
 /// SHA-256, hex.
 pub fn cert_id(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    hex::encode(&digest.as_ref()[..8])
+    signet_identity::x509::authority_id(der)
 }
 
 /// Who the audit log names for changes the CA makes on its own.
