@@ -40,6 +40,7 @@ pub const SPIFFE_VALIDATOR_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
 
 const PEM_CERTIFICATE: &str = "CERTIFICATE";
+const PEM_CRL: &str = "X509 CRL";
 
 /// Most resource names one request (or, for the incremental protocol, one
 /// stream's subscription) may hold. Envoy asks for one name per stream; a
@@ -249,11 +250,10 @@ impl<'a> Caller<'a> {
         self.svids().iter().map(|s| s.not_after).min()
     }
 
+    /// The bundle of `td` this caller may have: the own one, or a federated
+    /// one its entries federate with.
     fn bundle_of(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>> {
-        match &self.snapshot.bundle {
-            Some(own) if own.trust_domain() == td => Some(own.clone()),
-            _ => self.snapshot.federated.get(td).cloned(),
-        }
+        self.snapshot.bundle_for(self.selectors, td)
     }
 
     pub(crate) fn lookup(&self, name: &str) -> Lookup {
@@ -277,28 +277,32 @@ impl<'a> Caller<'a> {
                 }
             }
             Name::RootCa => match self.snapshot.bundle.as_deref().filter(|b| has_x509(b)) {
-                Some(bundle) => Lookup::Ready(trusted_ca(name, bundle)),
+                Some(bundle) => Lookup::Ready(trusted_ca(name, bundle, &self.snapshot.crls)),
                 None => Lookup::Pending("the trust bundle is not known yet"),
             },
             Name::AllBundles => {
                 let bundles: Vec<_> = self
                     .snapshot
-                    .all_bundles()
+                    .bundles_for(self.selectors)
                     .into_iter()
                     .filter(|b| has_x509(b))
                     .collect();
                 if bundles.is_empty() {
                     Lookup::Pending("no trust bundle is known yet")
                 } else {
-                    Lookup::Ready(spiffe_validator(name, &bundles))
+                    Lookup::Ready(spiffe_validator(name, &bundles, self.snapshot))
                 }
             }
             Name::TrustDomain(td) => match self.bundle_of(&td).filter(|b| has_x509(b)) {
                 Some(bundle) if self.spiffe_validator => {
-                    Lookup::Ready(spiffe_validator(name, &[bundle]))
+                    Lookup::Ready(spiffe_validator(name, &[bundle], self.snapshot))
                 }
-                Some(bundle) => Lookup::Ready(trusted_ca(name, &bundle)),
-                None => Lookup::Pending("no bundle is known for this trust domain"),
+                Some(bundle) => {
+                    Lookup::Ready(trusted_ca(name, &bundle, crls_of(self.snapshot, &bundle)))
+                }
+                None => Lookup::Pending(
+                    "no bundle of this trust domain is known that the caller's entries federate with",
+                ),
             },
             Name::Unknown => Lookup::Refused("not a resource name this server knows"),
         }
@@ -308,7 +312,7 @@ impl<'a> Caller<'a> {
     /// under its SPIFFE ID.
     pub(crate) fn everything(&self) -> Vec<Resolved> {
         let mut out = Vec::new();
-        for bundle in self.snapshot.all_bundles() {
+        for bundle in self.snapshot.bundles_for(self.selectors) {
             if let Lookup::Ready(r) = self.lookup(&bundle.trust_domain().id_string()) {
                 out.push(r);
             }
@@ -320,6 +324,15 @@ impl<'a> Caller<'a> {
             }
         }
         out
+    }
+}
+
+/// The CRLs that go with `bundle`: the snapshot's, for the own trust
+/// domain only (a federated bundle comes without CRLs).
+fn crls_of<'a>(snapshot: &'a Snapshot, bundle: &TrustBundle) -> &'a [Vec<u8>] {
+    match &snapshot.bundle {
+        Some(own) if own.trust_domain() == bundle.trust_domain() => &snapshot.crls,
+        _ => &[],
     }
 }
 
@@ -379,16 +392,37 @@ fn tls_certificate(name: &str, svid: &Svid) -> Resolved {
     )
 }
 
-fn trusted_ca(name: &str, bundle: &TrustBundle) -> Resolved {
+fn crls_pem(crls: &[Vec<u8>]) -> Vec<u8> {
+    let blocks: Vec<pem::Pem> = crls
+        .iter()
+        .map(|c| pem::Pem::new(PEM_CRL, c.clone()))
+        .collect();
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_many_config(&blocks, config).into_bytes()
+}
+
+/// Envoy's default validator: the bundle's roots pooled as `trusted_ca`,
+/// and the CRLs, if any, in `crl` (Envoy then checks the chain against them).
+fn trusted_ca(name: &str, bundle: &TrustBundle, crls: &[Vec<u8>]) -> Resolved {
     let context = CertificateValidationContext {
         trusted_ca: inline(certificates_pem(bundle.x509_authorities())),
+        crl: if crls.is_empty() {
+            None
+        } else {
+            inline(crls_pem(crls))
+        },
         ..CertificateValidationContext::default()
     };
     Resolved::new(
         name,
         digest_hex(
             "trusted_ca",
-            bundle.x509_authorities().iter().map(|c| c.as_ref()),
+            bundle
+                .x509_authorities()
+                .iter()
+                .map(|c| c.as_ref())
+                .chain(std::iter::once(&b"crls"[..]))
+                .chain(crls.iter().map(Vec::as_slice)),
         ),
         secret::Type::ValidationContext(context),
     )
@@ -397,17 +431,24 @@ fn trusted_ca(name: &str, bundle: &TrustBundle) -> Resolved {
 /// A validation context for Envoy's SPIFFE validator: each trust domain is
 /// checked against its own bundle only, so no trust domain can vouch for
 /// another's IDs (a plain `trusted_ca` holding several bundles would allow it).
-fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>]) -> Resolved {
+fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>], snapshot: &Snapshot) -> Resolved {
     let mut bundles: Vec<&TrustBundle> = bundles.iter().map(AsRef::as_ref).collect();
     bundles.sort_by(|a, b| a.trust_domain().cmp(b.trust_domain()));
     bundles.dedup_by(|a, b| a.trust_domain() == b.trust_domain());
+    // Envoy's SPIFFE validator has no CRL field: it reads `X509 CRL` blocks
+    // from the trust bundle's PEM and then checks the whole chain against
+    // them. Only the own trust domain has CRLs.
     let config = SpiffeCertValidatorConfig {
         trust_domains: bundles
             .iter()
-            .map(|b| spiffe_cert_validator_config::TrustDomain {
-                name: b.trust_domain().as_str().to_owned(),
-                trust_bundle: inline(certificates_pem(b.x509_authorities())),
-                workload_trust_domain: String::new(),
+            .map(|b| {
+                let mut pem = certificates_pem(b.x509_authorities());
+                pem.extend(crls_pem(crls_of(snapshot, b)));
+                spiffe_cert_validator_config::TrustDomain {
+                    name: b.trust_domain().as_str().to_owned(),
+                    trust_bundle: inline(pem),
+                    workload_trust_domain: String::new(),
+                }
             })
             .collect(),
         trust_bundles: None,
@@ -427,6 +468,8 @@ fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>]) -> Resolved {
         bundles.iter().flat_map(|b| {
             std::iter::once(b.trust_domain().as_str().as_bytes())
                 .chain(b.x509_authorities().iter().map(|c| c.as_ref()))
+                .chain(std::iter::once(&b"crls"[..]))
+                .chain(crls_of(snapshot, b).iter().map(Vec::as_slice))
         }),
     );
     Resolved::new(name, version, secret::Type::ValidationContext(context))

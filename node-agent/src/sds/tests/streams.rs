@@ -25,6 +25,8 @@ async fn default_is_served_acked_and_pushed_again_only_on_rotation() {
         let mut entries = current.entries.clone();
         entries.push(entry("e-other", DB, someone_else()));
         Arc::new(Snapshot {
+            crls: Arc::default(),
+            reissue_pending: 0,
             bundle: current.bundle.clone(),
             federated: current.federated.clone(),
             entries,
@@ -83,6 +85,8 @@ async fn a_nack_is_logged_and_not_answered_with_the_same_content() {
     let same = {
         let current = h.snapshots.borrow().clone();
         Arc::new(Snapshot {
+            crls: Arc::default(),
+            reissue_pending: 0,
             bundle: current.bundle.clone(),
             federated: current.federated.clone(),
             entries: current.entries.clone(),
