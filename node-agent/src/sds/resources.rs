@@ -3,9 +3,11 @@
 //! (`default`, `ROOTCA`) and SPIRE (`default`, `ROOTCA`, `ALL`, SPIFFE IDs,
 //! trust domains) already use, so those configs work unchanged.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::LazyLock;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -18,7 +20,8 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 use ring::digest;
 use rustls_pki_types::CertificateDer;
-use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
+use signet_identity::x509::{SigningCaParams, new_root};
+use signet_identity::{KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use tonic::Status;
 
 use crate::state::{Selector, Snapshot, Svid};
@@ -178,8 +181,15 @@ impl Subscription {
 
     /// The resources of this subscription that exist for `caller`. With
     /// `report`, names that cannot be served (yet) are logged, in one line
-    /// for the whole request.
-    pub(crate) fn resolve(&self, caller: &Caller<'_>, report: bool) -> Vec<Resolved> {
+    /// for the whole request. A trust domain name in `sent` (what the
+    /// client holds) whose bundle the caller may no longer have is answered
+    /// with a validator that trusts nothing (see [`Caller::withdrawn`]).
+    pub(crate) fn resolve(
+        &self,
+        caller: &Caller<'_>,
+        report: bool,
+        sent: &HashMap<String, String>,
+    ) -> Vec<Resolved> {
         let mut out = if self.wildcard {
             caller.everything()
         } else {
@@ -195,6 +205,18 @@ impl Subscription {
                 Lookup::Ready(r) => out.push(r),
                 Lookup::Pending(why) => pending.push((name, why)),
                 Lookup::Refused(why) => refused.push((name, why)),
+            }
+        }
+        let mut held: Vec<&String> = sent
+            .keys()
+            .filter(|name| self.wildcard || self.names.contains(*name))
+            .filter(|name| !out.iter().any(|r| r.name == **name))
+            .collect();
+        held.sort();
+        for name in held {
+            if let Some(r) = caller.withdrawn(name) {
+                tracing::info!(resource = %name, "the caller may no longer have this trust domain's bundle; replacing it with one that trusts nothing");
+                out.push(r);
             }
         }
         if report && !refused.is_empty() {
@@ -308,6 +330,41 @@ impl<'a> Caller<'a> {
         }
     }
 
+    /// For a trust domain name whose bundle this caller may no longer have
+    /// (the federation relationship was deleted, or its entries stopped
+    /// federating): a validation context that trusts nothing. Envoy keeps a
+    /// secret it was sent until it is replaced (an SDS answer without it
+    /// changes nothing: spire#1816), so the name is replaced instead, by a
+    /// root nobody can sign for. `None` for other names, or while the bundle
+    /// is still there.
+    pub(crate) fn withdrawn(&self, name: &str) -> Option<Resolved> {
+        let Name::TrustDomain(td) = Name::classify(name) else {
+            return None;
+        };
+        if self.bundle_of(&td).is_some() {
+            return None;
+        }
+        let nothing = NOBODYS_ROOT.as_ref()?;
+        let pem = certificates_pem(std::slice::from_ref(nothing));
+        let context = if self.spiffe_validator {
+            spiffe_validator_context(vec![spiffe_cert_validator_config::TrustDomain {
+                name: td.as_str().to_owned(),
+                trust_bundle: inline(pem),
+                workload_trust_domain: String::new(),
+            }])
+        } else {
+            CertificateValidationContext {
+                trusted_ca: inline(pem),
+                ..CertificateValidationContext::default()
+            }
+        };
+        Some(Resolved::new(
+            name,
+            digest_hex("withdrawn", [td.as_str().as_bytes(), nothing.as_ref()]),
+            secret::Type::ValidationContext(context),
+        ))
+    }
+
     /// The wildcard: each bundle under its trust domain's SPIFFE ID, each SVID
     /// under its SPIFFE ID.
     pub(crate) fn everything(&self) -> Vec<Resolved> {
@@ -335,6 +392,19 @@ fn crls_of<'a>(snapshot: &'a Snapshot, bundle: &TrustBundle) -> &'a [Vec<u8>] {
         _ => &[],
     }
 }
+
+/// A root certificate whose private key was dropped as soon as it signed
+/// the root itself: no certificate can ever chain to it. It stands in for a
+/// bundle that was withdrawn. `None` only if making it failed.
+static NOBODYS_ROOT: LazyLock<Option<CertificateDer<'static>>> = LazyLock::new(|| {
+    let key = PrivateKey::generate(KeyType::EcdsaP256).ok()?;
+    let params = SigningCaParams {
+        trust_domain: TrustDomain::new("withdrawn.invalid").ok()?,
+        ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+        backdate: Duration::from_secs(3600),
+    };
+    new_root(&params, &key, SystemTime::now()).ok()
+});
 
 fn has_x509(bundle: &TrustBundle) -> bool {
     !bundle.x509_authorities().is_empty()
@@ -438,31 +508,19 @@ fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>], snapshot: &Snapsho
     // Envoy's SPIFFE validator has no CRL field: it reads `X509 CRL` blocks
     // from the trust bundle's PEM and then checks the whole chain against
     // them. Only the own trust domain has CRLs.
-    let config = SpiffeCertValidatorConfig {
-        trust_domains: bundles
-            .iter()
-            .map(|b| {
-                let mut pem = certificates_pem(b.x509_authorities());
-                pem.extend(crls_pem(crls_of(snapshot, b)));
-                spiffe_cert_validator_config::TrustDomain {
-                    name: b.trust_domain().as_str().to_owned(),
-                    trust_bundle: inline(pem),
-                    workload_trust_domain: String::new(),
-                }
-            })
-            .collect(),
-        trust_bundles: None,
-    };
-    let context = CertificateValidationContext {
-        custom_validator_config: Some(TypedExtensionConfig {
-            name: SPIFFE_VALIDATOR.to_owned(),
-            typed_config: Some(Any {
-                type_url: SPIFFE_VALIDATOR_TYPE_URL.to_owned(),
-                value: config.encode_to_vec(),
-            }),
-        }),
-        ..CertificateValidationContext::default()
-    };
+    let trust_domains = bundles
+        .iter()
+        .map(|b| {
+            let mut pem = certificates_pem(b.x509_authorities());
+            pem.extend(crls_pem(crls_of(snapshot, b)));
+            spiffe_cert_validator_config::TrustDomain {
+                name: b.trust_domain().as_str().to_owned(),
+                trust_bundle: inline(pem),
+                workload_trust_domain: String::new(),
+            }
+        })
+        .collect();
+    let context = spiffe_validator_context(trust_domains);
     let version = digest_hex(
         "spiffe_validator",
         bundles.iter().flat_map(|b| {
@@ -473,4 +531,25 @@ fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>], snapshot: &Snapsho
         }),
     );
     Resolved::new(name, version, secret::Type::ValidationContext(context))
+}
+
+/// A validation context that hands validation to Envoy's SPIFFE validator
+/// with these trust domains.
+fn spiffe_validator_context(
+    trust_domains: Vec<spiffe_cert_validator_config::TrustDomain>,
+) -> CertificateValidationContext {
+    let config = SpiffeCertValidatorConfig {
+        trust_domains,
+        trust_bundles: None,
+    };
+    CertificateValidationContext {
+        custom_validator_config: Some(TypedExtensionConfig {
+            name: SPIFFE_VALIDATOR.to_owned(),
+            typed_config: Some(Any {
+                type_url: SPIFFE_VALIDATOR_TYPE_URL.to_owned(),
+                value: config.encode_to_vec(),
+            }),
+        }),
+        ..CertificateValidationContext::default()
+    }
 }

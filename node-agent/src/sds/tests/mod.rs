@@ -7,6 +7,7 @@
 mod access;
 mod binder;
 mod delta;
+mod federation;
 mod fetch;
 mod limits;
 mod names;
