@@ -575,22 +575,7 @@ impl Manager {
     async fn certify(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.config.max_backoff);
         loop {
-            let due: Vec<Arc<Entry>> = {
-                let now = SystemTime::now();
-                let inner = self.lock();
-                inner
-                    .entries
-                    .values()
-                    .filter(|e| !inner.is_awaiting(&e.id, now))
-                    .filter(|e| {
-                        inner
-                            .svids
-                            .get(&e.id)
-                            .is_none_or(|s| inner.due_at(s) <= now)
-                    })
-                    .cloned()
-                    .collect()
-            };
+            let due = self.due_entries(SystemTime::now());
             let mut failed = false;
             for chunk in due.chunks(BATCH) {
                 if let Err(e) = self.sign_batch(chunk).await {
@@ -645,6 +630,25 @@ impl Manager {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// The entries to sign for at `now`: those without an SVID, or whose
+    /// SVID is due (renewal, or a taint), except those whose new SVID is
+    /// held back for its bundle.
+    fn due_entries(&self, now: SystemTime) -> Vec<Arc<Entry>> {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .filter(|e| !inner.is_awaiting(&e.id, now))
+            .filter(|e| {
+                inner
+                    .svids
+                    .get(&e.id)
+                    .is_none_or(|s| inner.due_at(s) <= now)
+            })
+            .cloned()
+            .collect()
     }
 
     async fn sign_batch(&self, entries: &[Arc<Entry>]) -> Result<(), ManagerError> {
@@ -1003,6 +1007,9 @@ fn svid_from_pb(
     let checked = check_svid(entry, &svid, &key, bundle, now)?;
     Ok(checked.into_svid(entry, svid.serial, key, now))
 }
+
+#[cfg(test)]
+mod lifecycle;
 
 #[cfg(test)]
 mod tests {
