@@ -132,10 +132,7 @@ fn signed(
     m: &Manager,
     ids: &[&str],
     authority: &SigningAuthority,
-) -> (
-    Vec<pb::SignResult>,
-    HashMap<String, (PrivateKey, Arc<Entry>)>,
-) {
+) -> (Vec<pb::SignResult>, PendingKeys) {
     let mut results = Vec::new();
     let mut keys = HashMap::new();
     for id in ids {

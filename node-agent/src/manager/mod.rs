@@ -180,6 +180,9 @@ impl Inner {
     }
 }
 
+/// The keys generated for a signing call, with their entries, by entry id.
+type PendingKeys = HashMap<String, (PrivateKey, Arc<Entry>)>;
+
 /// A cached JWT-SVID is keyed by entry id and sorted audience.
 type JwtKey = (String, Vec<String>);
 
@@ -677,11 +680,7 @@ impl Manager {
     /// Takes the CA's answers to a signing call: serves each SVID that
     /// validates against the served bundle, holds back those signed by an
     /// authority the bundle does not carry yet, refuses the rest.
-    fn accept(
-        &self,
-        results: Vec<pb::SignResult>,
-        mut keys: HashMap<String, (PrivateKey, Arc<Entry>)>,
-    ) -> usize {
+    fn accept(&self, results: Vec<pb::SignResult>, mut keys: PendingKeys) -> usize {
         let mut issued = 0;
         {
             let mut inner = self.lock();

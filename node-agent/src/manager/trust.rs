@@ -176,7 +176,7 @@ pub fn crls_from_pb(list: &[Vec<u8>]) -> Arc<[Vec<u8>]> {
     list.iter()
         .take(MAX_CRLS)
         .filter(|der| match CertificateRevocationList::from_der(der) {
-            Ok((rest, _)) if rest.is_empty() => true,
+            Ok(([], _)) => true,
             Ok(_) => {
                 tracing::warn!("refusing a CRL with trailing data");
                 false

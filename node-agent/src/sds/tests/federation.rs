@@ -6,8 +6,11 @@ use super::*;
 
 const STRANGER_TD: &str = "stranger.test";
 
-/// The PEM blocks of `bytes` as (tag, DER).
-fn pem_blocks(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+/// PEM blocks as (tag, DER).
+type Blocks = Vec<(String, Vec<u8>)>;
+
+/// The PEM blocks of `bytes`.
+fn pem_blocks(bytes: &[u8]) -> Blocks {
     pem::parse_many(bytes)
         .unwrap()
         .into_iter()
@@ -17,7 +20,7 @@ fn pem_blocks(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 /// The trust domains of a SPIFFE validator secret with the raw PEM blocks
 /// of each one's trust bundle.
-fn spiffe_validator_blocks(secret: &Secret) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+fn spiffe_validator_blocks(secret: &Secret) -> Vec<(String, Blocks)> {
     let context = validation_context(secret);
     let any = context
         .custom_validator_config
@@ -39,7 +42,7 @@ fn spiffe_validator_blocks(secret: &Secret) -> Vec<(String, Vec<(String, Vec<u8>
         .collect()
 }
 
-fn certs(ca: &Ca) -> Vec<(String, Vec<u8>)> {
+fn certs(ca: &Ca) -> Blocks {
     ca.bundle
         .x509_authorities()
         .iter()
