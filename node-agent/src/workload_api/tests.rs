@@ -838,3 +838,4 @@ async fn jwt_audiences_are_bounded_in_count_and_length() {
 }
 
 mod federation;
+mod rotation;

@@ -197,3 +197,48 @@ async fn an_expired_svid_is_never_served_and_default_moves_on() {
     gone.quiet().await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_root_reaches_every_bundle_stream_from_one_snapshot() {
+    let ca = Ca::new(TD);
+    let svid = ca.svid("e-web", WEB);
+    let h = Harness::start(web_snapshot(1, &ca, svid)).await;
+    let names = ["ROOTCA", "ALL", "spiffe://example.org", "example.org"];
+    let mut streams = Vec::new();
+    for name in names {
+        let mut s = h.open(&[name]).await;
+        let r = s.next().await;
+        s.ack(&r).await;
+        streams.push(s);
+    }
+    // A prepared root joins the bundle.
+    let next = Ca::new(TD);
+    let both = TrustBundle::new(TrustDomain::new(TD).unwrap())
+        .with_x509_authorities(
+            ca.bundle
+                .x509_authorities()
+                .iter()
+                .chain(next.bundle.x509_authorities())
+                .cloned(),
+        )
+        .unwrap();
+    let mut rotated = Arc::unwrap_or_clone(h.snapshots.borrow().clone());
+    rotated.bundle = Some(Arc::new(both.clone()));
+    rotated.version = 2;
+    h.snapshots.send_replace(Arc::new(rotated));
+    for (name, s) in names.iter().zip(&mut streams) {
+        let secret = only_secret(&s.next().await);
+        let roots = if *name == "ROOTCA" {
+            pem_ders(inline_bytes(
+                validation_context(&secret).trusted_ca.as_ref(),
+            ))
+        } else {
+            let domains = spiffe_validator_domains(&secret);
+            assert_eq!(domains.len(), 1, "{name}");
+            domains[0].1.clone()
+        };
+        assert_eq!(roots, ders(both.x509_authorities()), "{name}");
+    }
+    drop(streams);
+    h.stop().await;
+}
