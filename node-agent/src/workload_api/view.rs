@@ -134,7 +134,10 @@ impl X509SvidView {
             return Decision::Refuse(Status::permission_denied(NO_IDENTITY));
         }
         let svids = snapshot.svids_for(&self.selectors, now);
-        let mut response = X509svidResponse::default();
+        let mut response = X509svidResponse {
+            crl: snapshot.crls.to_vec(),
+            ..X509svidResponse::default()
+        };
         for svid in &svids {
             let Some(bundle) = snapshot.bundle_for(&self.selectors, svid.spiffe_id.trust_domain())
             else {

@@ -228,10 +228,12 @@ async fn an_entry_that_stops_federating_takes_the_bundle_away() {
 }
 
 #[tokio::test]
-async fn x509_bundles_carry_the_crls() {
+async fn x509_svids_and_bundles_carry_the_crls() {
     let pki = Pki::new(td());
     let crl = crate::test_pki::test_crl(9);
-    let mut snapshot = Arc::unwrap_or_clone(pki.snapshot(&[], &[], 1));
+    let mine = entry("e-api", "/api", vec![me()]);
+    let svid = pki.issue(&mine);
+    let mut snapshot = Arc::unwrap_or_clone(pki.snapshot(&[mine], &[svid], 1));
     snapshot.crls = vec![crl.clone()].into();
     let h = Harness::start(&pki, Arc::new(snapshot)).await;
     let mut raw = h.raw().await;
@@ -240,7 +242,13 @@ async fn x509_bundles_carry_the_crls() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next(&mut x509).await.crl, [crl]);
-    drop(x509);
+    assert_eq!(next(&mut x509).await.crl, [crl.clone()]);
+    let mut svids = raw
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut svids).await.crl, [crl]);
+    drop((x509, svids));
     h.stop().await;
 }
