@@ -57,6 +57,15 @@ impl Entry {
             && self.selectors.iter().all(|s| selectors.contains(s))
     }
 
+    /// Whether an SVID signed for `other` is one for this entry too: same
+    /// SPIFFE ID, DNS names and TTL (selectors and federation do not go into
+    /// the certificate).
+    pub fn same_svid(&self, other: &Entry) -> bool {
+        self.spiffe_id == other.spiffe_id
+            && self.dns_names == other.dns_names
+            && self.ttl_seconds == other.ttl_seconds
+    }
+
     /// Whether every selector is `unix:path:...`. The path of a process is
     /// read from /proc when it calls, not when it connected: a process can
     /// connect, hand the socket to a child and exec the registered binary,

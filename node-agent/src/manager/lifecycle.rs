@@ -427,3 +427,26 @@ async fn cached_jwt_svids_of_keys_no_longer_published_or_tainted_are_dropped() {
     f.m.apply_bundle(&message).unwrap();
     assert!(cached(&f.m).is_empty());
 }
+
+#[tokio::test]
+async fn a_held_leaf_for_an_entry_that_changed_meanwhile_is_never_served() {
+    let f = fixture();
+    set_entries(&f.m, &["web"]);
+    let next = TestCa::new(td()).unwrap();
+    let (results, keys) = signed(&f.m, &["web"], next.authority());
+    assert_eq!(f.m.accept(results, keys), 0);
+    // The entry gains a DNS name before the new root's bundle arrives.
+    let mut changed = entry_pb("web");
+    changed.dns_names = vec!["web.example.org".into()];
+    changed.revision = 2;
+    f.m.apply_entries(pb::AuthorizedEntriesUpdate {
+        snapshot: false,
+        upserted: vec![changed],
+        removed_ids: vec![],
+        revision: 2,
+    });
+    f.m.apply_bundle(&bundle_pb(&[f.ca.root(), next.root()], 2))
+        .unwrap();
+    assert!(serial_of(&f.m, "web").is_none());
+    assert_eq!(f.m.due_entries(SystemTime::now()).len(), 1);
+}

@@ -158,7 +158,13 @@ impl Inner {
         };
         let mut installed = 0;
         for (id, held) in std::mem::take(&mut self.awaiting) {
-            if !self.entries.contains_key(&id) {
+            // Signed for what the entry was then: if it has changed since,
+            // the SVID is not for it any more.
+            if self
+                .entries
+                .get(&id)
+                .is_none_or(|now| !now.same_svid(&held.entry))
+            {
                 continue;
             }
             match check_svid(&held.entry, &held.svid, &held.key, &bundle, now) {
@@ -544,11 +550,10 @@ impl Manager {
                     Ok(entry) => {
                         // A changed entry (DNS names, TTL, ID) needs a new SVID.
                         if let Some(old) = inner.entries.get(&entry.id)
-                            && (old.spiffe_id != entry.spiffe_id
-                                || old.dns_names != entry.dns_names
-                                || old.ttl_seconds != entry.ttl_seconds)
+                            && !old.same_svid(&entry)
                         {
                             inner.svids.remove(&entry.id);
+                            inner.awaiting.remove(&entry.id);
                         }
                         inner.entries.insert(entry.id.clone(), Arc::new(entry));
                     }
