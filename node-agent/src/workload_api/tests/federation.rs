@@ -242,7 +242,7 @@ async fn x509_svids_and_bundles_carry_the_crls() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next(&mut x509).await.crl, [crl.clone()]);
+    assert_eq!(next(&mut x509).await.crl, std::slice::from_ref(&crl));
     let mut svids = raw
         .fetch_x509svid(with_header(X509svidRequest {}))
         .await
