@@ -126,6 +126,8 @@ struct Awaiting {
     entry: Arc<Entry>,
     svid: pb::X509Svid,
     key: PrivateKey,
+    /// When the agent asked for it.
+    requested_at: SystemTime,
     since: SystemTime,
 }
 
@@ -137,7 +139,7 @@ impl Inner {
             &self.taints,
             &svid.entry_id,
             &svid.chains_through,
-            svid.received_at,
+            svid.requested_at,
         )
         .map_or(svid.renew_at, |d| d.min(svid.renew_at))
     }
@@ -170,7 +172,12 @@ impl Inner {
             match check_svid(&held.entry, &held.svid, &held.key, &bundle, now) {
                 Ok(checked) => {
                     tracing::info!(entry = %id, serial = %held.svid.serial, "the bundle now validates a held-back SVID; serving it");
-                    let svid = checked.into_svid(&held.entry, held.svid.serial, held.key, now);
+                    let svid = checked.into_svid(
+                        &held.entry,
+                        held.svid.serial,
+                        held.key,
+                        held.requested_at,
+                    );
                     self.svids.insert(id, Arc::new(svid));
                     installed += 1;
                 }
@@ -278,7 +285,7 @@ impl Manager {
             &inner.taints,
             node.spiffe_id.as_str(),
             &through,
-            node.received_at,
+            node.requested_at,
         )
     }
 
@@ -300,7 +307,7 @@ impl Manager {
                         &inner.taints,
                         &s.entry_id,
                         &s.chains_through,
-                        s.received_at,
+                        s.requested_at,
                     )
                     .is_some()
                 })
@@ -422,10 +429,10 @@ impl Manager {
         }
         let federated = trust::federated_from_pb(&b.federated, &self.config.trust_domain);
         let crls = trust::crls_from_pb(&b.crls);
-        let taints = trust::taints_from_pb(&b.tainted);
         let now = SystemTime::now();
         let (own_changed, taints_changed, installed) = {
             let mut inner = self.lock();
+            let taints = trust::taints_from_pb(&b.tainted, &inner.taints, now);
             let own_changed = inner.bundle.as_deref() != Some(&bundle);
             let federated_changed = inner.federated != federated;
             let crls_changed = *inner.crls != *crls;
@@ -671,6 +678,9 @@ impl Manager {
             });
             keys.insert(e.id.clone(), (key, e.clone()));
         }
+        // Before the call: an SVID asked for before the agent saw a taint
+        // may have been signed before it (see `trust::Taint::seen_at`).
+        let requested_at = SystemTime::now();
         let resp = self
             .client()
             .node()
@@ -678,14 +688,19 @@ impl Manager {
             .await?
             .into_inner();
         crate::metrics::synced();
-        self.accept(resp.results, keys);
+        self.accept(resp.results, keys, requested_at);
         Ok(())
     }
 
     /// Takes the CA's answers to a signing call: serves each SVID that
     /// validates against the served bundle, holds back those signed by an
     /// authority the bundle does not carry yet, refuses the rest.
-    fn accept(&self, results: Vec<pb::SignResult>, mut keys: PendingKeys) -> usize {
+    fn accept(
+        &self,
+        results: Vec<pb::SignResult>,
+        mut keys: PendingKeys,
+        requested_at: SystemTime,
+    ) -> usize {
         let mut issued = 0;
         {
             let mut inner = self.lock();
@@ -706,7 +721,7 @@ impl Manager {
                             .and_then(|b| check_svid(&entry, &svid, &key, b, now))
                         {
                             Ok(checked) => {
-                                let s = checked.into_svid(&entry, svid.serial, key, now);
+                                let s = checked.into_svid(&entry, svid.serial, key, requested_at);
                                 tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
                                 inner.awaiting.remove(&entry.id);
                                 inner.svids.insert(entry.id.clone(), Arc::new(s));
@@ -724,6 +739,7 @@ impl Manager {
                                         entry: entry.clone(),
                                         svid,
                                         key,
+                                        requested_at,
                                         since: now,
                                     },
                                 );
@@ -941,12 +957,19 @@ struct Checked {
 }
 
 impl Checked {
-    fn into_svid(self, entry: &Entry, serial: String, key: PrivateKey, now: SystemTime) -> Svid {
+    /// The SVID to serve, asked for at `requested_at`.
+    fn into_svid(
+        self,
+        entry: &Entry,
+        serial: String,
+        key: PrivateKey,
+        requested_at: SystemTime,
+    ) -> Svid {
         // Half of the lifetime, ±10%.
         let renew_at = node::renew_time(
             self.not_before,
             self.not_after,
-            now,
+            requested_at,
             0.5 * (0.9 + 0.2 * jitter_fraction()),
         );
         Svid {
@@ -958,7 +981,7 @@ impl Checked {
             not_before: self.not_before,
             not_after: self.not_after,
             renew_at,
-            received_at: now,
+            requested_at,
             chains_through: self.chains_through,
         }
     }
