@@ -483,3 +483,20 @@ async fn an_svid_asked_for_just_before_the_taint_in_the_same_second_is_still_rep
         "only the node SVID"
     );
 }
+
+#[tokio::test]
+async fn an_svid_whose_root_left_the_bundle_is_due_at_once() {
+    let f = fixture();
+    set_entries(&f.m, &["web"]);
+    let (results, keys) = signed(&f.m, &["web"], f.ca.authority());
+    f.m.accept(results, keys, SystemTime::now());
+    let next = TestCa::new(td()).unwrap();
+    f.m.apply_bundle(&bundle_pb(&[f.ca.root(), next.root()], 2))
+        .unwrap();
+    assert!(f.m.due_entries(SystemTime::now()).is_empty());
+    // The old root is revoked: out of the bundle.
+    f.m.apply_bundle(&bundle_pb(&[next.root()], 3)).unwrap();
+    let due = f.m.due_entries(SystemTime::now());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, "web");
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use signet_identity::jwt;
-use signet_identity::x509::SvidError;
+use signet_identity::x509::{SvidError, authority_id};
 use signet_identity::{
     KeyError, KeyType, PrivateKey, SpiffeId, SpiffeIdError, TrustBundle, TrustDomain,
 };
@@ -108,6 +108,8 @@ struct Inner {
     /// (they wait) rather than "no identity" (they refuse).
     synced: bool,
     bundle: Option<Arc<TrustBundle>>,
+    /// [`authority_id`] of each root of `bundle`.
+    root_ids: Vec<String>,
     /// Federated bundles, CRLs and taints of the last bundle message.
     federated: BTreeMap<TrustDomain, Arc<TrustBundle>>,
     crls: Arc<[Vec<u8>]>,
@@ -133,8 +135,16 @@ struct Awaiting {
 
 impl Inner {
     /// When `svid` is due: its renewal time, or earlier when it chains
-    /// through a tainted authority.
+    /// through a tainted authority; at once when the root it chains to has
+    /// left the bundle (revoked or pruned), since peers no longer accept it.
     fn due_at(&self, svid: &Svid) -> SystemTime {
+        if !svid
+            .chains_through
+            .iter()
+            .any(|id| self.root_ids.contains(id))
+        {
+            return svid.requested_at;
+        }
         trust::reissue_deadline(
             &self.taints,
             &svid.entry_id,
@@ -230,6 +240,7 @@ impl Manager {
         bundle: TrustBundle,
     ) -> Arc<Self> {
         let inner = Inner {
+            root_ids: root_ids(&bundle),
             bundle: Some(Arc::new(bundle)),
             ..Inner::default()
         };
@@ -449,6 +460,7 @@ impl Manager {
             if crls_changed {
                 tracing::info!(crls = crls.len(), "serving new CRLs");
             }
+            inner.root_ids = root_ids(&bundle);
             inner.bundle = Some(Arc::new(bundle.clone()));
             inner.federated = federated;
             inner.crls = crls;
@@ -473,6 +485,10 @@ impl Manager {
             );
         }
         self.prune_jwt_cache(&bundle);
+        if own_changed {
+            // A root may have left: SVIDs under it are due at once.
+            self.wake_certify.notify_one();
+        }
         if taints_changed {
             let taints = self.lock().taints.clone();
             for t in &taints {
@@ -945,6 +961,15 @@ fn entry_from_pb(e: pb::Entry) -> Result<Entry, ManagerError> {
         revision: e.revision,
         federates_with,
     })
+}
+
+/// The ids of `bundle`'s roots.
+fn root_ids(bundle: &TrustBundle) -> Vec<String> {
+    bundle
+        .x509_authorities()
+        .iter()
+        .map(|c| authority_id(c))
+        .collect()
 }
 
 /// An SVID from the CA that passed [`check_svid`].

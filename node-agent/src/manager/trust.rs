@@ -115,6 +115,7 @@ pub fn reissue_deadline(
 ) -> Option<SystemTime> {
     taints
         .iter()
+        .filter(|t| t.kind != pb::AuthorityKind::Jwt)
         .filter(|t| chains_through.contains(&t.id) && requested_at < t.seen_at)
         .map(|t| t.deadline(key))
         .min()
