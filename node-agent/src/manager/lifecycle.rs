@@ -500,3 +500,12 @@ async fn an_svid_whose_root_left_the_bundle_is_due_at_once() {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].id, "web");
 }
+
+#[test]
+fn federates_with_is_parsed_and_a_bad_name_costs_only_that_federation() {
+    let mut e = entry_pb("web");
+    e.federates_with = vec!["b.test".into(), "not a trust domain".into()];
+    let entry = entry_from_pb(e).unwrap();
+    assert_eq!(entry.federates_with, [TrustDomain::new("b.test").unwrap()]);
+    assert_eq!(entry.spiffe_id.as_str(), "spiffe://example.org/web");
+}

@@ -67,14 +67,6 @@ pub enum ManagerError {
         #[source]
         source: SpiffeIdError,
     },
-    /// An entry that federates with a name that is not a trust domain.
-    #[error("entry {id}: federates with {name:?}: {source}")]
-    FederatesWith {
-        id: String,
-        name: String,
-        #[source]
-        source: SpiffeIdError,
-    },
     /// No bundle yet to check an SVID with.
     #[error("no trust bundle to verify the SVID against")]
     NoBundle,
@@ -934,17 +926,19 @@ async fn follow<T, F, Fut>(
 }
 
 fn entry_from_pb(e: pb::Entry) -> Result<Entry, ManagerError> {
+    // A name that is not a trust domain costs the entry that federation,
+    // not its identity.
     let federates_with = e
         .federates_with
         .iter()
-        .map(|name| {
-            TrustDomain::new(name).map_err(|source| ManagerError::FederatesWith {
-                id: e.id.clone(),
-                name: name.clone(),
-                source,
-            })
+        .filter_map(|name| match TrustDomain::new(name) {
+            Ok(td) => Some(td),
+            Err(error) => {
+                tracing::warn!(entry = %e.id, name = %name, %error, "ignoring a federates_with name that is not a trust domain");
+                None
+            }
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     Ok(Entry {
         spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|source| ManagerError::Entry {
             id: e.id.clone(),
