@@ -265,8 +265,9 @@ impl Ca {
         }
     }
 
-    /// One tick of the schedule: follows the upstream files, then moves
-    /// each kind one step if due, and prunes. Returns whether anything
+    /// One tick of the schedule: follows the upstream files (and switches
+    /// to a changed upstream CA once its root is served), then moves each
+    /// kind one step if due, and prunes. Returns whether anything
     /// changed.
     ///
     /// # Errors
@@ -275,29 +276,9 @@ impl Ca {
         let _writer = self.writer();
         let now = self.now();
         let mut changed = false;
-        if self.follow_upstream() {
-            let upstream = self.upstream.as_ref().map(|u| {
-                let u = u.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-                (u.parent.clone(), u.anchor.clone())
-            });
-            if let Some((parent, anchor)) = upstream {
-                let row = self.keys.create_intermediate(
-                    &parent,
-                    &cert_id(parent.cert()),
-                    &[anchor],
-                    now,
-                    AuthorityState::Prepared,
-                    SELF,
-                )?;
-                let rows = self.publish(SELF)?;
-                let row = rows.iter().find(|r| r.id == row.id).cloned().unwrap_or(row);
-                // Intermediates are not in the bundle: the new one can sign
-                // as soon as it is recorded as published.
-                self.activate_rows(&row, &rows, SELF, true, now)?;
-                changed = true;
-            }
-        }
+        self.follow_upstream(unix(now));
         self.publish(SELF)?;
+        changed |= self.switch_upstream(now)?;
         if self.config.upstream_ca.is_none() {
             changed |= self.schedule(AuthorityKind::Root, now)?;
         }
