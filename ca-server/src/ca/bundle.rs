@@ -38,6 +38,9 @@ pub struct NodeBundle {
     pub tainted: Vec<Tainted>,
     /// DER CRLs (empty unless an intermediate is revoked).
     pub crls: Vec<Vec<u8>>,
+    /// DER certificates of the revoked intermediates the CRLs list: the
+    /// CA refuses node SVIDs that chain through them.
+    pub revoked: Vec<Vec<u8>>,
 }
 
 impl NodeBundle {
@@ -260,13 +263,20 @@ impl Ca {
         let upstream = self.upstream_roots();
         let content = Content::of(&rows, upstream.as_deref(), now);
         let bundle = content.trust_bundle(&self.config, sequence)?;
-        let crls = self.crls(&rows, &content, sequence, now)?;
+        let current = self.node_bundle.borrow().clone();
+        // CRLs change only with the sequence (the revoked set is part of
+        // it): re-sign them only then, not on every tick.
+        let crls = if current.bundle.sequence() == sequence && sequence != 0 {
+            current.crls.clone()
+        } else {
+            self.crls(&rows, &content, sequence, now)?
+        };
         let node = NodeBundle {
             bundle: Arc::new(bundle),
             tainted: content.tainted_list(&self.config),
             crls,
+            revoked: content.revoked.iter().map(|r| r.cert_der.clone()).collect(),
         };
-        let current = self.node_bundle.borrow().clone();
         if current.bundle.as_ref() != node.bundle.as_ref() || current.tainted != node.tainted {
             write_file(&self.config, &node.bundle)?;
             tracing::info!(sequence, "publishing a new trust bundle");

@@ -138,6 +138,7 @@ impl Ca {
             bundle: Arc::new(TrustBundle::new(config.trust_domain.clone())),
             tainted: Vec::new(),
             crls: Vec::new(),
+            revoked: Vec::new(),
         }));
         let (entries_tx, _) = watch::channel(store.revision()?);
         let ca = Self {
