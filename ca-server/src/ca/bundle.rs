@@ -293,13 +293,4 @@ impl Ca {
     pub(super) fn publish(&self, caller: &str) -> Result<Vec<AuthorityRow>, CaError> {
         self.commit(&[], caller)
     }
-
-    /// Rebuilds the bundle from the store and publishes it when it changed.
-    ///
-    /// # Errors
-    /// Store and file errors.
-    pub fn republish_bundle(&self) -> Result<(), CaError> {
-        let _writer = self.writer();
-        self.publish(super::authorities::SELF).map(|_| ())
-    }
 }
