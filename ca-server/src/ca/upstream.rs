@@ -464,4 +464,57 @@ mod tests {
         // Signing is unaffected throughout.
         verify_x509_svid(&sign(&ca), &ca.bundle(), clock.now()).unwrap();
     }
+
+    #[test]
+    fn revoking_an_intermediate_needs_the_upstream_ca_to_be_the_anchor() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        // An upstream issuing CA under a company root: Signet cannot sign
+        // a CRL for the root, so it refuses to revoke an intermediate.
+        let files = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let clock = TestClock::at(std::time::SystemTime::now());
+        let ca_params = |name: &str, depth: u8| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(depth));
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.use_authority_key_identifier_extension = true;
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = ca_params("company root", 2);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root_params, root_key);
+        let issuing = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let issuing_cert = ca_params("issuing", 1)
+            .signed_by(issuing.key_pair(), &root_issuer)
+            .unwrap();
+        std::fs::write(
+            files.path().join("up.pem"),
+            [issuing_cert.pem(), root.pem()].concat(),
+        )
+        .unwrap();
+        std::fs::write(files.path().join("up.key"), issuing.to_pem().as_bytes()).unwrap();
+        let ca = testing::open(data.path(), &clock, settings(files.path(), false));
+        assert_eq!(ca.bundle().x509_authorities(), [root.der().clone()]);
+        let inter = ca.signing().signer_id.clone();
+        ca.taint_authority(&inter, "admin").unwrap();
+        let e = ca.revoke_authority(&inter, true, "admin").unwrap_err();
+        assert!(
+            matches!(e, crate::ca::CaError::FailedPrecondition(_))
+                && e.to_string().contains("upstream"),
+            "{e}"
+        );
+        assert!(ca.node_bundle().crls.is_empty());
+
+        // When the upstream CA is itself the anchor, its CRL is published.
+        let data = tempfile::tempdir().unwrap();
+        upstream(files.path(), "u1", &clock);
+        install(files.path(), "u1");
+        let ca = testing::open(data.path(), &clock, settings(files.path(), false));
+        let inter = ca.signing().signer_id.clone();
+        ca.taint_authority(&inter, "admin").unwrap();
+        ca.revoke_authority(&inter, true, "admin").unwrap();
+        assert_eq!(ca.node_bundle().crls.len(), 2);
+    }
 }
