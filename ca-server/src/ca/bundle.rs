@@ -61,6 +61,10 @@ pub(super) struct Content {
     pub tainted: Vec<AuthorityRow>,
     /// Revoked intermediates whose root is still published: what the CRLs list.
     pub revoked: Vec<AuthorityRow>,
+    /// While `revoked` is not empty: the unexpired, unrevoked intermediates,
+    /// each of which needs its own (empty) CRL in the bundle before an SVID
+    /// it signs passes a full-chain CRL check.
+    pub live_intermediates: Vec<AuthorityRow>,
 }
 
 impl Content {
@@ -83,6 +87,27 @@ impl Content {
                 .collect(),
         };
         let root_ids: Vec<String> = roots.iter().map(|c| cert_id(c)).collect();
+        let revoked: Vec<AuthorityRow> = rows
+            .iter()
+            .filter(|r| {
+                r.kind == AuthorityKind::Intermediate
+                    && r.state == AuthorityState::Revoked
+                    && r.parent_id.as_ref().is_some_and(|p| root_ids.contains(p))
+            })
+            .cloned()
+            .collect();
+        let live_intermediates = if revoked.is_empty() {
+            Vec::new()
+        } else {
+            rows.iter()
+                .filter(|r| {
+                    r.kind == AuthorityKind::Intermediate
+                        && !matches!(r.state, AuthorityState::Revoked | AuthorityState::Pruned)
+                        && r.not_after > now
+                })
+                .cloned()
+                .collect()
+        };
         Self {
             jwt: rows
                 .iter()
@@ -95,15 +120,8 @@ impl Content {
                 .filter(|r| r.state == AuthorityState::Tainted && r.not_after > now)
                 .cloned()
                 .collect(),
-            revoked: rows
-                .iter()
-                .filter(|r| {
-                    r.kind == AuthorityKind::Intermediate
-                        && r.state == AuthorityState::Revoked
-                        && r.parent_id.as_ref().is_some_and(|p| root_ids.contains(p))
-                })
-                .cloned()
-                .collect(),
+            revoked,
+            live_intermediates,
             roots,
         }
     }
@@ -116,6 +134,11 @@ impl Content {
         ids.extend(self.jwt.iter().map(|j| format!("jwt:{}", j.id)));
         ids.extend(self.tainted.iter().map(|t| format!("tainted:{}", t.id)));
         ids.extend(self.revoked.iter().map(|r| format!("revoked:{}", r.id)));
+        ids.extend(
+            self.live_intermediates
+                .iter()
+                .map(|r| format!("crl:{}", r.id)),
+        );
         ids.sort();
         ids.join(",")
     }

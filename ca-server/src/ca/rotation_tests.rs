@@ -661,3 +661,32 @@ fn a_root_cannot_be_prepared_in_upstream_mode_and_unknown_kinds_are_refused() {
     ca.activate_authority(&i.row.id, false, "admin").unwrap();
     assert_eq!(ca.signing().signer_id, i.row.id);
 }
+
+#[test]
+fn while_crls_are_in_use_a_new_intermediate_waits_for_the_bundle_carrying_its_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let ca = Arc::new(testing::open(dir.path(), &clock, Settings::default()));
+    let inter = active(&ca, AuthorityKind::Intermediate).id;
+    ca.taint_authority(&inter, "admin").unwrap();
+    ca.revoke_authority(&inter, true, "admin").unwrap();
+    let seq = ca.bundle().sequence();
+    assert_eq!(ca.node_bundle().crls.len(), 2);
+
+    let node = testing::attest(&ca, "n1");
+    let _stream = ca.agent_connected(&node);
+    ca.report_status(&node, seq, 0, &[]).unwrap();
+    let (next, seq2) = ca
+        .prepare_authority(Some(AuthorityKind::Intermediate), "admin")
+        .unwrap();
+    assert!(seq2 > seq, "its CRL changes the bundle");
+    assert_eq!(next.row.published_sequence, Some(seq2));
+    assert_eq!(ca.node_bundle().crls.len(), 3);
+    let e = ca
+        .activate_authority(&next.row.id, false, "admin")
+        .unwrap_err();
+    assert!(e.to_string().contains("n1 (at"), "{e}");
+    ca.report_status(&node, seq2, 0, &[]).unwrap();
+    ca.activate_authority(&next.row.id, false, "admin").unwrap();
+    assert_eq!(ca.signing().signer_id, next.row.id);
+}
