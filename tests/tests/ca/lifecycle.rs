@@ -13,9 +13,10 @@ use signet_proto::ca::v1::admin_client::AdminClient;
 use signet_tests::{AgentProcess, CaOptions, CaProcess};
 use tonic::transport::Channel;
 
-/// Longest wait for an agent to serve the CA's current bundle (it
-/// reconnects with backoff after a CA restart).
-const SYNC_TIMEOUT: Duration = Duration::from_secs(40);
+/// Longest wait for an agent to serve the CA's current bundle and say so:
+/// after a CA restart it reconnects with backoff, and a report that failed
+/// while the CA was down is only repeated at its 30 s heartbeat.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Waits until the agent `node` reports serving the CA's current bundle,
 /// and returns that bundle: one the agent has served.
