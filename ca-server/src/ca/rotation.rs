@@ -297,6 +297,25 @@ impl Ca {
         else {
             return Ok(false);
         };
+        // A prepared root keeps a fresh intermediate under it, made and
+        // published ahead of activation (its CRL too, while CRLs are in
+        // use), so that activation never brings a key agents do not have.
+        if kind == AuthorityKind::Root
+            && let Some(next) = self.successor(kind, &rows, t)
+            && self.companion(next, &rows, t).is_none()
+        {
+            let parent = self.keys.load_root(next)?;
+            self.keys.create_intermediate(
+                &parent,
+                &next.id,
+                std::slice::from_ref(parent.cert()),
+                now,
+                AuthorityState::Prepared,
+                SELF,
+            )?;
+            self.publish(SELF)?;
+            return Ok(true);
+        }
         match self.successor(kind, &rows, t) {
             None if t >= self.prepare_point(active) => {
                 self.prepare_locked(kind, SELF, now)?;
@@ -524,15 +543,18 @@ impl Ca {
             // Its intermediate: the one prepared with it while still fresh,
             // else a new one (intermediates are not in the bundle; the root
             // that vouches for it is).
-            let companion = rows.iter().find(|r| {
-                r.kind == AuthorityKind::Intermediate
-                    && r.state == AuthorityState::Prepared
-                    && r.parent_id.as_deref() == Some(&next.id)
-                    && r.published_sequence.is_some()
-                    && t < self.prepare_point(r)
-            });
-            let companion = match companion {
-                Some(c) => c.clone(),
+            let companion = match self.companion(next, rows, t) {
+                Some(c) => {
+                    if !force && let Gate::Closed(lagging) = self.gate(c, now)? {
+                        return Err(CaError::FailedPrecondition(format!(
+                            "not every connected agent has acknowledged bundle sequence {}, which carries the intermediate of {}: {}; wait, or use force",
+                            c.published_sequence.unwrap_or(0),
+                            next.id,
+                            lagging_names(&lagging)
+                        )));
+                    }
+                    c.clone()
+                }
                 None => {
                     let parent = self.keys.load_root(next)?;
                     let mut fresh = self.keys.create_intermediate(
@@ -569,6 +591,24 @@ impl Ca {
             }
         }
         Ok(changes)
+    }
+
+    /// The fresh, published intermediate prepared under the prepared root
+    /// `root`, if any (fresh: not yet past its own prepare point).
+    fn companion<'a>(
+        &self,
+        root: &AuthorityRow,
+        rows: &'a [AuthorityRow],
+        t: i64,
+    ) -> Option<&'a AuthorityRow> {
+        rows.iter().find(|r| {
+            r.kind == AuthorityKind::Intermediate
+                && r.state == AuthorityState::Prepared
+                && r.parent_id.as_deref() == Some(&root.id)
+                && r.published_sequence.is_some()
+                && r.not_after > t
+                && t < self.prepare_point(r)
+        })
     }
 
     fn find(&self, rows: &[AuthorityRow], id: &str) -> Result<AuthorityRow, CaError> {

@@ -117,6 +117,16 @@ fn two_full_cycles_of_each_kind_keep_every_credential_valid() {
                     AuthorityKind::Intermediate => a.parent_id.clone().unwrap(),
                     _ => a.id.clone(),
                 };
+                // Nothing was made and activated in one step: every new
+                // authority was published at an earlier tick.
+                assert!(
+                    a.published_at < a.activated_at,
+                    "{} {} published at {:?}, activated at {:?}",
+                    kind.as_str(),
+                    a.id,
+                    a.published_at,
+                    a.activated_at
+                );
                 assert!(
                     sent_before.contains(&vouching),
                     "{} {} signs but {vouching} was not in the bundle sent before",
