@@ -37,6 +37,7 @@ fn crash_point(step: &str) {
 }
 
 /// What the activation gate says about a prepared authority.
+/// "Live" agents count: see [`Ca::agent_lag`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gate {
     /// Every connected agent serves a bundle that carries it.
@@ -110,7 +111,11 @@ impl Ca {
         }
     }
 
-    /// Every connected agent with the bundle sequence it last reported.
+    /// Every live agent with the bundle sequence it last reported: those
+    /// with an open bundle stream, and those that reported within the
+    /// last 3 x `agent_sync_interval`. The second group matters after a
+    /// restart, before agents have reconnected: the CA must not take their
+    /// absence for consent.
     ///
     /// # Errors
     /// Store errors.
@@ -122,14 +127,15 @@ impl Ca {
             .keys()
             .cloned()
             .collect();
-        if connected.is_empty() {
-            return Ok(Vec::new());
-        }
+        let recent =
+            unix(self.now()).saturating_sub(3 * secs(self.config.rotation.agent_sync_interval));
         Ok(self
             .store
             .nodes()?
             .into_iter()
-            .filter(|n| connected.contains(&n.spiffe_id))
+            .filter(|n| {
+                connected.contains(&n.spiffe_id) || (n.last_seen > 0 && n.last_seen >= recent)
+            })
             .map(|n| (n.name, n.bundle_sequence))
             .collect())
     }

@@ -234,8 +234,11 @@ fn activation_waits_for_connected_agents_then_for_the_time_rule() {
         (1, 2)
     );
 
-    // An agent that disconnects no longer holds activation back.
+    // An agent that disconnects holds activation back only while its last
+    // report is recent (3 x the 30s heartbeat).
     drop(slow_stream);
+    assert!(ca.activate_authority(&jwt.row.id, false, "admin").is_err());
+    clock.advance(Duration::from_secs(91));
     ca.activate_authority(&jwt.row.id, false, "admin").unwrap();
     assert_eq!(ca.signing().jwt.key_id, jwt.row.id);
 
@@ -699,4 +702,30 @@ fn while_crls_are_in_use_a_new_intermediate_waits_for_the_bundle_carrying_its_cr
     ca.report_status(&node, seq2, 0, &[]).unwrap();
     ca.activate_authority(&next.row.id, false, "admin").unwrap();
     assert_eq!(ca.signing().signer_id, next.row.id);
+}
+
+#[test]
+fn after_a_restart_agents_that_reported_recently_count_before_they_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let ca = Arc::new(testing::open(dir.path(), &clock, Settings::default()));
+    let node = testing::attest(&ca, "n1");
+    let stream = ca.agent_connected(&node);
+    ca.report_status(&node, ca.bundle().sequence(), 0, &[])
+        .unwrap();
+    let (jwt, _) = ca
+        .prepare_authority(Some(AuthorityKind::Jwt), "admin")
+        .unwrap();
+    drop(stream);
+    drop(ca);
+    // Restarted: no stream is open yet, but n1 reported 0s ago.
+    let ca = testing::open(dir.path(), &clock, Settings::default());
+    let e = ca
+        .activate_authority(&jwt.row.id, false, "admin")
+        .unwrap_err();
+    assert!(e.to_string().contains("n1"), "{e}");
+    let n1 = SpiffeId::parse("spiffe://test.org/signet/node/n1").unwrap();
+    ca.report_status(&n1, ca.bundle().sequence(), 0, &[])
+        .unwrap();
+    ca.activate_authority(&jwt.row.id, false, "admin").unwrap();
 }
