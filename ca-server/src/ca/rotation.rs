@@ -5,7 +5,7 @@
 //! when the active authority passes `rotation_prepare_at` of its life a
 //! successor is prepared and published; when it has
 //! `rotation_activate_before` of its life left the successor is activated,
-//! once every connected agent reports serving a bundle sequence that
+//! once every live agent reports serving a bundle sequence that
 //! carries it (the gate) or, after `activation_ack_timeout`, no earlier
 //! than 3 x `agent_sync_interval` after publication. The old one is
 //! retired and stays published until the last thing it signed can have
