@@ -47,6 +47,9 @@ pub struct CaOptions {
     /// harness sets `--trust-domain`, `--listen`, `--data-dir` and
     /// `--admin-socket` itself.
     pub args: Vec<String>,
+    /// Environment variables for the process (e.g. the debug-build test
+    /// hook `SIGNET_TEST_CRASH_AT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for CaOptions {
@@ -62,7 +65,15 @@ impl CaOptions {
         Self {
             trust_domain: trust_domain.to_owned(),
             args: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets the environment variable `name` for the process.
+    #[must_use]
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
     }
 
     /// Adds `--name value`.
@@ -517,6 +528,7 @@ impl CaProcess {
             .arg("--admin-socket")
             .arg(&self.admin_socket)
             .args(&self.opts.args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

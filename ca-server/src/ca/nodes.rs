@@ -174,10 +174,25 @@ impl Ca {
         node: &SpiffeId,
         bundle_sequence: u64,
         svid_count: u32,
+        chains_through: &[String],
     ) -> Result<(), CaError> {
+        if chains_through.len() > MAX_CHAINS_THROUGH
+            || chains_through
+                .iter()
+                .any(|id| id.len() > MAX_AUTHORITY_ID_LEN)
+        {
+            return Err(CaError::InvalidArgument(format!(
+                "chains_through holds at most {MAX_CHAINS_THROUGH} authority ids of at most {MAX_AUTHORITY_ID_LEN} bytes"
+            )));
+        }
         let now = unix(self.now());
-        self.store
-            .report_status(node.as_str(), bundle_sequence, svid_count, now)?;
+        self.store.report_status(
+            node.as_str(),
+            bundle_sequence,
+            svid_count,
+            chains_through,
+            now,
+        )?;
         Ok(())
     }
 
@@ -189,6 +204,11 @@ impl Ca {
         Ok(self.store.nodes()?)
     }
 }
+
+/// Most authority ids one status report may list, and their longest form
+/// (ids are 16 hex digits; the margin is for future forms).
+const MAX_CHAINS_THROUGH: usize = 64;
+const MAX_AUTHORITY_ID_LEN: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -220,5 +240,24 @@ mod tests {
         assert_eq!(again, node);
         let row = ca.nodes().unwrap().pop().unwrap();
         assert_eq!(row.attested_at, unix(clock.now()));
+    }
+
+    #[test]
+    fn status_reports_are_bounded_and_a_refused_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let node = testing::attest(&ca, "n1");
+        ca.report_status(&node, 3, 1, &["a".repeat(16)]).unwrap();
+        for bad in [
+            vec!["x".to_owned(); MAX_CHAINS_THROUGH + 1],
+            vec!["x".repeat(MAX_AUTHORITY_ID_LEN + 1)],
+        ] {
+            let e = ca.report_status(&node, 9, 9, &bad).unwrap_err();
+            assert!(matches!(e, CaError::InvalidArgument(_)), "{e:?}");
+        }
+        let row = ca.nodes().unwrap().pop().unwrap();
+        assert_eq!((row.bundle_sequence, row.svid_count), (3, 1));
+        assert_eq!(row.chains_through, ["a".repeat(16)]);
     }
 }
