@@ -63,6 +63,27 @@ const MIGRATIONS: &[&str] = &[
     // and node names refused attestation.
     "ALTER TABLE nodes ADD COLUMN prev_serial TEXT NOT NULL DEFAULT '';
      CREATE TABLE banned_nodes (name TEXT PRIMARY KEY, banned_at INTEGER NOT NULL);",
+    // 5: reserved for the rotation journal (branch h7-rot); a no-op here so
+    // that federation's migration keeps its number 6 when both are merged.
+    "SELECT 1;",
+    // 6: federation relationships with their last good bundle, and the
+    // trust domains each entry federates with.
+    "CREATE TABLE federations (
+         trust_domain TEXT PRIMARY KEY,
+         bundle_endpoint_url TEXT NOT NULL,
+         profile TEXT NOT NULL,
+         endpoint_spiffe_id TEXT NOT NULL,
+         initial_bundle TEXT NOT NULL,
+         web_roots_pem BLOB,
+         from_config INTEGER NOT NULL,
+         bundle TEXT,
+         bundle_sequence INTEGER NOT NULL DEFAULT 0,
+         last_attempt_at INTEGER NOT NULL DEFAULT 0,
+         last_success_at INTEGER NOT NULL DEFAULT 0,
+         last_error TEXT NOT NULL DEFAULT '',
+         consecutive_failures INTEGER NOT NULL DEFAULT 0,
+         created_at INTEGER NOT NULL);
+     ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// The schema version this build writes.
