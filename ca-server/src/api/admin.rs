@@ -76,6 +76,7 @@ impl Admin for AdminApi {
                 .collect(),
             ttl_seconds: body.x509_svid_ttl_seconds,
             dns_names: body.dns_names,
+            federates_with: body.federates_with,
         };
         let ca = self.ca.clone();
         let entry = blocking(move || ca.create_entry(&new, &caller)).await?;

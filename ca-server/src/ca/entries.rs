@@ -20,6 +20,36 @@ pub struct NewEntry {
     /// 0 for the server's default.
     pub ttl_seconds: i64,
     pub dns_names: Vec<String>,
+    /// Trust domains whose bundles the entry's workloads receive.
+    pub federates_with: Vec<String>,
+}
+
+/// Most trust domains one entry may federate with.
+pub const MAX_FEDERATES_WITH: usize = 32;
+
+/// Checks `federates_with`: valid trust domain names, not `own`, at most
+/// [`MAX_FEDERATES_WITH`]; returns them sorted without duplicates.
+fn check_federates_with(own: &signet_identity::TrustDomain, tds: &[String]) -> Result<Vec<String>, CaError> {
+    if tds.len() > MAX_FEDERATES_WITH {
+        return Err(CaError::InvalidArgument(format!(
+            "an entry may federate with at most {MAX_FEDERATES_WITH} trust domains"
+        )));
+    }
+    let mut out = Vec::with_capacity(tds.len());
+    for td in tds {
+        let parsed = signet_identity::TrustDomain::new(td).map_err(|e| {
+            CaError::InvalidArgument(format!("invalid federates_with trust domain {td:?}: {e}"))
+        })?;
+        if &parsed == own {
+            return Err(CaError::InvalidArgument(format!(
+                "federates_with names {td}, the CA's own trust domain"
+            )));
+        }
+        out.push(parsed.to_string());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// A join token just created. The token itself is shown once and never stored.
@@ -138,6 +168,7 @@ impl Ca {
             dns_names: req.dns_names.clone(),
             created_at: unix(self.now()),
             revision: 0,
+            federates_with: check_federates_with(td, &req.federates_with)?,
         })
     }
 
@@ -315,6 +346,7 @@ mod ca_tests {
             selectors: vec![("unix".into(), "uid:1".into())],
             ttl_seconds: 0,
             dns_names: dns.iter().map(|d| (*d).to_owned()).collect(),
+            federates_with: vec![],
         };
         let refused = [
             new("/signet/ca", &[]),
@@ -327,6 +359,18 @@ mod ca_tests {
             new("/web", &["not a name"]),
             NewEntry {
                 spiffe_id: "spiffe://other.org/web".into(),
+                ..new("/web", &[])
+            },
+            NewEntry {
+                federates_with: vec!["test.org".into()],
+                ..new("/web", &[])
+            },
+            NewEntry {
+                federates_with: vec!["Not A Domain".into()],
+                ..new("/web", &[])
+            },
+            NewEntry {
+                federates_with: (0..=MAX_FEDERATES_WITH).map(|i| format!("td{i}.org")).collect(),
                 ..new("/web", &[])
             },
         ];
