@@ -363,7 +363,11 @@ impl Config {
                 max: "1h",
             });
         }
-        let bundle_endpoint = match flags.bundle_endpoint.as_ref().or(file.bundle_endpoint.as_ref()) {
+        let bundle_endpoint = match flags
+            .bundle_endpoint
+            .as_ref()
+            .or(file.bundle_endpoint.as_ref())
+        {
             Some(b) => Some(b.check().map_err(ConfigError::Federation)?),
             None => None,
         };
@@ -372,8 +376,9 @@ impl Config {
         } else {
             &flags.federation
         };
-        let federations = crate::federation::config::relationships(federation_settings, &trust_domain)
-            .map_err(ConfigError::Federation)?;
+        let federations =
+            crate::federation::config::relationships(federation_settings, &trust_domain)
+                .map_err(ConfigError::Federation)?;
         Ok(Self {
             trust_domain,
             listen,

@@ -86,8 +86,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rotate_loop(ca.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("rotation")),
     );
 
-    let federations = Federations::start(ca.clone(), shutdown_rx.clone())
-        .context("starting federation")?;
+    let federations =
+        Federations::start(ca.clone(), shutdown_rx.clone()).context("starting federation")?;
     if let Some((endpoint, listener)) = bundle_endpoint {
         let (doc_tx, doc_rx) = watch::channel(bytes::Bytes::new());
         tokio::spawn(endpoint::follow_bundle(
@@ -124,18 +124,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             NodeServer::new(
                 NodeApi::new(ca.clone(), shutdown_rx.clone()).with_federated(federations.watch()),
             )
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(64 * MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(64 * MAX_MESSAGE_BYTES),
         )
         .add_service(health_service.clone())
         .serve_with_incoming_shutdown(
             tls::incoming(listener, tls_config, tracker, shutdown_rx.clone()),
             wait_for(shutdown_rx.clone()),
         );
-    let admin_routes =
-        Routes::new(AdminServer::new(
+    let admin_routes = Routes::new(AdminServer::new(
         AdminApi::new(ca.clone()).with_federations(federations.clone()),
-    )).add_service(health_service);
+    ))
+    .add_service(health_service);
     let admin_server = signet_uds::serve(
         admin_socket,
         admin_routes,

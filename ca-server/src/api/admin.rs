@@ -172,21 +172,27 @@ impl Admin for AdminApi {
         &self,
         _req: Request<pb::ActivateAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented("activate_authority: not implemented yet"))
+        Err(Status::unimplemented(
+            "activate_authority: not implemented yet",
+        ))
     }
 
     async fn taint_authority(
         &self,
         _req: Request<pb::TaintAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented("taint_authority: not implemented yet"))
+        Err(Status::unimplemented(
+            "taint_authority: not implemented yet",
+        ))
     }
 
     async fn revoke_authority(
         &self,
         _req: Request<pb::RevokeAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented("revoke_authority: not implemented yet"))
+        Err(Status::unimplemented(
+            "revoke_authority: not implemented yet",
+        ))
     }
 
     async fn create_federation(

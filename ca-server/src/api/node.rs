@@ -318,7 +318,8 @@ impl Node for NodeApi {
             loop {
                 let mut current = convert::bundle(&bundles.borrow_and_update());
                 if let Some(f) = federated.as_mut() {
-                    current.federated = crate::federation::api::federated_pb(&f.borrow_and_update());
+                    current.federated =
+                        crate::federation::api::federated_pb(&f.borrow_and_update());
                 }
                 if tx.send(Ok(current)).await.is_err() {
                     return;

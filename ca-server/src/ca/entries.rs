@@ -29,7 +29,10 @@ pub const MAX_FEDERATES_WITH: usize = 32;
 
 /// Checks `federates_with`: valid trust domain names, not `own`, at most
 /// [`MAX_FEDERATES_WITH`]; returns them sorted without duplicates.
-fn check_federates_with(own: &signet_identity::TrustDomain, tds: &[String]) -> Result<Vec<String>, CaError> {
+fn check_federates_with(
+    own: &signet_identity::TrustDomain,
+    tds: &[String],
+) -> Result<Vec<String>, CaError> {
     if tds.len() > MAX_FEDERATES_WITH {
         return Err(CaError::InvalidArgument(format!(
             "an entry may federate with at most {MAX_FEDERATES_WITH} trust domains"
@@ -361,18 +364,6 @@ mod ca_tests {
                 spiffe_id: "spiffe://other.org/web".into(),
                 ..new("/web", &[])
             },
-            NewEntry {
-                federates_with: vec!["test.org".into()],
-                ..new("/web", &[])
-            },
-            NewEntry {
-                federates_with: vec!["Not A Domain".into()],
-                ..new("/web", &[])
-            },
-            NewEntry {
-                federates_with: (0..=MAX_FEDERATES_WITH).map(|i| format!("td{i}.org")).collect(),
-                ..new("/web", &[])
-            },
         ];
         let records = testing::audit(&ca).len();
         for req in &refused {
@@ -414,5 +405,42 @@ mod ca_tests {
             ca.delete_entry(&entry.id, "admin"),
             Err(CaError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn federates_with_names_other_valid_trust_domains_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let node = testing::attest(&ca, "n1");
+        let new = |tds: Vec<String>| NewEntry {
+            spiffe_id: "spiffe://test.org/web".into(),
+            parent_id: node.to_string(),
+            selectors: vec![("unix".into(), "uid:1".into())],
+            federates_with: tds,
+            ..NewEntry::default()
+        };
+        for bad in [
+            vec!["test.org".to_owned()],
+            vec!["Not A Domain".to_owned()],
+            (0..=MAX_FEDERATES_WITH)
+                .map(|i| format!("td{i}.org"))
+                .collect(),
+        ] {
+            let err = ca.create_entry(&new(bad.clone()), "admin").unwrap_err();
+            assert!(
+                matches!(err, CaError::InvalidArgument(_)),
+                "{bad:?}: {err:?}"
+            );
+        }
+        assert!(ca.list_entries(None).unwrap().is_empty());
+        let made = ca
+            .create_entry(
+                &new(vec!["b.org".into(), "a.org".into(), "b.org".into()]),
+                "admin",
+            )
+            .unwrap();
+        assert_eq!(made.federates_with, ["a.org", "b.org"]);
+        assert_eq!(ca.get_entry(&made.id).unwrap(), made);
     }
 }

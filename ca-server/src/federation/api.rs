@@ -13,7 +13,10 @@ use crate::ca::{Ca, CaError};
 
 /// The federated bundles in wire form, each naming its trust domain.
 pub fn federated_pb(bundles: &[TrustBundle]) -> Vec<pb::Bundle> {
-    bundles.iter().map(signet_proto::convert::bundle_to_pb).collect()
+    bundles
+        .iter()
+        .map(signet_proto::convert::bundle_to_pb)
+        .collect()
 }
 
 /// Resolves when the federated set changes; never when there is none.

@@ -160,7 +160,12 @@ mod tests {
                 found: "other.org".into()
             })
         );
-        for bad in [&b"{"[..], b"[]", b"{\"keys\": 3}", b"{\"keys\": [], \"spiffe_sequence\": -1}"] {
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            b"{\"keys\": 3}",
+            b"{\"keys\": [], \"spiffe_sequence\": -1}",
+        ] {
             assert!(
                 matches!(
                     check_update(&remote, Some(&last), bad),

@@ -126,9 +126,9 @@ impl BundleEndpointSettings {
                 let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
                     .map_err(|e| FederationError::Endpoint(format!("{}: {e}", key.display())))?;
                 let certified = CertifiedKey::new(chain, signer);
-                certified
-                    .keys_match()
-                    .map_err(|e| FederationError::Endpoint(format!("cert_file and key_file: {e}")))?;
+                certified.keys_match().map_err(|e| {
+                    FederationError::Endpoint(format!("cert_file and key_file: {e}"))
+                })?;
                 EndpointTls::Web(Arc::new(certified))
             }
             (ProfileKind::HttpsWeb, _, _) => {
@@ -163,8 +163,18 @@ pub fn relationships(
             url: t.bundle_endpoint_url.clone(),
             profile: t.profile.clone(),
             endpoint_spiffe_id: t.endpoint_spiffe_id.clone().unwrap_or_default(),
-            initial_bundle: t.bundle_file.as_ref().map(read).transpose()?.unwrap_or_default(),
-            web_roots_pem: t.web_roots_file.as_ref().map(read).transpose()?.unwrap_or_default(),
+            initial_bundle: t
+                .bundle_file
+                .as_ref()
+                .map(read)
+                .transpose()?
+                .unwrap_or_default(),
+            web_roots_pem: t
+                .web_roots_file
+                .as_ref()
+                .map(read)
+                .transpose()?
+                .unwrap_or_default(),
         };
         let rel = new.check(own, true)?;
         if out.iter().any(|r| r.trust_domain == rel.trust_domain) {

@@ -189,11 +189,15 @@ pub fn respond(req: &Request<Incoming>, document: Bytes) -> Response<Full<Bytes>
     }
     if req.method() != Method::GET {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed\n");
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
     if req.body().size_hint().upper() != Some(0) {
-        let mut r = plain(StatusCode::PAYLOAD_TOO_LARGE, "a request body is not accepted\n");
+        let mut r = plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a request body is not accepted\n",
+        );
         r.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         return r;

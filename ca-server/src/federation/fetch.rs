@@ -37,10 +37,11 @@ pub async fn fetch(url: &EndpointUrl, tls: Arc<ClientConfig>) -> Result<Bytes, F
 
 async fn fetch_inner(url: &EndpointUrl, tls: Arc<ClientConfig>) -> Result<Bytes, FetchError> {
     let addr = format!("{}:{}", url.host_header_host(), url.port());
-    let server_name = ServerName::try_from(url.host().to_owned()).map_err(|e| FetchError::Connect {
-        addr: addr.clone(),
-        reason: format!("not a usable server name: {e}"),
-    })?;
+    let server_name =
+        ServerName::try_from(url.host().to_owned()).map_err(|e| FetchError::Connect {
+            addr: addr.clone(),
+            reason: format!("not a usable server name: {e}"),
+        })?;
     let connect = async {
         let tcp = TcpStream::connect((url.host(), url.port()))
             .await

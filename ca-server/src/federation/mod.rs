@@ -59,7 +59,9 @@ pub enum FederationError {
         #[source]
         source: BundleError,
     },
-    #[error("the initial bundle of {0} holds no X.509 authority, so it cannot authenticate the endpoint")]
+    #[error(
+        "the initial bundle of {0} holds no X.509 authority, so it cannot authenticate the endpoint"
+    )]
     InitialBundleEmpty(TrustDomain),
     #[error("web roots: {0}")]
     WebRoots(String),
@@ -197,7 +199,9 @@ impl EndpointUrl {
         if url.len() > MAX_URL_LEN {
             return Err(bad("too long"));
         }
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         if uri.scheme_str() != Some("https") {
             return Err(bad("the scheme must be https"));
         }
@@ -205,14 +209,21 @@ impl EndpointUrl {
         if authority.as_str().contains('@') {
             return Err(bad("user information is not allowed"));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(bad("no host"));
         }
         let path = uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let path = if path.is_empty() { "/".to_owned() } else { path };
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path
+        };
         Ok(Self {
             text: url.to_owned(),
             host: host.to_owned(),
@@ -284,12 +295,17 @@ impl NewRelationship {
     ///
     /// # Errors
     /// The first rule broken, as a [`FederationError`].
-    pub fn check(&self, own: &TrustDomain, from_config: bool) -> Result<Relationship, FederationError> {
-        let trust_domain =
-            TrustDomain::new(&self.trust_domain).map_err(|source| FederationError::TrustDomain {
+    pub fn check(
+        &self,
+        own: &TrustDomain,
+        from_config: bool,
+    ) -> Result<Relationship, FederationError> {
+        let trust_domain = TrustDomain::new(&self.trust_domain).map_err(|source| {
+            FederationError::TrustDomain {
                 value: self.trust_domain.clone(),
                 source,
-            })?;
+            }
+        })?;
         if &trust_domain == own {
             return Err(FederationError::OwnTrustDomain(trust_domain));
         }
@@ -339,9 +355,8 @@ impl NewRelationship {
                         trust_domain: trust_domain.clone(),
                         source,
                     })?;
-                check::authorities_belong(&initial).map_err(|e| FederationError::ProfileOption(
-                    format!("initial bundle: {e}"),
-                ))?;
+                check::authorities_belong(&initial)
+                    .map_err(|e| FederationError::ProfileOption(format!("initial bundle: {e}")))?;
                 if initial.x509_authorities().is_empty() {
                     return Err(FederationError::InitialBundleEmpty(trust_domain));
                 }
@@ -359,3 +374,6 @@ impl NewRelationship {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -80,7 +80,11 @@ impl Federations {
         let configured = &ca.config().federations;
         for s in &stored {
             let rel = &s.relationship;
-            if rel.from_config && !configured.iter().any(|c| c.trust_domain == rel.trust_domain) {
+            if rel.from_config
+                && !configured
+                    .iter()
+                    .any(|c| c.trust_domain == rel.trust_domain)
+            {
                 tracing::info!(trust_domain = %rel.trust_domain, "removing a relationship no longer in the configuration");
                 fstore::delete(&store, rel.trust_domain.as_str())?;
             }
@@ -332,13 +336,11 @@ impl Inner {
 
     /// One fetch of `td`, checked and committed.
     async fn attempt(&self, td: &TrustDomain) {
-        let Some((rel, last, fetching)) = self.lock().get(td).map(|s| {
-            (
-                s.relationship.clone(),
-                s.bundle.clone(),
-                s.fetching.clone(),
-            )
-        }) else {
+        let Some((rel, last, fetching)) = self
+            .lock()
+            .get(td)
+            .map(|s| (s.relationship.clone(), s.bundle.clone(), s.fetching.clone()))
+        else {
             return;
         };
         let _one_at_a_time = fetching.lock().await;
@@ -369,7 +371,13 @@ impl Inner {
             slot.status.last_attempt_at = now;
             let new_bundle = match &result {
                 Ok(Outcome::Updated(b)) => {
-                    tracing::info!(sequence = b.sequence(), previous = slot.bundle.as_ref().map(TrustBundle::sequence), x509_authorities = b.x509_authorities().len(), jwt_authorities = b.jwt_authorities().len(), "federated bundle updated");
+                    tracing::info!(
+                        sequence = b.sequence(),
+                        previous = slot.bundle.as_ref().map(TrustBundle::sequence),
+                        x509_authorities = b.x509_authorities().len(),
+                        jwt_authorities = b.jwt_authorities().len(),
+                        "federated bundle updated"
+                    );
                     slot.bundle = Some(b.clone());
                     Some(b.clone())
                 }
@@ -430,7 +438,9 @@ mod tests {
     fn backoff_doubles_up_to_the_interval() {
         let min = Duration::from_secs(1);
         let interval = Duration::from_secs(10);
-        let waits: Vec<u64> = (1..=6).map(|f| backoff(f, min, interval).as_secs()).collect();
+        let waits: Vec<u64> = (1..=6)
+            .map(|f| backoff(f, min, interval).as_secs())
+            .collect();
         assert_eq!(waits, vec![1, 2, 4, 8, 10, 10]);
         assert_eq!(backoff(u32::MAX, min, interval), interval);
     }

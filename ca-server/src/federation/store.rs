@@ -36,7 +36,12 @@ fn corrupt(td: &str, what: &str, e: impl std::fmt::Display) -> StoreError {
 ///
 /// # Errors
 /// SQLite errors.
-pub fn upsert(store: &Store, rel: &Relationship, now: i64, keep_bundle: bool) -> Result<(), StoreError> {
+pub fn upsert(
+    store: &Store,
+    rel: &Relationship,
+    now: i64,
+    keep_bundle: bool,
+) -> Result<(), StoreError> {
     let (endpoint_id, initial, roots) = match &rel.profile {
         Profile::HttpsSpiffe {
             endpoint_id,
@@ -103,7 +108,12 @@ pub fn insert_new(store: &Store, rel: &Relationship, now: i64) -> Result<(), Sto
 /// SQLite errors.
 pub fn delete(store: &Store, td: &str) -> Result<bool, StoreError> {
     store.transaction(|tx| {
-        Ok::<_, StoreError>(tx.execute("DELETE FROM federations WHERE trust_domain = ?1", params![td])? > 0)
+        Ok::<_, StoreError>(
+            tx.execute(
+                "DELETE FROM federations WHERE trust_domain = ?1",
+                params![td],
+            )? > 0,
+        )
     })
 }
 
@@ -145,7 +155,20 @@ pub fn record(
 /// # Errors
 /// SQLite errors, or a row that no longer decodes.
 pub fn load_all(store: &Store) -> Result<Vec<Stored>, StoreError> {
-    type Row = (String, String, String, String, String, Option<Vec<u8>>, bool, Option<String>, i64, i64, String, u32);
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<Vec<u8>>,
+        bool,
+        Option<String>,
+        i64,
+        i64,
+        String,
+        u32,
+    );
     let rows: Vec<Row> = store.with_conn(|c| {
         let mut stmt = c.prepare(
             "SELECT trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, initial_bundle,
@@ -172,17 +195,33 @@ pub fn load_all(store: &Store) -> Result<Vec<Stored>, StoreError> {
         .collect::<Result<Vec<_>, _>>()
     })?;
     let mut out = Vec::with_capacity(rows.len());
-    for (td, url, profile, endpoint_id, initial, roots, from_config, bundle, attempt, success, error, failures) in rows {
+    for (
+        td,
+        url,
+        profile,
+        endpoint_id,
+        initial,
+        roots,
+        from_config,
+        bundle,
+        attempt,
+        success,
+        error,
+        failures,
+    ) in rows
+    {
         let trust_domain = TrustDomain::new(&td).map_err(|e| corrupt(&td, "trust domain", e))?;
         let url = EndpointUrl::parse(&url).map_err(|e| corrupt(&td, "url", e))?;
-        let profile = match super::ProfileKind::parse(&profile).map_err(|e| corrupt(&td, "profile", e))? {
-            super::ProfileKind::HttpsWeb => Profile::HttpsWeb { roots_pem: roots },
-            super::ProfileKind::HttpsSpiffe => Profile::HttpsSpiffe {
-                endpoint_id: SpiffeId::parse(&endpoint_id).map_err(|e| corrupt(&td, "endpoint id", e))?,
-                initial: TrustBundle::from_jwks(trust_domain.clone(), initial.as_bytes())
-                    .map_err(|e| corrupt(&td, "initial bundle", e))?,
-            },
-        };
+        let profile =
+            match super::ProfileKind::parse(&profile).map_err(|e| corrupt(&td, "profile", e))? {
+                super::ProfileKind::HttpsWeb => Profile::HttpsWeb { roots_pem: roots },
+                super::ProfileKind::HttpsSpiffe => Profile::HttpsSpiffe {
+                    endpoint_id: SpiffeId::parse(&endpoint_id)
+                        .map_err(|e| corrupt(&td, "endpoint id", e))?,
+                    initial: TrustBundle::from_jwks(trust_domain.clone(), initial.as_bytes())
+                        .map_err(|e| corrupt(&td, "initial bundle", e))?,
+                },
+            };
         let bundle = bundle
             .map(|b| TrustBundle::from_jwks(trust_domain.clone(), b.as_bytes()))
             .transpose()

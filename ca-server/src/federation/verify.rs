@@ -36,7 +36,9 @@ pub fn web_roots(pem: Option<&[u8]>) -> Result<RootCertStore, FederationError> {
                     .map_err(|e| FederationError::WebRoots(e.to_string()))?;
             }
             if store.is_empty() {
-                return Err(FederationError::WebRoots("no certificate in the PEM".into()));
+                return Err(FederationError::WebRoots(
+                    "no certificate in the PEM".into(),
+                ));
             }
         }
     }

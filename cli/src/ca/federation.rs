@@ -157,10 +157,22 @@ impl FederationView {
         f(
             &mut out,
             "Source",
-            if self.from_config { "configuration file" } else { "admin API" },
+            if self.from_config {
+                "configuration file"
+            } else {
+                "admin API"
+            },
         );
-        f(&mut out, "Last attempt", &self.last_attempt_at.clone().unwrap_or_else(never));
-        f(&mut out, "Last success", &self.last_success_at.clone().unwrap_or_else(never));
+        f(
+            &mut out,
+            "Last attempt",
+            &self.last_attempt_at.clone().unwrap_or_else(never),
+        );
+        f(
+            &mut out,
+            "Last success",
+            &self.last_success_at.clone().unwrap_or_else(never),
+        );
         if !self.last_error.is_empty() {
             f(&mut out, "Last error", &self.last_error);
             f(&mut out, "Failures", &self.consecutive_failures.to_string());
@@ -176,9 +188,10 @@ impl FederationView {
             None => f(
                 &mut out,
                 "Bundle",
-                &self
-                    .bundle_sequence
-                    .map_or_else(|| "(not fetched yet)".to_owned(), |s| format!("sequence {s}")),
+                &self.bundle_sequence.map_or_else(
+                    || "(not fetched yet)".to_owned(),
+                    |s| format!("sequence {s}"),
+                ),
             ),
         }
         out
@@ -205,7 +218,12 @@ pub(super) fn create_request(args: CreateArgs) -> anyhow::Result<pb::CreateFeder
         }
         .into(),
         endpoint_spiffe_id: args.endpoint_spiffe_id.unwrap_or_default(),
-        initial_bundle: args.bundle_file.as_ref().map(read_limited).transpose()?.unwrap_or_default(),
+        initial_bundle: args
+            .bundle_file
+            .as_ref()
+            .map(read_limited)
+            .transpose()?
+            .unwrap_or_default(),
         web_roots_pem: args
             .web_roots_file
             .as_ref()
@@ -281,7 +299,9 @@ pub(super) async fn run(
                 .map(|f| view(f, false, now))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             match format {
-                Format::Json => output::print_json(&FederationList { federations: &views }),
+                Format::Json => output::print_json(&FederationList {
+                    federations: &views,
+                }),
                 Format::Text => {
                     let rows: Vec<Vec<String>> = views
                         .iter()
@@ -289,14 +309,25 @@ pub(super) async fn run(
                             vec![
                                 output::printable(&v.trust_domain),
                                 v.profile.to_owned(),
-                                v.bundle_sequence.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                                v.bundle_sequence
+                                    .map_or_else(|| "-".to_owned(), |s| s.to_string()),
                                 v.last_success_at.clone().unwrap_or_else(|| "never".into()),
-                                output::printable(if v.last_error.is_empty() { "-" } else { &v.last_error }),
+                                output::printable(if v.last_error.is_empty() {
+                                    "-"
+                                } else {
+                                    &v.last_error
+                                }),
                             ]
                         })
                         .collect();
                     output::print(&output::table(
-                        &["TRUST DOMAIN", "PROFILE", "SEQUENCE", "LAST SUCCESS", "LAST ERROR"],
+                        &[
+                            "TRUST DOMAIN",
+                            "PROFILE",
+                            "SEQUENCE",
+                            "LAST SUCCESS",
+                            "LAST ERROR",
+                        ],
                         &rows,
                     ))
                 }
