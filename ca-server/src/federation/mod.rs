@@ -355,7 +355,7 @@ impl NewRelationship {
                         trust_domain: trust_domain.clone(),
                         source,
                     })?;
-                check::authorities_belong(&initial)
+                signet_identity::bundle::federated::authorities_belong(&initial)
                     .map_err(|e| FederationError::ProfileOption(format!("initial bundle: {e}")))?;
                 if initial.x509_authorities().is_empty() {
                     return Err(FederationError::InitialBundleEmpty(trust_domain));

@@ -353,7 +353,8 @@ impl Inner {
         };
         let result = match super::verify::client_config(&rel.profile, &anchors) {
             Ok(tls) => match super::fetch::fetch(&rel.url, tls).await {
-                Ok(body) => check::check_update(&rel.trust_domain, last.as_ref(), &body),
+                Ok(body) => check::check_update(&rel.trust_domain, last.as_ref(), &body)
+                    .map_err(FetchError::from),
                 Err(e) => Err(e),
             },
             Err(e) => Err(FetchError::Tls(e.to_string())),
@@ -370,7 +371,7 @@ impl Inner {
             };
             slot.status.last_attempt_at = now;
             let new_bundle = match &result {
-                Ok(Outcome::Updated(b)) => {
+                Ok(Outcome::Replace(b)) => {
                     tracing::info!(
                         sequence = b.sequence(),
                         previous = slot.bundle.as_ref().map(TrustBundle::sequence),
