@@ -184,3 +184,65 @@ pub fn relationships(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(toml_text: &str) -> Result<BundleEndpoint, FederationError> {
+        #[derive(Deserialize)]
+        struct File {
+            bundle_endpoint: BundleEndpointSettings,
+        }
+        let f: File = toml::from_str(toml_text).unwrap();
+        f.bundle_endpoint.check()
+    }
+
+    #[test]
+    fn bundle_endpoint_defaults_and_refusals() {
+        let ok = endpoint("[bundle_endpoint]\nlisten = \"127.0.0.1:8444\"\n").unwrap();
+        assert!(matches!(ok.tls, EndpointTls::Spiffe));
+        assert_eq!(ok.refresh_hint, DEFAULT_REFRESH_HINT);
+        for bad in [
+            "listen = \"127.0.0.1:1\"\nprofile = \"https_web\"\n",
+            "listen = \"127.0.0.1:1\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+            "listen = \"127.0.0.1:1\"\nprofile = \"http\"\n",
+            "listen = \"127.0.0.1:1\"\nrefresh_hint = \"0s\"\n",
+            "listen = \"127.0.0.1:1\"\nrefresh_hint = \"soon\"\n",
+            "listen = \"127.0.0.1:1\"\nprofile = \"https_web\"\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
+        ] {
+            assert!(
+                endpoint(&format!("[bundle_endpoint]\n{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_tables_for_one_trust_domain_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("roots.pem");
+        let ca = signet_identity::testing::TestCa::new(TrustDomain::new("web.example").unwrap())
+            .unwrap();
+        std::fs::write(&roots, ca.bundle().to_pem()).unwrap();
+        let table = FederationSettings {
+            trust_domain: "remote.org".into(),
+            bundle_endpoint_url: "https://remote.org/".into(),
+            profile: "https_web".into(),
+            endpoint_spiffe_id: None,
+            bundle_file: None,
+            web_roots_file: Some(roots),
+        };
+        let own = TrustDomain::new("test.org").unwrap();
+        assert_eq!(
+            relationships(std::slice::from_ref(&table), &own)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(matches!(
+            relationships(&[table.clone(), table], &own),
+            Err(FederationError::AlreadyExists(_))
+        ));
+    }
+}

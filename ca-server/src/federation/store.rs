@@ -2,7 +2,7 @@
 //! last good bundle (SPIFFE JWKS text), so that a restart keeps trusting
 //! what was last fetched, and the record of the last attempt.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
 
 use super::{EndpointUrl, Profile, Relationship};
@@ -42,13 +42,7 @@ pub fn upsert(
     now: i64,
     keep_bundle: bool,
 ) -> Result<(), StoreError> {
-    let (endpoint_id, initial, roots) = match &rel.profile {
-        Profile::HttpsSpiffe {
-            endpoint_id,
-            initial,
-        } => (endpoint_id.to_string(), initial.to_jwks(), None),
-        Profile::HttpsWeb { roots_pem } => (String::new(), String::new(), roots_pem.clone()),
-    };
+    let (endpoint_id, initial, roots) = columns(rel);
     store.transaction(|tx| {
         tx.execute(
             "INSERT INTO federations (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id,
@@ -80,26 +74,52 @@ pub fn upsert(
     })
 }
 
-/// Inserts `rel`, failing with [`StoreError::Conflict`] when one exists.
+/// Inserts `rel`, failing with [`StoreError::Conflict`] when one exists
+/// (one statement, so two concurrent creations cannot both succeed).
 ///
 /// # Errors
 /// SQLite errors, [`StoreError::Conflict`].
 pub fn insert_new(store: &Store, rel: &Relationship, now: i64) -> Result<(), StoreError> {
-    let exists = store.with_conn(|c| {
-        c.query_row(
-            "SELECT 1 FROM federations WHERE trust_domain = ?1",
-            params![rel.trust_domain.as_str()],
-            |_| Ok(()),
-        )
-        .optional()
-    })?;
-    if exists.is_some() {
-        return Err(StoreError::Conflict(format!(
-            "a relationship with {} exists already",
-            rel.trust_domain
-        )));
+    let (endpoint_id, initial, roots) = columns(rel);
+    store.transaction(|tx| {
+        let res = tx.execute(
+            "INSERT INTO federations (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id,
+                 initial_bundle, web_roots_pem, from_config, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                rel.trust_domain.as_str(),
+                rel.url.as_str(),
+                rel.profile.kind().as_str(),
+                endpoint_id,
+                initial,
+                roots,
+                rel.from_config,
+                now
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::Conflict(format!(
+                    "a relationship with {} exists already",
+                    rel.trust_domain
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+fn columns(rel: &Relationship) -> (String, String, Option<Vec<u8>>) {
+    match &rel.profile {
+        Profile::HttpsSpiffe {
+            endpoint_id,
+            initial,
+        } => (endpoint_id.to_string(), initial.to_jwks(), None),
+        Profile::HttpsWeb { roots_pem } => (String::new(), String::new(), roots_pem.clone()),
     }
-    upsert(store, rel, now, false)
 }
 
 /// Deletes a relationship. Returns whether it existed.

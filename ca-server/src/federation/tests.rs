@@ -130,7 +130,11 @@ async fn https_spiffe_fetches_checks_and_persists() {
     let rel = spiffe_rel(server.port, ENDPOINT_ID, remote_ca.bundle())
         .check(&own, false)
         .unwrap();
-    l.federations.create(rel).unwrap();
+    l.federations.create(rel.clone()).unwrap();
+    assert!(matches!(
+        l.federations.create(rel),
+        Err(FederationError::AlreadyExists(_))
+    ));
     let v = l.federations.refresh("remote.org").await.unwrap();
     assert_eq!(v.status.last_error, "");
     assert_eq!(v.bundle.as_ref().map(TrustBundle::sequence), Some(5));
@@ -191,6 +195,16 @@ async fn https_spiffe_fetches_checks_and_persists() {
         stored[0].bundle.as_ref().unwrap().x509_authorities(),
         [remote_ca.root().clone()]
     );
+
+    // A restart (a new registry over the same store) starts from it.
+    let (_stop, rx) = watch::channel(false);
+    let again = Federations::start(l.ca.clone(), rx).unwrap();
+    assert_eq!(again.watch().borrow()[0].sequence(), 6);
+    assert_eq!(
+        again.get("remote.org").unwrap().status.last_success_at,
+        v.status.last_success_at
+    );
+    drop(again);
 
     // Deleting it takes the bundle out of the federated set.
     l.federations.delete("remote.org").unwrap();
