@@ -359,14 +359,24 @@ impl Inner {
             },
             Err(e) => Err(FetchError::Tls(e.to_string())),
         };
-        self.commit(td, result).await;
+        self.commit(td, &fetching, result).await;
     }
 
-    async fn commit(&self, td: &TrustDomain, result: Result<Outcome, FetchError>) {
+    /// Records `result` in the relationship it was fetched for: not in a
+    /// relationship of the same trust domain created after a delete.
+    async fn commit(
+        &self,
+        td: &TrustDomain,
+        fetched_for: &Arc<tokio::sync::Mutex<()>>,
+        result: Result<Outcome, FetchError>,
+    ) {
         let now = unix(self.ca.now());
         let (status, new_bundle) = {
             let mut slots = self.lock();
-            let Some(slot) = slots.get_mut(td) else {
+            let Some(slot) = slots
+                .get_mut(td)
+                .filter(|s| Arc::ptr_eq(&s.fetching, fetched_for))
+            else {
                 return;
             };
             slot.status.last_attempt_at = now;
