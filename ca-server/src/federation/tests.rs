@@ -193,11 +193,13 @@ async fn https_spiffe_fetches_checks_and_persists() {
         assert_eq!(l.federations.watch().borrow()[0].sequence(), 5);
     }
 
-    // The same sequence changes nothing and clears the error.
+    // The same sequence changes nothing and clears the error; the next
+    // fetch is one refresh hint (60 s) after this one.
     server.doc.send_replace(jwks(&remote_ca, 5));
     let v = l.federations.refresh("remote.org").await.unwrap();
     assert_eq!(v.status.last_error, "");
     assert_eq!(v.status.consecutive_failures, 0);
+    assert_eq!(v.next_fetch_at, v.status.last_success_at + 60);
 
     // A newer one replaces it, and the store has it for the next start.
     server.doc.send_replace(jwks(&remote_ca, 6));
