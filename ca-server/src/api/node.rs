@@ -43,13 +43,12 @@ impl NodeApi {
         self
     }
 
-    /// The CA's bundle for agents, with the federated ones.
-    fn node_bundle(&self, bundle: &signet_identity::TrustBundle) -> pb::Bundle {
-        let mut b = convert::bundle(bundle);
+    /// `bundle` with the federated bundles.
+    fn plus_federated(&self, mut bundle: pb::Bundle) -> pb::Bundle {
         if let Some(f) = &self.federated {
-            b.federated = crate::federation::api::federated_pb(&f.borrow());
+            bundle.federated = crate::federation::api::federated_pb(&f.borrow());
         }
-        b
+        bundle
     }
 }
 
@@ -143,7 +142,7 @@ impl Node for NodeApi {
         .await?;
         Ok(Response::new(pb::AttestNodeResponse {
             svid: Some(convert::svid(&id, &cert)),
-            bundle: Some(self.node_bundle(&self.ca.bundle())),
+            bundle: Some(self.plus_federated(convert::bundle(&self.ca.bundle()))),
         }))
     }
 
@@ -316,11 +315,10 @@ impl Node for NodeApi {
         tokio::spawn(async move {
             let _connected = metrics::agent_connected();
             loop {
-                let mut current = convert::bundle(&bundles.borrow_and_update());
-                if let Some(f) = federated.as_mut() {
-                    current.federated =
-                        crate::federation::api::federated_pb(&f.borrow_and_update());
-                }
+                let current = crate::federation::api::add_federated(
+                    convert::bundle(&bundles.borrow_and_update()),
+                    federated.as_mut(),
+                );
                 if tx.send(Ok(current)).await.is_err() {
                     return;
                 }
