@@ -197,6 +197,35 @@ async fn two_trust_domains_federate_both_ways_over_https_spiffe() {
         assert!(!first.x509_authorities.contains(root));
     }
 
+    // An entry opts in; its node sees which trust domains it federates with.
+    let entry_id = a
+        .entry_cli(&[
+            "--spiffe-id",
+            &a.id("/web"),
+            "--parent-node",
+            "node-1",
+            "--selector",
+            "unix:uid:1000",
+            "--federates-with",
+            "b.test",
+        ])
+        .await
+        .unwrap();
+    let shown = a.signet_ca(["entry", "show", &entry_id]).await.unwrap();
+    assert!(
+        shown.stdout.contains("Federated:    b.test"),
+        "{}",
+        shown.stdout
+    );
+    let authorized = client
+        .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(authorized.len(), 1);
+    assert_eq!(authorized[0].federates_with, ["b.test"]);
+
     // A root prepared on B reaches A within B's refresh hint, and A's
     // agents see it; the fetch is now authenticated by the fetched bundle.
     let rotated = b
