@@ -113,14 +113,17 @@ async fn next_bundle(stream: &mut tonic::Streaming<pb::Bundle>) -> pb::Bundle {
         .expect("stream ended")
 }
 
-/// Fetches the endpoint with Python's urllib, checking the chain against
-/// `cafile` and the hostname `localhost`; returns the JSON document.
-async fn python_fetch(endpoint: SocketAddr, cafile: &Path) -> serde_json::Value {
+/// Fetches the endpoint with Python's urllib over TLS `version` ("1.2" or
+/// "1.3"), checking the chain against `cafile` and the hostname
+/// `localhost`; returns the JSON document.
+async fn python_fetch(endpoint: SocketAddr, cafile: &Path, version: &str) -> serde_json::Value {
     let python = std::env::var_os("SIGNET_PYTHON").unwrap_or_else(|| "python3".into());
     let script = [
         "import json, ssl, sys, urllib.request",
         "ctx = ssl.create_default_context(cafile=sys.argv[2])",
-        "ctx.minimum_version = ssl.TLSVersion.TLSv1_2",
+        "v = {'1.2': ssl.TLSVersion.TLSv1_2, '1.3': ssl.TLSVersion.TLSv1_3}[sys.argv[3]]",
+        "ctx.minimum_version = v",
+        "ctx.maximum_version = v",
         "with urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10) as r:",
         "    assert r.headers['Content-Type'] == 'application/json', r.headers['Content-Type']",
         "    print(json.dumps(json.load(r)))",
@@ -131,6 +134,7 @@ async fn python_fetch(endpoint: SocketAddr, cafile: &Path) -> serde_json::Value 
         .arg(script)
         .arg(format!("https://localhost:{}/", endpoint.port()))
         .arg(cafile)
+        .arg(version)
         .kill_on_drop(true)
         .output()
         .await
@@ -152,7 +156,8 @@ async fn two_trust_domains_federate_both_ways_over_https_spiffe() {
     let b = start("b.test", ep_b, config_dir.path()).await;
 
     // Another stack reads B's endpoint: B's SVID chains to bundle.pem.
-    let doc = python_fetch(ep_b, &b.bundle_path()).await;
+    let doc = python_fetch(ep_b, &b.bundle_path(), "1.3").await;
+    assert_eq!(python_fetch(ep_b, &b.bundle_path(), "1.2").await, doc);
     assert_eq!(doc["spiffe_refresh_hint"], 1);
     assert_eq!(doc["spiffe_sequence"], sequence_of(&b).await);
     let served =
