@@ -15,6 +15,7 @@ mod cli;
 mod delivery;
 mod denied;
 mod evicted;
+mod federation;
 mod jwt;
 mod metrics;
 mod node_state;
