@@ -23,6 +23,7 @@ mod propagation;
 mod restart;
 mod rotation;
 mod status;
+mod taint;
 mod unprivileged;
 mod x509;
 
