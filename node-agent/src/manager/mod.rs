@@ -800,9 +800,12 @@ impl Manager {
 
     async fn report_status(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_reported: Option<(u64, u32, Vec<String>)> = None;
+        // A report that failed (the CA was away) is retried soon rather than
+        // at the next heartbeat: the CA's activation gate waits for it.
+        let mut failed = false;
         loop {
             let status = self.status();
-            if last_reported.as_ref() != Some(&status) {
+            if failed || last_reported.as_ref() != Some(&status) {
                 let req = pb::ReportStatusRequest {
                     bundle_sequence: status.0,
                     svid_count: status.1,
@@ -812,14 +815,21 @@ impl Manager {
                     Ok(_) => {
                         crate::metrics::synced();
                         last_reported = Some(status);
+                        failed = false;
                     }
                     Err(s) => {
+                        failed = true;
                         tracing::debug!(code = ?s.code(), message = %s.message(), "status report failed")
                     }
                 }
             }
+            let wait = if failed || last_reported.is_none() {
+                2
+            } else {
+                30
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(if last_reported.is_some() { 30 } else { 2 })) => {
+                _ = tokio::time::sleep(Duration::from_secs(wait)) => {
                     // Heartbeat: report again even without a change.
                     last_reported = None;
                 }

@@ -21,7 +21,13 @@ async fn served_intermediates(client: &spiffe::WorkloadApiClient) -> Vec<Vec<Str
         .await
         .unwrap()
         .iter()
-        .map(|s| chain_of(s).iter().skip(1).map(|c| authority_id(c)).collect())
+        .map(|s| {
+            chain_of(s)
+                .iter()
+                .skip(1)
+                .map(|c| authority_id(c))
+                .collect()
+        })
         .collect()
 }
 
@@ -57,7 +63,10 @@ async fn svids_under_a_tainted_intermediate_are_replaced_and_then_it_can_be_revo
         .clone();
     let before = served_intermediates(&client).await;
     assert_eq!(before.len(), paths.len());
-    assert!(before.iter().all(|ids| ids == &[active.clone()]), "{before:?}");
+    assert!(
+        before.iter().all(|ids| ids == &[active.clone()]),
+        "{before:?}"
+    );
 
     admin
         .taint_authority(pb::TaintAuthorityRequest { id: active.clone() })
@@ -120,5 +129,8 @@ async fn svids_under_a_tainted_intermediate_are_replaced_and_then_it_can_be_revo
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // And every SVID still validates against the bundle served now.
-    assert_eq!(client.fetch_all_x509_svids().await.unwrap().len(), paths.len());
+    assert_eq!(
+        client.fetch_all_x509_svids().await.unwrap().len(),
+        paths.len()
+    );
 }
