@@ -8,7 +8,7 @@ mod values;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 
 use template::Template;
 
@@ -17,13 +17,34 @@ const VALUES: &str = include_str!("../../../deploy/charts/signet/values.yaml");
 
 /// The chart's templates, in the order they are written out.
 const TEMPLATES: &[(&str, &str)] = &[
-    ("ca-config.yaml", include_str!("../../../deploy/charts/signet/templates/ca-config.yaml")),
-    ("ca-rbac.yaml", include_str!("../../../deploy/charts/signet/templates/ca-rbac.yaml")),
-    ("ca-service.yaml", include_str!("../../../deploy/charts/signet/templates/ca-service.yaml")),
-    ("ca-statefulset.yaml", include_str!("../../../deploy/charts/signet/templates/ca-statefulset.yaml")),
-    ("agent-config.yaml", include_str!("../../../deploy/charts/signet/templates/agent-config.yaml")),
-    ("agent-rbac.yaml", include_str!("../../../deploy/charts/signet/templates/agent-rbac.yaml")),
-    ("agent-daemonset.yaml", include_str!("../../../deploy/charts/signet/templates/agent-daemonset.yaml")),
+    (
+        "ca-config.yaml",
+        include_str!("../../../deploy/charts/signet/templates/ca-config.yaml"),
+    ),
+    (
+        "ca-rbac.yaml",
+        include_str!("../../../deploy/charts/signet/templates/ca-rbac.yaml"),
+    ),
+    (
+        "ca-service.yaml",
+        include_str!("../../../deploy/charts/signet/templates/ca-service.yaml"),
+    ),
+    (
+        "ca-statefulset.yaml",
+        include_str!("../../../deploy/charts/signet/templates/ca-statefulset.yaml"),
+    ),
+    (
+        "agent-config.yaml",
+        include_str!("../../../deploy/charts/signet/templates/agent-config.yaml"),
+    ),
+    (
+        "agent-rbac.yaml",
+        include_str!("../../../deploy/charts/signet/templates/agent-rbac.yaml"),
+    ),
+    (
+        "agent-daemonset.yaml",
+        include_str!("../../../deploy/charts/signet/templates/agent-daemonset.yaml"),
+    ),
 ];
 
 /// Largest `-f` values file read.
@@ -57,11 +78,13 @@ pub struct Args {
 fn render(args: &Args) -> anyhow::Result<Vec<(&'static str, String)>> {
     check_name("release", &args.release)?;
     check_name("namespace", &args.namespace)?;
-    let mut values = values::parse_yaml("values.yaml", VALUES).context("the chart's values.yaml")?;
+    let mut values =
+        values::parse_yaml("values.yaml", VALUES).context("the chart's values.yaml")?;
     for file in &args.values_files {
         let text = read_bounded(file)?;
         let overlay = values::parse_yaml(&file.display().to_string(), &text)?;
-        values::merge(&mut values, overlay, "").with_context(|| format!("values file {}", file.display()))?;
+        values::merge(&mut values, overlay, "")
+            .with_context(|| format!("values file {}", file.display()))?;
     }
     for set in &args.set {
         values::apply_set(&mut values, set)?;
@@ -70,7 +93,10 @@ fn render(args: &Args) -> anyhow::Result<Vec<(&'static str, String)>> {
     let mut out = Vec::new();
     for (name, src) in TEMPLATES {
         let rendered = Template::parse(name, src)?.render(&root)?;
-        if rendered.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
+        if rendered
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
             out.push((*name, rendered));
         }
     }
@@ -81,19 +107,27 @@ fn render(args: &Args) -> anyhow::Result<Vec<(&'static str, String)>> {
 fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 40
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if !ok {
-        bail!("{what} {name:?} must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'");
+        bail!(
+            "{what} {name:?} must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'"
+        );
     }
     Ok(())
 }
 
 fn read_bounded(path: &Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("values file {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("values file {}", path.display()))?;
     if meta.len() > MAX_VALUES_FILE {
-        bail!("values file {} is larger than {MAX_VALUES_FILE} bytes", path.display());
+        bail!(
+            "values file {} is larger than {MAX_VALUES_FILE} bytes",
+            path.display()
+        );
     }
     std::fs::read_to_string(path).with_context(|| format!("values file {}", path.display()))
 }
@@ -105,7 +139,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             for (name, text) in &manifests {
                 let path = dir.join(name);
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         None => {
@@ -116,7 +151,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 stream.push('\n');
             }
             let mut stdout = std::io::stdout().lock();
-            match stdout.write_all(stream.as_bytes()).and_then(|()| stdout.flush()) {
+            match stdout
+                .write_all(stream.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
                 other => other.context("writing to stdout")?,
             }
@@ -156,7 +194,10 @@ mod tests {
     #[test]
     fn unknown_values_and_bad_names_are_refused() {
         let e = render(&args(&["ca.prot=1"])).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown value \"ca.prot\""), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("unknown value \"ca.prot\""),
+            "{e:#}"
+        );
         let mut a = args(&[]);
         a.release = "Bad_Name".into();
         assert!(render(&a).is_err());
@@ -166,7 +207,12 @@ mod tests {
     fn host_pid_follows_the_pod_attestor() {
         let on = render(&args(&[])).unwrap();
         let off = render(&args(&["agent.podAttestor.enabled=false"])).unwrap();
-        let ds = |r: &[(&str, String)]| r.iter().find(|(n, _)| *n == "agent-daemonset.yaml").map(|(_, t)| t.clone()).unwrap();
+        let ds = |r: &[(&str, String)]| {
+            r.iter()
+                .find(|(n, _)| *n == "agent-daemonset.yaml")
+                .map(|(_, t)| t.clone())
+                .unwrap()
+        };
         assert!(ds(&on).contains("hostPID: true"));
         assert!(!ds(&off).contains("hostPID"));
     }

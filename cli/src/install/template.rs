@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::values::{go_quote, to_yaml, Value};
+use super::values::{Value, go_quote, to_yaml};
 
 /// Why a template cannot be parsed or rendered.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +176,9 @@ impl<I: Iterator<Item = Token>> TemplateParser<'_, I> {
                 "if" => nodes.push(self.if_node(rest, line)?),
                 "range" => nodes.push(self.range_node(rest, line)?),
                 "with" | "define" | "template" | "include" | "block" | "tpl" => {
-                    return Err(self.err(line, format!("`{word}` is not supported by this renderer")))
+                    return Err(
+                        self.err(line, format!("`{word}` is not supported by this renderer"))
+                    );
                 }
                 _ => nodes.push(Node::Output(self.pipeline(&body, line)?, line)),
             }
@@ -196,7 +198,7 @@ impl<I: Iterator<Item = Token>> TemplateParser<'_, I> {
                     return Ok(Node::If {
                         branches,
                         otherwise: Vec::new(),
-                    })
+                    });
                 }
                 Some((word, l)) if word == "else" => {
                     let (otherwise, stop) = self.nodes()?;
@@ -223,7 +225,11 @@ impl<I: Iterator<Item = Token>> TemplateParser<'_, I> {
             .ok_or_else(|| self.err(line, "write `range $v := X` or `range $k, $v := X`"))?;
         let names: Vec<&str> = vars.split(',').map(str::trim).collect();
         let valid = |n: &str| {
-            n.len() > 1 && n.starts_with('$') && n[1..].chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            n.len() > 1
+                && n.starts_with('$')
+                && n[1..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
         };
         if names.is_empty() || names.len() > 2 || !names.iter().all(|n| valid(n)) {
             return Err(self.err(line, format!("bad range variables {vars:?}")));
@@ -274,14 +280,25 @@ impl<I: Iterator<Item = Token>> TemplateParser<'_, I> {
     }
 
     fn operand(&self, word: &str, line: usize) -> Result<Operand, TemplateError> {
-        let path = |s: &str| -> Vec<String> { s.split('.').filter(|p| !p.is_empty()).map(str::to_owned).collect() };
+        let path = |s: &str| -> Vec<String> {
+            s.split('.')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
         if let Some(rest) = word.strip_prefix('"') {
-            let s = rest.strip_suffix('"').ok_or_else(|| self.err(line, "unterminated string"))?;
-            return Ok(Operand::Literal(Value::Str(s.replace("\\\"", "\"").replace("\\\\", "\\"))));
+            let s = rest
+                .strip_suffix('"')
+                .ok_or_else(|| self.err(line, "unterminated string"))?;
+            return Ok(Operand::Literal(Value::Str(
+                s.replace("\\\"", "\"").replace("\\\\", "\\"),
+            )));
         }
         if word.starts_with('.') {
             let p = path(word);
-            if p.iter().any(|s| !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+            if p.iter()
+                .any(|s| !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
                 return Err(self.err(line, format!("bad field {word:?}")));
             }
             return Ok(Operand::Field(p));
@@ -399,9 +416,15 @@ impl Scope<'_> {
                 } => {
                     let items: Vec<(Value, Value)> = match self.pipeline(over, *line)? {
                         Value::Null => Vec::new(),
-                        Value::List(l) => (0_i64..).zip(l).map(|(i, v)| (Value::Int(i), v)).collect(),
+                        Value::List(l) => {
+                            (0_i64..).zip(l).map(|(i, v)| (Value::Int(i), v)).collect()
+                        }
                         Value::Map(m) => m.into_iter().map(|(k, v)| (Value::Str(k), v)).collect(),
-                        other => return Err(self.err(*line, format!("cannot range over {}", other.kind()))),
+                        other => {
+                            return Err(
+                                self.err(*line, format!("cannot range over {}", other.kind()))
+                            );
+                        }
                     };
                     for (k, v) in items {
                         let mark = self.vars.len();
@@ -425,13 +448,20 @@ impl Scope<'_> {
             Value::Bool(b) => Ok(b.to_string()),
             Value::Int(i) => Ok(i.to_string()),
             Value::Str(s) => Ok(s.clone()),
-            Value::List(_) | Value::Map(_) => {
-                Err(self.err(line, format!("cannot print {}; pipe it to toYaml", v.kind())))
-            }
+            Value::List(_) | Value::Map(_) => Err(self.err(
+                line,
+                format!("cannot print {}; pipe it to toYaml", v.kind()),
+            )),
         }
     }
 
-    fn lookup(&self, start: &Value, origin: &str, fields: &[String], line: usize) -> Result<Value, TemplateError> {
+    fn lookup(
+        &self,
+        start: &Value,
+        origin: &str,
+        fields: &[String],
+        line: usize,
+    ) -> Result<Value, TemplateError> {
         let mut v = start;
         let mut at = origin.to_owned();
         for f in fields {
@@ -441,7 +471,12 @@ impl Scope<'_> {
                 Value::Map(m) => m
                     .get(f)
                     .ok_or_else(|| self.err(line, format!("unknown value {at}")))?,
-                _ => return Err(self.err(line, format!("unknown value {at}: its parent is {}", v.kind()))),
+                _ => {
+                    return Err(self.err(
+                        line,
+                        format!("unknown value {at}: its parent is {}", v.kind()),
+                    ));
+                }
             };
         }
         Ok(v.clone())
@@ -467,7 +502,9 @@ impl Scope<'_> {
     fn pipeline(&self, p: &Pipeline, line: usize) -> Result<Value, TemplateError> {
         let mut piped: Option<Value> = None;
         for command in p {
-            let (head, rest) = command.split_first().ok_or_else(|| self.err(line, "empty command"))?;
+            let (head, rest) = command
+                .split_first()
+                .ok_or_else(|| self.err(line, "empty command"))?;
             piped = Some(match head {
                 Operand::Func(f) => {
                     let mut args = rest
@@ -493,7 +530,10 @@ impl Scope<'_> {
             if args.len() == n {
                 Ok(())
             } else {
-                Err(self.err(line, format!("{f} takes {n} argument(s), got {}", args.len())))
+                Err(self.err(
+                    line,
+                    format!("{f} takes {n} argument(s), got {}", args.len()),
+                ))
             }
         };
         let int = |v: &Value| -> Result<usize, TemplateError> {
@@ -505,7 +545,13 @@ impl Scope<'_> {
         let indent_lines = |n: usize, s: &str| -> String {
             let pad = " ".repeat(n);
             s.split('\n')
-                .map(|l| if l.is_empty() { String::new() } else { format!("{pad}{l}") })
+                .map(|l| {
+                    if l.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{pad}{l}")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
         };
@@ -523,7 +569,11 @@ impl Scope<'_> {
                 let n = int(&args[0])?;
                 let s = self.print(&args[1], line)?;
                 let body = indent_lines(n, &s);
-                Ok(Value::Str(if f == "nindent" { format!("\n{body}") } else { body }))
+                Ok(Value::Str(if f == "nindent" {
+                    format!("\n{body}")
+                } else {
+                    body
+                }))
             }
             "default" => {
                 arity(2)?;
@@ -583,20 +633,41 @@ mod tests {
     fn renders_each_construct() {
         let values = "name: web\non: true\noff: false\nempty: \"\"\nlist: [a, b]\nmap:\n  k: v\n  j: w\nres:\n  cpu: 1\n";
         for (src, want) in [
-            ("{{ .Values.name }}/{{ .Release.Name }}.{{ .Release.Namespace }}", "web/rel.ns"),
+            (
+                "{{ .Values.name }}/{{ .Release.Name }}.{{ .Release.Namespace }}",
+                "web/rel.ns",
+            ),
             ("{{ .Values.name | quote }}", "\"web\""),
             ("{{ quote .Values.name }}", "\"web\""),
-            ("a\n  {{- if .Values.on }}\n  b\n  {{- end }}\nc", "a\n  b\nc"),
+            (
+                "a\n  {{- if .Values.on }}\n  b\n  {{- end }}\nc",
+                "a\n  b\nc",
+            ),
             ("a\n  {{- if .Values.off }}\n  b\n  {{- end }}\nc", "a\nc"),
-            ("{{ if .Values.off }}x{{ else if .Values.on }}y{{ else }}z{{ end }}", "y"),
+            (
+                "{{ if .Values.off }}x{{ else if .Values.on }}y{{ else }}z{{ end }}",
+                "y",
+            ),
             ("{{ if .Values.off }}x{{ else }}z{{ end }}", "z"),
-            ("{{ range $i, $e := .Values.list }}{{ if $i }},{{ end }}{{ $e }}{{ end }}", "a,b"),
-            ("{{ range $k, $v := .Values.map }}{{ $k }}={{ $v }};{{ end }}", "j=w;k=v;"),
+            (
+                "{{ range $i, $e := .Values.list }}{{ if $i }},{{ end }}{{ $e }}{{ end }}",
+                "a,b",
+            ),
+            (
+                "{{ range $k, $v := .Values.map }}{{ $k }}={{ $v }};{{ end }}",
+                "j=w;k=v;",
+            ),
             ("{{ .Values.empty | default \"dflt\" }}", "dflt"),
             ("{{ default \"dflt\" .Values.name }}", "web"),
-            ("{{ or .Values.off .Values.on }} {{ and .Values.on .Values.off }} {{ not .Values.off }}", "true false true"),
+            (
+                "{{ or .Values.off .Values.on }} {{ and .Values.on .Values.off }} {{ not .Values.off }}",
+                "true false true",
+            ),
             ("{{ eq .Values.name \"web\" }}", "true"),
-            ("r:\n  {{- .Values.res | toYaml | nindent 2 }}", "r:\n  cpu: 1"),
+            (
+                "r:\n  {{- .Values.res | toYaml | nindent 2 }}",
+                "r:\n  cpu: 1",
+            ),
             ("{{/* a comment */}}x  {{- /* trimmed */ -}}  y", "xy"),
         ] {
             assert_eq!(render(src, values).unwrap(), want, "{src}");
@@ -613,12 +684,21 @@ mod tests {
             ("{{ if .Values.a.b }}x", "`if` without `end`"),
             ("{{ end }}", "without an opening"),
             ("{{ include \"x\" . }}", "not supported"),
-            ("{{ .Values.a.b | upper }}", "unknown function or value \"upper\""),
+            (
+                "{{ .Values.a.b | upper }}",
+                "unknown function or value \"upper\"",
+            ),
             ("{{ $x }}", "undefined variable $x"),
             ("{{ range .Values.list }}{{ end }}", "range $v := X"),
             ("{{ .Values.a.b", "without `}}`"),
-            ("{{ nindent \"x\" .Values.a.b }}", "width must be an integer"),
-            ("{{ .Values.a.b | .Values.a.b }}", "only a function can follow"),
+            (
+                "{{ nindent \"x\" .Values.a.b }}",
+                "width must be an integer",
+            ),
+            (
+                "{{ .Values.a.b | .Values.a.b }}",
+                "only a function can follow",
+            ),
         ] {
             let e = render(src, values).unwrap_err().to_string();
             assert!(e.contains(needle), "{src:?} gave {e}");

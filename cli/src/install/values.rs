@@ -157,8 +157,8 @@ impl Parser<'_> {
             if is_seq_item(&line.text) {
                 return Err(self.err(number, "a list item where a key was expected"));
             }
-            let (key, rest) = split_key(&line.text)
-                .ok_or_else(|| self.err(number, "expected `key: value`"))?;
+            let (key, rest) =
+                split_key(&line.text).ok_or_else(|| self.err(number, "expected `key: value`"))?;
             let key = unquote_key(&key).map_err(|m| self.err(number, m))?;
             self.pos += 1;
             let value = if rest.is_empty() {
@@ -297,7 +297,11 @@ fn scalar(text: &str) -> Result<Value, String> {
         if body.contains(['[', '{', '"', '\'']) {
             return Err("flow lists may hold only plain scalars; use a block list".into());
         }
-        return body.split(',').map(|item| scalar(item.trim())).collect::<Result<_, _>>().map(Value::List);
+        return body
+            .split(',')
+            .map(|item| scalar(item.trim()))
+            .collect::<Result<_, _>>()
+            .map(Value::List);
     }
     if t.starts_with(['{', '&', '*', '!', '|', '>', '%', '@', '`']) {
         return Err(format!("{t:?}: this YAML form is not supported in values"));
@@ -310,7 +314,9 @@ fn plain(t: &str) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => Value::Null,
         "true" | "True" | "TRUE" => Value::Bool(true),
         "false" | "False" | "FALSE" => Value::Bool(false),
-        _ => t.parse::<i64>().map_or_else(|_| Value::Str(t.to_owned()), Value::Int),
+        _ => t
+            .parse::<i64>()
+            .map_or_else(|_| Value::Str(t.to_owned()), Value::Int),
     }
 }
 
@@ -510,11 +516,7 @@ pub fn yaml_scalar(value: &Value) -> String {
                 && !s.contains('\n')
                 && scalar(s).is_ok_and(|v| v == Value::Str(s.clone()))
                 && !s.starts_with(['-', '?', ',', '[', ']', '{', '}', '#', '"', '\'']);
-            if reads_back {
-                s.clone()
-            } else {
-                go_quote(s)
-            }
+            if reads_back { s.clone() } else { go_quote(s) }
         }
         Value::List(_) => "[]".into(),
         Value::Map(_) => "{}".into(),
@@ -544,7 +546,12 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, Value)]) -> Value {
-        Value::Map(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+        Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        )
     }
     fn s(v: &str) -> Value {
         Value::Str(v.to_owned())
@@ -567,7 +574,10 @@ mod tests {
                         ("f", Value::Map(BTreeMap::new())),
                     ])
                 ),
-                ("list", Value::List(vec![s("one"), map(&[("k", s("v")), ("w", Value::Int(2))])])),
+                (
+                    "list",
+                    Value::List(vec![s("one"), map(&[("k", s("v")), ("w", Value::Int(2))])])
+                ),
                 ("flow", Value::List(vec![s("a"), Value::Int(3)])),
                 ("none", Value::Null),
                 ("url", s("https://h:1/p#frag")),
@@ -595,19 +605,44 @@ mod tests {
         let mut v = parse_yaml("t", "a:\n  b: x\n  free: {}\n  list: []\n").unwrap();
         apply_set(&mut v, "a.b=true").unwrap();
         apply_set(&mut v, "a.free.k=7").unwrap();
-        assert_eq!(v, parse_yaml("t", "a:\n  b: true\n  free:\n    k: 7\n  list: []\n").unwrap());
-        assert!(matches!(apply_set(&mut v, "a.c=1"), Err(ValuesError::UnknownKey(k)) if k == "a.c"));
-        assert!(matches!(apply_set(&mut v, "a=1"), Err(ValuesError::WrongShape { .. })));
-        assert!(matches!(apply_set(&mut v, "a.list=x"), Err(ValuesError::WrongShape { .. })));
-        assert!(matches!(apply_set(&mut v, "a..b=1"), Err(ValuesError::BadSet(_))));
-        assert!(matches!(apply_set(&mut v, "novalue"), Err(ValuesError::BadSet(_))));
+        assert_eq!(
+            v,
+            parse_yaml("t", "a:\n  b: true\n  free:\n    k: 7\n  list: []\n").unwrap()
+        );
+        assert!(
+            matches!(apply_set(&mut v, "a.c=1"), Err(ValuesError::UnknownKey(k)) if k == "a.c")
+        );
+        assert!(matches!(
+            apply_set(&mut v, "a=1"),
+            Err(ValuesError::WrongShape { .. })
+        ));
+        assert!(matches!(
+            apply_set(&mut v, "a.list=x"),
+            Err(ValuesError::WrongShape { .. })
+        ));
+        assert!(matches!(
+            apply_set(&mut v, "a..b=1"),
+            Err(ValuesError::BadSet(_))
+        ));
+        assert!(matches!(
+            apply_set(&mut v, "novalue"),
+            Err(ValuesError::BadSet(_))
+        ));
     }
 
     #[test]
     fn merge_layers_files() {
         let mut v = parse_yaml("t", "a:\n  b: x\n  c: 1\nsel: {}\n").unwrap();
-        merge(&mut v, parse_yaml("f", "a:\n  c: 2\nsel:\n  zone: z\n").unwrap(), "").unwrap();
-        assert_eq!(v, parse_yaml("t", "a:\n  b: x\n  c: 2\nsel:\n  zone: z\n").unwrap());
+        merge(
+            &mut v,
+            parse_yaml("f", "a:\n  c: 2\nsel:\n  zone: z\n").unwrap(),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            parse_yaml("t", "a:\n  b: x\n  c: 2\nsel:\n  zone: z\n").unwrap()
+        );
         let e = merge(&mut v, parse_yaml("f", "a:\n  typo: 1\n").unwrap(), "").unwrap_err();
         assert!(matches!(e, ValuesError::UnknownKey(k) if k == "a.typo"));
     }
