@@ -193,40 +193,72 @@ fn grants(role: &Value) -> BTreeSet<Grant> {
     out
 }
 
-fn grant(g: &str, r: &str, v: &str, n: &str) -> Grant {
-    (g.into(), r.into(), v.into(), n.into())
+/// The API calls the code makes: `signet_k8s::rbac::CA_RBAC` and
+/// `AGENT_RBAC` on branch h8-k8s (k8s/src/rbac.rs), copied here until that
+/// crate is on this branch; switch to the constants when it is.
+/// (API group, resource, verbs), and whether the call is only made when the
+/// root is published to istio-ca-root-cert (namespaces and ConfigMaps).
+const CA_CALLS: &[(&str, &str, &[&str], bool)] = &[
+    ("authentication.k8s.io", "tokenreviews", &["create"], false),
+    ("", "pods", &["get", "list", "watch"], false),
+    ("", "nodes", &["get", "list", "watch"], false),
+    ("", "namespaces", &["list"], true),
+    ("", "configmaps", &["get", "create", "update"], true),
+];
+
+/// The agent's only call: the kubelet's `/pods` (the pod attestor on branch
+/// h8-pod reads the kubelet, not the API server), which the kubelet
+/// authorizes as `nodes/proxy` get. AGENT_RBAC on h8-k8s lists pods and
+/// nodes instead, for an API-server pod source the agent does not have yet.
+const AGENT_CALLS: &[(&str, &str, &[&str])] = &[("", "nodes/proxy", &["get"])];
+
+/// What Kubernetes' bootstrap policy puts in `system:auth-delegator`.
+const AUTH_DELEGATOR: &[(&str, &str, &str)] = &[
+    ("authentication.k8s.io", "tokenreviews", "create"),
+    ("authorization.k8s.io", "subjectaccessreviews", "create"),
+];
+
+/// (group, resource, verb) without resource names.
+type Call = (String, String, String);
+
+fn calls(grants: &BTreeSet<Grant>) -> BTreeSet<Call> {
+    grants
+        .iter()
+        .map(|(g, r, v, _)| (g.clone(), r.clone(), v.clone()))
+        .collect()
 }
 
-/// The API calls the code makes, from issue 8 until signet_k8s::CA_RBAC /
-/// AGENT_RBAC land (branch h8-k8s): the CA gets pods and nodes (psat checks:
-/// "get the pod ... then its node") and watches/lists pods (the pod policy:
-/// "according to its watch of pods"); with Istio's root published it lists
-/// namespaces and creates/gets/updates istio-ca-root-cert ("in every
-/// namespace"). TokenReview comes from system:auth-delegator. The agent only
-/// reads the kubelet's /pods, authorized by the kubelet as nodes/proxy get.
-fn expected_ca(publish_istio_root: bool) -> BTreeSet<Grant> {
+fn expected_ca(publish_istio_root: bool) -> BTreeSet<Call> {
     let mut want = BTreeSet::new();
-    for r in ["pods", "nodes"] {
-        for v in ["get", "list", "watch"] {
-            want.insert(grant("", r, v, "*"));
+    for (group, resource, verbs, publish_only) in CA_CALLS {
+        if *publish_only && !publish_istio_root {
+            continue;
         }
-    }
-    if publish_istio_root {
-        want.insert(grant("", "namespaces", "list", "*"));
-        want.insert(grant("", "namespaces", "watch", "*"));
-        want.insert(grant("", "configmaps", "create", "*"));
-        want.insert(grant("", "configmaps", "get", "istio-ca-root-cert"));
-        want.insert(grant("", "configmaps", "update", "istio-ca-root-cert"));
+        for verb in *verbs {
+            want.insert((
+                (*group).to_owned(),
+                (*resource).to_owned(),
+                (*verb).to_owned(),
+            ));
+        }
     }
     want
 }
 
-fn expected_agent(pod_attestor: bool) -> BTreeSet<Grant> {
+fn expected_agent(pod_attestor: bool) -> BTreeSet<Call> {
+    let mut want = BTreeSet::new();
     if pod_attestor {
-        BTreeSet::from([grant("", "nodes/proxy", "get", "*")])
-    } else {
-        BTreeSet::new()
+        for (group, resource, verbs) in AGENT_CALLS {
+            for verb in *verbs {
+                want.insert((
+                    (*group).to_owned(),
+                    (*resource).to_owned(),
+                    (*verb).to_owned(),
+                ));
+            }
+        }
     }
+    want
 }
 
 /// Every ClusterRole/Role bound to `sa` (by a binding in the manifests), and
@@ -280,14 +312,34 @@ fn rbac_is_exactly_the_calls_the_code_makes() {
     for (args, publish, pod_attestor) in cases {
         let docs = parse(&render(args));
         let (ca, ca_external) = bound_grants(&docs, "signet-ca");
-        assert_eq!(ca, expected_ca(publish), "{args:?}");
         assert_eq!(
             ca_external,
             BTreeSet::from(["system:auth-delegator".to_owned()]),
             "{args:?}"
         );
+        let mut ca_calls = calls(&ca);
+        ca_calls.extend(
+            AUTH_DELEGATOR
+                .iter()
+                .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned())),
+        );
+        // auth-delegator also grants SubjectAccessReview, which is the price of
+        // using the role the issue names; nothing else may be extra.
+        let mut want = expected_ca(publish);
+        want.insert((
+            "authorization.k8s.io".into(),
+            "subjectaccessreviews".into(),
+            "create".into(),
+        ));
+        assert_eq!(ca_calls, want, "{args:?}");
+        // The ConfigMaps it reads and rewrites are only istio-ca-root-cert.
+        for (_, resource, verb, name) in &ca {
+            if resource == "configmaps" && verb != "create" {
+                assert_eq!(name, "istio-ca-root-cert", "{args:?}");
+            }
+        }
         let (agent, agent_external) = bound_grants(&docs, "signet-agent");
-        assert_eq!(agent, expected_agent(pod_attestor), "{args:?}");
+        assert_eq!(calls(&agent), expected_agent(pod_attestor), "{args:?}");
         assert!(agent_external.is_empty(), "{args:?}");
         let roles = docs
             .iter()
@@ -306,6 +358,14 @@ fn agent_pod_spec(docs: &[Value]) -> &Value {
 fn host_pid_only_with_the_pod_attestor() {
     let on = parse(&render(&[]));
     assert_eq!(agent_pod_spec(&on)["hostPID"], true);
+    // The kubelet is reached on 127.0.0.1, so the agent is on the host's
+    // network, and still resolves the CA's Service name.
+    let kubelet = toml(&on, "signet-agent", "agent.toml")["k8s_workload"]["kubelet_url"]
+        .as_str()
+        .unwrap();
+    assert!(kubelet.starts_with("https://127.0.0.1:"), "{kubelet}");
+    assert_eq!(agent_pod_spec(&on)["hostNetwork"], true);
+    assert_eq!(agent_pod_spec(&on)["dnsPolicy"], "ClusterFirstWithHostNet");
     assert!(
         toml(&on, "signet-agent", "agent.toml")
             .get("k8s_workload")
@@ -313,6 +373,7 @@ fn host_pid_only_with_the_pod_attestor() {
     );
     let off = parse(&render(&["--set", "agent.podAttestor.enabled=false"]));
     assert!(agent_pod_spec(&off).get("hostPID").is_none());
+    assert!(agent_pod_spec(&off).get("hostNetwork").is_none());
     assert!(
         toml(&off, "signet-agent", "agent.toml")
             .get("k8s_workload")
@@ -356,7 +417,7 @@ fn token_audience_and_path_match_what_the_ca_and_agent_are_told() {
         // The kubelet refuses projected tokens shorter than 10 minutes.
         assert!(source["expirationSeconds"].as_i64().unwrap() >= 600);
         // The agent's own account is on the CA's allow-list.
-        let allow: Vec<&str> = ca["k8s"]["psat_allow"]
+        let allow: Vec<&str> = ca["k8s"]["psat_allowed_service_accounts"]
             .as_array()
             .unwrap()
             .iter()
