@@ -191,6 +191,21 @@ mod tests {
         assert_eq!(names.len(), TEMPLATES.len(), "{names:?}");
     }
 
+    /// A template added to the chart but not to TEMPLATES would be missing
+    /// from `signet install --render` while Helm installs it.
+    #[test]
+    fn every_template_of_the_chart_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/charts/signet/templates");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = TEMPLATES.iter().map(|(n, _)| (*n).to_owned()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
+    }
+
     #[test]
     fn unknown_values_and_bad_names_are_refused() {
         let e = render(&args(&["ca.prot=1"])).unwrap_err();
