@@ -86,7 +86,7 @@ pub fn parse_yaml(source_name: &str, text: &str) -> Result<Value, ValuesError> {
         if i >= MAX_LINES {
             return Err(err(i + 1, "too many lines"));
         }
-        if raw.contains('\t') && raw.trim_start().len() < raw.len() && raw.starts_with('\t') {
+        if raw[..raw.len() - raw.trim_start().len()].contains('\t') {
             return Err(err(i + 1, "tabs cannot indent YAML"));
         }
         let content = strip_comment(raw);
@@ -507,7 +507,15 @@ pub fn yaml_scalar(value: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Str(s) => {
+            // Floats and YAML 1.1's yes/no/on/off would read back (in
+            // Kubernetes' YAML) as something other than a string.
+            let yaml11 = matches!(
+                s.to_ascii_lowercase().as_str(),
+                "y" | "n" | "yes" | "no" | "on" | "off" | ".inf" | "-.inf" | ".nan"
+            );
             let reads_back = plain(s) == Value::Str(s.clone())
+                && !yaml11
+                && s.parse::<f64>().is_err()
                 && !s.is_empty()
                 && s.trim() == s
                 && !s.contains(": ")
@@ -654,5 +662,18 @@ mod tests {
         let out = to_yaml(&v);
         assert_eq!(parse_yaml("out", &out).unwrap(), v, "{out}");
         assert!(out.contains("b: \"true\""));
+        for tricky in [
+            "0440", "1.5", "1e3", "on", "No", "- x", "a: b", "x #y", "", " pad", "#c", "{}",
+        ] {
+            let quoted = to_yaml(&Value::Str(tricky.to_owned()));
+            assert!(quoted.starts_with('"'), "{tricky:?} gave {quoted}");
+        }
+        assert_eq!(to_yaml(&Value::Str("500m".into())), "500m");
+    }
+
+    #[test]
+    fn tabs_cannot_indent() {
+        let e = parse_yaml("t", "a:\n \tb: 1\n").unwrap_err().to_string();
+        assert!(e.contains("line 2: tabs"), "{e}");
     }
 }
