@@ -4,9 +4,11 @@
 //! manifests_to_json.py) to check what the schemas cannot: RBAC equal to the
 //! calls the code makes, hostPID only with the pod attestor, the token
 //! audience the CA expects, and socket paths that land on the host volumes.
+//! The real signet-ca and signet-agent are started with the settings files
+//! the chart renders, so a setting name they do not know cannot pass.
 //!
-//! Needs `SIGNET_PYTHON`: a Python whose venv has `kubernetes-validate`
-//! (scripts/test.sh installs it), and the `signet` binary built.
+//! Needs `SIGNET_PYTHON`: a Python whose venv has `kubernetes-validate` and
+//! `prometheus_client` (scripts/test.sh installs both), and the binaries built.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
