@@ -38,11 +38,13 @@ fi
 # Python clients of another gRPC implementation (grpcio): py-spiffe as a
 # second Workload API client, raw grpcio clients with each :authority form,
 # h2 for a bare HTTP/2 client that sends no :authority (tests/python/), and
-# prometheus_client's parser for the metrics endpoints.
+# prometheus_client's parser for the metrics endpoints, and kubernetes-validate
+# (offline Kubernetes schemas; brings PyYAML) for the rendered Helm chart.
 # SIGNET_PYTHON names the venv's interpreter.
 if [ -z "${SIGNET_PYTHON:-}" ]; then
-  py_pkgs=(spiffe==0.3.2 grpcio grpcio-tools protobuf prometheus_client h2)
-  if [ ! -x .venv-py/bin/python ] || ! .venv-py/bin/python -c 'import spiffe, grpc, grpc_tools, prometheus_client, h2' >/dev/null 2>&1; then
+  py_pkgs=(spiffe==0.3.2 grpcio grpcio-tools protobuf prometheus_client h2 kubernetes-validate)
+  if [ ! -x .venv-py/bin/python ] \
+    || ! .venv-py/bin/python -c 'import spiffe, grpc, grpc_tools, prometheus_client, h2, kubernetes_validate, yaml' >/dev/null 2>&1; then
     echo "==> installing Python test clients (${py_pkgs[*]}) into .venv-py"
     python3 -m venv .venv-py && .venv-py/bin/pip install --quiet "${py_pkgs[@]}"
   fi

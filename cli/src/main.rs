@@ -13,6 +13,7 @@ mod files;
 mod grpc;
 mod input;
 mod inspect;
+mod install;
 mod output;
 mod ttl;
 mod verify;
@@ -42,6 +43,8 @@ enum Command {
     Ca(ca::Args),
     /// Talk to the SPIFFE Workload API (signet-agent) as this process's workload.
     Agent(agent::Args),
+    /// Write the Kubernetes manifests of the Signet Helm chart (`install --render`).
+    Install(install::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args, cli.output),
         Command::Ca(args) => ca::run(args, cli.output).map(|()| ExitCode::SUCCESS),
         Command::Agent(args) => agent::run(args, cli.output).map(|()| ExitCode::SUCCESS),
+        Command::Install(args) => install::run(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {}", output::printable(&format!("{e:#}")));
