@@ -1,6 +1,7 @@
 //! Workload attestation: from the caller of a unix socket to selectors.
-//! The `WorkloadAttestor` trait lets other attestors (the Kubernetes pod
-//! attestor, next) plug in beside the unix one.
+//! Every configured `WorkloadAttestor` runs for each caller and their
+//! selectors are merged: the unix one always, the Kubernetes pod one
+//! ([`k8s`]) when `[k8s_workload]` is set.
 
 pub mod k8s;
 pub mod unix;

@@ -32,6 +32,9 @@ pub enum KubeletError {
         path: PathBuf,
         reason: String,
     },
+    /// An https URL with neither a CA file nor `skip_verify`.
+    #[error("an https kubelet url needs a CA file (kubelet_ca_file) or kubelet_skip_verify")]
+    NoTrust,
     /// TLS settings refused by rustls.
     #[error("kubelet tls settings: {0}")]
     Tls(#[from] rustls::Error),
@@ -363,14 +366,7 @@ fn tls_config(settings: &KubeletSettings) -> Result<Arc<ClientConfig>, KubeletEr
             .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
             .with_no_client_auth()
     } else {
-        let path = settings
-            .ca_file
-            .as_ref()
-            .ok_or_else(|| KubeletError::File {
-                what: "kubelet CA file",
-                path: PathBuf::new(),
-                reason: "an https kubelet url needs ca_file (or skip_verify)".into(),
-            })?;
+        let path = settings.ca_file.as_ref().ok_or(KubeletError::NoTrust)?;
         let file_err = |reason: String| KubeletError::File {
             what: "kubelet CA file",
             path: path.clone(),
@@ -527,6 +523,14 @@ mod tests {
         };
         assert!(matches!(
             KubeletClient::new(base.clone()),
+            Err(KubeletError::NoTrust)
+        ));
+        let missing = KubeletSettings {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..base.clone()
+        };
+        assert!(matches!(
+            KubeletClient::new(missing),
             Err(KubeletError::File { .. })
         ));
         for url in ["ftp://x/pods", "127.0.0.1:10250", "not a url"] {
