@@ -14,6 +14,7 @@
 //! | systemd + containerd  | `…/kubepods-<qos>-pod<uid_>.slice/cri-containerd-<id>.scope`            |
 //! | containerd, colon form| `…/kubepods-<qos>-pod<uid_>.slice:cri-containerd:<id>`                  |
 //! | kind (nested)         | any of the above under `/docker/<node id>/` or `/kubelet.slice/…`       |
+//! | seen from a cgroupns  | any of the above after `/../..` (relative to the reader's namespace)    |
 //!
 //! `<uid_>` is the pod UID with `-` written as `_` (systemd unit names
 //! reserve `-` for nesting); `<id>` is 64 lowercase hex digits. Guaranteed
@@ -264,6 +265,9 @@ mod tests {
             ),
             // kind, older: the kubelet's own root cgroup.
             format!("/kubelet/kubepods/burstable/pod{UID}/{ID}"),
+            // Read by an agent in a cgroup namespace of its own (a pod on
+            // cgroup v2): paths outside it are relative, with `..`.
+            format!("/../../kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"),
         ];
         for path in &cases {
             assert_eq!(parse_cgroup_path(path), Ok(want()), "{path}");
