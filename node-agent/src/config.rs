@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use signet_identity::{SpiffeIdError, TrustDomain};
 
+use crate::attest::k8s::K8sSettings;
+use crate::attest::k8s::kubelet::KubeletSettings;
+
 /// Why a configuration is refused.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,12 @@ pub enum ConfigError {
     /// A root hash that is not `sha256:` and 64 hex digits.
     #[error("ca_root_hash {0:?} must be sha256: and 64 hex digits")]
     RootHash(String),
+    /// `[k8s_workload]` without a node name, in the file or `NODE_NAME`.
+    #[error("[k8s_workload] needs node_name (or the NODE_NAME environment variable)")]
+    K8sNodeName,
+    /// A `[k8s_workload]` duration that humantime cannot read, or zero.
+    #[error("[k8s_workload] {key} = {value:?} is not a duration such as \"500ms\" or \"5s\"")]
+    K8sDuration { key: &'static str, value: String },
 }
 
 /// Settings as they may appear in the file or as flags.
@@ -96,6 +105,115 @@ pub struct Settings {
     /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The Kubernetes pod attestor (file only: a `[k8s_workload]` table
+    /// turns it on).
+    #[arg(skip)]
+    #[serde(default)]
+    pub k8s_workload: Option<K8sWorkloadSettings>,
+}
+
+/// `[k8s_workload]`: the pod attestor and how it reaches the kubelet.
+/// Every key is optional; the defaults suit a DaemonSet with
+/// `hostNetwork`, `hostPID` and `NODE_NAME` from the downward API.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sWorkloadSettings {
+    /// The kubelet's pod list [default: https://127.0.0.1:10250/pods].
+    pub kubelet_url: Option<String>,
+    /// Roots for the kubelet's certificate [default: the service account's
+    /// ca.crt].
+    pub kubelet_ca_file: Option<PathBuf>,
+    /// Bearer token sent to the kubelet, re-read on each request [default
+    /// for https: the service account's token].
+    pub kubelet_token_file: Option<PathBuf>,
+    /// Accept any kubelet certificate (self-signed kubelet certificates).
+    #[serde(default)]
+    pub kubelet_skip_verify: bool,
+    /// Timeout of one `/pods` request [default: 5s].
+    pub kubelet_timeout: Option<String>,
+    /// Largest `/pods` answer [default: 32 MiB].
+    pub kubelet_max_response_bytes: Option<usize>,
+    /// This node's name [default: $NODE_NAME].
+    pub node_name: Option<String>,
+    /// Where processes' cgroup files are read [default: /proc].
+    pub proc_root: Option<PathBuf>,
+    /// How long a pod list is reused [default: 5s].
+    pub cache_ttl: Option<String>,
+    /// Lookups of a caller's pod before it is refused [default: 20].
+    pub poll_attempts: Option<u32>,
+    /// Sleep between two lookups [default: 500ms].
+    pub poll_interval: Option<String>,
+}
+
+/// Where a pod's service-account credentials are mounted.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl K8sWorkloadSettings {
+    /// Fills the defaults; `env_node_name` is `NODE_NAME` from the
+    /// environment.
+    ///
+    /// # Errors
+    /// No node name, a bad duration.
+    pub fn check(&self, env_node_name: Option<String>) -> Result<K8sSettings, ConfigError> {
+        let duration = |key: &'static str, value: &Option<String>, default: Duration| {
+            let Some(v) = value else {
+                return Ok(default);
+            };
+            match humantime::parse_duration(v) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                _ => Err(ConfigError::K8sDuration {
+                    key,
+                    value: v.clone(),
+                }),
+            }
+        };
+        let url = self
+            .kubelet_url
+            .clone()
+            .unwrap_or_else(|| "https://127.0.0.1:10250/pods".into());
+        let https = url.starts_with("https://");
+        let sa = Path::new(SERVICE_ACCOUNT_DIR);
+        let ca_file = self
+            .kubelet_ca_file
+            .clone()
+            .or_else(|| (https && !self.kubelet_skip_verify).then(|| sa.join("ca.crt")));
+        let token_file = self
+            .kubelet_token_file
+            .clone()
+            .or_else(|| https.then(|| sa.join("token")));
+        let node_name = self
+            .node_name
+            .clone()
+            .or(env_node_name)
+            .filter(|n| !n.is_empty())
+            .ok_or(ConfigError::K8sNodeName)?;
+        Ok(K8sSettings {
+            kubelet: KubeletSettings {
+                url,
+                ca_file,
+                token_file,
+                skip_verify: self.kubelet_skip_verify,
+                timeout: duration(
+                    "kubelet_timeout",
+                    &self.kubelet_timeout,
+                    Duration::from_secs(5),
+                )?,
+                max_response_bytes: self.kubelet_max_response_bytes.unwrap_or(32 << 20),
+            },
+            node_name,
+            proc_root: self
+                .proc_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/proc")),
+            cache_ttl: duration("cache_ttl", &self.cache_ttl, Duration::from_secs(5))?,
+            poll_attempts: self.poll_attempts.unwrap_or(20).max(1),
+            poll_interval: duration(
+                "poll_interval",
+                &self.poll_interval,
+                Duration::from_millis(500),
+            )?,
+        })
+    }
 }
 
 /// Where the sockets go by default: outside the data directory (0700, so
@@ -141,6 +259,8 @@ pub struct Config {
     pub max_backoff: Duration,
     /// Where to serve Prometheus metrics; `None`: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The pod attestor, when `[k8s_workload]` is present.
+    pub k8s_workload: Option<K8sSettings>,
 }
 
 impl Config {
@@ -198,7 +318,12 @@ impl Config {
                 })
             }
         };
+        let k8s_workload = match flags.k8s_workload.as_ref().or(f.k8s_workload.as_ref()) {
+            Some(k) => Some(k.check(std::env::var("NODE_NAME").ok())?),
+            None => None,
+        };
         Ok(Self {
+            k8s_workload,
             trust_domain,
             ca_address,
             ca_server_name,
@@ -298,6 +423,58 @@ mod tests {
         let s: Settings = toml::from_str("metrics_listen = \"127.0.0.1:9091\"").unwrap();
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9091".parse().unwrap()));
         assert!(toml::from_str::<Settings>("metrics_listen = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn k8s_workload_defaults_and_errors() {
+        let s: Settings = toml::from_str("[k8s_workload]\nproc_root = \"/host/proc\"\n").unwrap();
+        let k = s.k8s_workload.unwrap();
+        assert!(matches!(k.check(None), Err(ConfigError::K8sNodeName)));
+        let c = k.check(Some("node-a".into())).unwrap();
+        assert_eq!(c.node_name, "node-a");
+        assert_eq!(c.proc_root, PathBuf::from("/host/proc"));
+        assert_eq!(c.kubelet.url, "https://127.0.0.1:10250/pods");
+        assert!(
+            !c.kubelet.skip_verify,
+            "kubelet certificates are verified by default"
+        );
+        assert_eq!(
+            c.kubelet.ca_file,
+            Some(PathBuf::from(
+                "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+            ))
+        );
+        assert_eq!(c.poll_attempts, 20);
+
+        let s: Settings = toml::from_str(
+            "[k8s_workload]\nnode_name = \"n1\"\nkubelet_url = \"http://127.0.0.1:10255/pods\"\npoll_interval = \"50ms\"\n",
+        )
+        .unwrap();
+        let c = s
+            .k8s_workload
+            .unwrap()
+            .check(Some("ignored".into()))
+            .unwrap();
+        assert_eq!(c.node_name, "n1", "the file wins over NODE_NAME");
+        assert_eq!(c.kubelet.token_file, None, "no token to the read-only port");
+        assert_eq!(c.kubelet.ca_file, None);
+        assert_eq!(c.poll_interval, Duration::from_millis(50));
+
+        let s: Settings = toml::from_str("[k8s_workload]\ncache_ttl = \"soon\"\n").unwrap();
+        assert!(matches!(
+            s.k8s_workload.unwrap().check(Some("n".into())),
+            Err(ConfigError::K8sDuration {
+                key: "cache_ttl",
+                ..
+            })
+        ));
+        assert!(toml::from_str::<Settings>("[k8s_workload]\nkubelet = 1\n").is_err());
+        assert!(
+            Config::load(None, Settings::default())
+                .unwrap()
+                .k8s_workload
+                .is_none()
+        );
     }
 
     #[test]

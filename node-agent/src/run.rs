@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::attest::WorkloadAttestor;
+use crate::attest::k8s::K8sAttestor;
 use crate::attest::unix::UnixAttestor;
 use crate::config::{Bootstrap, Config};
 use crate::manager::Manager;
@@ -29,6 +30,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sds = %config.sds_socket.display(),
         "starting signet-agent"
     );
+    // Unix selectors always; pod selectors too when [k8s_workload] is set
+    // (checked here, before anything is bound).
+    let mut attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
+    if let Some(k8s) = &config.k8s_workload {
+        tracing::info!(kubelet = %k8s.kubelet.url, node = %k8s.node_name, "pod workload attestation on");
+        attestors.push(Arc::new(
+            K8sAttestor::new(k8s.clone()).context("[k8s_workload]")?,
+        ));
+    }
     let metrics = crate::metrics::bind(config.metrics_listen).await?;
     let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
         Stored::Usable(pair) if pair.0.not_after > std::time::SystemTime::now() => {
@@ -105,7 +115,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = Manager::new(config.clone(), client, svid, bundle);
     crate::metrics::serve(metrics, manager.subscribe(), shutdown_rx.clone());
-    let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(
         manager

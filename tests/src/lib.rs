@@ -33,6 +33,7 @@ mod agent;
 mod bins;
 mod ca;
 mod envoy;
+mod kubelet;
 mod metrics;
 mod node;
 mod pki;
@@ -45,6 +46,7 @@ pub use envoy::{
     EnvoyOptions, EnvoyProcess, HttpResponse, LoadedCert, Outcome, Role, SERVER_BODY,
     SerialHistory, Traffic, Validation, envoy_binary, http_get,
 };
+pub use kubelet::{FakeKubelet, emulate_proc, pod_json};
 pub use metrics::{Sample, Scrape, free_loopback_addr, scrape, scrape_until};
 pub use node::{
     NodeIdentity, attest_node, attest_with_token, chain_of, create_token, new_key_and_csr,

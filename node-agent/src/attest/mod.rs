@@ -1,7 +1,9 @@
 //! Workload attestation: from the caller of a unix socket to selectors.
-//! The `WorkloadAttestor` trait lets other attestors (the Kubernetes pod
-//! attestor, next) plug in beside the unix one.
+//! Every configured `WorkloadAttestor` runs for each caller and their
+//! selectors are merged: the unix one always, the Kubernetes pod one
+//! ([`k8s`]) when `[k8s_workload]` is set.
 
+pub mod k8s;
 pub mod unix;
 
 use crate::state::Selector;
@@ -39,6 +41,23 @@ pub enum AttestError {
     /// Reading /proc failed.
     #[error("cannot inspect process {pid}: {reason}")]
     Proc { pid: i32, reason: String },
+    /// The Kubernetes pod attestor refused the caller or could not ask
+    /// the kubelet.
+    #[error(transparent)]
+    K8s(#[from] k8s::K8sError),
+}
+
+impl AttestError {
+    /// Whether the caller may retry later (UNAVAILABLE) rather than being
+    /// not permitted (PERMISSION_DENIED): /proc unreadable, kubelet down.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::NoCredentials | Self::ProcessChanged(_) => false,
+            Self::Proc { .. } => true,
+            Self::K8s(e) => e.is_unavailable(),
+        }
+    }
 }
 
 /// Produces the selectors of a calling process.

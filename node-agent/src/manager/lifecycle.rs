@@ -54,6 +54,7 @@ fn fixture() -> Fixture {
         log_json: false,
         max_backoff: Duration::from_secs(1),
         metrics_listen: None,
+        k8s_workload: None,
     };
     let client = CaClient::new(
         &config.ca_address,

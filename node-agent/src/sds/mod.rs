@@ -104,11 +104,10 @@ impl SdsServer {
 fn attest_status(error: &AttestError) -> Status {
     crate::metrics::attestation_failed("sds", error);
     let message = format!("workload attestation failed: {error}");
-    match error {
-        AttestError::NoCredentials | AttestError::ProcessChanged(_) => {
-            Status::permission_denied(message)
-        }
-        AttestError::Proc { .. } => Status::unavailable(message),
+    if error.is_unavailable() {
+        Status::unavailable(message)
+    } else {
+        Status::permission_denied(message)
     }
 }
 

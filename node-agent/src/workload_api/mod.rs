@@ -137,13 +137,11 @@ impl WorkloadApi {
 fn attest_status(rpc: &'static str, pid: Option<i32>, error: &AttestError) -> Status {
     tracing::info!(rpc, ?pid, %error, "workload attestation failed");
     crate::metrics::attestation_failed("workload_api", error);
-    match error {
-        AttestError::NoCredentials | AttestError::ProcessChanged(_) => {
-            Status::permission_denied(format!("workload attestation failed: {error}"))
-        }
-        AttestError::Proc { .. } => {
-            Status::unavailable(format!("workload attestation failed: {error}"))
-        }
+    let message = format!("workload attestation failed: {error}");
+    if error.is_unavailable() {
+        Status::unavailable(message)
+    } else {
+        Status::permission_denied(message)
     }
 }
 

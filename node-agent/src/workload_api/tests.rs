@@ -22,6 +22,8 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use super::*;
+use crate::attest::k8s::K8sError;
+use crate::attest::k8s::kubelet::KubeletError;
 use crate::attest::unix::UnixAttestor;
 use crate::state::{Entry, Snapshot, Svid};
 
@@ -727,6 +729,28 @@ fn attestation_errors_map_to_the_standard_codes() {
                 pid: 7,
                 reason: "EACCES".into(),
             },
+            tonic::Code::Unavailable,
+        ),
+        (
+            AttestError::K8s(K8sError::UnknownContainer {
+                pid: 7,
+                pod_uid: "u".into(),
+                container_id: "c".into(),
+            }),
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            AttestError::K8s(K8sError::Cgroup {
+                pid: 7,
+                source: crate::attest::k8s::cgroup::parse_cgroup_path("/kubepods/x").unwrap_err(),
+            }),
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            AttestError::K8s(K8sError::Kubelet {
+                pid: 7,
+                source: KubeletError::Timeout("https://k/pods".into(), Duration::from_secs(5)),
+            }),
             tonic::Code::Unavailable,
         ),
     ];

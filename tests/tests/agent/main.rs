@@ -17,6 +17,7 @@ mod denied;
 mod evicted;
 mod federation;
 mod jwt;
+mod k8s_pods;
 mod metrics;
 mod node_state;
 mod propagation;
