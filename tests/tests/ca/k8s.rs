@@ -265,3 +265,69 @@ async fn without_k8s_settings_psat_is_refused_and_join_tokens_keep_working() {
     let node = signet_tests::attest_node(&ca, "plain").await.unwrap();
     assert_eq!(node.spiffe_id, ca.node_id("plain"));
 }
+
+/// Polls the audit log until `n` issued k8s_psat attestations are recorded.
+async fn wait_for_attestations(ca: &CaProcess, mark: i64, n: usize) -> Vec<signet_tests::AuditRow> {
+    for _ in 0..150 {
+        let rows: Vec<_> = ca
+            .audit_since(mark)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.action == ACTION && r.result == "issued")
+            .collect();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!(
+        "fewer than {n} k8s_psat attestations: {:#?}",
+        ca.audit_since(mark).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_agent_attests_again_when_its_token_rotates_and_not_once_banned() {
+    let c = cluster().await;
+    c.fake.add_token("token-1", c.good.clone());
+    c.fake.add_token("token-2", c.good.clone());
+    c.fake.add_token("token-3", c.good.clone());
+    let ca = start_ca(&c.fake).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "token-1").unwrap();
+    let mark = ca.audit_mark().unwrap();
+    let name = format!("{CLUSTER}/{}", c.node_uid);
+    let agent = AgentProcess::start_k8s_psat(&ca, &name, &token_file, &[])
+        .await
+        .unwrap();
+    wait_for_attestations(&ca, mark, 1).await;
+
+    // The kubelet rotates the token (a new file swapped in): the agent attests with it.
+    let next = dir.path().join("token.new");
+    std::fs::write(&next, "token-2").unwrap();
+    std::fs::rename(&next, &token_file).unwrap();
+    let rows = wait_for_attestations(&ca, mark, 2).await;
+    assert_eq!(rows[0].spiffe_id, rows[1].spiffe_id);
+    assert_ne!(rows[0].serial, rows[1].serial);
+    assert!(agent.log().contains("attested again"), "{}", agent.log());
+
+    // Banned: the next attempt is refused by name, however valid the token.
+    let out = ca.signet_ca(["agent", "ban", name.as_str()]).await.unwrap();
+    assert!(out.status.success(), "{out}");
+    let mark = ca.audit_mark().unwrap();
+    std::fs::write(&next, "token-3").unwrap();
+    std::fs::rename(&next, &token_file).unwrap();
+    for _ in 0..150 {
+        if ca
+            .audit_since(mark)
+            .unwrap()
+            .iter()
+            .any(|r| r.action == ACTION && r.result == "rejected")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_rejected_not_issued(&ca, mark, ACTION);
+}
