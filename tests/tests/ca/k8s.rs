@@ -68,6 +68,10 @@ async fn cluster() -> Cluster {
 }
 
 async fn start_ca(fake: &FakeApiServer) -> CaProcess {
+    start_ca_with(fake, CaOptions::default()).await
+}
+
+async fn start_ca_with(fake: &FakeApiServer, opts: CaOptions) -> CaProcess {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     fake.write_kubeconfig(&kubeconfig).unwrap();
@@ -80,7 +84,7 @@ async fn start_ca(fake: &FakeApiServer) -> CaProcess {
         ),
     )
     .unwrap();
-    let ca = CaProcess::start(CaOptions::default().flag("config", config.display().to_string()))
+    let ca = CaProcess::start(opts.flag("config", config.display().to_string()))
         .await
         .unwrap();
     // The CA read both files at start.
@@ -330,4 +334,34 @@ async fn the_agent_attests_again_when_its_token_rotates_and_not_once_banned() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_rejected_not_issued(&ca, mark, ACTION);
+}
+
+#[tokio::test]
+async fn an_evicted_kubernetes_node_attests_again_when_renewal_is_refused() {
+    let c = cluster().await;
+    c.fake.add_token("token-1", c.good.clone());
+    // Short node SVIDs: the agent renews every few seconds.
+    let ca = start_ca_with(&c.fake, CaOptions::default().flag("node-svid-ttl", "6s")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "token-1").unwrap();
+    let name = format!("{CLUSTER}/{}", c.node_uid);
+    let mark = ca.audit_mark().unwrap();
+    let agent = AgentProcess::start_k8s_psat(&ca, &name, &token_file, &[])
+        .await
+        .unwrap();
+    wait_for_attestations(&ca, mark, 1).await;
+    let out = ca
+        .signet_ca(["agent", "evict", name.as_str()])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out}");
+    // Its renewal is refused; it proves itself again with its (unchanged) token.
+    let rows = wait_for_attestations(&ca, mark, 2).await;
+    assert_eq!(rows[0].spiffe_id, rows[1].spiffe_id);
+    assert!(
+        agent.log().contains("node SVID renewal failed"),
+        "{}",
+        agent.log()
+    );
 }
