@@ -1,6 +1,7 @@
 //! Kubernetes on the CA: the `[k8s]` settings and k8s_psat node attestation, where an
 //! agent proves which node it runs on with its pod's projected service-account token.
 
+pub mod policy;
 mod psat;
 
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub struct K8sSettings {
     /// `namespace:serviceaccount` pairs allowed to attest nodes (the agent's).
     #[serde(default)]
     pub psat_allowed_service_accounts: Vec<String>,
+    /// Identities from a pod policy (`[[k8s.policy]]`).
+    #[serde(default)]
+    pub policy: Vec<policy::PolicySettings>,
 }
 
 /// The checked `[k8s]` settings.
@@ -36,6 +40,7 @@ pub struct K8sConfig {
     pub psat_audience: String,
     /// (namespace, service account) pairs.
     pub psat_allowed: Vec<(String, String)>,
+    pub policies: Vec<policy::Policy>,
 }
 
 fn is_segment(s: &str) -> bool {
@@ -89,11 +94,17 @@ impl K8sSettings {
             Some(p) => KubeConnect::Kubeconfig(p.clone()),
             None => KubeConnect::InCluster,
         };
+        let policies = self
+            .policy
+            .iter()
+            .map(policy::PolicySettings::check)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(K8sConfig {
             connect,
             cluster,
             psat_audience,
             psat_allowed,
+            policies,
         })
     }
 }
@@ -108,6 +119,7 @@ mod tests {
             cluster: Some(cluster.into()),
             psat_audience: None,
             psat_allowed_service_accounts: allowed.iter().map(|s| s.to_string()).collect(),
+            policy: Vec::new(),
         }
     }
 
