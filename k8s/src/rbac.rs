@@ -9,8 +9,9 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
 }
 
-/// What signet-ca calls: TokenReview (k8s_psat, mesh APIs), pods and nodes (attestation
-/// and the pod policy's watch), ConfigMaps it publishes the root in.
+/// What signet-ca calls: TokenReview (k8s_psat, mesh APIs), pods (get for k8s_psat;
+/// list and watch for the pod policy and mesh impersonation checks), nodes (get, for
+/// k8s_psat), namespaces and ConfigMaps (publishing the root in every namespace).
 pub const CA_RBAC: &[Rule] = &[
     Rule {
         api_group: "authentication.k8s.io",
@@ -52,3 +53,17 @@ pub const AGENT_RBAC: &[Rule] = &[
         verbs: &["get"],
     },
 ];
+
+impl Rule {
+    /// Whether this rule allows `verb` on `api_group`/`resource`.
+    #[must_use]
+    pub fn allows(&self, api_group: &str, resource: &str, verb: &str) -> bool {
+        self.api_group == api_group && self.resource == resource && self.verbs.contains(&verb)
+    }
+}
+
+/// Whether `rules` allow `verb` on `api_group`/`resource`.
+#[must_use]
+pub fn allowed(rules: &[Rule], api_group: &str, resource: &str, verb: &str) -> bool {
+    rules.iter().any(|r| r.allows(api_group, resource, verb))
+}

@@ -313,3 +313,39 @@ async fn kubeconfig_file_round_trip() {
     assert!(api.get_node("n1").await.unwrap().is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn requests_map_to_the_rbac_they_need() {
+    let (fake, _, _) = setup().await;
+    let api = fake.client().await.unwrap();
+    api.get_pod("signet", "agent-x").await.unwrap();
+    api.list_pods(Some("n1")).await.unwrap();
+    let w = api.watch_pods(Some("n1"), "0").await.unwrap();
+    drop(w);
+    api.review("good", &aud("signet-ca")).await.unwrap();
+    let got: Vec<_> = fake.requests().iter().filter_map(|r| r.rbac()).collect();
+    let want = [
+        ("", "pods", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+    ];
+    for (g, r, v) in want {
+        assert!(
+            got.contains(&(g.into(), r.into(), v.into())),
+            "{g}/{r} {v} not in {got:?}"
+        );
+        assert!(signet_k8s::rbac::allowed(
+            signet_k8s::rbac::CA_RBAC,
+            g,
+            r,
+            v
+        ));
+    }
+    assert!(!signet_k8s::rbac::allowed(
+        signet_k8s::rbac::AGENT_RBAC,
+        "authentication.k8s.io",
+        "tokenreviews",
+        "create"
+    ));
+}

@@ -30,6 +30,43 @@ pub struct Request {
     pub query: String,
 }
 
+impl Request {
+    /// The RBAC (api group, resource, verb) this request needs, as kube-apiserver's
+    /// request-info resolver derives it; `None` for paths outside the API.
+    #[must_use]
+    pub fn rbac(&self) -> Option<(String, String, String)> {
+        let parts: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", "v1", rest @ ..] => (String::new(), rest),
+            ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+            _ => return None,
+        };
+        let (resource, named) = match rest {
+            ["namespaces", _, resource] => (*resource, false),
+            ["namespaces", _, resource, _name] => (*resource, true),
+            [resource] => (*resource, false),
+            [resource, _name] => (*resource, true),
+            _ => return None,
+        };
+        let watch = self
+            .query
+            .split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1");
+        let verb = match (self.method.as_str(), named) {
+            ("GET", true) => "get",
+            ("GET", false) if watch => "watch",
+            ("GET", false) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", true) => "delete",
+            ("DELETE", false) => "deletecollection",
+            _ => return None,
+        };
+        Some((group, resource.to_owned(), verb.to_owned()))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
     Pod {

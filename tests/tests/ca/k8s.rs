@@ -130,6 +130,15 @@ async fn an_agent_attests_with_its_projected_token() {
     // The CA asked TokenReview for its audience, then read the pod and the node.
     let reqs = c.fake.requests();
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    // Every call the CA made is one its RBAC table (which the chart is checked
+    // against) allows.
+    for r in &reqs {
+        let (group, resource, verb) = r.rbac().unwrap();
+        assert!(
+            signet_k8s::rbac::allowed(signet_k8s::rbac::CA_RBAC, &group, &resource, &verb),
+            "{r:?} needs {verb} on {group}/{resource}, not in CA_RBAC"
+        );
+    }
     for p in [
         "/apis/authentication.k8s.io/v1/tokenreviews",
         "/api/v1/namespaces/signet/pods/agent-1",
