@@ -224,6 +224,10 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default)]
     pub federation: Vec<crate::federation::config::FederationSettings>,
+    /// Kubernetes: k8s_psat node attestation (`[k8s]` table; file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub k8s: Option<crate::k8s::K8sSettings>,
 }
 
 /// When authorities rotate.
@@ -285,6 +289,8 @@ pub struct Config {
     pub federations: Vec<crate::federation::Relationship>,
     /// See [`Settings::federation_min_refresh`].
     pub federation_min_refresh: Duration,
+    /// Kubernetes settings, when `[k8s]` is configured.
+    pub k8s: Option<crate::k8s::K8sConfig>,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -461,6 +467,10 @@ impl Config {
         let federations =
             crate::federation::config::relationships(federation_settings, &trust_domain)
                 .map_err(ConfigError::Federation)?;
+        let k8s = match flags.k8s.as_ref().or(file.k8s.as_ref()) {
+            Some(k) => Some(k.check().map_err(ConfigError::Conflict)?),
+            None => None,
+        };
         Ok(Self {
             trust_domain,
             listen,
@@ -486,6 +496,7 @@ impl Config {
             bundle_endpoint,
             federations,
             federation_min_refresh,
+            k8s,
             defaulted,
         })
     }

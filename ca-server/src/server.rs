@@ -81,6 +81,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let psat = match &config.k8s {
+        Some(k) => {
+            let api = signet_k8s::KubeApi::connect(&k.connect)
+                .await
+                .context("connecting to the Kubernetes API ([k8s])")?;
+            tracing::info!(cluster = %k.cluster, audience = %k.psat_audience, "k8s_psat node attestation enabled");
+            Some(Arc::new(crate::k8s::PsatAttestor::new(api, k.clone())))
+        }
+        None => None,
+    };
     let (resolver, not_after) = ServerCertResolver::new(&ca)?;
     let tls_config = tls::server_config(&ca, resolver.clone())?;
     tokio::spawn(
@@ -126,9 +136,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .layer(GuardLayer::new(ca.clone()))
         .add_service(
-            NodeServer::new(
-                NodeApi::new(ca.clone(), shutdown_rx.clone()).with_federated(federations.watch()),
-            )
+            NodeServer::new({
+                let api = NodeApi::new(ca.clone(), shutdown_rx.clone())
+                    .with_federated(federations.watch());
+                match &psat {
+                    Some(p) => api.with_psat(p.clone()),
+                    None => api,
+                }
+            })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(64 * MAX_MESSAGE_BYTES),
         )

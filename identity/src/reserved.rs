@@ -14,7 +14,10 @@ pub const RESERVED_PATH_PREFIX: &str = "/signet/";
 /// after bootstrap.
 pub const CA_SERVER_PATH: &str = "/signet/ca";
 
-/// The path prefix of node identities (`/signet/node/<name>`).
+/// The path prefix of node identities: `/signet/node/<name>` for nodes attested with a
+/// join token, `/signet/node/<cluster>/<node-uid>` for Kubernetes nodes (k8s_psat).
+/// A node's name is the path after this prefix, so a Kubernetes node's name is
+/// `<cluster>/<node-uid>`; revocation, ban and eviction by name use that form.
 pub const NODE_PATH_PREFIX: &str = "/signet/node/";
 
 /// The SPIFFE ID the CA's serving certificate carries in `trust_domain`.
@@ -26,12 +29,29 @@ pub fn ca_server_id(trust_domain: &TrustDomain) -> SpiffeId {
         .unwrap_or_else(|_| trust_domain.to_spiffe_id())
 }
 
-/// The SPIFFE ID of the node `name` in `trust_domain`.
+/// The SPIFFE ID of the node `name` in `trust_domain`: a single segment, or
+/// `<cluster>/<node-uid>` for a Kubernetes node.
 ///
 /// # Errors
-/// When `name` is not a valid single path segment.
+/// When `name` is neither a valid path segment nor two of them joined by `/`.
 pub fn node_id(trust_domain: &TrustDomain, name: &str) -> Result<SpiffeId, SpiffeIdError> {
-    SpiffeId::from_segments(trust_domain, &["signet", "node", name])
+    match name.split_once('/') {
+        Some((cluster, uid)) => k8s_node_id(trust_domain, cluster, uid),
+        None => SpiffeId::from_segments(trust_domain, &["signet", "node", name]),
+    }
+}
+
+/// The SPIFFE ID of Kubernetes node `node_uid` of `cluster`:
+/// `spiffe://<td>/signet/node/<cluster>/<node-uid>`.
+///
+/// # Errors
+/// When `cluster` or `node_uid` is not a valid path segment.
+pub fn k8s_node_id(
+    trust_domain: &TrustDomain,
+    cluster: &str,
+    node_uid: &str,
+) -> Result<SpiffeId, SpiffeIdError> {
+    SpiffeId::from_segments(trust_domain, &["signet", "node", cluster, node_uid])
 }
 
 /// The node name of `id` when it is a node identity of `trust_domain`.
@@ -42,7 +62,7 @@ pub fn node_name<'a>(id: &'a SpiffeId, trust_domain: &TrustDomain) -> Option<&'a
     }
     id.path()
         .strip_prefix(NODE_PATH_PREFIX)
-        .filter(|n| !n.is_empty() && !n.contains('/'))
+        .filter(|n| !n.is_empty() && n.matches('/').count() <= 1)
 }
 
 /// Whether `id` lies in the reserved part of its trust domain's namespace.
@@ -75,7 +95,16 @@ mod tests {
         assert_eq!(node_name(&id, &td()), Some("n1"));
         let other = TrustDomain::new("other.org").unwrap();
         assert_eq!(node_name(&id, &other), None);
-        assert!(node_id(&td(), "a/b").is_err());
+        assert!(node_id(&td(), "a/b/c").is_err());
+        assert!(node_id(&td(), "/b").is_err());
+        assert!(node_id(&td(), "a/").is_err());
+        // A Kubernetes node: cluster and node UID; its name is both.
+        let k = k8s_node_id(&td(), "prod", "0a1b-2c").unwrap();
+        assert_eq!(k.as_str(), "spiffe://example.org/signet/node/prod/0a1b-2c");
+        assert_eq!(node_name(&k, &td()), Some("prod/0a1b-2c"));
+        assert_eq!(node_id(&td(), "prod/0a1b-2c").unwrap(), k);
+        let deeper = SpiffeId::from_path(&td(), "/signet/node/a/b/c").unwrap();
+        assert_eq!(node_name(&deeper, &td()), None);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum ConfigError {
     /// `log_format` is neither text nor json.
     #[error(transparent)]
     Settings(#[from] signet_service::SettingsError),
+    /// `node_attestation` is neither join_token nor k8s_psat.
+    #[error("node_attestation must be join_token or k8s_psat, not {0:?}")]
+    NodeAttestation(String),
     /// `ca_address` is not `host:port`.
     #[error("ca_address must be host:port with a port from 1 to 65535, not {0:?}")]
     CaAddress(String),
@@ -74,6 +77,13 @@ pub struct Settings {
     /// Join token for the first start (also SIGNET_JOIN_TOKEN).
     #[arg(long, env = "SIGNET_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// How the node attests: join_token (default) or k8s_psat (the pod's projected
+    /// service-account token, read from --k8s-psat-token-file).
+    #[arg(long)]
+    pub node_attestation: Option<String>,
+    /// k8s_psat: the projected token file [default: /var/run/secrets/tokens/signet-agent].
+    #[arg(long)]
+    pub k8s_psat_token_file: Option<PathBuf>,
     /// First-start trust: a PEM bundle file of the CA's roots.
     #[arg(long)]
     pub trust_bundle: Option<PathBuf>,
@@ -222,6 +232,9 @@ impl K8sWorkloadSettings {
 /// Workload API address points here too.
 pub const DEFAULT_PUBLIC_DIR: &str = "/tmp/signet-agent/public";
 
+/// Where the agent's projected service-account token is mounted by default.
+pub const DEFAULT_K8S_PSAT_TOKEN_FILE: &str = "/var/run/secrets/tokens/signet-agent";
+
 /// Where first-start trust comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -251,6 +264,9 @@ pub struct Config {
     pub ca_server_name: String,
     pub data_dir: PathBuf,
     pub join_token: Option<String>,
+    /// k8s_psat: the projected token file, read at every attestation (the kubelet
+    /// rotates it).
+    pub k8s_psat_token_file: Option<PathBuf>,
     pub bootstrap: Bootstrap,
     pub workload_api_socket: PathBuf,
     pub sds_socket: PathBuf,
@@ -322,10 +338,19 @@ impl Config {
             Some(k) => Some(k.check(std::env::var("NODE_NAME").ok())?),
             None => None,
         };
+        let k8s_psat_token_file = match pick!(node_attestation).as_deref() {
+            None | Some("join_token") => None,
+            Some("k8s_psat") => Some(
+                pick!(k8s_psat_token_file)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_K8S_PSAT_TOKEN_FILE)),
+            ),
+            Some(other) => return Err(ConfigError::NodeAttestation(other.to_owned())),
+        };
         Ok(Self {
             k8s_workload,
             trust_domain,
             ca_address,
+            k8s_psat_token_file,
             ca_server_name,
             workload_api_socket: pick!(workload_api_socket)
                 .unwrap_or_else(|| Path::new(DEFAULT_PUBLIC_DIR).join("api.sock")),

@@ -62,10 +62,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 Stored::Nothing => {}
             }
-            let token = config
-                .join_token
-                .clone()
-                .context("this node has not attested yet: give a join token (--join-token or SIGNET_JOIN_TOKEN)")?;
+            let credential = match &config.k8s_psat_token_file {
+                // Read at each attestation: the kubelet rotates the token.
+                Some(path) => node::NodeCredential::K8sPsat(
+                    std::fs::read(path)
+                        .with_context(|| format!("reading the k8s_psat token {}", path.display()))?,
+                ),
+                None => node::NodeCredential::JoinToken(config.join_token.clone().context(
+                    "this node has not attested yet: give a join token (--join-token or SIGNET_JOIN_TOKEN)",
+                )?),
+            };
             let trust = match &config.bootstrap {
                 Bootstrap::BundleFile(path) => {
                     let roots = node::certs_from_pem(
@@ -92,7 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 &config.trust_domain,
                 trust,
             )?;
-            let (svid, bundle) = node::attest(&client, &token).await?;
+            let (svid, bundle) = node::attest(&client, &credential).await?;
             node::save(&config.data_dir, &svid, &bundle)?;
             tracing::info!(node = %svid.spiffe_id, "attested to the CA");
             // A new channel: the attestation connection carries no client

@@ -101,10 +101,42 @@ impl AgentProcess {
         Self::spawn(ca, node_name, &token, extra_args, false).await
     }
 
+    /// Starts an agent that attests with k8s_psat, reading the projected token from
+    /// `token_file`; `node_name` is the name the CA will give it (`<cluster>/<node-uid>`).
+    ///
+    /// # Errors
+    /// As [`AgentProcess::start`].
+    pub async fn start_k8s_psat(
+        ca: &CaProcess,
+        node_name: &str,
+        token_file: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let file = token_file.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--node-attestation",
+            "k8s_psat",
+            "--k8s-psat-token-file",
+            &file,
+        ];
+        args.extend_from_slice(extra_args);
+        Self::spawn_with(ca, node_name, None, &args, true).await
+    }
+
     async fn spawn(
         ca: &CaProcess,
         node_name: &str,
         token: &str,
+        extra_args: &[&str],
+        own_sockets: bool,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(ca, node_name, Some(token), extra_args, own_sockets).await
+    }
+
+    async fn spawn_with(
+        ca: &CaProcess,
+        node_name: &str,
+        token: Option<&str>,
         extra_args: &[&str],
         own_sockets: bool,
     ) -> anyhow::Result<Self> {
@@ -153,7 +185,7 @@ impl AgentProcess {
             log_path: dir.path().join("signet-agent.log"),
             dir,
         };
-        agent.launch(Some(token)).await?;
+        agent.launch(token).await?;
         Ok(agent)
     }
 

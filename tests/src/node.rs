@@ -96,6 +96,7 @@ pub async fn attest_with_token(ca: &CaProcess, token: &str) -> anyhow::Result<No
         .attest_node(pb::AttestNodeRequest {
             join_token: token.to_owned(),
             csr,
+            k8s_psat_token: Vec::new(),
         })
         .await
         .context("AttestNode")?

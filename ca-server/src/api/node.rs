@@ -25,6 +25,7 @@ pub struct NodeApi {
     ca: Arc<Ca>,
     shutdown: watch::Receiver<bool>,
     federated: Option<watch::Receiver<FederatedBundles>>,
+    psat: Option<Arc<crate::k8s::PsatAttestor>>,
 }
 
 impl NodeApi {
@@ -33,7 +34,15 @@ impl NodeApi {
             ca,
             shutdown,
             federated: None,
+            psat: None,
         }
+    }
+
+    /// Accepts k8s_psat node attestation, checked by `psat`.
+    #[must_use]
+    pub fn with_psat(mut self, psat: Arc<crate::k8s::PsatAttestor>) -> Self {
+        self.psat = Some(psat);
+        self
     }
 
     /// Bundles sent to agents carry these federated bundles.
@@ -135,11 +144,28 @@ impl Node for NodeApi {
         let caller = caller_label(&req);
         let body = req.into_inner();
         let ca = self.ca.clone();
-        let (id, cert) = metrics::timed(
-            "attest_node",
-            blocking(move || ca.attest_node(&body.join_token, &body.csr, &caller)),
-        )
-        .await?;
+        let (id, cert) = if body.k8s_psat_token.is_empty() {
+            metrics::timed(
+                "attest_node",
+                blocking(move || ca.attest_node(&body.join_token, &body.csr, &caller)),
+            )
+            .await?
+        } else {
+            let checked = match (&self.psat, body.join_token.is_empty()) {
+                (_, false) => Err(CaError::InvalidArgument(
+                    "send either a join token or a k8s_psat token, not both".into(),
+                )),
+                (None, true) => Err(CaError::FailedPrecondition(
+                    "k8s_psat attestation is not configured on this CA ([k8s])".into(),
+                )),
+                (Some(psat), true) => psat.attest(&body.k8s_psat_token).await,
+            };
+            metrics::timed(
+                "attest_node",
+                blocking(move || ca.attest_k8s_node(checked, &body.csr, &caller)),
+            )
+            .await?
+        };
         Ok(Response::new(pb::AttestNodeResponse {
             svid: Some(convert::svid(&id, &cert)),
             bundle: Some(self.plus_federated(convert::node_bundle(&self.ca.node_bundle()))),

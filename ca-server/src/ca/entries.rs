@@ -295,6 +295,13 @@ impl Ca {
         caller: &str,
     ) -> Result<JoinToken, CaError> {
         self.refusing(caller, "create_join_token", "", || {
+            // `<cluster>/<node-uid>` names belong to Kubernetes nodes (k8s_psat): a join
+            // token may not claim one.
+            if node_name.contains('/') {
+                return Err(CaError::InvalidArgument(format!(
+                    "invalid node name {node_name:?}: a join token names a single path segment"
+                )));
+            }
             let node_id = self.node_id(node_name)?;
             let ttl = ttl.unwrap_or(self.config.join_token_ttl);
             let token = random_hex::<32>()?;

@@ -92,6 +92,50 @@ impl Ca {
         })
     }
 
+    /// Issues a node SVID to a Kubernetes node whose agent's projected token was
+    /// checked by [`crate::k8s::PsatAttestor`] (`checked` is its verdict: the node name
+    /// `<cluster>/<node-uid>`, or why not). Refusals are audited here, in one place.
+    ///
+    /// # Errors
+    /// The refusal in `checked`; InvalidArgument for a bad CSR; PermissionDenied for a
+    /// banned node; Unavailable when the audit log cannot be written.
+    pub fn attest_k8s_node(
+        &self,
+        checked: Result<String, CaError>,
+        csr: &[u8],
+        caller: &str,
+    ) -> Result<(SpiffeId, IssuedCert), CaError> {
+        self.refusing(caller, "attest_node_k8s_psat", "", || {
+            let name = checked?;
+            let csr = parse_csr(csr)?;
+            let now = unix(self.now());
+            let attested = self.store.transaction(|tx| {
+                self.check_not_banned(tx, &name)?;
+                let id = self.node_id(&name)?;
+                let cert = self.sign(&csr, &id, &[], self.config.node_svid_ttl)?;
+                store::upsert_node(
+                    tx,
+                    id.as_str(),
+                    &name,
+                    now,
+                    &cert.serial_hex(),
+                    unix(cert.not_after),
+                    NodeEvent::Attested,
+                )?;
+                // A new attestation retires every earlier SVID of the node.
+                store::nodes_ban::set_previous_serial(tx, id.as_str(), "")?;
+                self.auditor.durable_in(
+                    tx,
+                    &issued_record(caller, "attest_node_k8s_psat", &id, &cert, now),
+                )?;
+                tracing::info!(node = %id, serial = %cert.serial_hex(), "kubernetes node attested (k8s_psat)");
+                Ok::<_, CaError>((id, cert))
+            })?;
+            self.announce_node_change(&attested.0);
+            Ok(attested)
+        })
+    }
+
     /// Checks that `node` is an attested node of this trust domain.
     ///
     /// # Errors

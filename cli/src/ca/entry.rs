@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn bad_node_names_are_refused_locally() {
         let td = TrustDomain::new("example.org").unwrap();
-        assert!(node_id(&td, "a/b").is_err());
+        assert!(node_id(&td, "a/b/c").is_err());
         assert!(node_id(&td, "").is_err());
         assert_eq!(
             node_id(&td, "n1").unwrap().as_str(),

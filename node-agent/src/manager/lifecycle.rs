@@ -47,6 +47,7 @@ fn fixture() -> Fixture {
         ca_server_name: "localhost".into(),
         data_dir: dir.path().to_path_buf(),
         join_token: None,
+        k8s_psat_token_file: None,
         bootstrap: Bootstrap::None,
         workload_api_socket: dir.path().join("api.sock"),
         sds_socket: dir.path().join("sds.sock"),

@@ -32,6 +32,8 @@ use trust::Taint;
 
 /// Most CSRs sent in one request.
 const BATCH: usize = 200;
+/// How often the k8s_psat token file is checked for a rotated token.
+const TOKEN_POLL: Duration = Duration::from_secs(2);
 /// How long an SVID that does not validate against the served bundle yet
 /// is held for the bundle that will validate it (the CA publishes a new
 /// root before it signs with it, but the bundle stream may deliver it after
@@ -45,6 +47,9 @@ pub enum ManagerError {
     /// The node identity or a bundle from the CA.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The k8s_psat token file cannot be read.
+    #[error("k8s_psat token file {0}")]
+    TokenFile(String),
     /// A bundle for another trust domain.
     #[error("the CA sent a bundle for {0}")]
     ForeignBundle(TrustDomain),
@@ -363,6 +368,16 @@ impl Manager {
                 // A taint may bring the renewal forward.
                 _ = self.wake_node.notified() => continue,
                 _ = shutdown.changed() => return,
+                // k8s_psat: the kubelet rotated the token; attest with the new one.
+                () = Self::token_rotated(self.config.k8s_psat_token_file.as_deref()) => {
+                    let Some(bundle) = self.lock().bundle.clone() else {
+                        return;
+                    };
+                    if let Err(e) = self.reattest_k8s_psat(&bundle).await {
+                        tracing::warn!(error = %format!("{e:#}"), "k8s_psat re-attestation after token rotation failed");
+                    }
+                    continue;
+                }
             }
             if tainted.is_some_and(|t| t <= SystemTime::now()) {
                 tracing::info!("re-issuing the node SVID: it chains through a tainted authority");
@@ -372,37 +387,92 @@ impl Manager {
             };
             match node::renew(&self.client(), &bundle).await {
                 Ok(svid) => {
-                    if let Err(e) = node::save(&self.config.data_dir, &svid, &bundle) {
-                        tracing::error!(error = %format!("{e:#}"), "could not persist the renewed node SVID");
-                    }
-                    let client = self.client();
-                    client.set_identity(svid.client_identity());
-                    // New calls and streams go over a connection made with
-                    // the new SVID; the CA ends streams on the old one when
-                    // its certificate expires, and they reconnect here.
-                    *self
-                        .client
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = client.fresh();
-                    tracing::info!(not_after = %humantime::format_rfc3339_seconds(svid.not_after), "renewed the node SVID");
-                    *self
-                        .node
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(svid);
+                    self.install_node_svid(svid, &bundle);
+                    tracing::info!("renewed the node SVID");
                     backoff.reset();
-                    crate::metrics::synced();
-                    self.publish();
-                    self.wake_status.notify_one();
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay();
                     crate::metrics::renewal_failed("node");
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "node SVID renewal failed");
+                    tracing::warn!(error = %format!("{e:#}"), "node SVID renewal failed");
+                    // A Kubernetes node proves itself again with its current token.
+                    if self.config.k8s_psat_token_file.is_some() {
+                        match self.reattest_k8s_psat(&bundle).await {
+                            Ok(()) => {
+                                backoff.reset();
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %format!("{e:#}"), "k8s_psat re-attestation failed")
+                            }
+                        }
+                    }
+                    let delay = backoff.next_delay();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => return,
                     }
                 }
+            }
+        }
+    }
+
+    /// Makes `svid` the node's credential: saved, used for new connections, published.
+    fn install_node_svid(&self, svid: node::NodeSvid, bundle: &signet_identity::TrustBundle) {
+        if let Err(e) = node::save(&self.config.data_dir, &svid, bundle) {
+            tracing::error!(error = %format!("{e:#}"), "could not persist the node SVID");
+        }
+        let client = self.client();
+        client.set_identity(svid.client_identity());
+        // New calls and streams go over a connection made with the new SVID; the CA
+        // ends streams on the old one when its certificate expires, and they
+        // reconnect here.
+        *self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client.fresh();
+        tracing::info!(node = %svid.spiffe_id, not_after = %humantime::format_rfc3339_seconds(svid.not_after), "new node SVID");
+        *self
+            .node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(svid);
+        crate::metrics::synced();
+        self.publish();
+        self.wake_status.notify_one();
+    }
+
+    /// Attests again with the projected token as it is now in its file.
+    async fn reattest_k8s_psat(
+        &self,
+        bundle: &signet_identity::TrustBundle,
+    ) -> Result<(), ManagerError> {
+        let Some(path) = &self.config.k8s_psat_token_file else {
+            return Ok(());
+        };
+        let token = tokio::fs::read(path)
+            .await
+            .map_err(|e| ManagerError::TokenFile(format!("{}: {e}", path.display())))?;
+        let (svid, _) = node::attest(
+            &self.client().fresh(),
+            &node::NodeCredential::K8sPsat(token),
+        )
+        .await?;
+        self.install_node_svid(svid, bundle);
+        tracing::info!("attested again with the k8s_psat token");
+        Ok(())
+    }
+
+    /// Resolves when the token file's content changes (polled: projected volumes are
+    /// updated by symlink swaps that inotify on the file would miss); never without one.
+    async fn token_rotated(path: Option<&std::path::Path>) {
+        let Some(path) = path else {
+            return std::future::pending().await;
+        };
+        let first = tokio::fs::read(path).await.ok();
+        loop {
+            tokio::time::sleep(TOKEN_POLL).await;
+            let now = tokio::fs::read(path).await.ok();
+            if now.is_some() && now != first {
+                return;
             }
         }
     }

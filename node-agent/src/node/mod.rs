@@ -379,19 +379,44 @@ pub fn save(data_dir: &Path, svid: &NodeSvid, bundle: &TrustBundle) -> Result<()
     write_atomic(&p.bundle, bundle.to_pem().as_bytes(), 0o644).map_err(io_err(&p.bundle))
 }
 
-/// Attests the node with a join token.
+/// What the node proves itself with.
+pub enum NodeCredential {
+    /// A single-use join token from the CA's admin.
+    JoinToken(String),
+    /// The agent pod's projected service-account token (k8s_psat).
+    K8sPsat(Vec<u8>),
+}
+
+impl std::fmt::Debug for NodeCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::JoinToken(_) => f.write_str("JoinToken(<redacted>)"),
+            Self::K8sPsat(_) => f.write_str("K8sPsat(<redacted>)"),
+        }
+    }
+}
+
+/// Attests the node with a join token or a projected service-account token.
 ///
 /// # Errors
 /// The CA's refusal (e.g. a used token) or an unusable answer.
-pub async fn attest(client: &CaClient, token: &str) -> Result<(NodeSvid, TrustBundle), NodeError> {
+pub async fn attest(
+    client: &CaClient,
+    credential: &NodeCredential,
+) -> Result<(NodeSvid, TrustBundle), NodeError> {
+    let (join_token, k8s_psat_token) = match credential {
+        NodeCredential::JoinToken(t) => (t.clone(), Vec::new()),
+        NodeCredential::K8sPsat(t) => (String::new(), t.clone()),
+    };
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = key.csr_der()?;
     let requested_at = SystemTime::now();
     let resp = client
         .node()
         .attest_node(pb::AttestNodeRequest {
-            join_token: token.to_owned(),
+            join_token,
             csr,
+            k8s_psat_token,
         })
         .await
         .map_err(|s| NodeError::Refused {

@@ -182,6 +182,7 @@ async fn a_malformed_csr_in_attestation_does_not_consume_the_token() {
         .attest_node(pb::AttestNodeRequest {
             join_token: token.clone(),
             csr: b"not a CSR".to_vec(),
+            k8s_psat_token: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -428,6 +429,7 @@ async fn a_flood_of_refused_attestations_writes_a_bounded_number_of_records() {
             .attest_node(pb::AttestNodeRequest {
                 join_token: format!("bogus-{i}"),
                 csr: csr.clone(),
+                k8s_psat_token: Vec::new(),
             })
             .await
             .unwrap_err();

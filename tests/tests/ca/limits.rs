@@ -222,6 +222,7 @@ async fn calls_without_a_node_svid_are_refused_before_their_body_is_read() {
         .attest_node(pb::AttestNodeRequest {
             join_token: "x".repeat(100 * 1024),
             csr: vec![],
+            k8s_psat_token: Vec::new(),
         })
         .await
         .unwrap_err();

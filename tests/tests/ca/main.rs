@@ -15,6 +15,7 @@ mod evict;
 mod federation;
 mod health;
 mod issuance;
+mod k8s;
 mod lifecycle;
 mod limits;
 mod mtls;
