@@ -409,7 +409,7 @@ fn token_audience_and_path_match_what_the_ca_and_agent_are_told() {
         let docs = parse(&render(&args));
         let pod = agent_pod_spec(&docs);
         let agent = toml(&docs, "signet-agent", "agent.toml");
-        let token_path = agent["k8s_psat"]["token_path"].as_str().unwrap();
+        let token_path = agent["k8s_psat_token_file"].as_str().unwrap();
         let volume = volume_for(pod, token_path).expect("the token path is on no volume");
         let source = &volume["projected"]["sources"][0]["serviceAccountToken"];
         let file = token_path.rsplit('/').next().unwrap();
@@ -668,10 +668,10 @@ async fn the_real_ca_accepts_the_rendered_settings() {
     drop(ca);
 }
 
-/// Tables of agent.toml from branches not merged into this one yet
-/// (`[k8s_psat]`: h8-k8s, `[k8s_workload]`: h8-pod); empty the list when
-/// they are.
-const PENDING_AGENT_TABLES: &[&str] = &["[k8s_psat]", "[k8s_workload]"];
+/// Tables of agent.toml this test leaves out: `[k8s_workload]` needs the
+/// node name from the downward API and a kubelet, which the pod attestor's
+/// own tests provide (tests/tests/agent/k8s_pods.rs).
+const PENDING_AGENT_TABLES: &[&str] = &["[k8s_workload]"];
 
 /// The real signet-agent runs with the agent.toml the chart renders (the
 /// harness's flags point it at a loopback CA, its bundle and temporary
@@ -692,7 +692,15 @@ async fn the_real_agent_accepts_the_rendered_settings() {
         .filter_map(|t| text.find(&format!("\n{t}\n")))
         .min()
         .unwrap_or(text.len());
-    let settings = &text[..cut];
+    // The harness attests with a join token; k8s_psat attestation against a
+    // fake API server is tested in tests/tests/ca/k8s.rs.
+    assert!(text.contains("node_attestation = \"k8s_psat\"\n"), "{text}");
+    let settings = &text[..cut]
+        .replace("node_attestation = \"k8s_psat\"\n", "")
+        .replace(
+            "k8s_psat_token_file = \"/var/run/secrets/signet/token\"\n",
+            "",
+        );
     assert!(
         settings.contains("trust_bundle = \"/etc/signet/bootstrap/bundle.pem\""),
         "{settings}"

@@ -64,7 +64,9 @@ async fn svids_under_a_tainted_intermediate_are_replaced_and_then_it_can_be_revo
     let before = served_intermediates(&client).await;
     assert_eq!(before.len(), paths.len());
     assert!(
-        before.iter().all(|ids| ids == std::slice::from_ref(&active)),
+        before
+            .iter()
+            .all(|ids| ids == std::slice::from_ref(&active)),
         "{before:?}"
     );
 
