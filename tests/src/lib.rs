@@ -34,6 +34,7 @@ mod bins;
 mod ca;
 mod envoy;
 mod metrics;
+mod netns;
 mod node;
 mod pki;
 mod process;
@@ -43,9 +44,10 @@ pub use bins::{CliOutput, binary, signet};
 pub use ca::{AuditRow, CaOptions, CaProcess, DEFAULT_TRUST_DOMAIN, health_check};
 pub use envoy::{
     EnvoyOptions, EnvoyProcess, HttpResponse, LoadedCert, Outcome, Role, SERVER_BODY,
-    SerialHistory, Traffic, Validation, envoy_binary, http_get,
+    SerialHistory, Traffic, Validation, envoy_binary, http_get, http_get_in,
 };
 pub use metrics::{Sample, Scrape, free_loopback_addr, scrape, scrape_until};
+pub use netns::{ADDR_A, ADDR_B, Net, NetNs, NetnsPair};
 pub use node::{
     NodeIdentity, attest_node, attest_with_token, chain_of, create_token, new_key_and_csr,
 };

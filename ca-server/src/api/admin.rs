@@ -159,35 +159,45 @@ impl Admin for AdminApi {
         &self,
         _req: Request<pb::ActivateAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented("activate_authority: not implemented yet"))
+        Err(Status::unimplemented(
+            "activate_authority: not implemented yet",
+        ))
     }
 
     async fn taint_authority(
         &self,
         _req: Request<pb::TaintAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented("taint_authority: not implemented yet"))
+        Err(Status::unimplemented(
+            "taint_authority: not implemented yet",
+        ))
     }
 
     async fn revoke_authority(
         &self,
         _req: Request<pb::RevokeAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented("revoke_authority: not implemented yet"))
+        Err(Status::unimplemented(
+            "revoke_authority: not implemented yet",
+        ))
     }
 
     async fn create_federation(
         &self,
         _req: Request<pb::CreateFederationRequest>,
     ) -> Result<Response<pb::Federation>, Status> {
-        Err(Status::unimplemented("create_federation: not implemented yet"))
+        Err(Status::unimplemented(
+            "create_federation: not implemented yet",
+        ))
     }
 
     async fn list_federations(
         &self,
         _req: Request<pb::ListFederationsRequest>,
     ) -> Result<Response<pb::ListFederationsResponse>, Status> {
-        Err(Status::unimplemented("list_federations: not implemented yet"))
+        Err(Status::unimplemented(
+            "list_federations: not implemented yet",
+        ))
     }
 
     async fn get_federation(
@@ -201,14 +211,18 @@ impl Admin for AdminApi {
         &self,
         _req: Request<pb::DeleteFederationRequest>,
     ) -> Result<Response<pb::DeleteFederationResponse>, Status> {
-        Err(Status::unimplemented("delete_federation: not implemented yet"))
+        Err(Status::unimplemented(
+            "delete_federation: not implemented yet",
+        ))
     }
 
     async fn refresh_federation(
         &self,
         _req: Request<pb::RefreshFederationRequest>,
     ) -> Result<Response<pb::Federation>, Status> {
-        Err(Status::unimplemented("refresh_federation: not implemented yet"))
+        Err(Status::unimplemented(
+            "refresh_federation: not implemented yet",
+        ))
     }
 
     async fn list_agents(

@@ -226,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
             }],
             x509_svid_ttl_seconds: 0,
             dns_names: vec![],
-                federates_with: vec![],
+            federates_with: vec![],
         })
         .await?
         .into_inner()

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use super::binary::{envoy_binary, setpriv_binary};
 use super::bootstrap::{EnvoyOptions, Role};
-use super::http::{HttpResponse, http_get};
+use super::http::{HttpResponse, http_get_in};
 use super::{
     ADMIN_TIMEOUT, ENVOY_LOG_ENV, LISTENER_STATS, LIVE_TIMEOUT, STOP_TIMEOUT, UPSTREAM_CLUSTER,
 };
@@ -113,7 +113,7 @@ impl EnvoyProcess {
             .with_context(|| format!("opening {}", self.stderr_path.display()))?;
         let level = std::env::var(ENVOY_LOG_ENV).unwrap_or_else(|_| "warning".to_owned());
         let uid = self.opts.uid.to_string();
-        let mut cmd = std::process::Command::new(setpriv);
+        let mut cmd = self.opts.net.command(setpriv);
         // setpriv execs Envoy: the child's PID is Envoy's.
         cmd.args(["--reuid", &uid, "--regid", &uid, "--clear-groups"])
             .arg(envoy)
@@ -196,7 +196,7 @@ impl EnvoyProcess {
     /// # Errors
     /// When the admin API does not answer.
     pub async fn ready_state(&self) -> anyhow::Result<String> {
-        let response = http_get(self.admin_port, "/ready").await?;
+        let response = http_get_in(&self.opts.net, self.admin_port, "/ready").await?;
         Ok(response.body.trim().to_owned())
     }
 
@@ -234,7 +234,7 @@ impl EnvoyProcess {
         &self.opts
     }
 
-    /// The admin API's port on 127.0.0.1.
+    /// The admin API's port on 127.0.0.1 (of its network namespace).
     #[must_use]
     pub fn admin_port(&self) -> u16 {
         self.admin_port
@@ -252,9 +252,9 @@ impl EnvoyProcess {
     /// `GET path` through the listener.
     ///
     /// # Errors
-    /// As [`http_get`].
+    /// As [`http_get_in`].
     pub async fn get(&self, path: &str) -> anyhow::Result<HttpResponse> {
-        http_get(self.port()?, path).await
+        http_get_in(&self.opts.net, self.port()?, path).await
     }
 
     /// The body of `GET path` on the admin API.
@@ -262,7 +262,7 @@ impl EnvoyProcess {
     /// # Errors
     /// No answer, or a status other than 200.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
-        let response = http_get(self.admin_port, path).await?;
+        let response = http_get_in(&self.opts.net, self.admin_port, path).await?;
         if response.status != 200 {
             bail!(
                 "Envoy {:?} admin {path}: status {}: {}",

@@ -49,7 +49,7 @@ async fn entry_changes_reach_an_open_stream_within_two_seconds() {
             }],
             x509_svid_ttl_seconds: 0,
             dns_names: vec![],
-                federates_with: vec![],
+            federates_with: vec![],
         })
         .await
         .unwrap()

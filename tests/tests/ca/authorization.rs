@@ -26,7 +26,7 @@ async fn entry_for(ca: &CaProcess, path: &str, node: &str) -> String {
             }],
             x509_svid_ttl_seconds: 0,
             dns_names: vec![],
-                federates_with: vec![],
+            federates_with: vec![],
         })
         .await
         .unwrap()

@@ -166,9 +166,7 @@ async fn a_prepared_root_and_a_new_jwt_key_are_pushed_as_new_bundles() {
     assert!(third.sequence > second.sequence);
 
     let bad = admin
-        .prepare_authority(pb::PrepareAuthorityRequest {
-            kind: 99,
-        })
+        .prepare_authority(pb::PrepareAuthorityRequest { kind: 99 })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
