@@ -165,6 +165,60 @@ pub struct Settings {
     /// Most concurrent gRPC calls (HTTP/2 streams) per connection [default: 64].
     #[arg(long)]
     pub max_concurrent_streams: Option<u32>,
+    /// Lifetime of a JWT-SVID signing key [default: intermediate_ttl].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub jwt_key_ttl: Option<Duration>,
+    /// Fraction of an authority's life after which its successor is
+    /// prepared and published [default: 0.5].
+    #[arg(long)]
+    pub rotation_prepare_at: Option<f64>,
+    /// Fraction of an authority's life left when its successor is activated
+    /// [default: 0.1667, i.e. 1/6].
+    #[arg(long)]
+    pub rotation_activate_before: Option<f64>,
+    /// How long activation waits for every connected agent to acknowledge
+    /// the bundle carrying the new authority before the time rule applies
+    /// [default: 10m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub activation_ack_timeout: Option<Duration>,
+    /// The agents' status heartbeat; after the ack timeout, activation waits
+    /// at least 3 x this since publication [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub agent_sync_interval: Option<Duration>,
+    /// Window over which agents spread the re-issue of SVIDs under a tainted
+    /// authority [default: 5m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub taint_reissue_window: Option<Duration>,
+    /// Extra time a retired authority stays published after the last thing
+    /// it signed can have expired (never past its notAfter) [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub prune_grace: Option<Duration>,
+    /// How often the rotation schedule is checked [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub rotation_tick: Option<Duration>,
+    /// Upstream-CA mode: a PEM file of roots that forms the bundle's root
+    /// set, re-read when it changes [default: the top of upstream_ca's chain].
+    #[arg(long)]
+    pub upstream_bundle: Option<PathBuf>,
+}
+
+/// When authorities rotate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationSettings {
+    pub jwt_key_ttl: Duration,
+    pub prepare_at: f64,
+    pub activate_before: f64,
+    pub activation_ack_timeout: Duration,
+    pub agent_sync_interval: Duration,
+    pub taint_reissue_window: Duration,
+    pub prune_grace: Duration,
+    pub tick: Duration,
 }
 
 /// Limits of the node API's listener: what one caller, and all callers
@@ -205,6 +259,8 @@ pub struct Config {
     /// Where to serve Prometheus metrics; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: ConnectionLimits,
+    pub rotation: RotationSettings,
+    pub upstream_bundle: Option<PathBuf>,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -315,6 +371,32 @@ impl Config {
                 "intermediate_ttl must not exceed root_ttl".into(),
             ));
         }
+        let rotation = RotationSettings {
+            jwt_key_ttl: pick!(jwt_key_ttl, intermediate_ttl),
+            prepare_at: pick!(rotation_prepare_at, 0.5),
+            activate_before: pick!(rotation_activate_before, 1.0 / 6.0),
+            activation_ack_timeout: pick!(activation_ack_timeout, Duration::from_secs(600)),
+            agent_sync_interval: pick!(agent_sync_interval, Duration::from_secs(30)),
+            taint_reissue_window: pick!(taint_reissue_window, Duration::from_secs(300)),
+            prune_grace: pick!(prune_grace, Duration::from_secs(3600)),
+            tick: pick!(rotation_tick, Duration::from_secs(10)),
+        };
+        check_rotation(
+            &rotation,
+            root_ttl,
+            intermediate_ttl,
+            max_x509_svid_ttl.max(node_svid_ttl),
+            upstream_ca.is_some(),
+        )?;
+        let upstream_bundle = flags
+            .upstream_bundle
+            .clone()
+            .or(file.upstream_bundle.clone());
+        if upstream_bundle.is_some() && upstream_ca.is_none() {
+            return Err(ConfigError::Conflict(
+                "upstream_bundle needs upstream_ca".into(),
+            ));
+        }
         if audit_retention < Duration::from_secs(3600) {
             return Err(ConfigError::DurationRange {
                 name: "audit_retention",
@@ -349,9 +431,120 @@ impl Config {
             audit_retention,
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             limits,
+            rotation,
+            upstream_bundle,
             defaulted,
         })
     }
+}
+
+/// Refuses settings under which rotation cannot work: everything an
+/// authority signs must have expired-or-been-replaced by the time it would
+/// have to be retired, i.e. fit in the part of its life left at activation
+/// of its successor.
+fn check_rotation(
+    r: &RotationSettings,
+    root_ttl: Duration,
+    intermediate_ttl: Duration,
+    longest_x509_svid: Duration,
+    upstream: bool,
+) -> Result<(), ConfigError> {
+    let fraction_ok = |f: f64| f.is_finite() && f > 0.0 && f < 1.0;
+    if !fraction_ok(r.prepare_at) || !fraction_ok(r.activate_before) {
+        return Err(ConfigError::Conflict(
+            "rotation_prepare_at and rotation_activate_before must be fractions between 0 and 1"
+                .into(),
+        ));
+    }
+    if r.prepare_at + r.activate_before >= 1.0 {
+        return Err(ConfigError::Conflict(format!(
+            "rotation_prepare_at ({}) + rotation_activate_before ({}) must be below 1, so that a successor is published before it is activated; set rotation_prepare_at below {:.4}",
+            r.prepare_at,
+            r.activate_before,
+            1.0 - r.activate_before
+        )));
+    }
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    for (name, d, (min, min_s), (max, max_s)) in [
+        (
+            "activation_ack_timeout",
+            r.activation_ack_timeout,
+            (S(1), "1s"),
+            (S(7 * 86_400), "7d"),
+        ),
+        (
+            "agent_sync_interval",
+            r.agent_sync_interval,
+            (S(1), "1s"),
+            (S(3600), "1h"),
+        ),
+        (
+            "taint_reissue_window",
+            r.taint_reissue_window,
+            (S(0), "0s"),
+            (S(86_400), "1d"),
+        ),
+        (
+            "prune_grace",
+            r.prune_grace,
+            (S(0), "0s"),
+            (S(30 * 86_400), "30d"),
+        ),
+        ("rotation_tick", r.tick, (S(1), "1s"), (S(3600), "1h")),
+    ] {
+        if d < min || d > max {
+            return Err(ConfigError::DurationRange {
+                name,
+                min: min_s,
+                max: max_s,
+            });
+        }
+    }
+    if r.jwt_key_ttl < Duration::from_secs(60) {
+        return Err(ConfigError::DurationRange {
+            name: "jwt_key_ttl",
+            min: "1m",
+            max: "any",
+        });
+    }
+    let window = |life: Duration| life.mul_f64(r.activate_before);
+    // The least lifetime that works, rounded up to a whole unit that reads
+    // well in a configuration file.
+    let needs = |longest: Duration| {
+        let secs = (longest.as_secs_f64() / r.activate_before - 1e-6).ceil() as u64;
+        match secs {
+            s if s >= 86_400 => format!("{}d", s.div_ceil(86_400)),
+            s if s >= 3600 => format!("{}h", s.div_ceil(3600)),
+            s if s >= 60 => format!("{}m", s.div_ceil(60)),
+            s => format!("{s}s"),
+        }
+    };
+    if longest_x509_svid > window(intermediate_ttl) {
+        return Err(ConfigError::Conflict(format!(
+            "rotation is impossible: the longest X.509-SVID (max_x509_svid_ttl / node_svid_ttl, {}) exceeds intermediate_ttl x rotation_activate_before ({}); set intermediate_ttl to at least {} or lower max_x509_svid_ttl / node_svid_ttl",
+            humantime::format_duration(longest_x509_svid),
+            humantime::format_duration(window(intermediate_ttl)),
+            needs(longest_x509_svid)
+        )));
+    }
+    let jwt_max = crate::ca::MAX_JWT_TTL;
+    if jwt_max > window(r.jwt_key_ttl) {
+        return Err(ConfigError::Conflict(format!(
+            "rotation is impossible: the longest JWT-SVID ({}) exceeds jwt_key_ttl x rotation_activate_before ({}); set jwt_key_ttl to at least {}",
+            humantime::format_duration(jwt_max),
+            humantime::format_duration(window(r.jwt_key_ttl)),
+            needs(jwt_max)
+        )));
+    }
+    if !upstream && intermediate_ttl > window(root_ttl) {
+        return Err(ConfigError::Conflict(format!(
+            "rotation is impossible: intermediate_ttl ({}) exceeds root_ttl x rotation_activate_before ({}); set root_ttl to at least {}",
+            humantime::format_duration(intermediate_ttl),
+            humantime::format_duration(window(root_ttl)),
+            needs(intermediate_ttl)
+        )));
+    }
+    Ok(())
 }
 
 fn check_limits(l: &ConnectionLimits) -> Result<(), ConfigError> {
@@ -438,7 +631,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file: Settings =
-            toml::from_str("trust_domain = \"file.org\"\nintermediate_ttl = \"2d\"\nmetrics_listen = \"127.0.0.1:9090\"\n").unwrap();
+            toml::from_str("trust_domain = \"file.org\"\nintermediate_ttl = \"2d\"\nmax_x509_svid_ttl = \"8h\"\nmetrics_listen = \"127.0.0.1:9090\"\n").unwrap();
         let flags = Settings {
             trust_domain: Some("flag.org".into()),
             ..Settings::default()
@@ -448,6 +641,71 @@ mod tests {
         assert_eq!(c.intermediate_ttl, Duration::from_secs(2 * 86400));
         assert!(!c.defaulted.contains(&"intermediate_ttl"));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn settings_that_make_rotation_impossible_are_refused_naming_the_fix() {
+        let refused = |flags: Settings| {
+            Config::resolve(Settings::default(), flags)
+                .unwrap_err()
+                .to_string()
+        };
+        // SVIDs of 24h need an intermediate of at least 6 x 24h = 6d.
+        let e = refused(Settings {
+            intermediate_ttl: Some(Duration::from_secs(2 * 86_400)),
+            ..Settings::default()
+        });
+        assert!(e.contains("intermediate_ttl to at least 6d"), "{e}");
+        let e = refused(Settings {
+            node_svid_ttl: Some(Duration::from_secs(2 * 86_400)),
+            ..Settings::default()
+        });
+        assert!(e.contains("node_svid_ttl"), "{e}");
+        // JWT-SVIDs live up to 1h: a JWT key needs 6h.
+        let e = refused(Settings {
+            jwt_key_ttl: Some(Duration::from_secs(3 * 3600)),
+            ..Settings::default()
+        });
+        assert!(e.contains("jwt_key_ttl to at least 6h"), "{e}");
+        // An intermediate of 7d needs a root of 42d.
+        let e = refused(Settings {
+            root_ttl: Some(Duration::from_secs(30 * 86_400)),
+            ..Settings::default()
+        });
+        assert!(e.contains("root_ttl to at least 42d"), "{e}");
+        let e = refused(Settings {
+            rotation_prepare_at: Some(0.9),
+            ..Settings::default()
+        });
+        assert!(e.contains("rotation_prepare_at"), "{e}");
+        let e = refused(Settings {
+            rotation_activate_before: Some(1.5),
+            ..Settings::default()
+        });
+        assert!(e.contains("fractions"), "{e}");
+        let e = refused(Settings {
+            rotation_tick: Some(Duration::ZERO),
+            ..Settings::default()
+        });
+        assert!(e.contains("rotation_tick"), "{e}");
+        let e = refused(Settings {
+            upstream_bundle: Some("roots.pem".into()),
+            ..Settings::default()
+        });
+        assert!(e.contains("upstream_ca"), "{e}");
+        // The defaults are valid, and an upstream CA lifts the root rule.
+        let c = Config::resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(c.rotation.tick, Duration::from_secs(10));
+        assert_eq!(c.rotation.jwt_key_ttl, c.intermediate_ttl);
+        Config::resolve(
+            Settings::default(),
+            Settings {
+                root_ttl: Some(Duration::from_secs(30 * 86_400)),
+                upstream_ca: Some("ca.pem,ca.key".into()),
+                ..Settings::default()
+            },
+        )
+        .unwrap();
     }
 
     #[test]

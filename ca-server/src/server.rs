@@ -2,7 +2,6 @@
 //! in-flight requests within the configured grace period.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use signet_proto::ca::v1::admin_server::AdminServer;
@@ -143,7 +142,7 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 async fn rotate_loop(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(ca.config().rotation.tick) => {}
             _ = shutdown.changed() => return,
         }
         let ca2 = ca.clone();
@@ -154,10 +153,10 @@ async fn rotate_loop(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {
         }
         let ca2 = ca.clone();
         match tokio::task::spawn_blocking(move || ca2.rotate_if_due()).await {
-            Ok(Ok(true)) => tracing::info!("rotated the signing intermediate"),
+            Ok(Ok(true)) => tracing::debug!("the rotation schedule moved"),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "intermediate rotation failed; the current one stays active")
+                tracing::error!(error = %format!("{e:#}"), "rotation step failed; the current authorities stay active")
             }
             Err(e) => tracing::error!(error = %e, "rotation task failed"),
         }

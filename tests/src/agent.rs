@@ -246,6 +246,25 @@ impl AgentProcess {
         self.launch(None).await
     }
 
+    /// Sends SIGSTOP: the agent holds its connections but does nothing, as
+    /// a hung or lagging agent would. Dropping it still kills it.
+    ///
+    /// # Errors
+    /// When it is not running or `kill` fails.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("signet-agent is not running")?;
+        crate::process::signal(pid, "STOP")
+    }
+
+    /// Sends SIGCONT after [`AgentProcess::pause`].
+    ///
+    /// # Errors
+    /// When it is not running or `kill` fails.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("signet-agent is not running")?;
+        crate::process::signal(pid, "CONT")
+    }
+
     /// SIGKILL by PID, then reap. Does nothing when it is not running.
     pub fn kill9(&mut self) {
         crate::process::kill(&mut self.child);

@@ -52,6 +52,9 @@ pub struct CaOptions {
     /// listens on the namespace's own loopback, reached with
     /// [`Net::connect`]).
     pub net: Net,
+    /// Environment variables for the process (e.g. the debug-build test
+    /// hook `SIGNET_TEST_CRASH_AT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for CaOptions {
@@ -68,6 +71,7 @@ impl CaOptions {
             trust_domain: trust_domain.to_owned(),
             args: Vec::new(),
             net: Net::Host,
+            env: Vec::new(),
         }
     }
 
@@ -75,6 +79,13 @@ impl CaOptions {
     #[must_use]
     pub fn in_net(mut self, net: Net) -> Self {
         self.net = net;
+        self
+    }
+
+    /// Sets the environment variable `name` for the process.
+    #[must_use]
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
         self
     }
 
@@ -554,6 +565,7 @@ impl CaProcess {
             .arg("--admin-socket")
             .arg(&self.admin_socket)
             .args(&self.opts.args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

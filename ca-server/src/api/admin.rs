@@ -46,6 +46,15 @@ fn not_negative(what: &str, secs: i64) -> Result<(), CaError> {
     Ok(())
 }
 
+fn changed_response(
+    (authority, bundle_sequence): (crate::ca::signing::AuthorityInfo, u64),
+) -> pb::AuthorityChangeResponse {
+    pb::AuthorityChangeResponse {
+        authority: Some(convert::authority(&authority)),
+        bundle_sequence,
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminApi {
     async fn create_entry(
@@ -148,38 +157,46 @@ impl Admin for AdminApi {
         let caller = Self::caller(&req);
         let kind = convert::kind_from_pb(req.into_inner().kind);
         let ca = self.ca.clone();
-        let bundle_sequence = blocking(move || ca.prepare_authority(kind, &caller)).await?;
+        let (authority, bundle_sequence) =
+            blocking(move || ca.prepare_authority(kind, &caller)).await?;
         Ok(Response::new(pb::PrepareAuthorityResponse {
             bundle_sequence,
-            authority: None,
+            authority: Some(convert::authority(&authority)),
         }))
     }
 
     async fn activate_authority(
         &self,
-        _req: Request<pb::ActivateAuthorityRequest>,
+        req: Request<pb::ActivateAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented(
-            "activate_authority: not implemented yet",
-        ))
+        let caller = Self::caller(&req);
+        let body = req.into_inner();
+        let ca = self.ca.clone();
+        let changed =
+            blocking(move || ca.activate_authority(&body.id, body.force, &caller)).await?;
+        Ok(Response::new(changed_response(changed)))
     }
 
     async fn taint_authority(
         &self,
-        _req: Request<pb::TaintAuthorityRequest>,
+        req: Request<pb::TaintAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented(
-            "taint_authority: not implemented yet",
-        ))
+        let caller = Self::caller(&req);
+        let body = req.into_inner();
+        let ca = self.ca.clone();
+        let changed = blocking(move || ca.taint_authority(&body.id, &caller)).await?;
+        Ok(Response::new(changed_response(changed)))
     }
 
     async fn revoke_authority(
         &self,
-        _req: Request<pb::RevokeAuthorityRequest>,
+        req: Request<pb::RevokeAuthorityRequest>,
     ) -> Result<Response<pb::AuthorityChangeResponse>, Status> {
-        Err(Status::unimplemented(
-            "revoke_authority: not implemented yet",
-        ))
+        let caller = Self::caller(&req);
+        let body = req.into_inner();
+        let ca = self.ca.clone();
+        let changed = blocking(move || ca.revoke_authority(&body.id, body.force, &caller)).await?;
+        Ok(Response::new(changed_response(changed)))
     }
 
     async fn create_federation(

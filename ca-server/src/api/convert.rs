@@ -7,6 +7,7 @@ use signet_proto::ca::v1 as pb;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::ca::NodeBundle;
 use crate::ca::signing::AuthorityInfo;
 use crate::store::{AuthorityKind, AuthorityState, EntryRow, NodeRow};
 
@@ -57,23 +58,53 @@ pub fn agent(n: NodeRow) -> pb::Agent {
 }
 
 pub fn authority(a: &AuthorityInfo) -> pb::Authority {
+    let r = &a.row;
     // A JWT key has no certificate, so no subject.
-    let subject = if a.kind == AuthorityKind::Jwt {
+    let subject = if r.kind == AuthorityKind::Jwt {
         String::new()
     } else {
-        X509Certificate::from_der(&a.der)
+        X509Certificate::from_der(&r.cert_der)
             .map(|(_, c)| c.subject().to_string())
             .unwrap_or_default()
     };
     pb::Authority {
-        id: a.id.clone(),
-        kind: kind_to_pb(a.kind).into(),
-        state: state_to_pb(a.state).into(),
-        certificate: a.der.clone(),
-        not_before: a.not_before,
-        not_after: a.not_after,
+        id: r.id.clone(),
+        kind: kind_to_pb(r.kind).into(),
+        state: state_to_pb(r.state).into(),
+        certificate: r.cert_der.clone(),
+        not_before: r.not_before,
+        not_after: r.not_after,
         subject,
-        ..pb::Authority::default()
+        published_sequence: r.published_sequence.unwrap_or(0),
+        agents_acknowledged: a.agents_acknowledged,
+        agents_connected: a.agents_connected,
+        published_at: r.published_at.unwrap_or(0),
+        activated_at: r.activated_at.unwrap_or(0),
+        retired_at: r.retired_at.unwrap_or(0),
+        tainted_at: r.tainted_at.unwrap_or(0),
+        revoked_at: r.revoked_at.unwrap_or(0),
+        parent_id: r.parent_id.clone().unwrap_or_default(),
+        next_transition_at: a.next_transition_at.unwrap_or(0),
+    }
+}
+
+/// The node API's Bundle: the SPIFFE bundle plus tainted authorities and CRLs.
+pub fn node_bundle(b: &NodeBundle) -> pb::Bundle {
+    pb::Bundle {
+        tainted: b
+            .tainted
+            .iter()
+            .map(|t| pb::TaintedAuthority {
+                id: t.id.clone(),
+                kind: kind_to_pb(t.kind).into(),
+                public_material: t.material.clone(),
+                tainted_at: t.tainted_at,
+                reissue_window_seconds: i64::try_from(t.reissue_window.as_secs())
+                    .unwrap_or(i64::MAX),
+            })
+            .collect(),
+        crls: b.crls.clone(),
+        ..bundle(&b.bundle)
     }
 }
 
@@ -104,5 +135,8 @@ pub fn state_to_pb(state: AuthorityState) -> pb::AuthorityState {
         AuthorityState::Active => pb::AuthorityState::Active,
         AuthorityState::Prepared => pb::AuthorityState::Prepared,
         AuthorityState::Retired => pb::AuthorityState::Retired,
+        AuthorityState::Tainted => pb::AuthorityState::Tainted,
+        AuthorityState::Revoked => pb::AuthorityState::Revoked,
+        AuthorityState::Pruned => pb::AuthorityState::Pruned,
     }
 }

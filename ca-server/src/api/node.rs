@@ -121,7 +121,7 @@ impl Node for NodeApi {
         .await?;
         Ok(Response::new(pb::AttestNodeResponse {
             svid: Some(convert::svid(&id, &cert)),
-            bundle: Some(convert::bundle(&self.ca.bundle())),
+            bundle: Some(convert::node_bundle(&self.ca.node_bundle())),
         }))
     }
 
@@ -272,7 +272,15 @@ impl Node for NodeApi {
         let node = node_of(&self.ca, &req).map_err(|e| self.refuse(&req, "report_status", e))?;
         let body = req.into_inner();
         let ca = self.ca.clone();
-        blocking(move || ca.report_status(&node, body.bundle_sequence, body.svid_count)).await?;
+        blocking(move || {
+            ca.report_status(
+                &node,
+                body.bundle_sequence,
+                body.svid_count,
+                &body.chains_through,
+            )
+        })
+        .await?;
         Ok(Response::new(pb::ReportStatusResponse {}))
     }
 
@@ -288,12 +296,14 @@ impl Node for NodeApi {
         let ca = self.ca.clone();
         let mut events = ca.node_events();
         let (tx, rx) = mpsc::channel(4);
-        let mut bundles = self.ca.watch_bundle();
+        let mut bundles = self.ca.watch_node_bundle();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _connected = metrics::agent_connected();
+            // Activation waits for the agents that hold this stream open.
+            let _registered = ca.agent_connected(&node);
             loop {
-                let current = convert::bundle(&bundles.borrow_and_update());
+                let current = convert::node_bundle(&bundles.borrow_and_update());
                 if tx.send(Ok(current)).await.is_err() {
                     return;
                 }

@@ -74,9 +74,23 @@ pub enum KeyStoreError {
         /// What is wrong.
         reason: String,
     },
-    /// The active root has expired.
-    #[error("the active root {0} has expired; automatic root rotation is not implemented yet")]
+    /// The active root has expired (the CA was down past the whole
+    /// rotation window of the root).
+    #[error(
+        "the active root {0} has expired; prepare and activate a new one, or start over with a new data directory"
+    )]
     RootExpired(String),
+    /// An active authority was never published: refusing to sign with it.
+    #[error("the active {kind} {id} was never published; refusing to sign with it")]
+    Unpublished {
+        /// Its kind.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A kind has no active authority.
+    #[error("there is no active {0}")]
+    NoActive(&'static str),
     /// The parent expires too soon for a useful intermediate.
     #[error("the parent CA expires too soon to create an intermediate")]
     ParentExpiresSoon,
@@ -99,18 +113,6 @@ pub enum KeyStoreError {
     Id(#[from] SpiffeIdError),
 }
 
-/// The authorities the CA starts with.
-pub struct Authorities {
-    /// The CA that signs intermediates (generated root or upstream CA).
-    pub parent: SigningAuthority,
-    /// The trust anchors published in the bundle.
-    pub anchors: Vec<CertificateDer<'static>>,
-    /// The active intermediate.
-    pub signer: SigningAuthority,
-    /// The active JWT-SVID key.
-    pub jwt: JwtKey,
-}
-
 /// The active JWT-SVID signing key. Its public half is published in the
 /// bundle as a `jwt-svid` key under `key_id`.
 pub struct JwtKey {
@@ -120,23 +122,6 @@ pub struct JwtKey {
     pub not_after: SystemTime,
 }
 
-impl JwtKey {
-    /// Whether half of the key's life has passed.
-    pub fn needs_rotation(&self, now: SystemTime) -> bool {
-        past_half_life(self.not_before, self.not_after, now)
-    }
-}
-
-/// Whether half of the authority's lifetime has passed.
-pub fn needs_rotation(signer: &SigningAuthority, now: SystemTime) -> bool {
-    past_half_life(signer.not_before(), signer.not_after(), now)
-}
-
-fn past_half_life(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
-    let life = not_after.duration_since(not_before).unwrap_or_default();
-    now >= not_before + life / 2
-}
-
 /// A short stable id for a certificate or key: the first 8 bytes of its
 /// SHA-256, hex.
 pub fn cert_id(der: &[u8]) -> String {
@@ -144,7 +129,7 @@ pub fn cert_id(der: &[u8]) -> String {
 }
 
 /// Who the audit log names for changes the CA makes on its own.
-const SELF: &str = "ca";
+pub const SELF: &str = "ca";
 
 /// The key store: owns the data directory's key files and the authority
 /// rows of the store.
@@ -160,29 +145,64 @@ impl KeyStore {
         Self { config, store }
     }
 
-    /// Loads the authorities from the store, creating what is missing: a
-    /// root on first start (unless an upstream CA is configured) and an
-    /// intermediate whenever there is none, the parent changed, or half its
-    /// life has passed.
+    /// Creates what a CA cannot start without: an active root on first
+    /// start (unless an upstream CA is configured), an active intermediate
+    /// when there is none under the current parent (or it has expired), an
+    /// active JWT key when there is none (or it has expired). Everything
+    /// else (rotation) is the rotation schedule's job. The new rows are
+    /// published by the caller before anything is signed.
     ///
     /// # Errors
     /// Unreadable or inconsistent key material, store errors, a failed self-test.
-    pub fn load_or_create(&self, now: SystemTime) -> Result<Authorities, KeyStoreError> {
-        let (parent, anchors) = match &self.config.upstream_ca {
-            Some((cert, key)) => self.load_upstream(cert, key)?,
-            None => self.load_or_create_root(now)?,
+    pub fn bootstrap(
+        &self,
+        now: SystemTime,
+        upstream: Option<(&SigningAuthority, &CertificateDer<'static>)>,
+    ) -> Result<(), KeyStoreError> {
+        let rows = self.store.authorities(None)?;
+        let active = |kind| {
+            rows.iter()
+                .find(|r| r.kind == kind && r.state == AuthorityState::Active)
         };
-        let signer = match self.load_signer(&parent, now)? {
-            Some(signer) => signer,
-            None => self.create_signer(&parent, &anchors, now)?,
+        let owned;
+        let (parent, anchor): (&SigningAuthority, CertificateDer<'static>) = match upstream {
+            Some((parent, anchor)) => (parent, anchor.clone()),
+            None => {
+                owned = match active(AuthorityKind::Root) {
+                    Some(row) => {
+                        if row.not_after <= unix(now) {
+                            return Err(KeyStoreError::RootExpired(row.id.clone()));
+                        }
+                        self.load_root(row)?
+                    }
+                    None => {
+                        let row = self.create_root(now, AuthorityState::Active, SELF)?;
+                        self.load_root(&row)?
+                    }
+                };
+                (&owned, owned.cert().clone())
+            }
         };
-        let jwt = self.load_or_create_jwt(now)?;
-        Ok(Authorities {
-            parent,
-            anchors,
-            signer,
-            jwt,
-        })
+        let parent_id = cert_id(parent.cert());
+        let usable = active(AuthorityKind::Intermediate).is_some_and(|r| {
+            r.parent_id.as_deref() == Some(parent_id.as_str())
+                && r.not_after > unix(now + Duration::from_secs(60))
+        });
+        if !usable {
+            tracing::info!("no usable intermediate under the current parent; making one");
+            self.create_intermediate(
+                parent,
+                &parent_id,
+                &[anchor],
+                now,
+                AuthorityState::Active,
+                SELF,
+            )?;
+        }
+        if active(AuthorityKind::Jwt).is_none_or(|r| r.not_after <= unix(now)) {
+            self.create_jwt(now, AuthorityState::Active, SELF)?;
+        }
+        Ok(())
     }
 
     fn key_path(&self, id: &str) -> PathBuf {
@@ -203,11 +223,25 @@ impl KeyStore {
         read_key(&self.config.data_dir.join(rel))
     }
 
-    fn load_upstream(
+    /// The private key of a stored authority.
+    ///
+    /// # Errors
+    /// Unreadable key file.
+    pub fn load_key_of(&self, row: &AuthorityRow) -> Result<PrivateKey, KeyStoreError> {
+        self.load_key(&row.key_file)
+    }
+
+    /// Reads the configured upstream CA: the CA that signs our
+    /// intermediates, and the top of its chain (the trust anchor when no
+    /// upstream bundle file is configured).
+    ///
+    /// # Errors
+    /// Unreadable or unusable files.
+    pub fn load_upstream(
         &self,
         cert: &Path,
         key: &Path,
-    ) -> Result<(SigningAuthority, Vec<CertificateDer<'static>>), KeyStoreError> {
+    ) -> Result<(SigningAuthority, CertificateDer<'static>), KeyStoreError> {
         let upstream = |reason: String| KeyStoreError::Upstream {
             path: cert.to_path_buf(),
             reason,
@@ -238,42 +272,63 @@ impl KeyStore {
             what: "upstream CA".into(),
             source,
         })?;
-        Ok((parent, vec![anchor]))
+        Ok((parent, anchor))
     }
 
-    fn load_or_create_root(
+    /// Loads a stored root with its key.
+    ///
+    /// # Errors
+    /// Unreadable key, inconsistent certificate.
+    pub fn load_root(&self, row: &AuthorityRow) -> Result<SigningAuthority, KeyStoreError> {
+        SigningAuthority::new(
+            self.config.trust_domain.clone(),
+            CertificateDer::from(row.cert_der.clone()),
+            Vec::new(),
+            self.load_key(&row.key_file)?,
+        )
+        .map_err(|source| KeyStoreError::Authority {
+            what: format!("root {}", row.id),
+            source,
+        })
+    }
+
+    /// Loads a stored intermediate with its key, under `parent`.
+    ///
+    /// # Errors
+    /// Unreadable key, inconsistent certificate.
+    pub fn load_intermediate(
         &self,
-        now: SystemTime,
-    ) -> Result<(SigningAuthority, Vec<CertificateDer<'static>>), KeyStoreError> {
-        let roots = self.store.authorities(Some(AuthorityKind::Root))?;
-        let anchors = self.root_anchors(now)?;
-        if let Some(active) = roots.iter().find(|r| r.state == AuthorityState::Active) {
-            let key = self.load_key(&active.key_file)?;
-            let parent = SigningAuthority::new(
-                self.config.trust_domain.clone(),
-                CertificateDer::from(active.cert_der.clone()),
-                Vec::new(),
-                key,
-            )
-            .map_err(|source| KeyStoreError::Authority {
-                what: format!("root {}", active.id),
-                source,
-            })?;
-            if parent.not_after() <= now {
-                return Err(KeyStoreError::RootExpired(active.id.clone()));
-            }
-            return Ok((parent, anchors));
-        }
-        let (parent, cert) = self.create_root(now, AuthorityState::Active, SELF)?;
-        let mut anchors = anchors;
-        anchors.push(cert);
-        Ok((parent, anchors))
+        row: &AuthorityRow,
+        parent: &SigningAuthority,
+    ) -> Result<SigningAuthority, KeyStoreError> {
+        SigningAuthority::new(
+            self.config.trust_domain.clone(),
+            CertificateDer::from(row.cert_der.clone()),
+            parent.served_chain(),
+            self.load_key(&row.key_file)?,
+        )
+        .map_err(|source| KeyStoreError::Authority {
+            what: format!("intermediate {}", row.id),
+            source,
+        })
     }
 
-    /// Creates and persists a new root in `state` (active, or prepared: in
-    /// the bundle so that every peer trusts it before anything is signed by
-    /// it, the first step of a zero-downtime root rotation). `caller` is
-    /// named in the audit record.
+    /// Loads a stored JWT key.
+    ///
+    /// # Errors
+    /// Unreadable key.
+    pub fn load_jwt(&self, row: &AuthorityRow) -> Result<JwtKey, KeyStoreError> {
+        Ok(JwtKey {
+            key_id: row.id.clone(),
+            key: self.load_key(&row.key_file)?,
+            not_before: from_unix(row.not_before),
+            not_after: from_unix(row.not_after),
+        })
+    }
+
+    /// Creates and persists a new root in `state` (active only on first
+    /// start; otherwise prepared: published before anything is signed by
+    /// it). `caller` is named in the audit record.
     ///
     /// # Errors
     /// Key generation, signing, key files, the store.
@@ -282,7 +337,7 @@ impl KeyStore {
         now: SystemTime,
         state: AuthorityState,
         caller: &str,
-    ) -> Result<(SigningAuthority, CertificateDer<'static>), KeyStoreError> {
+    ) -> Result<AuthorityRow, KeyStoreError> {
         let td = &self.config.trust_domain;
         let key = PrivateKey::generate(KeyType::EcdsaP256).map_err(KeyStoreError::Generate)?;
         let params = SigningCaParams {
@@ -295,103 +350,38 @@ impl KeyStore {
             what: what(),
             source,
         })?;
-        let root =
-            SigningAuthority::new(td.clone(), cert.clone(), Vec::new(), key).map_err(|source| {
-                KeyStoreError::Authority {
-                    what: what(),
-                    source,
-                }
-            })?;
         let id = cert_id(&cert);
-        let key_file = self.save_key(&id, root.key())?;
-        let (not_before, not_after) = validity(&id, &cert)?;
-        self.insert(
-            AuthorityRow {
-                id: id.clone(),
-                kind: AuthorityKind::Root,
-                state,
-                cert_der: cert.to_vec(),
-                key_file,
-                not_before,
-                not_after,
-                created_at: unix(now),
-            },
-            caller,
-            now,
-        )?;
-        tracing::info!(root = %id, state = state.as_str(), not_after, "created a root");
-        Ok((root, cert))
+        let key_file = self.save_key(&id, &key)?;
+        let row = AuthorityRow::new(
+            id.clone(),
+            AuthorityKind::Root,
+            state,
+            cert.to_vec(),
+            key_file,
+            validity(&id, &cert)?,
+            unix(now),
+            None,
+        );
+        let row = self.insert(row, caller, now)?;
+        tracing::info!(root = %id, state = state.as_str(), not_after = row.not_after, "created a root");
+        Ok(row)
     }
 
-    /// The roots to publish: every root that is not retired and not expired.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub fn root_anchors(
-        &self,
-        now: SystemTime,
-    ) -> Result<Vec<CertificateDer<'static>>, KeyStoreError> {
-        Ok(self
-            .store
-            .authorities(Some(AuthorityKind::Root))?
-            .iter()
-            .filter(|r| r.state != AuthorityState::Retired && r.not_after > unix(now))
-            .map(|r| CertificateDer::from(r.cert_der.clone()))
-            .collect())
-    }
-
-    fn load_signer(
-        &self,
-        parent: &SigningAuthority,
-        now: SystemTime,
-    ) -> Result<Option<SigningAuthority>, KeyStoreError> {
-        let Some(row) = self
-            .store
-            .authorities(Some(AuthorityKind::Intermediate))?
-            .into_iter()
-            .find(|r| r.state == AuthorityState::Active)
-        else {
-            return Ok(None);
-        };
-        let parent_id = cert_id(parent.cert());
-        if self
-            .store
-            .meta(&format!("parent_of:{}", row.id))?
-            .as_deref()
-            != Some(parent_id.as_str())
-        {
-            tracing::info!(intermediate = %row.id, "the parent CA changed; a new intermediate is needed");
-            return Ok(None);
-        }
-        let key = self.load_key(&row.key_file)?;
-        let signer = SigningAuthority::new(
-            self.config.trust_domain.clone(),
-            CertificateDer::from(row.cert_der.clone()),
-            parent.served_chain(),
-            key,
-        )
-        .map_err(|source| KeyStoreError::Authority {
-            what: format!("intermediate {}", row.id),
-            source,
-        })?;
-        if needs_rotation(&signer, now) {
-            tracing::info!(intermediate = %row.id, "the intermediate is past half of its life");
-            return Ok(None);
-        }
-        Ok(Some(signer))
-    }
-
-    /// Creates, self-tests and persists a new active intermediate under
-    /// `parent`; the previous one is retired.
+    /// Creates, self-tests against `anchors` and persists a new
+    /// intermediate under `parent` in `state` (active only when there is
+    /// none; the previous active one is then retired).
     ///
     /// # Errors
     /// Key generation, signing, the self-test or the store.
-    pub fn create_signer(
+    pub fn create_intermediate(
         &self,
         parent: &SigningAuthority,
+        parent_id: &str,
         anchors: &[CertificateDer<'static>],
         now: SystemTime,
-    ) -> Result<SigningAuthority, KeyStoreError> {
+        state: AuthorityState,
+        caller: &str,
+    ) -> Result<AuthorityRow, KeyStoreError> {
         let config = &self.config;
         let key = PrivateKey::generate(KeyType::EcdsaP256).map_err(KeyStoreError::Generate)?;
         let params = SigningCaParams {
@@ -427,58 +417,32 @@ impl KeyStore {
         }
         let id = cert_id(&issued.der);
         let key_file = self.save_key(&id, signer.key())?;
-        self.store
-            .set_meta(&format!("parent_of:{id}"), &cert_id(parent.cert()))?;
-        let (not_before, not_after) = validity(&id, &issued.der)?;
-        self.insert(
-            AuthorityRow {
-                id: id.clone(),
-                kind: AuthorityKind::Intermediate,
-                state: AuthorityState::Active,
-                cert_der: issued.der.to_vec(),
-                key_file,
-                not_before,
-                not_after,
-                created_at: unix(now),
-            },
-            SELF,
-            now,
-        )?;
-        tracing::info!(intermediate = %id, not_after, "new signing intermediate passed its self-test and is active");
-        Ok(signer)
+        let row = AuthorityRow::new(
+            id.clone(),
+            AuthorityKind::Intermediate,
+            state,
+            issued.der.to_vec(),
+            key_file,
+            validity(&id, &issued.der)?,
+            unix(now),
+            Some(parent_id.to_owned()),
+        );
+        let row = self.insert(row, caller, now)?;
+        tracing::info!(intermediate = %id, parent = parent_id, state = state.as_str(), not_after = row.not_after, "new intermediate passed its self-test");
+        Ok(row)
     }
 
-    /// Loads the active JWT key, or creates one when there is none or it is
-    /// past half of its life. JWT keys live as long as intermediates.
-    ///
-    /// # Errors
-    /// Key files and the store.
-    pub fn load_or_create_jwt(&self, now: SystemTime) -> Result<JwtKey, KeyStoreError> {
-        if let Some(row) = self
-            .store
-            .authorities(Some(AuthorityKind::Jwt))?
-            .into_iter()
-            .find(|r| r.state == AuthorityState::Active)
-        {
-            let loaded = JwtKey {
-                key_id: row.id.clone(),
-                key: self.load_key(&row.key_file)?,
-                not_before: from_unix(row.not_before),
-                not_after: from_unix(row.not_after),
-            };
-            if !loaded.needs_rotation(now) {
-                return Ok(loaded);
-            }
-        }
-        self.create_jwt(now, SELF)
-    }
-
-    /// Creates, tests and persists a new active JWT key; the previous one is
-    /// retired (and stays in the bundle until it expires).
+    /// Creates, tests and persists a new JWT key in `state` (active only
+    /// when there is none).
     ///
     /// # Errors
     /// Key generation, the self-test, key files and the store.
-    pub fn create_jwt(&self, now: SystemTime, caller: &str) -> Result<JwtKey, KeyStoreError> {
+    pub fn create_jwt(
+        &self,
+        now: SystemTime,
+        state: AuthorityState,
+        caller: &str,
+    ) -> Result<AuthorityRow, KeyStoreError> {
         let td = &self.config.trust_domain;
         let key = PrivateKey::generate(KeyType::EcdsaP256).map_err(KeyStoreError::Generate)?;
         let spki = key.public_key_spki();
@@ -503,41 +467,20 @@ impl KeyStore {
         })?;
         let key_file = self.save_key(&id, &key)?;
         let not_before = unix(now);
-        let not_after = unix(now + self.config.intermediate_ttl);
-        self.insert(
-            AuthorityRow {
-                id: id.clone(),
-                kind: AuthorityKind::Jwt,
-                state: AuthorityState::Active,
-                cert_der: spki,
-                key_file,
-                not_before,
-                not_after,
-                created_at: not_before,
-            },
-            caller,
-            now,
-        )?;
-        tracing::info!(kid = %id, "new JWT signing key passed its self-test and is active");
-        Ok(JwtKey {
-            key_id: id,
-            key,
-            not_before: from_unix(not_before),
-            not_after: from_unix(not_after),
-        })
-    }
-
-    /// The JWT authorities to publish: every JWT key not yet expired.
-    ///
-    /// # Errors
-    /// Store errors or an unreadable stored key.
-    pub fn jwt_authorities(&self, now: SystemTime) -> Result<Vec<JwtAuthority>, KeyStoreError> {
-        self.store
-            .authorities(Some(AuthorityKind::Jwt))?
-            .into_iter()
-            .filter(|r| r.not_after > unix(now))
-            .map(|r| Ok(JwtAuthority::new(r.id.clone(), &r.cert_der)?.with_expires_at(r.not_after)))
-            .collect()
+        let not_after = unix(now + self.config.rotation.jwt_key_ttl);
+        let row = AuthorityRow::new(
+            id.clone(),
+            AuthorityKind::Jwt,
+            state,
+            spki,
+            key_file,
+            (not_before, not_after),
+            not_before,
+            None,
+        );
+        let row = self.insert(row, caller, now)?;
+        tracing::info!(kid = %id, state = state.as_str(), "new JWT signing key passed its self-test");
+        Ok(row)
     }
 
     /// Every stored authority, newest first.
@@ -550,10 +493,13 @@ impl KeyStore {
 
     fn insert(
         &self,
-        row: AuthorityRow,
+        mut row: AuthorityRow,
         caller: &str,
         now: SystemTime,
-    ) -> Result<(), KeyStoreError> {
+    ) -> Result<AuthorityRow, KeyStoreError> {
+        if row.state == AuthorityState::Active {
+            row.activated_at = Some(unix(now));
+        }
         let audit = AuditRecord {
             at: unix(now),
             caller: caller.into(),
@@ -565,7 +511,7 @@ impl KeyStore {
             ..AuditRecord::default()
         };
         self.store.insert_authority(&row, &audit)?;
-        Ok(())
+        Ok(row)
     }
 }
 

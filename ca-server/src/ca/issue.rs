@@ -206,8 +206,13 @@ impl Ca {
                 .min(self.config.max_x509_svid_ttl);
             let cert = self.sign(&csr, &id, dns_names, ttl)?;
             let now = unix(self.now());
-            self.auditor
-                .durable(vec![issued_record(caller, "mint", &id, &cert, now)])?;
+            // The issuing intermediate, so that revoking it can tell whether
+            // an admin-minted SVID still depends on it.
+            let mut record = issued_record(caller, "mint", &id, &cert, now);
+            if let Some(signer) = cert.chain.get(1) {
+                record.detail = format!("signer {}", super::authorities::cert_id(signer));
+            }
+            self.auditor.durable(vec![record])?;
             Ok((id, cert))
         })
     }

@@ -8,30 +8,39 @@
 //! lifetimes), `jwt`, `nodes` (attestation, renewal, authorization),
 //! `revocation` (current node SVIDs, eviction and bans),
 //! `entries` (registration entries and join tokens), `audit` (the auditor),
-//! `authorities` (the key store), `time` (integer/time conversions).
+//! `authorities` (the key store), `rotation` (the rotation schedule, the
+//! activation gate, taint and revoke), `crl` (CRLs of revoked
+//! intermediates), `time` (integer/time conversions).
 
 pub mod audit;
 pub mod authorities;
-mod bundle;
+pub mod bundle;
+mod crl;
 pub mod entries;
 pub mod error;
 pub mod issue;
 pub mod jwt;
 pub mod nodes;
 pub mod revocation;
+pub mod rotation;
 pub mod signing;
 pub mod time;
+mod upstream;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
+use rustls_pki_types::CertificateDer;
 use signet_identity::TrustBundle;
+use signet_identity::x509::SigningAuthority;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::store::{self, AuditRecord, Store};
 use audit::{Auditor, RefusalLimits};
 use authorities::KeyStore;
+pub use bundle::NodeBundle;
 pub use entries::NewEntry;
 pub use error::{CaError, OpenError};
 pub use issue::{ItemResult, SignItem};
@@ -55,10 +64,18 @@ pub struct Ca {
     keys: KeyStore,
     auditor: Auditor,
     signing: RwLock<Arc<Signing>>,
-    /// Serializes the writers of `signing` (rotation and the admin's
-    /// prepare), so that neither overwrites the other's new state.
+    /// Serializes every writer of the authorities, the bundle and
+    /// `signing` (the rotation tick and the admin's prepare, activate,
+    /// taint, revoke), so that none overwrites another's new state.
+    /// Readers never take it.
     rotation: Mutex<()>,
     bundle: watch::Sender<Arc<TrustBundle>>,
+    node_bundle: watch::Sender<Arc<NodeBundle>>,
+    /// Upstream-CA mode: the upstream CA and the bundle's root set.
+    upstream: Option<RwLock<Upstream>>,
+    /// Agents with an open WatchBundle stream (node SPIFFE ID -> streams):
+    /// the ones activation waits for.
+    connected: Mutex<HashMap<String, usize>>,
     entries: watch::Sender<u64>,
     node_events: tokio::sync::broadcast::Sender<signet_identity::SpiffeId>,
     clock: Clock,
@@ -99,28 +116,43 @@ impl Ca {
         }
         let keys = KeyStore::new(config.clone(), store.clone());
         let now = clock();
-        let auth = keys.load_or_create(now)?;
-        let bundle = bundle::build(&config, &store, &keys, &auth.anchors, now)?;
-        bundle::write_file(&config, &bundle)?;
-        let (bundle_tx, _) = watch::channel(Arc::new(bundle));
+        let upstream = match &config.upstream_ca {
+            Some((cert, key)) => Some(Upstream::load(&config, &keys, cert, key)?),
+            None => None,
+        };
+        keys.bootstrap(
+            now,
+            upstream.as_ref().map(|u| (u.parent.as_ref(), &u.anchor)),
+        )?;
+        let rows = store.authorities(None)?;
+        // Nothing signs before the bundle is published: this first state
+        // only exists while the CA is being opened.
+        let unchecked = signing::load(&keys, &rows, upstream.as_ref(), Vec::new(), false)?;
+        let (bundle_tx, _) =
+            watch::channel(Arc::new(TrustBundle::new(config.trust_domain.clone())));
+        let (node_bundle_tx, _) = watch::channel(Arc::new(NodeBundle {
+            bundle: Arc::new(TrustBundle::new(config.trust_domain.clone())),
+            tainted: Vec::new(),
+            crls: Vec::new(),
+        }));
         let (entries_tx, _) = watch::channel(store.revision()?);
-        Ok(Self {
+        let ca = Self {
             config,
             store,
             keys,
             auditor,
-            signing: RwLock::new(Arc::new(Signing {
-                parent: Arc::new(auth.parent),
-                signer: Arc::new(auth.signer),
-                anchors: auth.anchors,
-                jwt: Arc::new(auth.jwt),
-            })),
+            signing: RwLock::new(Arc::new(unchecked)),
             rotation: Mutex::new(()),
             bundle: bundle_tx,
+            node_bundle: node_bundle_tx,
+            upstream: upstream.map(RwLock::new),
+            connected: Mutex::new(HashMap::new()),
             entries: entries_tx,
             node_events: tokio::sync::broadcast::channel(revocation::NODE_EVENTS_CAPACITY).0,
             clock,
-        })
+        };
+        ca.resume()?;
+        Ok(ca)
     }
 
     /// The configuration.
@@ -159,6 +191,33 @@ impl Ca {
     /// Follows the bundle.
     pub fn watch_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
         self.bundle.subscribe()
+    }
+
+    /// What the node API's Bundle carries now.
+    pub fn node_bundle(&self) -> Arc<NodeBundle> {
+        self.node_bundle.borrow().clone()
+    }
+
+    /// Follows what the node API's Bundle carries.
+    pub fn watch_node_bundle(&self) -> watch::Receiver<Arc<NodeBundle>> {
+        self.node_bundle.subscribe()
+    }
+
+    /// The one writer of the authorities and the signing state.
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.rotation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Upstream-CA mode: the bundle's roots.
+    fn upstream_roots(&self) -> Option<Vec<CertificateDer<'static>>> {
+        self.upstream.as_ref().map(|u| {
+            u.read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .roots
+                .clone()
+        })
     }
 
     /// Follows the entry revision.
@@ -232,6 +291,19 @@ impl Ca {
         }
         result
     }
+}
+
+/// Upstream-CA mode: the CA that signs our intermediates and the roots of
+/// the bundle, each with the hash of the file it was read from, so that a
+/// changed file is noticed.
+pub struct Upstream {
+    pub parent: Arc<SigningAuthority>,
+    /// The top of the upstream chain.
+    pub anchor: CertificateDer<'static>,
+    /// The bundle's roots: the `upstream_bundle` file's, or `anchor`.
+    pub roots: Vec<CertificateDer<'static>>,
+    pub(crate) files_hash: Vec<u8>,
+    pub(crate) bundle_hash: Vec<u8>,
 }
 
 #[cfg(test)]

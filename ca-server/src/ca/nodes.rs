@@ -174,10 +174,25 @@ impl Ca {
         node: &SpiffeId,
         bundle_sequence: u64,
         svid_count: u32,
+        chains_through: &[String],
     ) -> Result<(), CaError> {
+        if chains_through.len() > MAX_CHAINS_THROUGH
+            || chains_through
+                .iter()
+                .any(|id| id.len() > MAX_AUTHORITY_ID_LEN)
+        {
+            return Err(CaError::InvalidArgument(format!(
+                "chains_through holds at most {MAX_CHAINS_THROUGH} authority ids of at most {MAX_AUTHORITY_ID_LEN} bytes"
+            )));
+        }
         let now = unix(self.now());
-        self.store
-            .report_status(node.as_str(), bundle_sequence, svid_count, now)?;
+        self.store.report_status(
+            node.as_str(),
+            bundle_sequence,
+            svid_count,
+            chains_through,
+            now,
+        )?;
         Ok(())
     }
 
@@ -189,6 +204,11 @@ impl Ca {
         Ok(self.store.nodes()?)
     }
 }
+
+/// Most authority ids one status report may list, and their longest form
+/// (ids are 16 hex digits; the margin is for future forms).
+const MAX_CHAINS_THROUGH: usize = 64;
+const MAX_AUTHORITY_ID_LEN: usize = 64;
 
 #[cfg(test)]
 mod tests {

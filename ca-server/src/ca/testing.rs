@@ -17,6 +17,15 @@ impl TestClock {
         Self(Arc::new(AtomicU64::new(1_800_000_000)))
     }
 
+    /// A clock standing at `at` (whole seconds).
+    pub fn at(at: SystemTime) -> Self {
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Self(Arc::new(AtomicU64::new(secs)))
+    }
+
     pub fn now(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::SeqCst))
     }

@@ -63,6 +63,26 @@ const MIGRATIONS: &[&str] = &[
     // and node names refused attestation.
     "ALTER TABLE nodes ADD COLUMN prev_serial TEXT NOT NULL DEFAULT '';
      CREATE TABLE banned_nodes (name TEXT PRIMARY KEY, banned_at INTEGER NOT NULL);",
+    // 5: the rotation journal. Each authority row records when it was
+    // published (and in which bundle sequence), activated, retired, tainted
+    // and revoked, and which authority signed it. Rows that exist already
+    // were in the bundle and (active, retired) signing: they count as
+    // published in the current sequence. Agents report which authorities
+    // their SVIDs chain through.
+    "ALTER TABLE authorities ADD COLUMN published_sequence INTEGER;
+     ALTER TABLE authorities ADD COLUMN published_at INTEGER;
+     ALTER TABLE authorities ADD COLUMN activated_at INTEGER;
+     ALTER TABLE authorities ADD COLUMN retired_at INTEGER;
+     ALTER TABLE authorities ADD COLUMN tainted_at INTEGER;
+     ALTER TABLE authorities ADD COLUMN revoked_at INTEGER;
+     ALTER TABLE authorities ADD COLUMN parent_id TEXT;
+     UPDATE authorities SET
+         published_sequence = COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'bundle_sequence'), 1),
+         published_at = created_at;
+     UPDATE authorities SET activated_at = created_at WHERE state IN ('active', 'retired');
+     UPDATE authorities SET parent_id = (SELECT value FROM meta WHERE key = 'parent_of:' || authorities.id)
+         WHERE kind = 'intermediate';
+     ALTER TABLE nodes ADD COLUMN chains_through TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// The schema version this build writes.

@@ -3,6 +3,7 @@
 //! the audit log. Schema changes are numbered migrations.
 
 mod audit;
+pub mod authorities;
 mod migrations;
 pub mod nodes_ban;
 
@@ -83,17 +84,26 @@ impl AuthorityKind {
     }
 }
 
-/// Where an authority is in its life.
+/// Where an authority is in its life: Prepared -> Active -> Retired ->
+/// Pruned, with Tainted -> Revoked as the early exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthorityState {
     /// Signs (at most one per kind).
     Active,
-    /// A root published in the bundle before anything is signed by it, the
-    /// first step of a root rotation.
+    /// Made, and published once `published_sequence` is set (roots and JWT
+    /// keys are then in the bundle), but signs nothing yet.
     Prepared,
-    /// Replaced by a newer active one of its kind. A retired JWT key stays in
-    /// the bundle until it expires, since tokens it signed are still valid.
+    /// Replaced by a newer active one of its kind; still published until
+    /// the last thing it signed can have expired.
     Retired,
+    /// Marked by an operator: agents replace everything it signed. Still
+    /// published; signs nothing.
+    Tainted,
+    /// Out of every bundle (an intermediate: listed in its root's CRL).
+    Revoked,
+    /// Out of the bundle because nothing it signed can still be valid;
+    /// the row is kept for the record.
+    Pruned,
 }
 
 impl AuthorityState {
@@ -103,6 +113,9 @@ impl AuthorityState {
             Self::Active => "active",
             Self::Prepared => "prepared",
             Self::Retired => "retired",
+            Self::Tainted => "tainted",
+            Self::Revoked => "revoked",
+            Self::Pruned => "pruned",
         }
     }
 
@@ -115,8 +128,20 @@ impl AuthorityState {
             "active" => Self::Active,
             "prepared" => Self::Prepared,
             "retired" => Self::Retired,
+            "tainted" => Self::Tainted,
+            "revoked" => Self::Revoked,
+            "pruned" => Self::Pruned,
             other => return Err(StoreError::Corrupt(format!("authority state {other:?}"))),
         })
+    }
+
+    /// Whether an authority in this state is in the bundle (roots, JWT
+    /// keys) once published.
+    pub fn is_published_state(self) -> bool {
+        matches!(
+            self,
+            Self::Prepared | Self::Active | Self::Retired | Self::Tainted
+        )
     }
 }
 
@@ -144,6 +169,50 @@ pub struct AuthorityRow {
     pub not_before: i64,
     pub not_after: i64,
     pub created_at: i64,
+    /// The rotation journal: the bundle sequence that first carried it
+    /// (for an intermediate, the one current when it was published), and
+    /// when each transition happened (Unix seconds).
+    pub published_sequence: Option<u64>,
+    pub published_at: Option<i64>,
+    pub activated_at: Option<i64>,
+    pub retired_at: Option<i64>,
+    pub tainted_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// The authority that signed it (an intermediate's root).
+    pub parent_id: Option<String>,
+}
+
+impl AuthorityRow {
+    /// A new row with an empty journal.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        kind: AuthorityKind,
+        state: AuthorityState,
+        cert_der: Vec<u8>,
+        key_file: String,
+        (not_before, not_after): (i64, i64),
+        created_at: i64,
+        parent_id: Option<String>,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            state,
+            cert_der,
+            key_file,
+            not_before,
+            not_after,
+            created_at,
+            published_sequence: None,
+            published_at: None,
+            activated_at: None,
+            retired_at: None,
+            tainted_at: None,
+            revoked_at: None,
+            parent_id,
+        }
+    }
 }
 
 /// One line of the audit log.
@@ -324,38 +393,7 @@ impl Store {
         &self,
         kind: Option<AuthorityKind>,
     ) -> Result<Vec<AuthorityRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, kind, state, cert_der, key_file, not_before, not_after, created_at FROM authorities
-             WHERE (?1 IS NULL OR kind = ?1) ORDER BY created_at DESC, rowid DESC",
-        )?;
-        let rows = stmt
-            .query_map(params![kind.map(AuthorityKind::as_str)], |r| {
-                Ok((
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    AuthorityRow {
-                        id: r.get(0)?,
-                        kind: AuthorityKind::Root,
-                        state: AuthorityState::Active,
-                        cert_der: r.get(3)?,
-                        key_file: r.get(4)?,
-                        not_before: r.get(5)?,
-                        not_after: r.get(6)?,
-                        created_at: r.get(7)?,
-                    },
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(kind, state, row)| {
-                Ok(AuthorityRow {
-                    kind: AuthorityKind::parse(&kind)?,
-                    state: AuthorityState::parse(&state)?,
-                    ..row
-                })
-            })
-            .collect()
+        authorities::list(&self.lock(), kind)
     }
 
     /// Records a new authority and its audit record in one transaction; when
@@ -372,19 +410,16 @@ impl Store {
         self.transaction(|tx| {
             if row.state == AuthorityState::Active {
                 tx.execute(
-                    "UPDATE authorities SET state = ?2 WHERE kind = ?1 AND state = ?3",
+                    "UPDATE authorities SET state = ?2, retired_at = ?4 WHERE kind = ?1 AND state = ?3",
                     params![
                         row.kind.as_str(),
                         AuthorityState::Retired.as_str(),
-                        AuthorityState::Active.as_str()
+                        AuthorityState::Active.as_str(),
+                        row.created_at,
                     ],
                 )?;
             }
-            tx.execute(
-                "INSERT INTO authorities (id, kind, state, cert_der, key_file, not_before, not_after, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![row.id, row.kind.as_str(), row.state.as_str(), row.cert_der, row.key_file, row.not_before, row.not_after, row.created_at],
-            )?;
+            authorities::insert(tx, row)?;
             insert_audit(tx, audit)
         })
     }
@@ -394,12 +429,7 @@ impl Store {
     /// # Errors
     /// SQLite errors.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .lock()
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        meta_get(&self.lock(), key)
     }
 
     /// Sets a value in the meta table.
@@ -407,11 +437,7 @@ impl Store {
     /// # Errors
     /// SQLite errors.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
-        Ok(())
+        meta_set(&self.lock(), key, value)
     }
 
     // ---- audit ---------------------------------------------------------
@@ -455,6 +481,30 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// A value from the meta table, on a connection or inside a transaction.
+///
+/// # Errors
+/// SQLite errors.
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Sets a value in the meta table, on a connection or inside a transaction.
+///
+/// # Errors
+/// SQLite errors.
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
 }
 
 /// Appends an audit record on a connection or inside a transaction.
@@ -810,6 +860,9 @@ mod tests {
             AuthorityState::Active,
             AuthorityState::Prepared,
             AuthorityState::Retired,
+            AuthorityState::Tainted,
+            AuthorityState::Revoked,
+            AuthorityState::Pruned,
         ] {
             assert_eq!(AuthorityState::parse(s.as_str()).unwrap(), s);
         }
@@ -851,6 +904,8 @@ pub struct NodeRow {
     pub bundle_sequence: u64,
     pub svid_count: u32,
     pub last_seen: i64,
+    /// Authority ids the agent last reported its SVIDs chain through.
+    pub chains_through: Vec<String>,
 }
 
 impl Store {
@@ -863,11 +918,14 @@ impl Store {
         spiffe_id: &str,
         bundle_sequence: u64,
         svid_count: u32,
+        chains_through: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
+        let chains = serde_json::to_string(chains_through)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.lock().execute(
-            "UPDATE nodes SET bundle_sequence = ?2, svid_count = ?3, last_seen = ?4 WHERE spiffe_id = ?1",
-            params![spiffe_id, bundle_sequence as i64, svid_count, now],
+            "UPDATE nodes SET bundle_sequence = ?2, svid_count = ?3, last_seen = ?4, chains_through = ?5 WHERE spiffe_id = ?1",
+            params![spiffe_id, bundle_sequence as i64, svid_count, now, chains],
         )?;
         Ok(())
     }
@@ -879,7 +937,7 @@ impl Store {
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT spiffe_id, name, attested_at, last_serial, svid_expires_at, bundle_sequence, svid_count, last_seen
+            "SELECT spiffe_id, name, attested_at, last_serial, svid_expires_at, bundle_sequence, svid_count, last_seen, chains_through
              FROM nodes ORDER BY spiffe_id",
         )?;
         let rows = stmt
@@ -893,6 +951,10 @@ impl Store {
                     bundle_sequence: r.get::<_, i64>(5)? as u64,
                     svid_count: r.get(6)?,
                     last_seen: r.get(7)?,
+                    // Written by us as JSON; an unreadable value counts as
+                    // nothing reported.
+                    chains_through: serde_json::from_str(&r.get::<_, String>(8)?)
+                        .unwrap_or_default(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -21,6 +21,141 @@ struct AuthorityView {
     not_before: String,
     not_after: String,
     subject: String,
+    /// 0 = not published yet.
+    published_sequence: u64,
+    agents_acknowledged: u32,
+    agents_connected: u32,
+    parent_id: String,
+    /// RFC 3339, or empty when not (yet).
+    published_at: String,
+    activated_at: String,
+    retired_at: String,
+    tainted_at: String,
+    revoked_at: String,
+    next_transition_at: String,
+}
+
+/// The kinds an operator can prepare.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum KindArg {
+    Root,
+    Intermediate,
+    Jwt,
+}
+
+fn when(unix: i64) -> String {
+    if unix == 0 {
+        String::new()
+    } else {
+        output::rfc3339(unix)
+    }
+}
+
+fn view(a: pb::Authority) -> AuthorityView {
+    AuthorityView {
+        kind: kind_name(a.kind),
+        state: state_name(a.state),
+        not_before: output::rfc3339(a.not_before),
+        not_after: output::rfc3339(a.not_after),
+        subject: subject_of(&a.certificate).unwrap_or(a.subject),
+        published_sequence: a.published_sequence,
+        agents_acknowledged: a.agents_acknowledged,
+        agents_connected: a.agents_connected,
+        parent_id: a.parent_id,
+        published_at: when(a.published_at),
+        activated_at: when(a.activated_at),
+        retired_at: when(a.retired_at),
+        tainted_at: when(a.tainted_at),
+        revoked_at: when(a.revoked_at),
+        next_transition_at: when(a.next_transition_at),
+        id: a.id,
+    }
+}
+
+/// Runs `signet ca authority ...`.
+///
+/// # Errors
+/// When the server refuses the call.
+pub(super) async fn run(
+    client: &mut AdminClient<Channel>,
+    cmd: super::AuthorityCommand,
+    format: Format,
+) -> anyhow::Result<()> {
+    use super::AuthorityCommand as C;
+    let (verb, changed) = match cmd {
+        C::List => return list(client, format).await,
+        C::Prepare { kind } => {
+            let kind = match kind {
+                KindArg::Root => pb::AuthorityKind::Root,
+                KindArg::Intermediate => pb::AuthorityKind::Intermediate,
+                KindArg::Jwt => pb::AuthorityKind::Jwt,
+            };
+            let r = client
+                .prepare_authority(pb::PrepareAuthorityRequest { kind: kind.into() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            (
+                "prepared",
+                pb::AuthorityChangeResponse {
+                    authority: r.authority,
+                    bundle_sequence: r.bundle_sequence,
+                },
+            )
+        }
+        C::Activate { id, force } => (
+            "activated",
+            client
+                .activate_authority(pb::ActivateAuthorityRequest { id, force })
+                .await
+                .map_err(status_error)?
+                .into_inner(),
+        ),
+        C::Taint { id } => (
+            "tainted",
+            client
+                .taint_authority(pb::TaintAuthorityRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner(),
+        ),
+        C::Revoke { id, force } => (
+            "revoked",
+            client
+                .revoke_authority(pb::RevokeAuthorityRequest { id, force })
+                .await
+                .map_err(status_error)?
+                .into_inner(),
+        ),
+    };
+    let authority = changed.authority.map(view);
+    match format {
+        Format::Json => output::print_json(&Changed {
+            authority: authority.as_ref(),
+            bundle_sequence: changed.bundle_sequence,
+        }),
+        Format::Text => {
+            let Some(a) = authority else {
+                return output::print(&format!(
+                    "{verb}; bundle sequence {}\n",
+                    changed.bundle_sequence
+                ));
+            };
+            output::print(&format!(
+                "{verb} {} {} ({}); bundle sequence {}\n",
+                output::printable(&a.kind),
+                output::printable(&a.id),
+                output::printable(&a.state),
+                changed.bundle_sequence
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Changed<'a> {
+    authority: Option<&'a AuthorityView>,
+    bundle_sequence: u64,
 }
 
 pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> anyhow::Result<()> {
@@ -29,18 +164,7 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
         .await
         .map_err(status_error)?
         .into_inner();
-    let views: Vec<AuthorityView> = list
-        .authorities
-        .into_iter()
-        .map(|a| AuthorityView {
-            id: a.id,
-            kind: kind_name(a.kind),
-            state: state_name(a.state),
-            not_before: output::rfc3339(a.not_before),
-            not_after: output::rfc3339(a.not_after),
-            subject: subject_of(&a.certificate).unwrap_or(a.subject),
-        })
-        .collect();
+    let views: Vec<AuthorityView> = list.authorities.into_iter().map(view).collect();
     match format {
         Format::Json => output::print_json(&AuthorityList {
             authorities: &views,
@@ -49,14 +173,36 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
             let rows: Vec<Vec<String>> = views
                 .iter()
                 .map(|a| {
-                    [&a.id, &a.kind, &a.state, &a.not_after, &a.subject]
-                        .into_iter()
-                        .map(|s| output::printable(s))
-                        .collect()
+                    let published = if a.published_sequence == 0 {
+                        "-".to_owned()
+                    } else {
+                        a.published_sequence.to_string()
+                    };
+                    let acked = format!("{}/{}", a.agents_acknowledged, a.agents_connected);
+                    [
+                        &a.id,
+                        &a.kind,
+                        &a.state,
+                        &published,
+                        &acked,
+                        &a.not_after,
+                        &a.subject,
+                    ]
+                    .into_iter()
+                    .map(|s| output::printable(s))
+                    .collect()
                 })
                 .collect();
             output::print(&output::table(
-                &["ID", "KIND", "STATE", "NOT AFTER", "SUBJECT"],
+                &[
+                    "ID",
+                    "KIND",
+                    "STATE",
+                    "PUBLISHED",
+                    "ACKED",
+                    "NOT AFTER",
+                    "SUBJECT",
+                ],
                 &rows,
             ))
         }

@@ -139,8 +139,36 @@ enum BundleCommand {
 
 #[derive(Debug, clap::Subcommand)]
 enum AuthorityCommand {
-    /// List the CA's authorities.
+    /// List the CA's authorities: state, the bundle sequence that first
+    /// carried each, and how many connected agents acknowledged it.
     List,
+    /// Make and publish a new authority now; it signs once activated.
+    Prepare {
+        #[arg(value_enum)]
+        kind: authority::KindArg,
+    },
+    /// Make a prepared, published authority sign now.
+    Activate {
+        /// The authority id (see `list`).
+        id: String,
+        /// Even though not every connected agent has acknowledged the
+        /// bundle that carries it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make agents replace everything the authority signed.
+    Taint {
+        /// The authority id (see `list`).
+        id: String,
+    },
+    /// Take a tainted authority out of every bundle.
+    Revoke {
+        /// The authority id (see `list`).
+        id: String,
+        /// Even though something valid may still chain to it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,9 +228,7 @@ pub fn run(args: Args, format: Format) -> anyhow::Result<()> {
             Command::Bundle(BundleCommand::Show {
                 format: bundle_format,
             }) => bundle::show(&mut client, bundle_format).await,
-            Command::Authority(AuthorityCommand::List) => {
-                authority::list(&mut client, format).await
-            }
+            Command::Authority(cmd) => authority::run(&mut client, cmd, format).await,
             Command::Mint(mint_args) => mint::run(&mut client, mint_args, format).await,
             Command::Agent(AgentCommand::List) => agent::list(&mut client, format).await,
             Command::Agent(AgentCommand::Lifecycle(cmd)) => {
@@ -293,6 +319,28 @@ mod tests {
             ])
             .collect();
         assert!(parse(&both).is_err());
+    }
+
+    #[test]
+    fn authority_commands_parse() {
+        for (args, ok) in [
+            (&["authority", "prepare", "root"][..], true),
+            (&["authority", "prepare", "intermediate"][..], true),
+            (&["authority", "prepare", "jwt"][..], true),
+            (&["authority", "prepare", "upstream"][..], false),
+            (&["authority", "activate", "abc", "--force"][..], true),
+            (&["authority", "activate"][..], false),
+            (&["authority", "taint", "abc"][..], true),
+            (&["authority", "revoke", "abc", "--force"][..], true),
+        ] {
+            assert_eq!(parse(args).is_ok(), ok, "{args:?}");
+        }
+        let Command::Authority(AuthorityCommand::Revoke { id, force }) =
+            parse(&["authority", "revoke", "abc"]).unwrap().command
+        else {
+            panic!("not a revoke");
+        };
+        assert_eq!((id.as_str(), force), ("abc", false));
     }
 
     #[test]

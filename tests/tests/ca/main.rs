@@ -14,6 +14,7 @@ mod cli;
 mod evict;
 mod health;
 mod issuance;
+mod lifecycle;
 mod limits;
 mod mtls;
 mod restart;

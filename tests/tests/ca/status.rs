@@ -76,7 +76,7 @@ async fn status_shows_authorities_agents_and_the_last_audit_write() {
     assert!(left > 364 * 86400 && left <= 365 * 86400, "{root:#}");
     let audit = &v["last_audit"];
     assert!(audit["at"].is_string(), "{v:#}");
-    assert_eq!(audit["action"], "create_jwt", "{v:#}");
+    assert_eq!(audit["action"], "authority_publish", "{v:#}");
     assert_eq!(audit["result"], "ok", "{v:#}");
 
     let text = ca.signet_ca(["status"]).await.unwrap().ok().unwrap().stdout;
@@ -98,9 +98,9 @@ async fn status_shows_authorities_agents_and_the_last_audit_write() {
     );
     assert!(row("behind").contains(&format!("{old} (behind)")), "{text}");
     assert!(row("silent").contains("never"), "{text}");
-    // The last audited action was the JWT key rotation (status reports are
+    // The last audited action was the publication of the new JWT key (status reports are
     // not audited).
-    assert!(text.contains("): create_jwt ok by admin"), "{text}");
+    assert!(text.contains("): authority_publish ok by admin"), "{text}");
     let root_row = text
         .lines()
         .find(|l| l.contains(" root "))

@@ -1,0 +1,856 @@
+//! The rotation schedule and the manual lifecycle controls.
+//!
+//! One cycle per kind (root in self-signed mode, intermediate, JWT key):
+//! when the active authority passes `rotation_prepare_at` of its life a
+//! successor is prepared and published; when it has
+//! `rotation_activate_before` of its life left the successor is activated,
+//! once every connected agent reports serving a bundle sequence that
+//! carries it (the gate) or, after `activation_ack_timeout`, no earlier
+//! than 3 x `agent_sync_interval` after publication. The old one is
+//! retired and stays published until the last thing it signed can have
+//! expired (+ `prune_grace`, never past its notAfter), then pruned.
+//!
+//! The authority rows are the journal: every step is one transaction with
+//! its audit record, so a CA that stops at any point resumes from the rows.
+//! All writers hold the CA's writer lock; readers never wait.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use signet_identity::SpiffeId;
+
+use super::authorities::{SELF, cert_id};
+use super::signing::AuthorityInfo;
+use super::time::unix;
+use super::{Ca, CaError, MAX_JWT_TTL};
+use crate::store::{AuthorityKind, AuthorityRow, AuthorityState};
+
+/// Test-only crash hook: debug builds exit at once, as a SIGKILL would
+/// stop them, when `SIGNET_TEST_CRASH_AT` names the rotation step reached
+/// ("prepared", "published", "gated", "activated"). Release builds ignore
+/// it. Integration tests use it to stop the CA at each step.
+fn crash_point(step: &str) {
+    if cfg!(debug_assertions) && std::env::var("SIGNET_TEST_CRASH_AT").is_ok_and(|v| v == step) {
+        eprintln!("SIGNET_TEST_CRASH_AT={step}: exiting (test hook)");
+        std::process::exit(86);
+    }
+}
+
+/// What the activation gate says about a prepared authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Every connected agent serves a bundle that carries it.
+    Acknowledged,
+    /// Not every agent did, but the ack timeout and the time rule have
+    /// passed; these lagged (name, sequence).
+    TimeRule(Vec<(String, u64)>),
+    /// Wait: these connected agents lag (name, sequence).
+    Closed(Vec<(String, u64)>),
+}
+
+/// One open WatchBundle stream of an agent; dropping it unregisters it.
+pub struct ConnectedAgent {
+    ca: Arc<Ca>,
+    id: String,
+}
+
+impl Drop for ConnectedAgent {
+    fn drop(&mut self) {
+        let mut connected = self
+            .ca
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = connected.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                connected.remove(&self.id);
+            }
+        }
+    }
+}
+
+fn life(row: &AuthorityRow) -> i64 {
+    (row.not_after - row.not_before).max(0)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn lagging_names(lagging: &[(String, u64)]) -> String {
+    lagging
+        .iter()
+        .map(|(name, seq)| format!("{name} (at {seq})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn with_state(row: &AuthorityRow, state: AuthorityState) -> AuthorityRow {
+    AuthorityRow {
+        state,
+        ..row.clone()
+    }
+}
+
+impl Ca {
+    /// Registers an open WatchBundle stream of `node` until the returned
+    /// guard is dropped.
+    pub fn agent_connected(self: &Arc<Self>, node: &SpiffeId) -> ConnectedAgent {
+        let id = node.to_string();
+        *self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id.clone())
+            .or_default() += 1;
+        ConnectedAgent {
+            ca: self.clone(),
+            id,
+        }
+    }
+
+    /// Every connected agent with the bundle sequence it last reported.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn agent_lag(&self) -> Result<Vec<(String, u64)>, CaError> {
+        let connected: Vec<String> = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        if connected.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .store
+            .nodes()?
+            .into_iter()
+            .filter(|n| connected.contains(&n.spiffe_id))
+            .map(|n| (n.name, n.bundle_sequence))
+            .collect())
+    }
+
+    /// The gate for a prepared authority.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn gate(&self, row: &AuthorityRow, now: SystemTime) -> Result<Gate, CaError> {
+        let Some(seq) = row.published_sequence else {
+            return Ok(Gate::Closed(Vec::new()));
+        };
+        let lagging: Vec<(String, u64)> = self
+            .agent_lag()?
+            .into_iter()
+            .filter(|(_, s)| *s < seq)
+            .collect();
+        if lagging.is_empty() {
+            return Ok(Gate::Acknowledged);
+        }
+        let r = &self.config.rotation;
+        let t = unix(now);
+        let published_at = row.published_at.unwrap_or(t);
+        let timed_out = t >= published_at.saturating_add(secs(r.activation_ack_timeout))
+            && t >= published_at.saturating_add(3 * secs(r.agent_sync_interval));
+        Ok(if timed_out {
+            Gate::TimeRule(lagging)
+        } else {
+            Gate::Closed(lagging)
+        })
+    }
+
+    /// After open: publishes what was created but not published before a
+    /// stop, restarts every prepared authority's wait (the CA cannot know
+    /// what agents received while it was down), and loads the signing
+    /// state from published authorities only.
+    pub(super) fn resume(&self) -> Result<(), CaError> {
+        let _writer = self.writer();
+        let rows = self.publish(SELF)?;
+        let now = unix(self.now());
+        let reset: Vec<(AuthorityRow, &'static str)> = rows
+            .iter()
+            .filter(|r| r.state == AuthorityState::Prepared && r.published_sequence.is_some())
+            .map(|r| {
+                (
+                    AuthorityRow {
+                        published_at: Some(now),
+                        ..r.clone()
+                    },
+                    "authority_republish",
+                )
+            })
+            .collect();
+        if !reset.is_empty() {
+            self.commit(&reset, SELF)?;
+        }
+        self.reload_signing()
+    }
+
+    /// The id of the CA that signs intermediates now.
+    fn parent_id(&self) -> String {
+        cert_id(self.signing().parent.cert())
+    }
+
+    /// The newest prepared, unexpired authority that would replace the
+    /// active one of `kind` (an intermediate: under the active parent).
+    fn successor<'a>(
+        &self,
+        kind: AuthorityKind,
+        rows: &'a [AuthorityRow],
+        now: i64,
+    ) -> Option<&'a AuthorityRow> {
+        let parent = self.parent_id();
+        rows.iter().find(|r| {
+            r.kind == kind
+                && r.state == AuthorityState::Prepared
+                && r.not_after > now
+                && (kind != AuthorityKind::Intermediate || r.parent_id.as_deref() == Some(&parent))
+        })
+    }
+
+    fn prepare_point(&self, row: &AuthorityRow) -> i64 {
+        row.not_before + (life(row) as f64 * self.config.rotation.prepare_at) as i64
+    }
+
+    fn activate_point(&self, row: &AuthorityRow) -> i64 {
+        row.not_after - (life(row) as f64 * self.config.rotation.activate_before) as i64
+    }
+
+    /// When a retired authority leaves the bundle: once the longest-lived
+    /// thing it can have signed has expired, plus the grace, capped at its
+    /// notAfter.
+    fn prune_point(&self, row: &AuthorityRow) -> i64 {
+        let c = &self.config;
+        let longest = match row.kind {
+            AuthorityKind::Jwt => MAX_JWT_TTL,
+            _ => c.max_x509_svid_ttl.max(c.node_svid_ttl),
+        };
+        let stopped = row.retired_at.or(row.tainted_at).unwrap_or(row.not_after);
+        stopped
+            .saturating_add(secs(longest) + secs(c.rotation.prune_grace))
+            .min(row.not_after)
+    }
+
+    /// When the schedule will next move `row`.
+    pub(super) fn next_transition(
+        &self,
+        row: &AuthorityRow,
+        rows: &[AuthorityRow],
+        now: i64,
+    ) -> Option<i64> {
+        let scheduled = match row.kind {
+            AuthorityKind::Root => self.config.upstream_ca.is_none(),
+            AuthorityKind::Intermediate | AuthorityKind::Jwt => true,
+            AuthorityKind::Upstream => false,
+        };
+        match row.state {
+            _ if !scheduled => None,
+            AuthorityState::Active => Some(match self.successor(row.kind, rows, now) {
+                None => self.prepare_point(row),
+                Some(_) => self.activate_point(row),
+            }),
+            AuthorityState::Prepared => {
+                let active = rows
+                    .iter()
+                    .find(|r| r.kind == row.kind && r.state == AuthorityState::Active)?;
+                (self.successor(row.kind, rows, now).map(|s| &s.id) == Some(&row.id))
+                    .then(|| self.activate_point(active))
+            }
+            AuthorityState::Retired => Some(self.prune_point(row)),
+            AuthorityState::Tainted => Some(row.not_after),
+            AuthorityState::Revoked | AuthorityState::Pruned => None,
+        }
+    }
+
+    /// One tick of the schedule: follows the upstream files, then moves
+    /// each kind one step if due, and prunes. Returns whether anything
+    /// changed.
+    ///
+    /// # Errors
+    /// The first failure; what was done before it stays done.
+    pub fn rotate_if_due(&self) -> Result<bool, CaError> {
+        let _writer = self.writer();
+        let now = self.now();
+        let mut changed = false;
+        if self.follow_upstream() {
+            let upstream = self.upstream.as_ref().map(|u| {
+                let u = u.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                (u.parent.clone(), u.anchor.clone())
+            });
+            if let Some((parent, anchor)) = upstream {
+                let row = self.keys.create_intermediate(
+                    &parent,
+                    &cert_id(parent.cert()),
+                    &[anchor],
+                    now,
+                    AuthorityState::Prepared,
+                    SELF,
+                )?;
+                let rows = self.publish(SELF)?;
+                let row = rows.iter().find(|r| r.id == row.id).cloned().unwrap_or(row);
+                // Intermediates are not in the bundle: the new one can sign
+                // as soon as it is recorded as published.
+                self.activate_rows(&row, &rows, SELF, true, now)?;
+                changed = true;
+            }
+        }
+        self.publish(SELF)?;
+        if self.config.upstream_ca.is_none() {
+            changed |= self.schedule(AuthorityKind::Root, now)?;
+        }
+        changed |= self.schedule(AuthorityKind::Intermediate, now)?;
+        changed |= self.schedule(AuthorityKind::Jwt, now)?;
+        changed |= self.prune(now)?;
+        Ok(changed)
+    }
+
+    fn schedule(&self, kind: AuthorityKind, now: SystemTime) -> Result<bool, CaError> {
+        let rows = self.store.authorities(None)?;
+        let t = unix(now);
+        let Some(active) = rows
+            .iter()
+            .find(|r| r.kind == kind && r.state == AuthorityState::Active)
+        else {
+            return Ok(false);
+        };
+        match self.successor(kind, &rows, t) {
+            None if t >= self.prepare_point(active) => {
+                self.prepare_locked(kind, SELF, now)?;
+                Ok(true)
+            }
+            Some(next) if t >= self.activate_point(active) => match self.gate(next, now)? {
+                Gate::Closed(lagging) => {
+                    crash_point("gated");
+                    tracing::info!(kind = kind.as_str(), id = %next.id, sequence = next.published_sequence, lagging = %lagging_names(&lagging), "activation waits for agents to acknowledge the bundle");
+                    Ok(false)
+                }
+                Gate::Acknowledged | Gate::TimeRule(_) => {
+                    self.activate_rows(next, &rows, SELF, false, now)?;
+                    Ok(true)
+                }
+            },
+            _ => Ok(false),
+        }
+    }
+
+    /// Retired authorities whose signatures can all have expired, and
+    /// prepared or tainted ones that expired, leave the bundle.
+    fn prune(&self, now: SystemTime) -> Result<bool, CaError> {
+        let rows = self.store.authorities(None)?;
+        let t = unix(now);
+        let successors: Vec<String> = [
+            AuthorityKind::Root,
+            AuthorityKind::Intermediate,
+            AuthorityKind::Jwt,
+        ]
+        .into_iter()
+        .filter_map(|k| self.successor(k, &rows, t).map(|r| r.id.clone()))
+        .collect();
+        let changes: Vec<(AuthorityRow, &'static str)> = rows
+            .iter()
+            .filter(|r| match r.state {
+                AuthorityState::Retired => t >= self.prune_point(r),
+                AuthorityState::Prepared => r.not_after <= t && !successors.contains(&r.id),
+                AuthorityState::Tainted => r.not_after <= t,
+                _ => false,
+            })
+            .map(|r| (with_state(r, AuthorityState::Pruned), "authority_prune"))
+            .collect();
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        self.commit(&changes, SELF)?;
+        Ok(true)
+    }
+
+    /// Creates a prepared authority of `kind` and publishes it (two
+    /// transactions: a stop in between leaves an unpublished prepared row,
+    /// which the next start publishes). A root comes with a prepared
+    /// intermediate under it.
+    fn prepare_locked(
+        &self,
+        kind: AuthorityKind,
+        caller: &str,
+        now: SystemTime,
+    ) -> Result<AuthorityRow, CaError> {
+        let row = match kind {
+            AuthorityKind::Root => {
+                if self.config.upstream_ca.is_some() {
+                    return Err(CaError::FailedPrecondition(
+                        "the roots belong to the upstream CA; rotate them there".into(),
+                    ));
+                }
+                let root = self
+                    .keys
+                    .create_root(now, AuthorityState::Prepared, caller)?;
+                let parent = self.keys.load_root(&root)?;
+                self.keys.create_intermediate(
+                    &parent,
+                    &root.id,
+                    std::slice::from_ref(parent.cert()),
+                    now,
+                    AuthorityState::Prepared,
+                    caller,
+                )?;
+                root
+            }
+            AuthorityKind::Intermediate => {
+                let signing = self.signing();
+                let anchors = match &self.upstream {
+                    Some(up) => vec![
+                        up.read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .anchor
+                            .clone(),
+                    ],
+                    None => vec![signing.parent.cert().clone()],
+                };
+                self.keys.create_intermediate(
+                    &signing.parent,
+                    &cert_id(signing.parent.cert()),
+                    &anchors,
+                    now,
+                    AuthorityState::Prepared,
+                    caller,
+                )?
+            }
+            AuthorityKind::Jwt => self
+                .keys
+                .create_jwt(now, AuthorityState::Prepared, caller)?,
+            AuthorityKind::Upstream => {
+                return Err(CaError::InvalidArgument(
+                    "the upstream CA is not made by Signet".into(),
+                ));
+            }
+        };
+        crash_point("prepared");
+        let rows = self.publish(caller)?;
+        crash_point("published");
+        Ok(rows.into_iter().find(|r| r.id == row.id).unwrap_or(row))
+    }
+
+    /// Activates `next` (with `force`, whatever the gate says): the one
+    /// place an authority becomes active after start. It must be prepared
+    /// and published, and (roots, JWT keys) in the bundle agents are being
+    /// sent now: nothing is ever signed with a key the bundle did not carry
+    /// first. A root brings an intermediate under it.
+    fn activate_rows(
+        &self,
+        next: &AuthorityRow,
+        rows: &[AuthorityRow],
+        caller: &str,
+        force: bool,
+        now: SystemTime,
+    ) -> Result<AuthorityRow, CaError> {
+        let changes = self.plan_activation(next, rows, force, now)?;
+        self.commit(&changes, caller)?;
+        crash_point("activated");
+        self.reload_signing()?;
+        let rows = self.store.authorities(None)?;
+        rows.into_iter()
+            .find(|r| r.id == next.id)
+            .ok_or_else(|| CaError::Internal(format!("authority {} vanished", next.id)))
+    }
+
+    fn plan_activation(
+        &self,
+        next: &AuthorityRow,
+        rows: &[AuthorityRow],
+        force: bool,
+        now: SystemTime,
+    ) -> Result<Vec<(AuthorityRow, &'static str)>, CaError> {
+        let t = unix(now);
+        if next.state != AuthorityState::Prepared {
+            return Err(CaError::FailedPrecondition(format!(
+                "authority {} is {}; only a prepared one can be activated",
+                next.id,
+                next.state.as_str()
+            )));
+        }
+        let Some(seq) = next.published_sequence else {
+            return Err(CaError::FailedPrecondition(format!(
+                "authority {} was never published; it cannot sign before agents have it",
+                next.id
+            )));
+        };
+        if next.not_after <= t {
+            return Err(CaError::FailedPrecondition(format!(
+                "authority {} has expired",
+                next.id
+            )));
+        }
+        let bundle = self.node_bundle();
+        match next.kind {
+            AuthorityKind::Root | AuthorityKind::Jwt if !bundle.carries(&next.id) => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "authority {} is not in the bundle agents are sent (sequence {}); it cannot sign",
+                    next.id,
+                    bundle.bundle.sequence()
+                )));
+            }
+            AuthorityKind::Intermediate if next.parent_id.as_deref() != Some(&self.parent_id()) => {
+                return Err(CaError::FailedPrecondition(format!(
+                    "intermediate {} is not signed by the active parent; activate its root instead",
+                    next.id
+                )));
+            }
+            _ => {}
+        }
+        if !force {
+            match self.gate(next, now)? {
+                Gate::Acknowledged => {}
+                Gate::TimeRule(lagging) => {
+                    tracing::warn!(kind = next.kind.as_str(), id = %next.id, sequence = seq, lagging = %lagging_names(&lagging), "activating after the ack timeout; these agents had not acknowledged the bundle");
+                }
+                Gate::Closed(lagging) => {
+                    return Err(CaError::FailedPrecondition(format!(
+                        "not every connected agent has acknowledged bundle sequence {seq}, which carries {}: {}; wait, or use force",
+                        next.id,
+                        lagging_names(&lagging)
+                    )));
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        let retire = |kind: AuthorityKind, changes: &mut Vec<(AuthorityRow, &'static str)>| {
+            for old in rows
+                .iter()
+                .filter(|r| r.kind == kind && r.state == AuthorityState::Active)
+            {
+                changes.push((
+                    AuthorityRow {
+                        state: AuthorityState::Retired,
+                        retired_at: Some(t),
+                        ..old.clone()
+                    },
+                    "authority_retire",
+                ));
+            }
+        };
+        retire(next.kind, &mut changes);
+        changes.push((
+            AuthorityRow {
+                state: AuthorityState::Active,
+                activated_at: Some(t),
+                ..next.clone()
+            },
+            "authority_activate",
+        ));
+        if next.kind == AuthorityKind::Root {
+            // Its intermediate: the one prepared with it while still fresh,
+            // else a new one (intermediates are not in the bundle; the root
+            // that vouches for it is).
+            let companion = rows.iter().find(|r| {
+                r.kind == AuthorityKind::Intermediate
+                    && r.state == AuthorityState::Prepared
+                    && r.parent_id.as_deref() == Some(&next.id)
+                    && r.published_sequence.is_some()
+                    && t < self.prepare_point(r)
+            });
+            let companion = match companion {
+                Some(c) => c.clone(),
+                None => {
+                    let parent = self.keys.load_root(next)?;
+                    let mut fresh = self.keys.create_intermediate(
+                        &parent,
+                        &next.id,
+                        std::slice::from_ref(parent.cert()),
+                        now,
+                        AuthorityState::Prepared,
+                        SELF,
+                    )?;
+                    fresh.published_sequence = Some(bundle.bundle.sequence());
+                    fresh.published_at = Some(t);
+                    fresh
+                }
+            };
+            retire(AuthorityKind::Intermediate, &mut changes);
+            changes.push((
+                AuthorityRow {
+                    state: AuthorityState::Active,
+                    activated_at: Some(t),
+                    ..companion
+                },
+                "authority_activate",
+            ));
+        }
+        // The invariant, checked once more on exactly what will be written.
+        for (row, _) in &changes {
+            if row.state == AuthorityState::Active && row.published_sequence.is_none() {
+                return Err(CaError::Internal(format!(
+                    "refusing to activate {} {}: never published",
+                    row.kind.as_str(),
+                    row.id
+                )));
+            }
+        }
+        Ok(changes)
+    }
+
+    fn find(&self, rows: &[AuthorityRow], id: &str) -> Result<AuthorityRow, CaError> {
+        rows.iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or_else(|| CaError::NotFound(format!("no authority {id:?}")))
+    }
+
+    fn info(&self, id: &str) -> Result<AuthorityInfo, CaError> {
+        self.list_authorities()?
+            .into_iter()
+            .find(|a| a.row.id == id)
+            .ok_or_else(|| CaError::NotFound(format!("no authority {id:?}")))
+    }
+
+    /// Prepares and publishes a new authority of `kind` now (root,
+    /// intermediate or JWT key). Returns it and the bundle sequence.
+    ///
+    /// # Errors
+    /// InvalidArgument for another kind; FailedPrecondition for a root
+    /// when an upstream CA owns the roots; Unavailable when the audit log
+    /// cannot be written; internal errors.
+    pub fn prepare_authority(
+        &self,
+        kind: Option<AuthorityKind>,
+        caller: &str,
+    ) -> Result<(AuthorityInfo, u64), CaError> {
+        self.refusing(caller, "prepare_authority", "", || {
+            let kind = match kind {
+                Some(
+                    k @ (AuthorityKind::Root | AuthorityKind::Intermediate | AuthorityKind::Jwt),
+                ) => k,
+                other => {
+                    return Err(CaError::InvalidArgument(format!(
+                        "kind must be root, intermediate or jwt, not {}",
+                        other.map_or("unspecified", AuthorityKind::as_str)
+                    )));
+                }
+            };
+            let row = {
+                let _writer = self.writer();
+                self.prepare_locked(kind, caller, self.now())?
+            };
+            Ok((self.info(&row.id)?, self.bundle().sequence()))
+        })
+    }
+
+    /// Activates a prepared, published authority; without `force` only
+    /// when every connected agent has acknowledged the bundle carrying it.
+    ///
+    /// # Errors
+    /// NotFound; FailedPrecondition when it is not prepared, was never
+    /// published, or (without force) agents have not acknowledged it.
+    pub fn activate_authority(
+        &self,
+        id: &str,
+        force: bool,
+        caller: &str,
+    ) -> Result<(AuthorityInfo, u64), CaError> {
+        self.refusing(caller, "activate_authority", "", || {
+            {
+                let _writer = self.writer();
+                let rows = self.store.authorities(None)?;
+                let row = self.find(&rows, id)?;
+                self.activate_rows(&row, &rows, caller, force, self.now())?;
+            }
+            Ok((self.info(id)?, self.bundle().sequence()))
+        })
+    }
+
+    /// Taints an active or retired authority: agents replace everything it
+    /// signed within `taint_reissue_window`. The active intermediate is
+    /// first replaced by a fresh one; the active root or JWT key by its
+    /// published successor, which must exist.
+    ///
+    /// # Errors
+    /// NotFound; FailedPrecondition for another state, or an active root or
+    /// JWT key without a published successor.
+    pub fn taint_authority(&self, id: &str, caller: &str) -> Result<(AuthorityInfo, u64), CaError> {
+        self.refusing(caller, "taint_authority", "", || {
+            {
+                let _writer = self.writer();
+                let now = self.now();
+                let t = unix(now);
+                let rows = self.store.authorities(None)?;
+                let row = self.find(&rows, id)?;
+                let mut changes = match row.state {
+                    AuthorityState::Retired => Vec::new(),
+                    AuthorityState::Active => match row.kind {
+                        AuthorityKind::Intermediate => {
+                            let fresh = self.prepare_locked(AuthorityKind::Intermediate, caller, now)?;
+                            let rows = self.store.authorities(None)?;
+                            self.plan_activation(&fresh, &rows, true, now)?
+                        }
+                        kind => {
+                            let next = self
+                                .successor(kind, &rows, t)
+                                .filter(|r| r.published_sequence.is_some())
+                                .ok_or_else(|| {
+                                    CaError::FailedPrecondition(format!(
+                                        "authority {id} is the active {}; prepare a successor first (signet ca authority prepare {}) so that tainting it can activate one",
+                                        kind.as_str(),
+                                        kind.as_str()
+                                    ))
+                                })?;
+                            self.plan_activation(next, &rows, true, now)?
+                        }
+                    },
+                    other => {
+                        return Err(CaError::FailedPrecondition(format!(
+                            "authority {id} is {}; only an active or retired one can be tainted",
+                            other.as_str()
+                        )));
+                    }
+                };
+                changes.retain(|(r, _)| r.id != row.id);
+                changes.push((
+                    AuthorityRow {
+                        state: AuthorityState::Tainted,
+                        tainted_at: Some(t),
+                        retired_at: row.retired_at.or(Some(t)),
+                        ..row
+                    },
+                    "authority_taint",
+                ));
+                self.commit(&changes, caller)?;
+                self.reload_signing()?;
+            }
+            Ok((self.info(id)?, self.bundle().sequence()))
+        })
+    }
+
+    /// What still depends on a tainted authority: agents that have not
+    /// reported since the taint or still serve SVIDs chaining through it,
+    /// unexpired admin-minted SVIDs under it, JWT-SVIDs it may have signed.
+    fn dependents(
+        &self,
+        row: &AuthorityRow,
+        rows: &[AuthorityRow],
+        now: i64,
+    ) -> Result<Vec<String>, CaError> {
+        let mut out = Vec::new();
+        let tainted_at = row.tainted_at.unwrap_or(now);
+        let connected: Vec<String> = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        if row.kind != AuthorityKind::Jwt {
+            for node in self.store.nodes()? {
+                if node.chains_through.contains(&row.id) {
+                    out.push(format!(
+                        "agent {} serves SVIDs that chain through it",
+                        node.name
+                    ));
+                } else if connected.contains(&node.spiffe_id) && node.last_seen <= tainted_at {
+                    out.push(format!(
+                        "agent {} has not reported since the taint",
+                        node.name
+                    ));
+                }
+            }
+            let signers: Vec<String> = match row.kind {
+                AuthorityKind::Root => rows
+                    .iter()
+                    .filter(|r| r.parent_id.as_deref() == Some(&row.id))
+                    .map(|r| r.id.clone())
+                    .collect(),
+                _ => vec![row.id.clone()],
+            };
+            for signer in signers {
+                let minted = self.store.with_conn(|c| {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM audit WHERE action = 'mint' AND result = 'issued' AND detail = ?1 AND not_after > ?2",
+                        rusqlite::params![format!("signer {signer}"), now],
+                        |r| r.get::<_, i64>(0),
+                    )
+                })
+                .map_err(crate::store::StoreError::from)?;
+                if minted > 0 {
+                    out.push(format!(
+                        "{minted} unexpired admin-minted SVIDs under {signer}"
+                    ));
+                }
+            }
+        } else {
+            let stopped = row.retired_at.unwrap_or(tainted_at);
+            let until = stopped.saturating_add(secs(MAX_JWT_TTL));
+            if until > now {
+                out.push(format!(
+                    "JWT-SVIDs it signed may be valid until {}",
+                    humantime::format_rfc3339_seconds(super::time::from_unix(until))
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revokes a tainted authority: a root or JWT key leaves the bundle, an
+    /// intermediate is listed in its root's CRL. Without `force` only once
+    /// nothing valid still chains to it.
+    ///
+    /// # Errors
+    /// NotFound; FailedPrecondition when it is not tainted, something
+    /// still depends on it (without force), or an intermediate cannot be
+    /// listed in a CRL (upstream CA that is not the anchor).
+    pub fn revoke_authority(
+        &self,
+        id: &str,
+        force: bool,
+        caller: &str,
+    ) -> Result<(AuthorityInfo, u64), CaError> {
+        self.refusing(caller, "revoke_authority", "", || {
+            {
+                let _writer = self.writer();
+                let now = unix(self.now());
+                let rows = self.store.authorities(None)?;
+                let row = self.find(&rows, id)?;
+                if row.state != AuthorityState::Tainted {
+                    return Err(CaError::FailedPrecondition(format!(
+                        "authority {id} is {}; taint it first",
+                        row.state.as_str()
+                    )));
+                }
+                if row.kind == AuthorityKind::Intermediate
+                    && let Some(up) = &self.upstream
+                {
+                    let up = up.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if !up.parent.served_chain().is_empty() || !up.roots.contains(up.parent.cert()) {
+                        return Err(CaError::FailedPrecondition(
+                            "the upstream CA is not itself a trust anchor of the bundle, so Signet cannot publish a CRL for its intermediates; revoke at the upstream CA".into(),
+                        ));
+                    }
+                }
+                if !force {
+                    let deps = self.dependents(&row, &rows, now)?;
+                    if !deps.is_empty() {
+                        return Err(CaError::FailedPrecondition(format!(
+                            "something valid may still chain to {id}: {}; wait, or use force",
+                            deps.join("; ")
+                        )));
+                    }
+                }
+                self.commit(
+                    &[(
+                        AuthorityRow {
+                            state: AuthorityState::Revoked,
+                            revoked_at: Some(now),
+                            ..row
+                        },
+                        "authority_revoke",
+                    )],
+                    caller,
+                )?;
+            }
+            Ok((self.info(id)?, self.bundle().sequence()))
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "rotation_tests.rs"]
+mod tests;
