@@ -245,6 +245,17 @@ pub fn peek_claims(token: &str) -> Result<Claims, JwtError> {
     decode_json(payload)
 }
 
+/// Reads the key id (`kid`) from a token's header without checking
+/// anything (to tell which key signed a token held in a cache).
+///
+/// # Errors
+/// [`JwtError::Malformed`]; [`JwtError::MissingKeyId`] without a `kid`.
+pub fn peek_key_id(token: &str) -> Result<String, JwtError> {
+    let (h, _, _) = split(token)?;
+    let header: Header = decode_json(h)?;
+    header.kid.ok_or(JwtError::MissingKeyId)
+}
+
 fn split(token: &str) -> Result<(&str, &str, &str), JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::TooLong);

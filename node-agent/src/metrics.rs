@@ -215,6 +215,18 @@ impl Collector for Held {
         )?;
         encode_gauges(
             &mut encoder,
+            "signet_agent_federated_bundles",
+            "Bundles of federated trust domains the agent holds for workloads whose entries federate with them.",
+            [(NO_LABELS, snapshot.federated.len() as f64)],
+        )?;
+        encode_gauges(
+            &mut encoder,
+            "signet_agent_svids_pending_reissue",
+            "SVIDs (workload and node) that chain through a tainted authority and wait for their early re-issue.",
+            [(NO_LABELS, snapshot.reissue_pending as f64)],
+        )?;
+        encode_gauges(
+            &mut encoder,
             "signet_agent_bundle_sequence",
             "Sequence number of the trust bundle served to workloads (0: none yet).",
             [(
@@ -263,6 +275,35 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("signet_agent_svids 0.0\n"), "{text}");
+        assert!(
+            text.contains("signet_agent_federated_bundles 0.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("signet_agent_svids_pending_reissue 0.0\n"),
+            "{text}"
+        );
+        // What a later scrape reads comes from the snapshot then current.
+        let partner = signet_identity::TrustDomain::new("partner.test").unwrap();
+        tx.send_replace(Arc::new(crate::state::Snapshot {
+            federated: [(
+                partner.clone(),
+                Arc::new(signet_identity::TrustBundle::new(partner)),
+            )]
+            .into(),
+            reissue_pending: 3,
+            ..crate::state::Snapshot::default()
+        }));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("signet_agent_federated_bundles 1.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("signet_agent_svids_pending_reissue 3.0\n"),
+            "{text}"
+        );
         assert!(
             !text.contains("\nsignet_agent_svid_earliest_expiry_seconds "),
             "{text}"

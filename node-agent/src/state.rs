@@ -42,6 +42,9 @@ pub struct Entry {
     pub ttl_seconds: i64,
     pub dns_names: Vec<String>,
     pub revision: u64,
+    /// Trust domains whose bundles the entry's workloads receive beside
+    /// their own (federation); never the agent's own trust domain.
+    pub federates_with: Vec<TrustDomain>,
 }
 
 impl Entry {
@@ -52,6 +55,15 @@ impl Entry {
         !self.selectors.is_empty()
             && !self.is_path_only()
             && self.selectors.iter().all(|s| selectors.contains(s))
+    }
+
+    /// Whether an SVID signed for `other` is one for this entry too: same
+    /// SPIFFE ID, DNS names and TTL (selectors and federation do not go into
+    /// the certificate).
+    pub fn same_svid(&self, other: &Entry) -> bool {
+        self.spiffe_id == other.spiffe_id
+            && self.dns_names == other.dns_names
+            && self.ttl_seconds == other.ttl_seconds
     }
 
     /// Whether every selector is `unix:path:...`. The path of a process is
@@ -82,19 +94,31 @@ pub struct Svid {
     pub not_after: SystemTime,
     /// When the manager will renew it (half of the lifetime, ±10% jitter).
     pub renew_at: SystemTime,
+    /// When the agent received it (its own clock).
+    pub received_at: SystemTime,
+    /// Ids ([`signet_identity::x509::authority_id`]) of the intermediates in
+    /// the chain and of the root that validates it.
+    pub chains_through: Vec<String>,
 }
 
 /// Everything the agent serves at one moment.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// The agent's own trust domain bundle.
     pub bundle: Option<Arc<TrustBundle>>,
-    /// Bundles of other trust domains (federation; empty for now).
+    /// Bundles of other trust domains (federation). A caller receives only
+    /// those its matching entries federate with.
     pub federated: BTreeMap<TrustDomain, Arc<TrustBundle>>,
+    /// DER CRLs of the own trust domain (revoked intermediates), for
+    /// validators that check revocation; empty when none is published.
+    pub crls: Arc<[Vec<u8>]>,
     /// Authorized entries, ordered by SPIFFE ID then entry id.
     pub entries: Vec<Arc<Entry>>,
     /// The current SVID of each entry that has one, by entry id.
     pub svids: BTreeMap<String, Arc<Svid>>,
+    /// SVIDs (workload and node) that chain through a tainted authority
+    /// and wait for their early re-issue.
+    pub reissue_pending: usize,
     /// Bumped on every change.
     pub version: u64,
 }
@@ -122,13 +146,51 @@ impl Snapshot {
             .collect()
     }
 
-    /// Every bundle: the own one first, then the federated ones.
-    pub fn all_bundles(&self) -> Vec<Arc<TrustBundle>> {
+    /// The federated bundles a caller with `selectors` receives: those of
+    /// the trust domains its matching entries federate with (and the agent
+    /// holds), in trust domain order.
+    pub fn federated_for(&self, selectors: &[Selector]) -> Vec<Arc<TrustBundle>> {
+        let wanted: std::collections::BTreeSet<&TrustDomain> = self
+            .entries
+            .iter()
+            .filter(|e| e.matches(selectors))
+            .flat_map(|e| e.federates_with.iter())
+            .collect();
+        wanted
+            .into_iter()
+            .filter(|td| {
+                self.bundle
+                    .as_ref()
+                    .is_none_or(|own| own.trust_domain() != *td)
+            })
+            .filter_map(|td| self.federated.get(td).cloned())
+            .collect()
+    }
+
+    /// The bundles a caller with `selectors` receives: the own one first,
+    /// then the federated ones its entries federate with.
+    pub fn bundles_for(&self, selectors: &[Selector]) -> Vec<Arc<TrustBundle>> {
         self.bundle
             .iter()
             .cloned()
-            .chain(self.federated.values().cloned())
+            .chain(self.federated_for(selectors))
             .collect()
+    }
+
+    /// The bundle of `trust_domain` for a caller with `selectors`: the own
+    /// one, or a federated one its entries federate with.
+    pub fn bundle_for(
+        &self,
+        selectors: &[Selector],
+        trust_domain: &TrustDomain,
+    ) -> Option<Arc<TrustBundle>> {
+        match &self.bundle {
+            Some(own) if own.trust_domain() == trust_domain => Some(own.clone()),
+            _ => self
+                .federated_for(selectors)
+                .into_iter()
+                .find(|b| b.trust_domain() == trust_domain),
+        }
     }
 }
 
@@ -169,6 +231,7 @@ mod tests {
             ttl_seconds: 0,
             dns_names: vec![],
             revision: 1,
+            federates_with: vec![],
         }
     }
 

@@ -7,12 +7,14 @@
 //! ones. It is the only writer of the snapshot.
 
 pub mod backoff;
+pub mod trust;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
+use signet_identity::jwt;
 use signet_identity::x509::SvidError;
 use signet_identity::{
     KeyError, KeyType, PrivateKey, SpiffeId, SpiffeIdError, TrustBundle, TrustDomain,
@@ -26,9 +28,15 @@ use crate::node::client::{CaClient, ServerTrust};
 use crate::node::{self, NodeError, NodeSvid};
 use crate::state::{Entry, JwtSource, Selector, Snapshot, Svid};
 use backoff::{Backoff, jitter_fraction};
+use trust::Taint;
 
 /// Most CSRs sent in one request.
 const BATCH: usize = 200;
+/// How long an SVID that does not validate against the served bundle yet
+/// is held for the bundle that will validate it (the CA publishes a new
+/// root before it signs with it, but the bundle stream may deliver it after
+/// the signing call returns). After this the entry is signed again.
+const AWAIT_BUNDLE: Duration = Duration::from_secs(30);
 
 /// What can go wrong while following the CA.
 #[non_exhaustive]
@@ -56,6 +64,14 @@ pub enum ManagerError {
     #[error("entry {id}: {source}")]
     Entry {
         id: String,
+        #[source]
+        source: SpiffeIdError,
+    },
+    /// An entry that federates with a name that is not a trust domain.
+    #[error("entry {id}: federates with {name:?}: {source}")]
+    FederatesWith {
+        id: String,
+        name: String,
         #[source]
         source: SpiffeIdError,
     },
@@ -92,13 +108,97 @@ struct Inner {
     /// (they wait) rather than "no identity" (they refuse).
     synced: bool,
     bundle: Option<Arc<TrustBundle>>,
+    /// Federated bundles, CRLs and taints of the last bundle message.
+    federated: BTreeMap<TrustDomain, Arc<TrustBundle>>,
+    crls: Arc<[Vec<u8>]>,
+    taints: Vec<Taint>,
     entries: BTreeMap<String, Arc<Entry>>,
     svids: BTreeMap<String, Arc<Svid>>,
+    /// SVIDs from the CA that the served bundle does not validate yet, by
+    /// entry id (see [`AWAIT_BUNDLE`]).
+    awaiting: BTreeMap<String, Awaiting>,
     version: u64,
 }
 
+/// A signed SVID held back until the bundle that validates it is served: a
+/// leaf is never served before its root.
+struct Awaiting {
+    entry: Arc<Entry>,
+    svid: pb::X509Svid,
+    key: PrivateKey,
+    since: SystemTime,
+}
+
+impl Inner {
+    /// When `svid` is due: its renewal time, or earlier when it chains
+    /// through a tainted authority.
+    fn due_at(&self, svid: &Svid) -> SystemTime {
+        trust::reissue_deadline(
+            &self.taints,
+            &svid.entry_id,
+            &svid.chains_through,
+            svid.received_at,
+        )
+        .map_or(svid.renew_at, |d| d.min(svid.renew_at))
+    }
+
+    /// Whether an SVID for `entry_id` is held back for a bundle, and still
+    /// worth waiting for at `now`.
+    fn is_awaiting(&self, entry_id: &str, now: SystemTime) -> bool {
+        self.awaiting
+            .get(entry_id)
+            .is_some_and(|a| a.since + AWAIT_BUNDLE > now)
+    }
+
+    /// Serves the held-back SVIDs the current bundle validates; drops those
+    /// whose entry is gone or whose wait is over.
+    fn install_awaiting(&mut self, now: SystemTime) -> usize {
+        let Some(bundle) = self.bundle.clone() else {
+            return 0;
+        };
+        let mut installed = 0;
+        for (id, held) in std::mem::take(&mut self.awaiting) {
+            // Signed for what the entry was then: if it has changed since,
+            // the SVID is not for it any more.
+            if self
+                .entries
+                .get(&id)
+                .is_none_or(|now| !now.same_svid(&held.entry))
+            {
+                continue;
+            }
+            match check_svid(&held.entry, &held.svid, &held.key, &bundle, now) {
+                Ok(checked) => {
+                    tracing::info!(entry = %id, serial = %held.svid.serial, "the bundle now validates a held-back SVID; serving it");
+                    let svid = checked.into_svid(&held.entry, held.svid.serial, held.key, now);
+                    self.svids.insert(id, Arc::new(svid));
+                    installed += 1;
+                }
+                Err(_) if held.since + AWAIT_BUNDLE > now => {
+                    self.awaiting.insert(id, held);
+                }
+                Err(e) => {
+                    tracing::error!(entry = %id, error = %e, "no bundle validated the SVID in time; signing again");
+                }
+            }
+        }
+        installed
+    }
+}
+
+/// The keys generated for a signing call, with their entries, by entry id.
+type PendingKeys = HashMap<String, (PrivateKey, Arc<Entry>)>;
+
 /// A cached JWT-SVID is keyed by entry id and sorted audience.
 type JwtKey = (String, Vec<String>);
+
+/// A cached JWT-SVID: the token, when to fetch a new one, and the key id
+/// that signed it.
+struct CachedJwt {
+    token: String,
+    refresh_at: SystemTime,
+    key_id: Option<String>,
+}
 
 /// The agent's manager.
 pub struct Manager {
@@ -110,7 +210,8 @@ pub struct Manager {
     tx: watch::Sender<Arc<Snapshot>>,
     wake_certify: Notify,
     wake_status: Notify,
-    jwt_cache: Mutex<HashMap<JwtKey, (String, SystemTime)>>,
+    wake_node: Notify,
+    jwt_cache: Mutex<HashMap<JwtKey, CachedJwt>>,
 }
 
 impl Manager {
@@ -134,6 +235,7 @@ impl Manager {
             tx,
             wake_certify: Notify::new(),
             wake_status: Notify::new(),
+            wake_node: Notify::new(),
             jwt_cache: Mutex::new(HashMap::new()),
         });
         m.publish();
@@ -159,12 +261,50 @@ impl Manager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn node_svid(&self) -> Arc<NodeSvid> {
+        self.node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// When the node SVID must be re-issued because it chains through a
+    /// tainted authority, if it does.
+    fn node_taint_deadline(&self, node: &NodeSvid) -> Option<SystemTime> {
+        let inner = self.lock();
+        let bundle = inner.bundle.as_deref()?;
+        let through = trust::chains_through(&node.chain, bundle, SystemTime::now());
+        trust::reissue_deadline(
+            &inner.taints,
+            node.spiffe_id.as_str(),
+            &through,
+            node.received_at,
+        )
+    }
+
     /// Builds and sends a new snapshot from the current state, dropping
-    /// expired SVIDs first.
+    /// expired SVIDs first. Everything a bundle message changes (own and
+    /// federated bundles, CRLs) goes out in one snapshot, so every stream
+    /// sees it at once.
     fn publish(&self) {
         let now = SystemTime::now();
+        let node_pending = usize::from(self.node_taint_deadline(&self.node_svid()).is_some());
         let mut inner = self.lock();
         inner.svids.retain(|_, s| s.not_after > now);
+        let reissue_pending = node_pending
+            + inner
+                .svids
+                .values()
+                .filter(|s| {
+                    trust::reissue_deadline(
+                        &inner.taints,
+                        &s.entry_id,
+                        &s.chains_through,
+                        s.received_at,
+                    )
+                    .is_some()
+                })
+                .count();
         inner.version += 1;
         let mut entries: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
         entries.sort_by(|a, b| (a.spiffe_id.as_str(), &a.id).cmp(&(b.spiffe_id.as_str(), &b.id)));
@@ -174,9 +314,11 @@ impl Manager {
             } else {
                 None
             },
-            federated: BTreeMap::new(),
+            federated: inner.federated.clone(),
+            crls: inner.crls.clone(),
             entries,
             svids: inner.svids.clone(),
+            reissue_pending,
             version: inner.version,
         };
         drop(inner);
@@ -200,17 +342,20 @@ impl Manager {
     async fn node_renewal(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), self.config.max_backoff);
         loop {
-            let renew_at = self
-                .node
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .renew_at();
+            let node = self.node_svid();
+            let tainted = self.node_taint_deadline(&node);
+            let renew_at = tainted.map_or(node.renew_at(), |t| t.min(node.renew_at()));
             let wait = renew_at
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                // A taint may bring the renewal forward.
+                _ = self.wake_node.notified() => continue,
                 _ = shutdown.changed() => return,
+            }
+            if tainted.is_some_and(|t| t <= SystemTime::now()) {
+                tracing::info!("re-issuing the node SVID: it chains through a tainted authority");
             }
             let Some(bundle) = self.lock().bundle.clone() else {
                 return;
@@ -236,6 +381,8 @@ impl Manager {
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(svid);
                     backoff.reset();
                     crate::metrics::synced();
+                    self.publish();
+                    self.wake_status.notify_one();
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -273,27 +420,91 @@ impl Manager {
         if bundle.x509_authorities().is_empty() {
             return Err(ManagerError::EmptyBundle);
         }
-        {
+        let federated = trust::federated_from_pb(&b.federated, &self.config.trust_domain);
+        let crls = trust::crls_from_pb(&b.crls);
+        let taints = trust::taints_from_pb(&b.tainted);
+        let now = SystemTime::now();
+        let (own_changed, taints_changed, installed) = {
             let mut inner = self.lock();
-            if inner.bundle.as_deref() == Some(&bundle) {
+            let own_changed = inner.bundle.as_deref() != Some(&bundle);
+            let federated_changed = inner.federated != federated;
+            let crls_changed = *inner.crls != *crls;
+            let taints_changed = inner.taints != taints;
+            if !(own_changed || federated_changed || crls_changed || taints_changed) {
                 return Ok(());
             }
+            if federated_changed {
+                tracing::info!(
+                    trust_domains = ?federated.keys().map(TrustDomain::as_str).collect::<Vec<_>>(),
+                    "serving new federated bundles"
+                );
+            }
+            if crls_changed {
+                tracing::info!(crls = crls.len(), "serving new CRLs");
+            }
             inner.bundle = Some(Arc::new(bundle.clone()));
+            inner.federated = federated;
+            inner.crls = crls;
+            inner.taints = taints;
+            let installed = if own_changed {
+                inner.install_awaiting(now)
+            } else {
+                0
+            };
+            (own_changed, taints_changed, installed)
+        };
+        if own_changed {
+            self.client()
+                .set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
+            if let Err(e) = node::save(&self.config.data_dir, &self.node_svid(), &bundle) {
+                tracing::error!(error = %format!("{e:#}"), "could not persist the bundle");
+            }
+            tracing::info!(
+                sequence = bundle.sequence(),
+                installed,
+                "serving a new trust bundle"
+            );
         }
-        self.client()
-            .set_trust(ServerTrust::Roots(bundle.x509_authorities().to_vec()));
-        let node = self
-            .node
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Err(e) = node::save(&self.config.data_dir, &node, &bundle) {
-            tracing::error!(error = %format!("{e:#}"), "could not persist the bundle");
+        self.prune_jwt_cache(&bundle);
+        if taints_changed {
+            let taints = self.lock().taints.clone();
+            for t in &taints {
+                tracing::info!(authority = %t.id, kind = ?t.kind, window = ?t.window, "an authority is tainted; re-issuing what chains through it within its window");
+            }
+            self.wake_certify.notify_one();
+            self.wake_node.notify_one();
         }
-        tracing::info!(sequence = bundle.sequence(), "serving a new trust bundle");
         self.publish();
         self.wake_status.notify_one();
         Ok(())
+    }
+
+    /// Drops cached JWT-SVIDs signed by a key that is no longer published,
+    /// or that is tainted: a validator would (soon) reject them.
+    fn prune_jwt_cache(&self, bundle: &TrustBundle) {
+        let tainted: Vec<String> = self
+            .lock()
+            .taints
+            .iter()
+            .filter(|t| t.kind == pb::AuthorityKind::Jwt)
+            .map(|t| t.id.clone())
+            .collect();
+        let mut cache = self
+            .jwt_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = cache.len();
+        cache.retain(|_, c| {
+            c.key_id.as_deref().is_some_and(|kid| {
+                bundle.jwt_authority(kid).is_some() && !tainted.iter().any(|t| t == kid)
+            })
+        });
+        if cache.len() < before {
+            tracing::info!(
+                dropped = before - cache.len(),
+                "dropped cached JWT-SVIDs of keys no longer published or tainted"
+            );
+        }
     }
 
     async fn follow_entries(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
@@ -339,11 +550,10 @@ impl Manager {
                     Ok(entry) => {
                         // A changed entry (DNS names, TTL, ID) needs a new SVID.
                         if let Some(old) = inner.entries.get(&entry.id)
-                            && (old.spiffe_id != entry.spiffe_id
-                                || old.dns_names != entry.dns_names
-                                || old.ttl_seconds != entry.ttl_seconds)
+                            && !old.same_svid(&entry)
                         {
                             inner.svids.remove(&entry.id);
+                            inner.awaiting.remove(&entry.id);
                         }
                         inner.entries.insert(entry.id.clone(), Arc::new(entry));
                     }
@@ -352,8 +562,14 @@ impl Manager {
                     }
                 }
             }
-            let Inner { entries, svids, .. } = &mut *inner;
+            let Inner {
+                entries,
+                svids,
+                awaiting,
+                ..
+            } = &mut *inner;
             svids.retain(|id, _| entries.contains_key(id));
+            awaiting.retain(|id, _| entries.contains_key(id));
             tracing::info!(
                 entries = entries.len(),
                 revision = update.revision,
@@ -367,16 +583,7 @@ impl Manager {
     async fn certify(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.config.max_backoff);
         loop {
-            let due: Vec<Arc<Entry>> = {
-                let now = SystemTime::now();
-                let inner = self.lock();
-                inner
-                    .entries
-                    .values()
-                    .filter(|e| inner.svids.get(&e.id).is_none_or(|s| s.renew_at <= now))
-                    .cloned()
-                    .collect()
-            };
+            let due = self.due_entries(SystemTime::now());
             let mut failed = false;
             for chunk in due.chunks(BATCH) {
                 if let Err(e) = self.sign_batch(chunk).await {
@@ -397,9 +604,17 @@ impl Manager {
                 let mut next_due: Option<SystemTime> = None;
                 let mut unserved = false;
                 for entry in inner.entries.values() {
+                    if inner.is_awaiting(&entry.id, now) {
+                        // Look again when the wait for its bundle is over.
+                        if let Some(a) = inner.awaiting.get(&entry.id) {
+                            let t = a.since + AWAIT_BUNDLE;
+                            next_due = Some(next_due.map_or(t, |n| n.min(t)));
+                        }
+                        continue;
+                    }
                     match inner.svids.get(&entry.id) {
-                        Some(s) if s.renew_at > now => {
-                            let t = s.renew_at.min(s.not_after);
+                        Some(s) if inner.due_at(s) > now => {
+                            let t = inner.due_at(s).min(s.not_after);
                             next_due = Some(next_due.map_or(t, |n| n.min(t)));
                         }
                         _ => unserved = true,
@@ -425,6 +640,25 @@ impl Manager {
         }
     }
 
+    /// The entries to sign for at `now`: those without an SVID, or whose
+    /// SVID is due (renewal, or a taint), except those whose new SVID is
+    /// held back for its bundle.
+    fn due_entries(&self, now: SystemTime) -> Vec<Arc<Entry>> {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .filter(|e| !inner.is_awaiting(&e.id, now))
+            .filter(|e| {
+                inner
+                    .svids
+                    .get(&e.id)
+                    .is_none_or(|s| inner.due_at(s) <= now)
+            })
+            .cloned()
+            .collect()
+    }
+
     async fn sign_batch(&self, entries: &[Arc<Entry>]) -> Result<(), ManagerError> {
         let mut keys = HashMap::with_capacity(entries.len());
         let mut items = Vec::with_capacity(entries.len());
@@ -444,27 +678,55 @@ impl Manager {
             .await?
             .into_inner();
         crate::metrics::synced();
+        self.accept(resp.results, keys);
+        Ok(())
+    }
+
+    /// Takes the CA's answers to a signing call: serves each SVID that
+    /// validates against the served bundle, holds back those signed by an
+    /// authority the bundle does not carry yet, refuses the rest.
+    fn accept(&self, results: Vec<pb::SignResult>, mut keys: PendingKeys) -> usize {
         let mut issued = 0;
         {
             let mut inner = self.lock();
             let bundle = inner.bundle.clone();
-            for r in resp.results {
+            for r in results {
                 let Some((key, entry)) = keys.remove(&r.entry_id) else {
                     continue;
                 };
                 match r.result {
                     Some(pb::sign_result::Result::Svid(svid)) => {
+                        if !inner.entries.contains_key(&entry.id) {
+                            continue;
+                        }
+                        let now = SystemTime::now();
                         match bundle
                             .as_deref()
                             .ok_or(ManagerError::NoBundle)
-                            .and_then(|b| svid_from_pb(&entry, svid, key, b, SystemTime::now()))
+                            .and_then(|b| check_svid(&entry, &svid, &key, b, now))
                         {
-                            Ok(s) => {
-                                if inner.entries.contains_key(&entry.id) {
-                                    tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
-                                    inner.svids.insert(entry.id.clone(), Arc::new(s));
-                                    issued += 1;
-                                }
+                            Ok(checked) => {
+                                let s = checked.into_svid(&entry, svid.serial, key, now);
+                                tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
+                                inner.awaiting.remove(&entry.id);
+                                inner.svids.insert(entry.id.clone(), Arc::new(s));
+                                issued += 1;
+                            }
+                            // Signed by an authority the served bundle does
+                            // not hold yet (a new root whose bundle is on
+                            // its way): keep serving the current SVID and
+                            // look again when the next bundle arrives.
+                            Err(ManagerError::Invalid(SvidError::Path(reason))) => {
+                                tracing::info!(entry = %entry.id, serial = %svid.serial, %reason, "the served bundle does not validate the new SVID yet; holding it for the next bundle");
+                                inner.awaiting.insert(
+                                    entry.id.clone(),
+                                    Awaiting {
+                                        entry: entry.clone(),
+                                        svid,
+                                        key,
+                                        since: now,
+                                    },
+                                );
                             }
                             Err(e) => {
                                 tracing::error!(entry = %entry.id, error = %e, "refusing an SVID from the CA; not publishing it")
@@ -484,29 +746,48 @@ impl Manager {
             self.publish();
             self.wake_status.notify_one();
         }
-        Ok(())
+        issued
+    }
+
+    /// What the agent reports: the bundle sequence it serves, how many SVIDs
+    /// it holds, and the authorities those and its node SVID chain through
+    /// (sorted, no repeats).
+    fn status(&self) -> (u64, u32, Vec<String>) {
+        let node = self.node_svid();
+        let inner = self.lock();
+        let mut through: std::collections::BTreeSet<String> = inner
+            .svids
+            .values()
+            .flat_map(|s| s.chains_through.iter().cloned())
+            .collect();
+        if let Some(bundle) = inner.bundle.as_deref() {
+            through.extend(trust::chains_through(
+                &node.chain,
+                bundle,
+                SystemTime::now(),
+            ));
+        }
+        (
+            inner.bundle.as_ref().map_or(0, |b| b.sequence()),
+            u32::try_from(inner.svids.len()).unwrap_or(u32::MAX),
+            through.into_iter().collect(),
+        )
     }
 
     async fn report_status(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut last_reported: Option<(u64, u32)> = None;
+        let mut last_reported: Option<(u64, u32, Vec<String>)> = None;
         loop {
-            let (sequence, count) = {
-                let inner = self.lock();
-                (
-                    inner.bundle.as_ref().map_or(0, |b| b.sequence()),
-                    inner.svids.len() as u32,
-                )
-            };
-            if last_reported != Some((sequence, count)) {
+            let status = self.status();
+            if last_reported.as_ref() != Some(&status) {
                 let req = pb::ReportStatusRequest {
-                    bundle_sequence: sequence,
-                    svid_count: count,
-                    chains_through: Vec::new(),
+                    bundle_sequence: status.0,
+                    svid_count: status.1,
+                    chains_through: status.2.clone(),
                 };
                 match self.client().node().report_status(req).await {
                     Ok(_) => {
                         crate::metrics::synced();
-                        last_reported = Some((sequence, count));
+                        last_reported = Some(status);
                     }
                     Err(s) => {
                         tracing::debug!(code = ?s.code(), message = %s.message(), "status report failed")
@@ -536,14 +817,14 @@ impl JwtSource for Manager {
         aud.sort();
         let key = (entry_id.to_owned(), aud);
         let now = SystemTime::now();
-        if let Some((token, refresh_at)) = self
+        if let Some(cached) = self
             .jwt_cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
-            && *refresh_at > now
+            && cached.refresh_at > now
         {
-            return Ok(token.clone());
+            return Ok(cached.token.clone());
         }
         let resp = self
             .client()
@@ -561,8 +842,15 @@ impl JwtSource for Manager {
             .jwt_cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.retain(|_, (_, r)| *r > now);
-        cache.insert(key, (resp.token.clone(), refresh_at));
+        cache.retain(|_, c| c.refresh_at > now);
+        cache.insert(
+            key,
+            CachedJwt {
+                token: resp.token.clone(),
+                refresh_at,
+                key_id: jwt::peek_key_id(&resp.token).ok(),
+            },
+        );
         Ok(resp.token)
     }
 }
@@ -614,6 +902,17 @@ async fn follow<T, F, Fut>(
 }
 
 fn entry_from_pb(e: pb::Entry) -> Result<Entry, ManagerError> {
+    let federates_with = e
+        .federates_with
+        .iter()
+        .map(|name| {
+            TrustDomain::new(name).map_err(|source| ManagerError::FederatesWith {
+                id: e.id.clone(),
+                name: name.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Entry {
         spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|source| ManagerError::Entry {
             id: e.id.clone(),
@@ -628,23 +927,57 @@ fn entry_from_pb(e: pb::Entry) -> Result<Entry, ManagerError> {
         ttl_seconds: e.x509_svid_ttl_seconds,
         dns_names: e.dns_names,
         revision: e.revision,
+        federates_with,
     })
+}
+
+/// An SVID from the CA that passed [`check_svid`].
+struct Checked {
+    spiffe_id: SpiffeId,
+    chain: Vec<CertificateDer<'static>>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    chains_through: Vec<String>,
+}
+
+impl Checked {
+    fn into_svid(self, entry: &Entry, serial: String, key: PrivateKey, now: SystemTime) -> Svid {
+        // Half of the lifetime, ±10%.
+        let renew_at = node::renew_time(
+            self.not_before,
+            self.not_after,
+            now,
+            0.5 * (0.9 + 0.2 * jitter_fraction()),
+        );
+        Svid {
+            entry_id: entry.id.clone(),
+            spiffe_id: self.spiffe_id,
+            chain: self.chain,
+            key,
+            serial,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            renew_at,
+            received_at: now,
+            chains_through: self.chains_through,
+        }
+    }
 }
 
 /// An SVID from the CA, checked before anything is published: it must be
 /// for the key generated here, and validate, as a workload's peer would
 /// check it, against the bundle the agent serves, for the entry's SPIFFE ID.
-fn svid_from_pb(
+fn check_svid(
     entry: &Entry,
-    svid: pb::X509Svid,
-    key: PrivateKey,
+    svid: &pb::X509Svid,
+    key: &PrivateKey,
     bundle: &TrustBundle,
     now: SystemTime,
-) -> Result<Svid, ManagerError> {
+) -> Result<Checked, ManagerError> {
     let chain: Vec<CertificateDer<'static>> = svid
         .cert_chain
-        .into_iter()
-        .map(CertificateDer::from)
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
         .collect();
     let leaf = chain.first().ok_or(ManagerError::EmptyChain)?;
     let (_, cert) =
@@ -656,24 +989,31 @@ fn svid_from_pb(
         signet_identity::x509::verify::verify_x509_svid_for(&chain, bundle, &entry.spiffe_id, now)?;
     let not_before = SystemTime::from(cert.validity().not_before.to_datetime());
     let not_after = SystemTime::from(cert.validity().not_after.to_datetime());
-    // Half of the lifetime, ±10%.
-    let renew_at = node::renew_time(
-        not_before,
-        not_after,
-        now,
-        0.5 * (0.9 + 0.2 * jitter_fraction()),
-    );
-    Ok(Svid {
-        entry_id: entry.id.clone(),
+    let chains_through = trust::chains_through(&chain, bundle, now);
+    Ok(Checked {
         spiffe_id: verified.spiffe_id,
         chain,
-        key,
-        serial: svid.serial,
         not_before,
         not_after,
-        renew_at,
+        chains_through,
     })
 }
+
+/// [`check_svid`], then the SVID to serve.
+#[cfg(test)]
+fn svid_from_pb(
+    entry: &Entry,
+    svid: pb::X509Svid,
+    key: PrivateKey,
+    bundle: &TrustBundle,
+    now: SystemTime,
+) -> Result<Svid, ManagerError> {
+    let checked = check_svid(entry, &svid, &key, bundle, now)?;
+    Ok(checked.into_svid(entry, svid.serial, key, now))
+}
+
+#[cfg(test)]
+mod lifecycle;
 
 #[cfg(test)]
 mod tests {
@@ -688,6 +1028,7 @@ mod tests {
             ttl_seconds: 0,
             dns_names: vec![],
             revision: 1,
+            federates_with: vec![],
         }
     }
 

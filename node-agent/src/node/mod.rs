@@ -95,6 +95,9 @@ pub struct NodeSvid {
     pub key: PrivateKey,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When the agent received it: now for a new one, the time its file
+    /// was written for one loaded from disk.
+    pub received_at: SystemTime,
 }
 
 impl std::fmt::Debug for NodeSvid {
@@ -215,6 +218,7 @@ fn from_response(svid: Option<pb::X509Svid>, key: PrivateKey) -> Result<NodeSvid
         key,
         not_before,
         not_after,
+        received_at: SystemTime::now(),
     })
 }
 
@@ -290,12 +294,17 @@ pub fn load(data_dir: &Path, td: &TrustDomain) -> Result<Stored, NodeError> {
         .map_err(NodeError::Certificate)?
         .spiffe_id
         .ok_or(NodeError::NoSpiffeId)?;
+    let written = if migrated { &p.old_svid } else { &p.identity };
+    let received_at = std::fs::metadata(written)
+        .and_then(|m| m.modified())
+        .unwrap_or(not_before);
     let svid = NodeSvid {
         spiffe_id,
         chain,
         key,
         not_before,
         not_after,
+        received_at,
     };
     if migrated {
         save_identity(&p, &svid)?;
@@ -436,6 +445,7 @@ mod tests {
             key,
             not_before: cert.not_before,
             not_after: cert.not_after,
+            received_at: SystemTime::now(),
         }
     }
 

@@ -165,8 +165,13 @@ impl SecretDiscoveryService for SdsServer {
             .unwrap_or(true);
         let snapshot = self.snapshots.borrow().clone();
         let caller = Caller::new(&snapshot, &selectors, SystemTime::now(), spiffe_validator);
-        let resources = span
-            .in_scope(|| Subscription::from_names(&request.resource_names).resolve(&caller, true));
+        let resources = span.in_scope(|| {
+            Subscription::from_names(&request.resource_names).resolve(
+                &caller,
+                true,
+                &std::collections::HashMap::new(),
+            )
+        });
         if resources.is_empty() {
             return Err(Status::not_found(
                 "none of the requested secrets is available",

@@ -3,9 +3,11 @@
 //! (`default`, `ROOTCA`) and SPIRE (`default`, `ROOTCA`, `ALL`, SPIFFE IDs,
 //! trust domains) already use, so those configs work unchanged.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::LazyLock;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -18,7 +20,8 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 use ring::digest;
 use rustls_pki_types::CertificateDer;
-use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
+use signet_identity::x509::{SigningCaParams, new_root};
+use signet_identity::{KeyType, PrivateKey, SpiffeId, TrustBundle, TrustDomain};
 use tonic::Status;
 
 use crate::state::{Selector, Snapshot, Svid};
@@ -40,6 +43,7 @@ pub const SPIFFE_VALIDATOR_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
 
 const PEM_CERTIFICATE: &str = "CERTIFICATE";
+const PEM_CRL: &str = "X509 CRL";
 
 /// Most resource names one request (or, for the incremental protocol, one
 /// stream's subscription) may hold. Envoy asks for one name per stream; a
@@ -177,8 +181,15 @@ impl Subscription {
 
     /// The resources of this subscription that exist for `caller`. With
     /// `report`, names that cannot be served (yet) are logged, in one line
-    /// for the whole request.
-    pub(crate) fn resolve(&self, caller: &Caller<'_>, report: bool) -> Vec<Resolved> {
+    /// for the whole request. A trust domain name in `sent` (what the
+    /// client holds) whose bundle the caller may no longer have is answered
+    /// with a validator that trusts nothing (see [`Caller::withdrawn`]).
+    pub(crate) fn resolve(
+        &self,
+        caller: &Caller<'_>,
+        report: bool,
+        sent: &HashMap<String, String>,
+    ) -> Vec<Resolved> {
         let mut out = if self.wildcard {
             caller.everything()
         } else {
@@ -194,6 +205,18 @@ impl Subscription {
                 Lookup::Ready(r) => out.push(r),
                 Lookup::Pending(why) => pending.push((name, why)),
                 Lookup::Refused(why) => refused.push((name, why)),
+            }
+        }
+        let mut held: Vec<&String> = sent
+            .keys()
+            .filter(|name| self.wildcard || self.names.contains(*name))
+            .filter(|name| !out.iter().any(|r| r.name == **name))
+            .collect();
+        held.sort();
+        for name in held {
+            if let Some(r) = caller.withdrawn(name) {
+                tracing::info!(resource = %name, "the caller may no longer have this trust domain's bundle; replacing it with one that trusts nothing");
+                out.push(r);
             }
         }
         if report && !refused.is_empty() {
@@ -249,11 +272,10 @@ impl<'a> Caller<'a> {
         self.svids().iter().map(|s| s.not_after).min()
     }
 
+    /// The bundle of `td` this caller may have: the own one, or a federated
+    /// one its entries federate with.
     fn bundle_of(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>> {
-        match &self.snapshot.bundle {
-            Some(own) if own.trust_domain() == td => Some(own.clone()),
-            _ => self.snapshot.federated.get(td).cloned(),
-        }
+        self.snapshot.bundle_for(self.selectors, td)
     }
 
     pub(crate) fn lookup(&self, name: &str) -> Lookup {
@@ -277,38 +299,77 @@ impl<'a> Caller<'a> {
                 }
             }
             Name::RootCa => match self.snapshot.bundle.as_deref().filter(|b| has_x509(b)) {
-                Some(bundle) => Lookup::Ready(trusted_ca(name, bundle)),
+                Some(bundle) => Lookup::Ready(trusted_ca(name, bundle, &self.snapshot.crls)),
                 None => Lookup::Pending("the trust bundle is not known yet"),
             },
             Name::AllBundles => {
                 let bundles: Vec<_> = self
                     .snapshot
-                    .all_bundles()
+                    .bundles_for(self.selectors)
                     .into_iter()
                     .filter(|b| has_x509(b))
                     .collect();
                 if bundles.is_empty() {
                     Lookup::Pending("no trust bundle is known yet")
                 } else {
-                    Lookup::Ready(spiffe_validator(name, &bundles))
+                    Lookup::Ready(spiffe_validator(name, &bundles, self.snapshot))
                 }
             }
             Name::TrustDomain(td) => match self.bundle_of(&td).filter(|b| has_x509(b)) {
                 Some(bundle) if self.spiffe_validator => {
-                    Lookup::Ready(spiffe_validator(name, &[bundle]))
+                    Lookup::Ready(spiffe_validator(name, &[bundle], self.snapshot))
                 }
-                Some(bundle) => Lookup::Ready(trusted_ca(name, &bundle)),
-                None => Lookup::Pending("no bundle is known for this trust domain"),
+                Some(bundle) => {
+                    Lookup::Ready(trusted_ca(name, &bundle, crls_of(self.snapshot, &bundle)))
+                }
+                None => Lookup::Pending(
+                    "no bundle of this trust domain is known that the caller's entries federate with",
+                ),
             },
             Name::Unknown => Lookup::Refused("not a resource name this server knows"),
         }
+    }
+
+    /// For a trust domain name whose bundle this caller may no longer have
+    /// (the federation relationship was deleted, or its entries stopped
+    /// federating): a validation context that trusts nothing. Envoy keeps a
+    /// secret it was sent until it is replaced (an SDS answer without it
+    /// changes nothing: spire#1816), so the name is replaced instead, by a
+    /// root nobody can sign for. `None` for other names, or while the bundle
+    /// is still there.
+    pub(crate) fn withdrawn(&self, name: &str) -> Option<Resolved> {
+        let Name::TrustDomain(td) = Name::classify(name) else {
+            return None;
+        };
+        if self.bundle_of(&td).is_some() {
+            return None;
+        }
+        let nothing = NOBODYS_ROOT.as_ref()?;
+        let pem = certificates_pem(std::slice::from_ref(nothing));
+        let context = if self.spiffe_validator {
+            spiffe_validator_context(vec![spiffe_cert_validator_config::TrustDomain {
+                name: td.as_str().to_owned(),
+                trust_bundle: inline(pem),
+                workload_trust_domain: String::new(),
+            }])
+        } else {
+            CertificateValidationContext {
+                trusted_ca: inline(pem),
+                ..CertificateValidationContext::default()
+            }
+        };
+        Some(Resolved::new(
+            name,
+            digest_hex("withdrawn", [td.as_str().as_bytes(), nothing.as_ref()]),
+            secret::Type::ValidationContext(context),
+        ))
     }
 
     /// The wildcard: each bundle under its trust domain's SPIFFE ID, each SVID
     /// under its SPIFFE ID.
     pub(crate) fn everything(&self) -> Vec<Resolved> {
         let mut out = Vec::new();
-        for bundle in self.snapshot.all_bundles() {
+        for bundle in self.snapshot.bundles_for(self.selectors) {
             if let Lookup::Ready(r) = self.lookup(&bundle.trust_domain().id_string()) {
                 out.push(r);
             }
@@ -322,6 +383,28 @@ impl<'a> Caller<'a> {
         out
     }
 }
+
+/// The CRLs that go with `bundle`: the snapshot's, for the own trust
+/// domain only (a federated bundle comes without CRLs).
+fn crls_of<'a>(snapshot: &'a Snapshot, bundle: &TrustBundle) -> &'a [Vec<u8>] {
+    match &snapshot.bundle {
+        Some(own) if own.trust_domain() == bundle.trust_domain() => &snapshot.crls,
+        _ => &[],
+    }
+}
+
+/// A root certificate whose private key was dropped as soon as it signed
+/// the root itself: no certificate can ever chain to it. It stands in for a
+/// bundle that was withdrawn. `None` only if making it failed.
+static NOBODYS_ROOT: LazyLock<Option<CertificateDer<'static>>> = LazyLock::new(|| {
+    let key = PrivateKey::generate(KeyType::EcdsaP256).ok()?;
+    let params = SigningCaParams {
+        trust_domain: TrustDomain::new("withdrawn.invalid").ok()?,
+        ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+        backdate: Duration::from_secs(3600),
+    };
+    new_root(&params, &key, SystemTime::now()).ok()
+});
 
 fn has_x509(bundle: &TrustBundle) -> bool {
     !bundle.x509_authorities().is_empty()
@@ -379,16 +462,37 @@ fn tls_certificate(name: &str, svid: &Svid) -> Resolved {
     )
 }
 
-fn trusted_ca(name: &str, bundle: &TrustBundle) -> Resolved {
+fn crls_pem(crls: &[Vec<u8>]) -> Vec<u8> {
+    let blocks: Vec<pem::Pem> = crls
+        .iter()
+        .map(|c| pem::Pem::new(PEM_CRL, c.clone()))
+        .collect();
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_many_config(&blocks, config).into_bytes()
+}
+
+/// Envoy's default validator: the bundle's roots pooled as `trusted_ca`,
+/// and the CRLs, if any, in `crl` (Envoy then checks the chain against them).
+fn trusted_ca(name: &str, bundle: &TrustBundle, crls: &[Vec<u8>]) -> Resolved {
     let context = CertificateValidationContext {
         trusted_ca: inline(certificates_pem(bundle.x509_authorities())),
+        crl: if crls.is_empty() {
+            None
+        } else {
+            inline(crls_pem(crls))
+        },
         ..CertificateValidationContext::default()
     };
     Resolved::new(
         name,
         digest_hex(
             "trusted_ca",
-            bundle.x509_authorities().iter().map(|c| c.as_ref()),
+            bundle
+                .x509_authorities()
+                .iter()
+                .map(|c| c.as_ref())
+                .chain(std::iter::once(&b"crls"[..]))
+                .chain(crls.iter().map(Vec::as_slice)),
         ),
         secret::Type::ValidationContext(context),
     )
@@ -397,22 +501,48 @@ fn trusted_ca(name: &str, bundle: &TrustBundle) -> Resolved {
 /// A validation context for Envoy's SPIFFE validator: each trust domain is
 /// checked against its own bundle only, so no trust domain can vouch for
 /// another's IDs (a plain `trusted_ca` holding several bundles would allow it).
-fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>]) -> Resolved {
+fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>], snapshot: &Snapshot) -> Resolved {
     let mut bundles: Vec<&TrustBundle> = bundles.iter().map(AsRef::as_ref).collect();
     bundles.sort_by(|a, b| a.trust_domain().cmp(b.trust_domain()));
     bundles.dedup_by(|a, b| a.trust_domain() == b.trust_domain());
-    let config = SpiffeCertValidatorConfig {
-        trust_domains: bundles
-            .iter()
-            .map(|b| spiffe_cert_validator_config::TrustDomain {
+    // Envoy's SPIFFE validator has no CRL field: it reads `X509 CRL` blocks
+    // from the trust bundle's PEM and then checks the whole chain against
+    // them. Only the own trust domain has CRLs.
+    let trust_domains = bundles
+        .iter()
+        .map(|b| {
+            let mut pem = certificates_pem(b.x509_authorities());
+            pem.extend(crls_pem(crls_of(snapshot, b)));
+            spiffe_cert_validator_config::TrustDomain {
                 name: b.trust_domain().as_str().to_owned(),
-                trust_bundle: inline(certificates_pem(b.x509_authorities())),
+                trust_bundle: inline(pem),
                 workload_trust_domain: String::new(),
-            })
-            .collect(),
+            }
+        })
+        .collect();
+    let context = spiffe_validator_context(trust_domains);
+    let version = digest_hex(
+        "spiffe_validator",
+        bundles.iter().flat_map(|b| {
+            std::iter::once(b.trust_domain().as_str().as_bytes())
+                .chain(b.x509_authorities().iter().map(|c| c.as_ref()))
+                .chain(std::iter::once(&b"crls"[..]))
+                .chain(crls_of(snapshot, b).iter().map(Vec::as_slice))
+        }),
+    );
+    Resolved::new(name, version, secret::Type::ValidationContext(context))
+}
+
+/// A validation context that hands validation to Envoy's SPIFFE validator
+/// with these trust domains.
+fn spiffe_validator_context(
+    trust_domains: Vec<spiffe_cert_validator_config::TrustDomain>,
+) -> CertificateValidationContext {
+    let config = SpiffeCertValidatorConfig {
+        trust_domains,
         trust_bundles: None,
     };
-    let context = CertificateValidationContext {
+    CertificateValidationContext {
         custom_validator_config: Some(TypedExtensionConfig {
             name: SPIFFE_VALIDATOR.to_owned(),
             typed_config: Some(Any {
@@ -421,13 +551,5 @@ fn spiffe_validator(name: &str, bundles: &[Arc<TrustBundle>]) -> Resolved {
             }),
         }),
         ..CertificateValidationContext::default()
-    };
-    let version = digest_hex(
-        "spiffe_validator",
-        bundles.iter().flat_map(|b| {
-            std::iter::once(b.trust_domain().as_str().as_bytes())
-                .chain(b.x509_authorities().iter().map(|c| c.as_ref()))
-        }),
-    );
-    Resolved::new(name, version, secret::Type::ValidationContext(context))
+    }
 }

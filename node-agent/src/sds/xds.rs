@@ -176,13 +176,16 @@ impl Protocol for Sotw {
             return Ok(None);
         }
         tracing::debug!(resources = ?request.resource_names, "subscribed");
-        let resources = subscription.resolve(caller, true);
+        let resources = subscription.resolve(caller, true, &self.sent);
         self.subscription = Some(subscription);
         Ok(self.respond(resources))
     }
 
     fn on_change(&mut self, caller: &Caller<'_>) -> Option<DiscoveryResponse> {
-        let resources = self.subscription.as_ref()?.resolve(caller, false);
+        let resources = self
+            .subscription
+            .as_ref()?
+            .resolve(caller, false, &self.sent);
         if resources
             .iter()
             .all(|r| self.sent.get(&r.name) == Some(&r.version))
@@ -217,7 +220,7 @@ impl Delta {
         }
         let changed: Vec<Resolved> = self
             .subscription
-            .resolve(caller, report)
+            .resolve(caller, report, &self.known)
             .into_iter()
             .filter(|r| self.known.get(&r.name) != Some(&r.version))
             .collect();

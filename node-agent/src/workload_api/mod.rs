@@ -224,9 +224,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         // Bundles are public: any caller we can attest may have them, with or
         // without an identity of its own. The standard describes this RPC as
         // the one for workloads that only validate others.
-        self.attest(&req, "FetchX509Bundles").await?;
-        let out = stream::follow(self.stream_context(), |snapshot, _| {
-            view::x509_bundles(snapshot)
+        let selectors = self.attest(&req, "FetchX509Bundles").await?;
+        let out = stream::follow(self.stream_context(), move |snapshot, _| {
+            view::x509_bundles(snapshot, &selectors)
         });
         Ok(Response::new(out))
     }
@@ -277,9 +277,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.attest(&req, "FetchJWTBundles").await?;
-        let out = stream::follow(self.stream_context(), |snapshot, _| {
-            view::jwt_bundles(snapshot)
+        let selectors = self.attest(&req, "FetchJWTBundles").await?;
+        let out = stream::follow(self.stream_context(), move |snapshot, _| {
+            view::jwt_bundles(snapshot, &selectors)
         });
         Ok(Response::new(out))
     }
@@ -290,7 +290,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         // Like the bundles, validation needs no identity of the caller's own:
         // a workload may only ever verify tokens presented to it.
-        self.attest(&req, "ValidateJWTSVID").await?;
+        let selectors = self.attest(&req, "ValidateJWTSVID").await?;
         let req = req.into_inner();
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -307,7 +307,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
             Status::invalid_argument(format!("token subject is not a valid SPIFFE ID: {e}"))
         })?;
         let snapshot = self.snapshots.borrow().clone();
-        let Some(bundle) = view::bundle_for(&snapshot, subject.trust_domain()) else {
+        // A foreign token validates only against the bundle of a trust
+        // domain the caller's entries federate with.
+        let Some(bundle) = snapshot.bundle_for(&selectors, subject.trust_domain()) else {
             if snapshot.bundle.is_none() {
                 return Err(Status::unavailable(
                     "the agent has not received its trust bundle yet",
@@ -318,7 +320,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 subject.trust_domain()
             )));
         };
-        let verified = jwt::validate(&req.svid, bundle, Some(&req.audience), (self.clock)())
+        let verified = jwt::validate(&req.svid, &bundle, Some(&req.audience), (self.clock)())
             .map_err(|e| {
                 tracing::debug!(error = %e, "JWT-SVID failed validation");
                 Status::invalid_argument(e.to_string())

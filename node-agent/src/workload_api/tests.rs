@@ -49,7 +49,18 @@ fn entry(entry_id: &str, path: &str, selectors: Vec<Selector>) -> Arc<Entry> {
         ttl_seconds: 3600,
         dns_names: vec![],
         revision: 1,
+        federates_with: vec![],
     })
+}
+
+/// `entry`, also receiving the bundles of `trust_domains`.
+fn federating(entry: &Entry, trust_domains: &[&str]) -> Arc<Entry> {
+    let mut e = entry.clone();
+    e.federates_with = trust_domains
+        .iter()
+        .map(|td| TrustDomain::new(td).unwrap())
+        .collect();
+    Arc::new(e)
 }
 
 /// A trust domain's CA and its bundle (X.509 root plus one JWT key).
@@ -82,6 +93,8 @@ impl Pki {
         let issued_at = SystemTime::now() - (ttl - remaining);
         let cert = self.ca.issue(&entry.spiffe_id, issued_at, ttl).unwrap();
         Arc::new(Svid {
+            received_at: SystemTime::now(),
+            chains_through: vec![],
             entry_id: entry.id.clone(),
             spiffe_id: cert.spiffe_id,
             chain: cert.chain,
@@ -99,6 +112,8 @@ impl Pki {
 
     fn snapshot(&self, entries: &[Arc<Entry>], svids: &[Arc<Svid>], version: u64) -> Arc<Snapshot> {
         Arc::new(Snapshot {
+            crls: Arc::default(),
+            reissue_pending: 0,
             bundle: Some(self.bundle.clone()),
             federated: BTreeMap::new(),
             entries: entries.to_vec(),
@@ -493,12 +508,15 @@ async fn streams_push_changes_and_only_changes() {
     // A federated bundle reaches every stream, keyed by its trust domain.
     let partner = Pki::new(TrustDomain::new("partner.org").unwrap());
     let mut snapshot = Snapshot {
+        crls: Arc::default(),
+        reissue_pending: 0,
         bundle: Some(pki.bundle.clone()),
         federated: BTreeMap::from([(
             TrustDomain::new("partner.org").unwrap(),
             partner.bundle.clone(),
         )]),
-        entries: entries.to_vec(),
+        // The caller's entry federates with partner.org.
+        entries: vec![federating(&entries[0], &["partner.org"])],
         svids: BTreeMap::from([(renewed.entry_id.clone(), renewed.clone())]),
         version: 4,
     };
@@ -780,11 +798,11 @@ fn the_view_waits_until_the_agent_has_a_bundle() {
         stream::Decision::Wait(None)
     ));
     assert!(matches!(
-        view::x509_bundles(&Snapshot::default()),
+        view::x509_bundles(&Snapshot::default(), &[]),
         stream::Decision::Wait(None)
     ));
     assert!(matches!(
-        view::jwt_bundles(&Snapshot::default()),
+        view::jwt_bundles(&Snapshot::default(), &[]),
         stream::Decision::Wait(None)
     ));
 }
@@ -818,3 +836,6 @@ async fn jwt_audiences_are_bounded_in_count_and_length() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     h.stop().await;
 }
+
+mod federation;
+mod rotation;

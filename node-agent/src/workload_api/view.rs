@@ -5,24 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
+use signet_identity::{SpiffeId, TrustBundle};
 use signet_proto::workload::{JwtBundlesResponse, X509BundlesResponse, X509svid, X509svidResponse};
 use tonic::Status;
 
 use super::NO_IDENTITY;
 use super::stream::Decision;
 use crate::state::{Entry, Selector, Snapshot};
-
-/// The bundle of `trust_domain`: the agent's own or a federated one.
-pub(super) fn bundle_for<'a>(
-    snapshot: &'a Snapshot,
-    trust_domain: &TrustDomain,
-) -> Option<&'a Arc<TrustBundle>> {
-    match &snapshot.bundle {
-        Some(own) if own.trust_domain() == trust_domain => Some(own),
-        _ => snapshot.federated.get(trust_domain),
-    }
-}
 
 /// The X.509 authorities of a bundle as the Workload API carries them: DER
 /// certificates one after another.
@@ -47,42 +36,51 @@ fn jwt_jwks(bundle: &TrustBundle) -> Vec<u8> {
     only_jwt.to_jwks().into_bytes()
 }
 
-/// The bundles of a snapshot, own first, keyed by the trust domain's SPIFFE
-/// ID (`spiffe://example.org`) as the standard's proto says.
+/// The bundles a caller receives (own, and the federated ones its entries
+/// federate with), keyed by the trust domain's SPIFFE ID
+/// (`spiffe://example.org`) as the standard's proto says.
 fn keyed_bundles(
     snapshot: &Snapshot,
+    selectors: &[Selector],
     encode: fn(&TrustBundle) -> Vec<u8>,
 ) -> HashMap<String, Vec<u8>> {
     snapshot
-        .all_bundles()
+        .bundles_for(selectors)
         .iter()
         .map(|b| (b.trust_domain().id_string(), encode(b)))
         .collect()
 }
 
-/// FetchX509Bundles: every bundle, or nothing yet while the agent has none.
-pub(super) fn x509_bundles(snapshot: &Snapshot) -> Decision<X509BundlesResponse> {
+/// FetchX509Bundles: the caller's bundles and the own trust domain's CRLs,
+/// or nothing yet while the agent has no bundle.
+pub(super) fn x509_bundles(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+) -> Decision<X509BundlesResponse> {
     if snapshot.bundle.is_none() {
         return Decision::Wait(None);
     }
     Decision::Send(
         X509BundlesResponse {
-            crl: Vec::new(),
-            bundles: keyed_bundles(snapshot, x509_der),
+            crl: snapshot.crls.to_vec(),
+            bundles: keyed_bundles(snapshot, selectors, x509_der),
         },
         None,
     )
 }
 
-/// FetchJWTBundles: every bundle as a JWK Set, or nothing yet while the
-/// agent has none.
-pub(super) fn jwt_bundles(snapshot: &Snapshot) -> Decision<JwtBundlesResponse> {
+/// FetchJWTBundles: the caller's bundles as JWK Sets, or nothing yet while
+/// the agent has none.
+pub(super) fn jwt_bundles(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+) -> Decision<JwtBundlesResponse> {
     if snapshot.bundle.is_none() {
         return Decision::Wait(None);
     }
     Decision::Send(
         JwtBundlesResponse {
-            bundles: keyed_bundles(snapshot, jwt_jwks),
+            bundles: keyed_bundles(snapshot, selectors, jwt_jwks),
         },
         None,
     )
@@ -136,9 +134,13 @@ impl X509SvidView {
             return Decision::Refuse(Status::permission_denied(NO_IDENTITY));
         }
         let svids = snapshot.svids_for(&self.selectors, now);
-        let mut response = X509svidResponse::default();
+        let mut response = X509svidResponse {
+            crl: snapshot.crls.to_vec(),
+            ..X509svidResponse::default()
+        };
         for svid in &svids {
-            let Some(bundle) = bundle_for(snapshot, svid.spiffe_id.trust_domain()) else {
+            let Some(bundle) = snapshot.bundle_for(&self.selectors, svid.spiffe_id.trust_domain())
+            else {
                 tracing::warn!(spiffe_id = %svid.spiffe_id, "no bundle for the SVID's trust domain; not serving it");
                 continue;
             };
@@ -146,7 +148,7 @@ impl X509SvidView {
                 spiffe_id: svid.spiffe_id.to_string(),
                 x509_svid: svid.chain.iter().flat_map(|c| c.iter().copied()).collect(),
                 x509_svid_key: svid.key.pkcs8_der().to_vec(),
-                bundle: x509_der(bundle),
+                bundle: x509_der(&bundle),
                 hint: String::new(),
             });
         }
@@ -164,16 +166,13 @@ impl X509SvidView {
                 ))),
             };
         }
-        for (td, bundle) in &snapshot.federated {
-            if snapshot
-                .bundle
-                .as_ref()
-                .is_none_or(|own| own.trust_domain() != td)
-            {
-                response
-                    .federated_bundles
-                    .insert(td.id_string(), x509_der(bundle));
-            }
+        // Only the trust domains the caller's entries federate with: a
+        // relationship deleted (or an entry that stops federating) takes the
+        // bundle out of the next message.
+        for bundle in snapshot.federated_for(&self.selectors) {
+            response
+                .federated_bundles
+                .insert(bundle.trust_domain().id_string(), x509_der(&bundle));
         }
         self.served_until = svids.iter().map(|s| s.not_after).max();
         // Look again when the first of them expires, so that an expired SVID

@@ -26,6 +26,8 @@ const PATIENCE: Duration = Duration::from_secs(10);
 fn snapshot() -> Arc<Snapshot> {
     let uid = std::fs::metadata("/proc/self").unwrap().uid();
     Arc::new(Snapshot {
+        crls: Arc::default(),
+        reissue_pending: 0,
         bundle: Some(Arc::new(TrustBundle::new(
             TrustDomain::new("example.org").unwrap(),
         ))),
@@ -36,6 +38,7 @@ fn snapshot() -> Arc<Snapshot> {
             ttl_seconds: 600,
             dns_names: vec![],
             revision: 1,
+            federates_with: vec![],
         })],
         ..Snapshot::default()
     })

@@ -7,6 +7,7 @@
 mod access;
 mod binder;
 mod delta;
+mod federation;
 mod fetch;
 mod limits;
 mod names;
@@ -80,6 +81,8 @@ impl Ca {
             )
             .unwrap();
         Svid {
+            received_at: SystemTime::now(),
+            chains_through: vec![],
             entry_id: entry_id.to_owned(),
             spiffe_id: issued.spiffe_id,
             serial: issued.serial,
@@ -114,7 +117,23 @@ fn entry(id: &str, spiffe_id: &str, selectors: Vec<Selector>) -> Arc<Entry> {
         ttl_seconds: 600,
         dns_names: vec![],
         revision: 1,
+        federates_with: vec![],
     })
+}
+
+/// An entry whose workloads also receive the bundles of `federates_with`.
+fn federating_entry(
+    id: &str,
+    spiffe_id: &str,
+    selectors: Vec<Selector>,
+    federates_with: &[&str],
+) -> Arc<Entry> {
+    let mut e = Arc::unwrap_or_clone(entry(id, spiffe_id, selectors));
+    e.federates_with = federates_with
+        .iter()
+        .map(|td| TrustDomain::new(td).unwrap())
+        .collect();
+    Arc::new(e)
 }
 
 fn snapshot(
@@ -125,6 +144,8 @@ fn snapshot(
     svids: Vec<Svid>,
 ) -> Arc<Snapshot> {
     Arc::new(Snapshot {
+        crls: Arc::default(),
+        reissue_pending: 0,
         bundle: Some(ca.bundle.clone()),
         federated: federated
             .iter()

@@ -42,6 +42,8 @@ async fn rootca_is_the_own_bundle_and_pushed_on_bundle_change() {
         .unwrap();
     let current = h.snapshots.borrow().clone();
     h.snapshots.send_replace(Arc::new(Snapshot {
+        crls: Arc::default(),
+        reissue_pending: 0,
         bundle: Some(Arc::new(both.clone())),
         federated: current.federated.clone(),
         entries: current.entries.clone(),
@@ -69,7 +71,7 @@ async fn all_and_trust_domain_names_use_the_spiffe_validator() {
         1,
         &ca,
         &[&fed],
-        vec![entry("e-web", WEB, me())],
+        vec![federating_entry("e-web", WEB, me(), &[FED_TD])],
         vec![svid],
     ))
     .await;

@@ -25,6 +25,8 @@ async fn default_is_served_acked_and_pushed_again_only_on_rotation() {
         let mut entries = current.entries.clone();
         entries.push(entry("e-other", DB, someone_else()));
         Arc::new(Snapshot {
+            crls: Arc::default(),
+            reissue_pending: 0,
             bundle: current.bundle.clone(),
             federated: current.federated.clone(),
             entries,
@@ -83,6 +85,8 @@ async fn a_nack_is_logged_and_not_answered_with_the_same_content() {
     let same = {
         let current = h.snapshots.borrow().clone();
         Arc::new(Snapshot {
+            crls: Arc::default(),
+            reissue_pending: 0,
             bundle: current.bundle.clone(),
             federated: current.federated.clone(),
             entries: current.entries.clone(),
@@ -191,5 +195,50 @@ async fn an_expired_svid_is_never_served_and_default_moves_on() {
     // And a new stream asking for the expired one by name gets nothing.
     let mut gone = h.open(&[a]).await;
     gone.quiet().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_root_reaches_every_bundle_stream_from_one_snapshot() {
+    let ca = Ca::new(TD);
+    let svid = ca.svid("e-web", WEB);
+    let h = Harness::start(web_snapshot(1, &ca, svid)).await;
+    let names = ["ROOTCA", "ALL", "spiffe://example.org", "example.org"];
+    let mut streams = Vec::new();
+    for name in names {
+        let mut s = h.open(&[name]).await;
+        let r = s.next().await;
+        s.ack(&r).await;
+        streams.push(s);
+    }
+    // A prepared root joins the bundle.
+    let next = Ca::new(TD);
+    let both = TrustBundle::new(TrustDomain::new(TD).unwrap())
+        .with_x509_authorities(
+            ca.bundle
+                .x509_authorities()
+                .iter()
+                .chain(next.bundle.x509_authorities())
+                .cloned(),
+        )
+        .unwrap();
+    let mut rotated = Arc::unwrap_or_clone(h.snapshots.borrow().clone());
+    rotated.bundle = Some(Arc::new(both.clone()));
+    rotated.version = 2;
+    h.snapshots.send_replace(Arc::new(rotated));
+    for (name, s) in names.iter().zip(&mut streams) {
+        let secret = only_secret(&s.next().await);
+        let roots = if *name == "ROOTCA" {
+            pem_ders(inline_bytes(
+                validation_context(&secret).trusted_ca.as_ref(),
+            ))
+        } else {
+            let domains = spiffe_validator_domains(&secret);
+            assert_eq!(domains.len(), 1, "{name}");
+            domains[0].1.clone()
+        };
+        assert_eq!(roots, ders(both.x509_authorities()), "{name}");
+    }
+    drop(streams);
     h.stop().await;
 }
