@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// Two settings that contradict each other.
     #[error("{0}")]
     Conflict(String),
+    /// `[bundle_endpoint]` or a `[[federation]]` table is not usable.
+    #[error(transparent)]
+    Federation(crate::federation::FederationError),
 }
 
 /// Trust domain used when none is configured (the agent's default too).
@@ -206,6 +209,21 @@ pub struct Settings {
     /// set, re-read when it changes [default: the top of upstream_ca's chain].
     #[arg(long)]
     pub upstream_bundle: Option<PathBuf>,
+    /// Shortest interval between two fetches of a federated bundle, whatever
+    /// the remote's refresh hint says; also the first retry delay after a
+    /// failed fetch [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub federation_min_refresh: Option<Duration>,
+    /// Serve this trust domain's bundle to federated trust domains
+    /// (`[bundle_endpoint]` table; file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub bundle_endpoint: Option<crate::federation::config::BundleEndpointSettings>,
+    /// Federation relationships (`[[federation]]` tables; file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub federation: Vec<crate::federation::config::FederationSettings>,
 }
 
 /// When authorities rotate.
@@ -261,6 +279,12 @@ pub struct Config {
     pub limits: ConnectionLimits,
     pub rotation: RotationSettings,
     pub upstream_bundle: Option<PathBuf>,
+    /// The bundle endpoint, when one is served.
+    pub bundle_endpoint: Option<crate::federation::config::BundleEndpoint>,
+    /// Federation relationships from the configuration file.
+    pub federations: Vec<crate::federation::Relationship>,
+    /// See [`Settings::federation_min_refresh`].
+    pub federation_min_refresh: Duration,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -411,6 +435,32 @@ impl Config {
                 max: 10_000,
             });
         }
+        let federation_min_refresh = pick!(federation_min_refresh, Duration::from_secs(30));
+        if federation_min_refresh < Duration::from_millis(100)
+            || federation_min_refresh > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::DurationRange {
+                name: "federation_min_refresh",
+                min: "100ms",
+                max: "1h",
+            });
+        }
+        let bundle_endpoint = match flags
+            .bundle_endpoint
+            .as_ref()
+            .or(file.bundle_endpoint.as_ref())
+        {
+            Some(b) => Some(b.check().map_err(ConfigError::Federation)?),
+            None => None,
+        };
+        let federation_settings = if flags.federation.is_empty() {
+            &file.federation
+        } else {
+            &flags.federation
+        };
+        let federations =
+            crate::federation::config::relationships(federation_settings, &trust_domain)
+                .map_err(ConfigError::Federation)?;
         Ok(Self {
             trust_domain,
             listen,
@@ -433,6 +483,9 @@ impl Config {
             limits,
             rotation,
             upstream_bundle,
+            bundle_endpoint,
+            federations,
+            federation_min_refresh,
             defaulted,
         })
     }

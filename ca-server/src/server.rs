@@ -18,6 +18,7 @@ use crate::api::node::NodeApi;
 use crate::api::tls::{self, ServerCertResolver};
 use crate::ca::Ca;
 use crate::config::Config;
+use crate::federation::{Federations, endpoint};
 
 /// Largest request accepted on the node API; [`GuardLayer`] sets tighter
 /// limits per method before decoding.
@@ -63,16 +64,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     crate::metrics::start(&ca, shutdown_rx.clone()).await?;
+    let bundle_endpoint = match &config.bundle_endpoint {
+        Some(b) => Some((
+            b.clone(),
+            TcpListener::bind(b.listen)
+                .await
+                .with_context(|| format!("binding the bundle endpoint to {}", b.listen))?,
+        )),
+        None => None,
+    };
     let (resolver, not_after) = ServerCertResolver::new(&ca)?;
     let tls_config = tls::server_config(&ca, resolver.clone())?;
     tokio::spawn(
         resolver
+            .clone()
             .run(ca.clone(), not_after, shutdown_rx.clone())
             .instrument(tracing::info_span!("server-cert")),
     );
     tokio::spawn(
         rotate_loop(ca.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("rotation")),
     );
+
+    let federations =
+        Federations::start(ca.clone(), shutdown_rx.clone()).context("starting federation")?;
+    if let Some((endpoint, listener)) = bundle_endpoint {
+        let (doc_tx, doc_rx) = watch::channel(bytes::Bytes::new());
+        tokio::spawn(endpoint::follow_bundle(
+            ca.watch_bundle(),
+            endpoint.refresh_hint,
+            doc_tx,
+            shutdown_rx.clone(),
+        ));
+        let tls = endpoint::server_config(&endpoint, resolver.clone())?;
+        tracing::info!(listen = %listener.local_addr()?, endpoint = ?endpoint, "serving the bundle endpoint");
+        tokio::spawn(
+            endpoint::serve(listener, tls, doc_rx, shutdown_rx.clone())
+                .instrument(tracing::info_span!("bundle-endpoint")),
+        );
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NodeServer<NodeApi>>().await;
@@ -91,17 +120,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .layer(GuardLayer::new(ca.clone()))
         .add_service(
-            NodeServer::new(NodeApi::new(ca.clone(), shutdown_rx.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(64 * MAX_MESSAGE_BYTES),
+            NodeServer::new(
+                NodeApi::new(ca.clone(), shutdown_rx.clone()).with_federated(federations.watch()),
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(64 * MAX_MESSAGE_BYTES),
         )
         .add_service(health_service.clone())
         .serve_with_incoming_shutdown(
             tls::incoming(listener, tls_config, tracker, shutdown_rx.clone()),
             wait_for(shutdown_rx.clone()),
         );
-    let admin_routes =
-        Routes::new(AdminServer::new(AdminApi::new(ca.clone()))).add_service(health_service);
+    let admin_routes = Routes::new(AdminServer::new(
+        AdminApi::new(ca.clone()).with_federations(federations.clone()),
+    ))
+    .add_service(health_service);
     let admin_server = signet_uds::serve(
         admin_socket,
         admin_routes,

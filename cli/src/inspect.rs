@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
+pub(crate) struct Report {
     certificates: Vec<CertInfo>,
     bundle: Option<BundleInfo>,
 }
@@ -91,6 +91,19 @@ fn inspect_jwks(bytes: &[u8], flag: Option<&TrustDomain>, now: i64) -> anyhow::R
     };
     let bundle =
         TrustBundle::from_jwks(read_as, bytes).context("input is not a valid SPIFFE bundle")?;
+    bundle_report(&bundle, flag, now)
+}
+
+/// What `inspect` shows of `bundle`: its metadata and its authorities.
+/// The trust domain shown is `flag`, else the first authority's.
+///
+/// # Errors
+/// When an authority's certificate cannot be described.
+pub(crate) fn bundle_report(
+    bundle: &TrustBundle,
+    flag: Option<&TrustDomain>,
+    now: i64,
+) -> anyhow::Result<Report> {
     let certificates: Vec<CertInfo> = bundle
         .x509_authorities()
         .iter()
@@ -131,7 +144,8 @@ fn inspect_jwks(bytes: &[u8], flag: Option<&TrustDomain>, now: i64) -> anyhow::R
     })
 }
 
-fn render(report: &Report, now: i64) -> String {
+/// The text form of a report.
+pub(crate) fn render(report: &Report, now: i64) -> String {
     let mut out = String::new();
     if let Some(bundle) = &report.bundle {
         out.push_str("Bundle\n");

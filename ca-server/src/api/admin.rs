@@ -12,15 +12,27 @@ use super::convert;
 use super::status::blocking;
 use crate::ca::time::ttl_from_secs;
 use crate::ca::{Ca, CaError, NewEntry};
+use crate::federation::{Federations, api as federation};
 
 /// The admin API over a shared CA.
 pub struct AdminApi {
     ca: Arc<Ca>,
+    federations: Option<Federations>,
 }
 
 impl AdminApi {
     pub fn new(ca: Arc<Ca>) -> Self {
-        Self { ca }
+        Self {
+            ca,
+            federations: None,
+        }
+    }
+
+    /// Serves the federation RPCs from `federations`.
+    #[must_use]
+    pub fn with_federations(mut self, federations: Federations) -> Self {
+        self.federations = Some(federations);
+        self
     }
 
     fn caller<T>(req: &Request<T>) -> String {
@@ -73,6 +85,7 @@ impl Admin for AdminApi {
                 .collect(),
             ttl_seconds: body.x509_svid_ttl_seconds,
             dns_names: body.dns_names,
+            federates_with: body.federates_with,
         };
         let ca = self.ca.clone();
         let entry = blocking(move || ca.create_entry(&new, &caller)).await?;
@@ -201,45 +214,48 @@ impl Admin for AdminApi {
 
     async fn create_federation(
         &self,
-        _req: Request<pb::CreateFederationRequest>,
+        req: Request<pb::CreateFederationRequest>,
     ) -> Result<Response<pb::Federation>, Status> {
-        Err(Status::unimplemented(
-            "create_federation: not implemented yet",
-        ))
+        let caller = Self::caller(&req);
+        let fed = self.federations.as_ref();
+        federation::create(&self.ca, fed, &caller, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_federations(
         &self,
         _req: Request<pb::ListFederationsRequest>,
     ) -> Result<Response<pb::ListFederationsResponse>, Status> {
-        Err(Status::unimplemented(
-            "list_federations: not implemented yet",
-        ))
+        federation::list(self.federations.as_ref()).map(Response::new)
     }
 
     async fn get_federation(
         &self,
-        _req: Request<pb::GetFederationRequest>,
+        req: Request<pb::GetFederationRequest>,
     ) -> Result<Response<pb::Federation>, Status> {
-        Err(Status::unimplemented("get_federation: not implemented yet"))
+        federation::get(self.federations.as_ref(), &req.into_inner().trust_domain)
+            .map(Response::new)
     }
 
     async fn delete_federation(
         &self,
-        _req: Request<pb::DeleteFederationRequest>,
+        req: Request<pb::DeleteFederationRequest>,
     ) -> Result<Response<pb::DeleteFederationResponse>, Status> {
-        Err(Status::unimplemented(
-            "delete_federation: not implemented yet",
-        ))
+        let caller = Self::caller(&req);
+        let td = req.into_inner().trust_domain;
+        federation::delete(&self.ca, self.federations.as_ref(), &caller, td)
+            .await
+            .map(Response::new)
     }
 
     async fn refresh_federation(
         &self,
-        _req: Request<pb::RefreshFederationRequest>,
+        req: Request<pb::RefreshFederationRequest>,
     ) -> Result<Response<pb::Federation>, Status> {
-        Err(Status::unimplemented(
-            "refresh_federation: not implemented yet",
-        ))
+        federation::refresh(self.federations.as_ref(), &req.into_inner().trust_domain)
+            .await
+            .map(Response::new)
     }
 
     async fn list_agents(

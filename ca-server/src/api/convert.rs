@@ -40,7 +40,7 @@ pub fn entry(e: &EntryRow) -> pb::Entry {
         dns_names: e.dns_names.clone(),
         created_at: e.created_at,
         revision: e.revision,
-        ..pb::Entry::default()
+        federates_with: e.federates_with.clone(),
     }
 }
 

@@ -17,17 +17,39 @@ use super::status::blocking;
 use super::tls::PeerInfo;
 use crate::ca::time::{ttl_from_secs, unix};
 use crate::ca::{Ca, CaError, SignItem};
+use crate::federation::registry::FederatedBundles;
 use crate::metrics;
 
 /// The node API over a shared CA.
 pub struct NodeApi {
     ca: Arc<Ca>,
     shutdown: watch::Receiver<bool>,
+    federated: Option<watch::Receiver<FederatedBundles>>,
 }
 
 impl NodeApi {
     pub fn new(ca: Arc<Ca>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { ca, shutdown }
+        Self {
+            ca,
+            shutdown,
+            federated: None,
+        }
+    }
+
+    /// Bundles sent to agents carry these federated bundles.
+    #[must_use]
+    pub fn with_federated(mut self, federated: watch::Receiver<FederatedBundles>) -> Self {
+        self.federated = Some(federated);
+        self
+    }
+
+    /// The CA's bundle for agents, with the federated ones.
+    fn node_bundle(&self, bundle: &crate::ca::NodeBundle) -> pb::Bundle {
+        let mut b = convert::node_bundle(bundle);
+        if let Some(f) = &self.federated {
+            b.federated = crate::federation::api::federated_pb(&f.borrow());
+        }
+        b
     }
 }
 
@@ -121,7 +143,7 @@ impl Node for NodeApi {
         .await?;
         Ok(Response::new(pb::AttestNodeResponse {
             svid: Some(convert::svid(&id, &cert)),
-            bundle: Some(convert::node_bundle(&self.ca.node_bundle())),
+            bundle: Some(self.node_bundle(&self.ca.node_bundle())),
         }))
     }
 
@@ -297,18 +319,24 @@ impl Node for NodeApi {
         let mut events = ca.node_events();
         let (tx, rx) = mpsc::channel(4);
         let mut bundles = self.ca.watch_node_bundle();
+        let mut federated = self.federated.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _connected = metrics::agent_connected();
             // Activation waits for the agents that hold this stream open.
             let _registered = ca.agent_connected(&node);
             loop {
-                let current = convert::node_bundle(&bundles.borrow_and_update());
+                let mut current = convert::node_bundle(&bundles.borrow_and_update());
+                if let Some(f) = federated.as_mut() {
+                    current.federated =
+                        crate::federation::api::federated_pb(&f.borrow_and_update());
+                }
                 if tx.send(Ok(current)).await.is_err() {
                     return;
                 }
                 tokio::select! {
                     changed = bundles.changed() => if changed.is_err() { return },
+                    () = crate::federation::api::changed(&mut federated) => {}
                     _ = shutdown.changed() => return,
                     _ = tx.closed() => return,
                     _ = until(&ca, deadline) => {

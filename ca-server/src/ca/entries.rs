@@ -20,6 +20,39 @@ pub struct NewEntry {
     /// 0 for the server's default.
     pub ttl_seconds: i64,
     pub dns_names: Vec<String>,
+    /// Trust domains whose bundles the entry's workloads receive.
+    pub federates_with: Vec<String>,
+}
+
+/// Most trust domains one entry may federate with.
+pub const MAX_FEDERATES_WITH: usize = 32;
+
+/// Checks `federates_with`: valid trust domain names, not `own`, at most
+/// [`MAX_FEDERATES_WITH`]; returns them sorted without duplicates.
+fn check_federates_with(
+    own: &signet_identity::TrustDomain,
+    tds: &[String],
+) -> Result<Vec<String>, CaError> {
+    if tds.len() > MAX_FEDERATES_WITH {
+        return Err(CaError::InvalidArgument(format!(
+            "an entry may federate with at most {MAX_FEDERATES_WITH} trust domains"
+        )));
+    }
+    let mut out = Vec::with_capacity(tds.len());
+    for td in tds {
+        let parsed = signet_identity::TrustDomain::new(td).map_err(|e| {
+            CaError::InvalidArgument(format!("invalid federates_with trust domain {td:?}: {e}"))
+        })?;
+        if &parsed == own {
+            return Err(CaError::InvalidArgument(format!(
+                "federates_with names {td}, the CA's own trust domain"
+            )));
+        }
+        out.push(parsed.to_string());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// A join token just created. The token itself is shown once and never stored.
@@ -138,6 +171,7 @@ impl Ca {
             dns_names: req.dns_names.clone(),
             created_at: unix(self.now()),
             revision: 0,
+            federates_with: check_federates_with(td, &req.federates_with)?,
         })
     }
 
@@ -315,6 +349,7 @@ mod ca_tests {
             selectors: vec![("unix".into(), "uid:1".into())],
             ttl_seconds: 0,
             dns_names: dns.iter().map(|d| (*d).to_owned()).collect(),
+            federates_with: vec![],
         };
         let refused = [
             new("/signet/ca", &[]),
@@ -370,5 +405,42 @@ mod ca_tests {
             ca.delete_entry(&entry.id, "admin"),
             Err(CaError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn federates_with_names_other_valid_trust_domains_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let node = testing::attest(&ca, "n1");
+        let new = |tds: Vec<String>| NewEntry {
+            spiffe_id: "spiffe://test.org/web".into(),
+            parent_id: node.to_string(),
+            selectors: vec![("unix".into(), "uid:1".into())],
+            federates_with: tds,
+            ..NewEntry::default()
+        };
+        for bad in [
+            vec!["test.org".to_owned()],
+            vec!["Not A Domain".to_owned()],
+            (0..=MAX_FEDERATES_WITH)
+                .map(|i| format!("td{i}.org"))
+                .collect(),
+        ] {
+            let err = ca.create_entry(&new(bad.clone()), "admin").unwrap_err();
+            assert!(
+                matches!(err, CaError::InvalidArgument(_)),
+                "{bad:?}: {err:?}"
+            );
+        }
+        assert!(ca.list_entries(None).unwrap().is_empty());
+        let made = ca
+            .create_entry(
+                &new(vec!["b.org".into(), "a.org".into(), "b.org".into()]),
+                "admin",
+            )
+            .unwrap();
+        assert_eq!(made.federates_with, ["a.org", "b.org"]);
+        assert_eq!(ca.get_entry(&made.id).unwrap(), made);
     }
 }

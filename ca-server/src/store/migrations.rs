@@ -83,6 +83,24 @@ const MIGRATIONS: &[&str] = &[
      UPDATE authorities SET parent_id = (SELECT value FROM meta WHERE key = 'parent_of:' || authorities.id)
          WHERE kind = 'intermediate';
      ALTER TABLE nodes ADD COLUMN chains_through TEXT NOT NULL DEFAULT '[]';",
+    // 6: federation relationships with their last good bundle, and the
+    // trust domains each entry federates with.
+    "CREATE TABLE federations (
+         trust_domain TEXT PRIMARY KEY,
+         bundle_endpoint_url TEXT NOT NULL,
+         profile TEXT NOT NULL,
+         endpoint_spiffe_id TEXT NOT NULL,
+         initial_bundle TEXT NOT NULL,
+         web_roots_pem BLOB,
+         from_config INTEGER NOT NULL,
+         bundle TEXT,
+         bundle_sequence INTEGER NOT NULL DEFAULT 0,
+         last_attempt_at INTEGER NOT NULL DEFAULT 0,
+         last_success_at INTEGER NOT NULL DEFAULT 0,
+         last_error TEXT NOT NULL DEFAULT '',
+         consecutive_failures INTEGER NOT NULL DEFAULT 0,
+         created_at INTEGER NOT NULL);
+     ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// The schema version this build writes.

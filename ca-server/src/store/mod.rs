@@ -156,6 +156,8 @@ pub struct EntryRow {
     pub dns_names: Vec<String>,
     pub created_at: i64,
     pub revision: u64,
+    /// Trust domains whose bundles the entry's workloads receive.
+    pub federates_with: Vec<String>,
 }
 
 /// A signing authority as stored. The key lives in a file in the data dir.
@@ -540,10 +542,12 @@ pub fn insert_entry(tx: &Transaction<'_>, mut entry: EntryRow) -> Result<EntryRo
         serde_json::to_string(&entry.selectors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let dns =
         serde_json::to_string(&entry.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let federates_with = serde_json::to_string(&entry.federates_with)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let res = tx.execute(
-        "INSERT INTO entries (id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![entry.id, entry.spiffe_id, entry.parent_id, selectors, entry.ttl_seconds, dns, entry.created_at, rev as i64],
+        "INSERT INTO entries (id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision, federates_with)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![entry.id, entry.spiffe_id, entry.parent_id, selectors, entry.ttl_seconds, dns, entry.created_at, rev as i64, federates_with],
     );
     match res {
         Ok(_) => Ok(entry),
@@ -686,7 +690,7 @@ fn bump_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     Ok(v as u64)
 }
 
-const ENTRY_SELECT: &str = "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision FROM entries";
+const ENTRY_SELECT: &str = "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision, federates_with FROM entries";
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow, StoreError>> {
     let selectors: String = r.get(3)?;
@@ -697,12 +701,15 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow, St
     let parent_id: String = r.get(2)?;
     let ttl_seconds: i64 = r.get(4)?;
     let created_at: i64 = r.get(6)?;
+    let federates_with: String = r.get(8)?;
     Ok((|| {
         Ok(EntryRow {
             selectors: serde_json::from_str(&selectors)
                 .map_err(|e| StoreError::Corrupt(format!("entry {id} selectors: {e}")))?,
             dns_names: serde_json::from_str(&dns)
                 .map_err(|e| StoreError::Corrupt(format!("entry {id} dns names: {e}")))?,
+            federates_with: serde_json::from_str(&federates_with)
+                .map_err(|e| StoreError::Corrupt(format!("entry {id} federates_with: {e}")))?,
             id,
             spiffe_id,
             parent_id,
@@ -734,6 +741,7 @@ mod tests {
             dns_names: vec!["a.example".into()],
             created_at: 1,
             revision: 0,
+            federates_with: vec!["remote.org".into()],
         }
     }
 

@@ -24,6 +24,7 @@ struct EntryView {
     dns_names: Vec<String>,
     created_at: String,
     revision: u64,
+    federates_with: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +62,7 @@ impl From<pb::Entry> for EntryView {
             dns_names: e.dns_names,
             created_at: output::rfc3339(e.created_at),
             revision: e.revision,
+            federates_with: e.federates_with,
         }
     }
 }
@@ -87,6 +89,9 @@ impl EntryView {
         f(&mut out, "SVID TTL", &ttl);
         if !self.dns_names.is_empty() {
             f(&mut out, "DNS names", &self.dns_names.join(", "));
+        }
+        if !self.federates_with.is_empty() {
+            f(&mut out, "Federates with", &self.federates_with.join(", "));
         }
         f(&mut out, "Created", &self.created_at);
         f(&mut out, "Revision", &self.revision.to_string());
@@ -179,7 +184,11 @@ pub(super) fn create_request(args: EntryCreateArgs) -> anyhow::Result<pb::Create
             .collect(),
         x509_svid_ttl_seconds: args.ttl.map_or(0, Ttl::seconds),
         dns_names: args.dns_names,
-        federates_with: Vec::new(),
+        federates_with: args
+            .federates_with
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     })
 }
 

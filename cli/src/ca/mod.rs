@@ -6,6 +6,7 @@ mod agent;
 mod authority;
 mod bundle;
 mod entry;
+mod federation;
 mod mint;
 mod nodes;
 mod status;
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context as _;
-use signet_identity::SpiffeId;
+use signet_identity::{SpiffeId, TrustDomain};
 
 use crate::admin_client::{self, DEFAULT_SOCKET};
 use crate::output::Format;
@@ -58,6 +59,9 @@ enum Command {
     Agent(AgentCommand),
     /// Health on one screen: authorities, bundle, agents, last audit write.
     Status,
+    /// Federation with other trust domains through their bundle endpoints.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -112,6 +116,10 @@ struct EntryCreateArgs {
     /// A DNS SAN for the entry's SVIDs (repeatable).
     #[arg(long = "dns-name", value_name = "NAME")]
     dns_names: Vec<String>,
+    /// A trust domain whose bundle the entry's workloads receive
+    /// (repeatable; it needs a federation relationship).
+    #[arg(long = "federates-with", value_name = "TD")]
+    federates_with: Vec<TrustDomain>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -235,6 +243,7 @@ pub fn run(args: Args, format: Format) -> anyhow::Result<()> {
                 nodes::run(&mut client, cmd, format).await
             }
             Command::Status => status::run(&mut client, format).await,
+            Command::Federation(cmd) => federation::run(&mut client, cmd, format).await,
         }
     })
 }
@@ -290,6 +299,10 @@ mod tests {
             "1h",
             "--dns-name",
             "web.local",
+            "--federates-with",
+            "remote.org",
+            "--federates-with",
+            "other.org",
         ])
         .unwrap();
         let Command::Entry(EntryCommand::Create(create)) = args.command else {
@@ -302,6 +315,7 @@ mod tests {
         assert_eq!(request.selectors[0].r#type, "unix");
         assert_eq!(request.selectors[0].value, "uid:1000");
         assert_eq!(request.dns_names, ["web.local"]);
+        assert_eq!(request.federates_with, ["remote.org", "other.org"]);
     }
 
     #[test]

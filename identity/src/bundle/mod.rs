@@ -12,6 +12,7 @@
 //! domain it expects, as the standard requires (section 3).
 
 mod der;
+pub mod federated;
 #[cfg(test)]
 mod fixtures;
 mod jwk;

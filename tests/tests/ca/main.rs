@@ -12,6 +12,7 @@
 mod authorization;
 mod cli;
 mod evict;
+mod federation;
 mod health;
 mod issuance;
 mod lifecycle;

@@ -1,0 +1,258 @@
+//! Two signet-ca processes federated both ways over https_spiffe: each
+//! serves its bundle endpoint with its own SVID and fetches the other's,
+//! authenticated first by the bundle handed over out of band, then by the
+//! last one fetched. A root rotation on one side reaches the other within
+//! its (short) refresh hint; deleting the relationship takes the bundle
+//! out of what agents receive. A client of another stack (Python's ssl and
+//! urllib) reads the endpoint too.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use signet_identity::{TrustBundle, TrustDomain};
+use signet_proto::ca::v1 as pb;
+use signet_tests::{CaOptions, CaProcess, attest_node};
+
+/// Longest wait for something the pollers do (they run every second here).
+const PROPAGATION: Duration = Duration::from_secs(30);
+
+fn free_port_on_localhost() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn start(td: &str, endpoint: SocketAddr, config_dir: &Path) -> CaProcess {
+    let config = config_dir.join(format!("{td}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[bundle_endpoint]\nlisten = \"{endpoint}\"\nprofile = \"https_spiffe\"\nrefresh_hint = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    CaProcess::start(
+        CaOptions::new(td)
+            .flag("config", config.display().to_string())
+            .flag("federation-min-refresh", "1s"),
+    )
+    .await
+    .unwrap()
+}
+
+/// `signet ca federation create` on `ca` for `remote`, whose endpoint is
+/// `endpoint`, with `remote`'s bundle.pem as the out-of-band bundle.
+async fn federate(ca: &CaProcess, remote: &CaProcess, endpoint: SocketAddr) {
+    let out = ca
+        .signet_ca([
+            "federation".to_owned(),
+            "create".to_owned(),
+            remote.trust_domain().to_string(),
+            "--url".to_owned(),
+            format!("https://{endpoint}/"),
+            "--profile".to_owned(),
+            "https-spiffe".to_owned(),
+            "--endpoint-spiffe-id".to_owned(),
+            remote.id("/signet/ca"),
+            "--bundle-file".to_owned(),
+            remote.bundle_path().display().to_string(),
+        ])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+async fn federation(ca: &CaProcess, td: &TrustDomain) -> pb::Federation {
+    ca.admin()
+        .await
+        .unwrap()
+        .get_federation(pb::GetFederationRequest {
+            trust_domain: td.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn sequence_of(ca: &CaProcess) -> u64 {
+    ca.admin()
+        .await
+        .unwrap()
+        .get_bundle(pb::GetBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence
+}
+
+/// Waits until `ca` holds `remote`'s bundle at `sequence` or later.
+async fn wait_for_sequence(ca: &CaProcess, remote: &TrustDomain, sequence: u64) -> pb::Federation {
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    loop {
+        let f = federation(ca, remote).await;
+        if f.bundle.as_ref().is_some_and(|b| b.sequence >= sequence) {
+            return f;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never fetched sequence {sequence} of {remote}: {f:?}",
+            ca.trust_domain()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads the next bundle message of a WatchBundle stream.
+async fn next_bundle(stream: &mut tonic::Streaming<pb::Bundle>) -> pb::Bundle {
+    tokio::time::timeout(PROPAGATION, stream.message())
+        .await
+        .expect("no bundle update in time")
+        .expect("stream failed")
+        .expect("stream ended")
+}
+
+/// Fetches the endpoint with Python's urllib, checking the chain against
+/// `cafile` and the hostname `localhost`; returns the JSON document.
+async fn python_fetch(endpoint: SocketAddr, cafile: &Path) -> serde_json::Value {
+    let python = std::env::var_os("SIGNET_PYTHON").unwrap_or_else(|| "python3".into());
+    let script = [
+        "import json, ssl, sys, urllib.request",
+        "ctx = ssl.create_default_context(cafile=sys.argv[2])",
+        "ctx.minimum_version = ssl.TLSVersion.TLSv1_2",
+        "with urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10) as r:",
+        "    assert r.headers['Content-Type'] == 'application/json', r.headers['Content-Type']",
+        "    print(json.dumps(json.load(r)))",
+    ]
+    .join("\n");
+    let out = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(format!("https://localhost:{}/", endpoint.port()))
+        .arg(cafile)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running python (set SIGNET_PYTHON)");
+    assert!(
+        out.status.success(),
+        "python fetch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn two_trust_domains_federate_both_ways_over_https_spiffe() {
+    let config_dir = tempfile::tempdir().unwrap();
+    // On 127.0.0.1, where "localhost" (the CA's DNS SAN) leads.
+    let (ep_a, ep_b) = (free_port_on_localhost(), free_port_on_localhost());
+    let a = start("a.test", ep_a, config_dir.path()).await;
+    let b = start("b.test", ep_b, config_dir.path()).await;
+
+    // Another stack reads B's endpoint: B's SVID chains to bundle.pem.
+    let doc = python_fetch(ep_b, &b.bundle_path()).await;
+    assert_eq!(doc["spiffe_refresh_hint"], 1);
+    assert_eq!(doc["spiffe_sequence"], sequence_of(&b).await);
+    let served =
+        TrustBundle::from_jwks(b.trust_domain().clone(), doc.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        served.x509_authorities(),
+        b.bundle().unwrap().x509_authorities()
+    );
+
+    federate(&a, &b, ep_b).await;
+    federate(&b, &a, ep_a).await;
+    let seq_b = sequence_of(&b).await;
+    let seq_a = sequence_of(&a).await;
+    let at_a = wait_for_sequence(&a, b.trust_domain(), seq_b).await;
+    let at_b = wait_for_sequence(&b, a.trust_domain(), seq_a).await;
+    assert_eq!(at_a.last_error, "");
+    assert_eq!(at_b.last_error, "");
+    assert_eq!(
+        at_a.bundle.as_ref().unwrap().x509_authorities,
+        b.bundle()
+            .unwrap()
+            .x509_authorities()
+            .iter()
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>()
+    );
+
+    // A's agents receive B's bundle beside A's own, never merged.
+    let node = attest_node(&a, "node-1").await.unwrap();
+    let mut client = a.node_client(Some(node.tls_identity())).await.unwrap();
+    let mut stream = client
+        .watch_bundle(pb::WatchBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_bundle(&mut stream).await;
+    assert_eq!(first.trust_domain, "a.test");
+    assert_eq!(first.federated.len(), 1);
+    assert_eq!(first.federated[0].trust_domain, "b.test");
+    assert!(first.federated[0].sequence >= seq_b);
+    for root in &first.federated[0].x509_authorities {
+        assert!(!first.x509_authorities.contains(root));
+    }
+
+    // A root prepared on B reaches A within B's refresh hint, and A's
+    // agents see it; the fetch is now authenticated by the fetched bundle.
+    let rotated = b
+        .admin()
+        .await
+        .unwrap()
+        .prepare_authority(pb::PrepareAuthorityRequest {
+            kind: pb::AuthorityKind::Root.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bundle_sequence;
+    assert!(rotated > seq_b);
+    let after = wait_for_sequence(&a, b.trust_domain(), rotated).await;
+    assert_eq!(after.bundle.as_ref().unwrap().x509_authorities.len(), 2);
+    loop {
+        let update = next_bundle(&mut stream).await;
+        if update
+            .federated
+            .iter()
+            .any(|f| f.trust_domain == "b.test" && f.sequence >= rotated)
+        {
+            break;
+        }
+    }
+
+    // `show` prints the fetched bundle as `inspect` does.
+    let show = a.signet_ca(["federation", "show", "b.test"]).await.unwrap();
+    assert!(show.status.success(), "{show:?}");
+    assert!(
+        show.stdout.contains(&format!("Sequence:     {rotated}")),
+        "{}",
+        show.stdout
+    );
+
+    // Deleting the relationship takes B's bundle out of the agents' view.
+    let deleted = a
+        .signet_ca(["federation", "delete", "b.test"])
+        .await
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    loop {
+        let update = next_bundle(&mut stream).await;
+        if update.federated.is_empty() {
+            break;
+        }
+    }
+    let gone = a
+        .admin()
+        .await
+        .unwrap()
+        .get_federation(pb::GetFederationRequest {
+            trust_domain: "b.test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    // B still follows A.
+    assert_eq!(federation(&b, a.trust_domain()).await.last_error, "");
+}
