@@ -317,6 +317,46 @@ impl EnvoyProcess {
         Ok(out)
     }
 
+    /// The certificate chains (DER, leaf first) of the `tls_certificate`
+    /// secrets Envoy holds now (`/config_dump`, dynamic active secrets):
+    /// what it presents in new handshakes, with the intermediates (`/certs`
+    /// shows only leaves).
+    ///
+    /// # Errors
+    /// No answer, JSON of another shape, or a chain that is not PEM.
+    pub async fn secret_chains(&self) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
+        use base64::Engine as _;
+        let text = self
+            .admin_get("/config_dump?resource=dynamic_active_secrets")
+            .await?;
+        let dump: Value = serde_json::from_str(&text)
+            .with_context(|| format!("/config_dump is not JSON: {text}"))?;
+        let mut out = Vec::new();
+        for config in dump["configs"].as_array().into_iter().flatten() {
+            let Some(chain) = config["secret"]["tls_certificate"]["certificate_chain"].as_object()
+            else {
+                continue;
+            };
+            let pem_text = if let Some(b64) = chain.get("inline_bytes").and_then(Value::as_str) {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .context("certificate_chain.inline_bytes is not base64")?;
+                String::from_utf8(bytes).context("certificate_chain is not text")?
+            } else if let Some(s) = chain.get("inline_string").and_then(Value::as_str) {
+                s.to_owned()
+            } else {
+                bail!("a certificate_chain that is not inline: {chain:?}");
+            };
+            let ders: Vec<Vec<u8>> = pem::parse_many(pem_text.as_bytes())
+                .context("certificate_chain is not PEM")?
+                .into_iter()
+                .map(pem::Pem::into_contents)
+                .collect();
+            out.push(ders);
+        }
+        Ok(out)
+    }
+
     /// The serials of [`EnvoyProcess::leaf_certs`].
     ///
     /// # Errors

@@ -1,0 +1,200 @@
+//! (a) Roots and intermediates rotate on the CA's own schedule, with
+//! lifetimes short enough that two full root rotations and two intermediate
+//! rotations of their own happen in about a minute, while requests flow
+//! client → server through two Envoys that are never restarted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use signet_proto::ca::v1 as pb;
+use signet_tests::{CaOptions, CaProcess, Traffic, Validation, envoy_binary};
+
+use crate::{
+    Mesh, REQUEST_INTERVAL, SAMPLE_INTERVAL, assert_traffic_flowed, authorities,
+    intermediates_in_use, serial_of,
+};
+use signet_tests::SERVER_BODY;
+
+const CLIENT_UID: u32 = 4311;
+const SERVER_UID: u32 = 4312;
+
+/// Every X.509-SVID's lifetime: at most intermediate_ttl x
+/// rotation_activate_before, or the CA refuses the configuration.
+const SVID_TTL: &str = "20s";
+const SVID_LIFETIME: Duration = Duration::from_secs(20);
+
+/// Longest the whole rotation phase may take.
+const ROTATION_DEADLINE: Duration = Duration::from_secs(150);
+
+/// Root 90 s and intermediate 40 s, a successor prepared (and published)
+/// at 1/4 of the active one's life and activated when half of it is left:
+/// a root activates about every 22 s after the first at 45 s, an
+/// intermediate about every 20 s. JWT keys keep a long life (the longest
+/// JWT-SVID, 1 h, must fit in half of it).
+fn fast_rotation() -> CaOptions {
+    CaOptions::default()
+        .flag("root-ttl", "90s")
+        .flag("intermediate-ttl", "40s")
+        .flag("default-x509-svid-ttl", SVID_TTL)
+        .flag("max-x509-svid-ttl", SVID_TTL)
+        .flag("node-svid-ttl", SVID_TTL)
+        .flag("jwt-key-ttl", "3h")
+        .flag("backdate", "1s")
+        .flag("rotation-prepare-at", "0.25")
+        .flag("rotation-activate-before", "0.5")
+        .flag("rotation-tick", "1s")
+        .flag("agent-sync-interval", "1s")
+        .flag("activation-ack-timeout", "30s")
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}
+
+/// What the CA's authorities say about rotations since `since` (Unix s).
+#[derive(Debug, Default)]
+struct Rotations {
+    /// Roots activated after `since`.
+    roots: Vec<String>,
+    /// Intermediates activated after `since` under a root that was already
+    /// active before them: rotations of the intermediate on its own, not
+    /// as part of a root's activation.
+    own_intermediates: Vec<String>,
+    /// Every intermediate activated after `since`.
+    intermediates: Vec<String>,
+    /// Intermediate certificate serial -> (intermediate id, root id).
+    by_serial: BTreeMap<String, (String, String)>,
+}
+
+fn rotations(all: &[pb::Authority], since: i64) -> Rotations {
+    let root_kind = i32::from(pb::AuthorityKind::Root);
+    let int_kind = i32::from(pb::AuthorityKind::Intermediate);
+    let activated: BTreeMap<&str, i64> = all
+        .iter()
+        .map(|a| (a.id.as_str(), a.activated_at))
+        .collect();
+    let mut r = Rotations::default();
+    for a in all {
+        if a.kind == int_kind {
+            r.by_serial.insert(
+                serial_of(&a.certificate),
+                (a.id.clone(), a.parent_id.clone()),
+            );
+        }
+        if a.activated_at == 0 || a.activated_at < since {
+            continue;
+        }
+        if a.kind == root_kind {
+            r.roots.push(a.id.clone());
+        } else if a.kind == int_kind {
+            r.intermediates.push(a.id.clone());
+            let parent_since = activated.get(a.parent_id.as_str()).copied().unwrap_or(0);
+            if parent_since > 0 && parent_since < a.activated_at {
+                r.own_intermediates.push(a.id.clone());
+            }
+        }
+    }
+    r
+}
+
+/// The issue's test (a): zero failed requests and the same two Envoy PIDs
+/// across two root rotations and two intermediate rotations, and each
+/// Envoy has really served SVIDs under at least three roots (the first and
+/// the two new ones) and four intermediates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_carry_traffic_through_two_root_and_two_intermediate_rotations() {
+    envoy_binary().unwrap();
+    let since = unix_now();
+    let ca = CaProcess::start(fast_rotation()).await.unwrap();
+    // The client checks the server with Envoy's SPIFFE validator (`ALL`),
+    // the server checks the client with the plain roots (`ROOTCA`).
+    let mesh = Mesh::start(
+        ca,
+        "rotation",
+        [CLIENT_UID, SERVER_UID],
+        SVID_TTL,
+        [Validation::SpiffeAll, Validation::RootCa],
+    )
+    .await;
+    let traffic = Traffic::start(mesh.client.port().unwrap(), REQUEST_INTERVAL, SERVER_BODY);
+
+    // Per Envoy: the (intermediate, root) pairs its SVIDs went through.
+    let mut seen: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    let mut unknown: BTreeSet<String> = BTreeSet::new();
+    let mut enough_since = None;
+    loop {
+        let all = authorities(&mesh.ca).await;
+        let r = rotations(&all, since);
+        for (envoy, ints) in intermediates_in_use(&mesh.envoys()).await {
+            for serial in ints {
+                match r.by_serial.get(&serial) {
+                    Some(pair) => {
+                        seen.entry(envoy.clone()).or_default().insert(pair.clone());
+                    }
+                    None => {
+                        unknown.insert(serial);
+                    }
+                }
+            }
+        }
+        let served_everywhere = seen.len() == 2
+            && seen.values().all(|pairs| {
+                let roots: BTreeSet<&String> = pairs.iter().map(|(_, root)| root).collect();
+                roots.len() >= 3 && pairs.len() >= 4
+            });
+        // Two root activations (the first root is not counted: it was
+        // active from the start) and two intermediates of their own.
+        let rotated = r.roots.len() >= 2 && r.own_intermediates.len() >= 2;
+        if rotated && served_everywhere && enough_since.is_none() {
+            enough_since = Some(traffic.elapsed());
+        }
+        // Keep going one SVID lifetime past that point: every SVID in use
+        // then was issued after the last rotation counted.
+        if let Some(at) = enough_since
+            && traffic.elapsed() >= at + SVID_LIFETIME
+        {
+            eprintln!(
+                "rotations after {:.1?}: roots activated {:?}, intermediates activated {:?} \
+                 (of their own: {:?}); (intermediate, root) pairs served per Envoy: {seen:?}",
+                traffic.elapsed(),
+                r.roots,
+                r.intermediates,
+                r.own_intermediates
+            );
+            break;
+        }
+        mesh.assert_no_failures(&traffic, "while the authorities rotated")
+            .await;
+        assert!(
+            traffic.elapsed() < ROTATION_DEADLINE,
+            "not two root and two intermediate rotations served within {ROTATION_DEADLINE:?}: \
+             roots activated {:?}, intermediates {:?} (of their own {:?}); served per Envoy: {seen:?}; \
+             intermediates the CA does not list: {unknown:?}\n--- CA log ---\n{}",
+            r.roots,
+            r.intermediates,
+            r.own_intermediates,
+            mesh.ca.log()
+        );
+        tokio::time::sleep(SAMPLE_INTERVAL).await;
+    }
+    assert!(
+        unknown.is_empty(),
+        "Envoys held SVIDs under intermediates the CA does not list: {unknown:?}"
+    );
+    let took = traffic.elapsed();
+    mesh.assert_no_failures(&traffic, "while the authorities rotated")
+        .await;
+    let outcomes = traffic.stop().await;
+    assert_traffic_flowed(outcomes.len(), took);
+    mesh.assert_never_restarted();
+    eprintln!(
+        "{} requests in {took:.1?}, all 200, Envoys never restarted",
+        outcomes.len()
+    );
+    mesh.shut_down().await;
+}
