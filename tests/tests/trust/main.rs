@@ -23,7 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // mod federation;
-// mod jwt;
+mod jwt;
 mod rotation;
 mod taint;
 

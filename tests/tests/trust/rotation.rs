@@ -18,30 +18,34 @@ use signet_tests::SERVER_BODY;
 const CLIENT_UID: u32 = 4311;
 const SERVER_UID: u32 = 4312;
 
-/// Every X.509-SVID's lifetime: at most intermediate_ttl x
-/// rotation_activate_before, or the CA refuses the configuration.
+/// Every X.509-SVID's lifetime (at most intermediate_ttl x
+/// rotation_activate_before, or the CA refuses the configuration); the
+/// agent renews at about half of it.
 const SVID_TTL: &str = "20s";
 const SVID_LIFETIME: Duration = Duration::from_secs(20);
 
 /// Longest the whole rotation phase may take.
 const ROTATION_DEADLINE: Duration = Duration::from_secs(150);
 
-/// Root 90 s and intermediate 40 s, a successor prepared (and published)
-/// at 1/4 of the active one's life and activated when half of it is left:
-/// a root activates about every 22 s after the first at 45 s, an
-/// intermediate about every 20 s. JWT keys keep a long life (the longest
-/// JWT-SVID, 1 h, must fit in half of it).
+/// Root 130 s and intermediate 75 s; a successor is prepared (and
+/// published) at 1/5 of the active one's life and activated when 3/5 of it
+/// are left. Roots then activate at about 52 s and 78 s, each with a new
+/// intermediate, and each intermediate is replaced on its own 30 s into its
+/// life (at about 30 s, 56 s and 82 s). The CA makes no intermediate under
+/// a root with less than a minute left, and roots keep 78 s when replaced.
+/// JWT keys keep a long life (the longest JWT-SVID, 1 h, must fit in 3/5
+/// of it).
 fn fast_rotation() -> CaOptions {
     CaOptions::default()
-        .flag("root-ttl", "90s")
-        .flag("intermediate-ttl", "40s")
+        .flag("root-ttl", "130s")
+        .flag("intermediate-ttl", "75s")
         .flag("default-x509-svid-ttl", SVID_TTL)
         .flag("max-x509-svid-ttl", SVID_TTL)
         .flag("node-svid-ttl", SVID_TTL)
         .flag("jwt-key-ttl", "3h")
         .flag("backdate", "1s")
-        .flag("rotation-prepare-at", "0.25")
-        .flag("rotation-activate-before", "0.5")
+        .flag("rotation-prepare-at", "0.2")
+        .flag("rotation-activate-before", "0.6")
         .flag("rotation-tick", "1s")
         .flag("agent-sync-interval", "1s")
         .flag("activation-ack-timeout", "30s")
