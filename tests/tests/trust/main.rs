@@ -22,13 +22,13 @@
 // its message, in helpers as in the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// mod federation;
+mod federation;
 mod jwt;
 mod rotation;
 mod taint;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use signet_proto::ca::v1 as pb;
@@ -47,7 +47,6 @@ struct Mesh {
     ca: CaProcess,
     agent: AgentProcess,
     client_id: String,
-    server_id: String,
     server: EnvoyProcess,
     client: EnvoyProcess,
     /// The Envoys' PIDs at the start: they must never change.
@@ -95,7 +94,6 @@ impl Mesh {
             ca,
             agent,
             client_id,
-            server_id,
             server,
             client,
             pids,
@@ -268,30 +266,6 @@ async fn intermediates_in_use(envoys: &[&EnvoyProcess]) -> BTreeMap<String, Vec<
         out.insert(envoy.name().to_owned(), ints);
     }
     out
-}
-
-/// Waits, sampling every [`SAMPLE_INTERVAL`], until `done` returns true;
-/// panics with `what` and `context()` after `timeout`. Returns how long it
-/// took.
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut done: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, String>>,
-{
-    let started = Instant::now();
-    let mut last = String::new();
-    loop {
-        match done().await {
-            Ok(true) => return started.elapsed(),
-            Ok(false) => {}
-            Err(state) => last = state,
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "{what}: not within {timeout:?} (last seen: {last})"
-        );
-        tokio::time::sleep(SAMPLE_INTERVAL).await;
-    }
 }
 
 /// The python interpreter with py-spiffe (`SIGNET_PYTHON`); its absence

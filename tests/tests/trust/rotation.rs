@@ -63,7 +63,8 @@ fn unix_now() -> i64 {
 /// What the CA's authorities say about rotations since `since` (Unix s).
 #[derive(Debug, Default)]
 struct Rotations {
-    /// Roots activated after `since`.
+    /// Roots activated after `since`: the CA's first root (activated when
+    /// it started) and every successor.
     roots: Vec<String>,
     /// Intermediates activated after `since` under a root that was already
     /// active before them: rotations of the intermediate on its own, not
@@ -151,9 +152,9 @@ async fn envoys_carry_traffic_through_two_root_and_two_intermediate_rotations() 
                 let roots: BTreeSet<&String> = pairs.iter().map(|(_, root)| root).collect();
                 roots.len() >= 3 && pairs.len() >= 4
             });
-        // Two root activations (the first root is not counted: it was
-        // active from the start) and two intermediates of their own.
-        let rotated = r.roots.len() >= 2 && r.own_intermediates.len() >= 2;
+        // The first root and two successors (two full root rotations), and
+        // two intermediates that replaced one under the same root.
+        let rotated = r.roots.len() >= 3 && r.own_intermediates.len() >= 2;
         if rotated && served_everywhere && enough_since.is_none() {
             enough_since = Some(traffic.elapsed());
         }
