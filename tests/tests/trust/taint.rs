@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 
 use signet_proto::ca::v1 as pb;
 use signet_tests::{
-    CaOptions, CaProcess, EnvoyProcess, SERVER_BODY, SvidFiles, Traffic, Validation, envoy_binary,
-    write_pem_chain,
+    CaOptions, CaProcess, EnvoyOptions, EnvoyProcess, SERVER_BODY, SvidFiles, Traffic, Validation,
+    envoy_binary, write_pem_chain,
 };
 
 use crate::{
     Mesh, REQUEST_INTERVAL, SAMPLE_INTERVAL, active, assert_traffic_flowed, authority_cli,
-    intermediates_in_use, serial_of,
+    intermediates_in_use, register, serial_of,
 };
 
 const CLIENT_UID: u32 = 4321;
 const SERVER_UID: u32 = 4322;
+const ROOTCA_SERVER_UID: u32 = 4323;
 
 /// The agents spread the re-issue over this window after the taint.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -107,7 +108,27 @@ async fn taint_reissues_every_svid_in_its_window_and_revoke_refuses_what_still_c
         [Validation::RootCa, Validation::SpiffeAll],
     )
     .await;
-    let server_port = mesh.server.port().unwrap();
+    // A second server for the same clients that checks them with `ROOTCA`:
+    // the revocation must hold for both validators.
+    register(
+        &mesh.ca,
+        "taint",
+        &mesh.ca.id("/server-rootca"),
+        ROOTCA_SERVER_UID,
+        SVID_TTL,
+        &[],
+    )
+    .await;
+    let mut rootca_server = EnvoyProcess::start(EnvoyOptions::server(
+        "server-rootca",
+        ROOTCA_SERVER_UID,
+        mesh.agent.sds_socket(),
+        &mesh.client_id,
+    ))
+    .await
+    .unwrap();
+    let servers = [&mesh.server, &rootca_server];
+    let envoys = [&mesh.client, &mesh.server, &rootca_server];
 
     // An SVID for the client's identity, minted by an operator before the
     // taint: the server accepts it now.
@@ -117,12 +138,15 @@ async fn taint_reissues_every_svid_in_its_window_and_revoke_refuses_what_still_c
         .await
         .unwrap();
     let scratch = mesh.ca.scratch_dir().to_owned();
-    let accepted = openssl_request(server_port, &minted, &scratch).await;
-    assert!(
-        accepted.is_ok(),
-        "before the taint the server refused an SVID for the client's own identity: {accepted:?}\n{}",
-        mesh.server.log()
-    );
+    for server in servers {
+        let accepted = openssl_request(server.port().unwrap(), &minted, &scratch).await;
+        assert!(
+            accepted.is_ok(),
+            "before the taint {} refused an SVID for the client's own identity: {accepted:?}\n{}",
+            server.name(),
+            server.log()
+        );
+    }
 
     let old = active(&mesh.ca, pb::AuthorityKind::Intermediate).await;
     let old_serial = serial_of(&old.certificate);
@@ -131,7 +155,7 @@ async fn taint_reissues_every_svid_in_its_window_and_revoke_refuses_what_still_c
         old_serial,
         "the minted SVID does not chain through the active intermediate"
     );
-    for (envoy, ints) in intermediates_in_use(&mesh.envoys()).await {
+    for (envoy, ints) in intermediates_in_use(&envoys).await {
         assert_eq!(
             ints,
             vec![old_serial.clone()],
@@ -154,7 +178,7 @@ async fn taint_reissues_every_svid_in_its_window_and_revoke_refuses_what_still_c
     // the window (plus the way there).
     let mut moved_at = std::collections::BTreeMap::new();
     loop {
-        let now = intermediates_in_use(&mesh.envoys()).await;
+        let now = intermediates_in_use(&envoys).await;
         for (envoy, ints) in &now {
             if *ints == vec![fresh_serial.clone()] {
                 moved_at
@@ -162,7 +186,7 @@ async fn taint_reissues_every_svid_in_its_window_and_revoke_refuses_what_still_c
                     .or_insert_with(|| tainted_at.elapsed());
             }
         }
-        if moved_at.len() == 2 {
+        if moved_at.len() == envoys.len() {
             break;
         }
         mesh.assert_no_failures(&traffic, "while the SVIDs were re-issued after the taint")
@@ -185,11 +209,14 @@ async fn taint_reissues_every_svid_in_its_window_and_revoke_refuses_what_still_c
 
     // Tainted is not revoked: the minted SVID is still accepted, so the
     // refusal below is the revocation's doing.
-    let still_accepted = openssl_request(server_port, &minted, &scratch).await;
-    assert!(
-        still_accepted.is_ok(),
-        "after the taint, before the revoke, the server refused the minted SVID: {still_accepted:?}"
-    );
+    for server in servers {
+        let still = openssl_request(server.port().unwrap(), &minted, &scratch).await;
+        assert!(
+            still.is_ok(),
+            "after the taint, before the revoke, {} refused the minted SVID: {still:?}",
+            server.name()
+        );
+    }
 
     // 2. Revoke. The minted SVID is still valid under it: without --force
     //    the CA refuses, and says why; nothing changes.
@@ -214,54 +241,62 @@ async fn taint_reissues_every_svid_in_its_window_and_revoke_refuses_what_still_c
         Some(serde_json::json!("tainted")),
         "a refused revoke changed the authority: {still}"
     );
-    let fail_before = mesh
-        .server
-        .stats(&[&EnvoyProcess::listener_ssl_stat("fail_verify_error")])
-        .await
-        .unwrap()[0];
+    let fail_verify = EnvoyProcess::listener_ssl_stat("fail_verify_error");
+    let mut fail_before = Vec::new();
+    for server in servers {
+        fail_before.push(server.stats(&[&fail_verify]).await.unwrap()[0]);
+    }
     let revoked = authority_cli(&mesh.ca, &["revoke", &old.id, "--force"]).await;
     assert_eq!(revoked["authority"]["state"], "revoked", "{revoked}");
 
-    // The CRL reaches the server Envoy: the minted SVID is refused.
+    // The CRLs reach the server Envoys: each refuses the minted SVID.
     let revoked_at = Instant::now();
-    let last = loop {
-        match openssl_request(server_port, &minted, &scratch).await {
-            Err(out) => break out,
-            Ok(text) => assert!(
-                revoked_at.elapsed() < Duration::from_secs(20),
-                "the server Envoy still serves an SVID under the revoked intermediate 20 s \
-                 after the revoke: {text}\n{}\n--- agent log ---\n{}",
-                mesh.server.summary().await,
-                mesh.agent.log()
-            ),
-        }
-        tokio::time::sleep(SAMPLE_INTERVAL).await;
-    };
-    let refused_after = revoked_at.elapsed();
-    let fail_after = mesh
-        .server
-        .stats(&[&EnvoyProcess::listener_ssl_stat("fail_verify_error")])
-        .await
-        .unwrap()[0];
-    assert!(
-        fail_after > fail_before,
-        "the server did not count the refused handshake as a verification failure \
-         ({fail_before} -> {fail_after}); openssl said:\n{last}"
-    );
-    eprintln!("refused {refused_after:.1?} after the revoke; openssl said:\n{last}");
+    for (server, before) in servers.into_iter().zip(fail_before) {
+        let port = server.port().unwrap();
+        let last = loop {
+            match openssl_request(port, &minted, &scratch).await {
+                Err(out) => break out,
+                Ok(text) => assert!(
+                    revoked_at.elapsed() < Duration::from_secs(20),
+                    "{} still serves an SVID under the revoked intermediate 20 s after the \
+                     revoke: {text}\n{}\n--- agent log ---\n{}",
+                    server.name(),
+                    server.summary().await,
+                    mesh.agent.log()
+                ),
+            }
+            tokio::time::sleep(SAMPLE_INTERVAL).await;
+        };
+        let after = server.stats(&[&fail_verify]).await.unwrap()[0];
+        assert!(
+            after > before,
+            "{} did not count the refused handshake as a verification failure \
+             ({before} -> {after}); openssl said:\n{last}",
+            server.name()
+        );
+        eprintln!(
+            "{} refused it {:.1?} after the revoke; openssl said:\n{last}",
+            server.name(),
+            revoked_at.elapsed()
+        );
+    }
 
     // The Envoys' own traffic, under the fresh intermediate, goes on with
     // the CRLs in force.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let again = openssl_request(server_port, &minted, &scratch).await;
-    assert!(
-        again.is_err(),
-        "the revoked SVID was served again: {again:?}"
-    );
+    for server in servers {
+        let again = openssl_request(server.port().unwrap(), &minted, &scratch).await;
+        assert!(
+            again.is_err(),
+            "{} served the revoked SVID again: {again:?}",
+            server.name()
+        );
+    }
     let took = traffic.elapsed();
     mesh.assert_no_failures(&traffic, "after the revoke").await;
     let outcomes = traffic.stop().await;
     assert_traffic_flowed(outcomes.len(), took);
     mesh.assert_never_restarted();
+    rootca_server.stop().await.unwrap();
     mesh.shut_down().await;
 }
