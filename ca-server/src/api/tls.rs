@@ -134,10 +134,11 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Verifies client certificates as X.509-SVIDs of the CA's current bundle.
+/// Verifies client certificates as X.509-SVIDs of the CA's current bundle
+/// that do not chain through a revoked intermediate.
 #[derive(Debug)]
 struct SvidClientVerifier {
-    bundle: watch::Receiver<Arc<TrustBundle>>,
+    bundle: watch::Receiver<Arc<crate::ca::NodeBundle>>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -157,7 +158,18 @@ impl ClientCertVerifier for SvidClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let bundle = self.bundle.borrow().clone();
+        let node_bundle = self.bundle.borrow().clone();
+        if intermediates.iter().any(|i| {
+            node_bundle
+                .revoked
+                .iter()
+                .any(|r| r.as_slice() == i.as_ref())
+        }) {
+            return Err(rustls::Error::General(
+                "client certificate chains through a revoked intermediate".into(),
+            ));
+        }
+        let bundle = node_bundle.bundle.clone();
         let mut chain = Vec::with_capacity(1 + intermediates.len());
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
@@ -308,7 +320,7 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SvidClientVerifier {
-        bundle: ca.watch_bundle(),
+        bundle: ca.watch_node_bundle(),
         algs: provider.signature_verification_algorithms,
     });
     let mut config = ServerConfig::builder_with_provider(provider.clone() as Arc<CryptoProvider>)

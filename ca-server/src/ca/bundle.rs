@@ -38,6 +38,9 @@ pub struct NodeBundle {
     pub tainted: Vec<Tainted>,
     /// DER CRLs (empty unless an intermediate is revoked).
     pub crls: Vec<Vec<u8>>,
+    /// DER certificates of the revoked intermediates the CRLs list: the
+    /// CA refuses node SVIDs that chain through them.
+    pub revoked: Vec<Vec<u8>>,
 }
 
 impl NodeBundle {
@@ -58,6 +61,10 @@ pub(super) struct Content {
     pub tainted: Vec<AuthorityRow>,
     /// Revoked intermediates whose root is still published: what the CRLs list.
     pub revoked: Vec<AuthorityRow>,
+    /// While `revoked` is not empty: the unexpired, unrevoked intermediates,
+    /// each of which needs its own (empty) CRL in the bundle before an SVID
+    /// it signs passes a full-chain CRL check.
+    pub live_intermediates: Vec<AuthorityRow>,
 }
 
 impl Content {
@@ -80,6 +87,27 @@ impl Content {
                 .collect(),
         };
         let root_ids: Vec<String> = roots.iter().map(|c| cert_id(c)).collect();
+        let revoked: Vec<AuthorityRow> = rows
+            .iter()
+            .filter(|r| {
+                r.kind == AuthorityKind::Intermediate
+                    && r.state == AuthorityState::Revoked
+                    && r.parent_id.as_ref().is_some_and(|p| root_ids.contains(p))
+            })
+            .cloned()
+            .collect();
+        let live_intermediates = if revoked.is_empty() {
+            Vec::new()
+        } else {
+            rows.iter()
+                .filter(|r| {
+                    r.kind == AuthorityKind::Intermediate
+                        && !matches!(r.state, AuthorityState::Revoked | AuthorityState::Pruned)
+                        && r.not_after > now
+                })
+                .cloned()
+                .collect()
+        };
         Self {
             jwt: rows
                 .iter()
@@ -92,15 +120,8 @@ impl Content {
                 .filter(|r| r.state == AuthorityState::Tainted && r.not_after > now)
                 .cloned()
                 .collect(),
-            revoked: rows
-                .iter()
-                .filter(|r| {
-                    r.kind == AuthorityKind::Intermediate
-                        && r.state == AuthorityState::Revoked
-                        && r.parent_id.as_ref().is_some_and(|p| root_ids.contains(p))
-                })
-                .cloned()
-                .collect(),
+            revoked,
+            live_intermediates,
             roots,
         }
     }
@@ -113,6 +134,11 @@ impl Content {
         ids.extend(self.jwt.iter().map(|j| format!("jwt:{}", j.id)));
         ids.extend(self.tainted.iter().map(|t| format!("tainted:{}", t.id)));
         ids.extend(self.revoked.iter().map(|r| format!("revoked:{}", r.id)));
+        ids.extend(
+            self.live_intermediates
+                .iter()
+                .map(|r| format!("crl:{}", r.id)),
+        );
         ids.sort();
         ids.join(",")
     }
@@ -260,13 +286,20 @@ impl Ca {
         let upstream = self.upstream_roots();
         let content = Content::of(&rows, upstream.as_deref(), now);
         let bundle = content.trust_bundle(&self.config, sequence)?;
-        let crls = self.crls(&rows, &content, sequence, now)?;
+        let current = self.node_bundle.borrow().clone();
+        // CRLs change only with the sequence (the revoked set is part of
+        // it): re-sign them only then, not on every tick.
+        let crls = if current.bundle.sequence() == sequence && sequence != 0 {
+            current.crls.clone()
+        } else {
+            self.crls(&rows, &content, sequence, now)?
+        };
         let node = NodeBundle {
             bundle: Arc::new(bundle),
             tainted: content.tainted_list(&self.config),
             crls,
+            revoked: content.revoked.iter().map(|r| r.cert_der.clone()).collect(),
         };
-        let current = self.node_bundle.borrow().clone();
         if current.bundle.as_ref() != node.bundle.as_ref() || current.tainted != node.tainted {
             write_file(&self.config, &node.bundle)?;
             tracing::info!(sequence, "publishing a new trust bundle");
@@ -282,14 +315,5 @@ impl Ca {
     /// As [`Ca::commit`].
     pub(super) fn publish(&self, caller: &str) -> Result<Vec<AuthorityRow>, CaError> {
         self.commit(&[], caller)
-    }
-
-    /// Rebuilds the bundle from the store and publishes it when it changed.
-    ///
-    /// # Errors
-    /// Store and file errors.
-    pub fn republish_bundle(&self) -> Result<(), CaError> {
-        let _writer = self.writer();
-        self.publish(super::authorities::SELF).map(|_| ())
     }
 }

@@ -20,7 +20,7 @@ use super::authorities::cert_id;
 use super::bundle::Content;
 use super::time::{from_unix, unix};
 use super::{Ca, CaError};
-use crate::store::{AuthorityKind, AuthorityRow, AuthorityState};
+use crate::store::AuthorityRow;
 
 /// Signs one CRL with the CA certificate `issuer_der` and its key, listing
 /// `revoked` (intermediate certificates).
@@ -75,7 +75,9 @@ fn sign_crl(
 
 impl Ca {
     /// The CRLs of the node bundle (see the module docs); none while no
-    /// published root has a revoked intermediate.
+    /// published root has a revoked intermediate. While there is one, a
+    /// new intermediate changes the CRL set, so it is published (and
+    /// gated) with the sequence that carries its own CRL.
     pub(super) fn crls(
         &self,
         rows: &[AuthorityRow],
@@ -113,11 +115,7 @@ impl Ca {
             };
             crls.push(crl);
         }
-        for r in rows.iter().filter(|r| {
-            r.kind == AuthorityKind::Intermediate
-                && !matches!(r.state, AuthorityState::Revoked | AuthorityState::Pruned)
-                && r.not_after > unix(now)
-        }) {
+        for r in &content.live_intermediates {
             let key = self.keys.load_key_of(r)?;
             crls.push(sign_crl(&r.cert_der, &key, &[], number, now)?);
         }

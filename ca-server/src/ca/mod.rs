@@ -117,7 +117,11 @@ impl Ca {
         let keys = KeyStore::new(config.clone(), store.clone());
         let now = clock();
         let upstream = match &config.upstream_ca {
-            Some((cert, key)) => Some(Upstream::load(&config, &keys, cert, key)?),
+            Some((cert, key)) => {
+                let mut up = Upstream::load(&config, &keys, cert, key)?;
+                up.merge_stored_roots(&config, &store, now)?;
+                Some(up)
+            }
             None => None,
         };
         keys.bootstrap(
@@ -134,6 +138,7 @@ impl Ca {
             bundle: Arc::new(TrustBundle::new(config.trust_domain.clone())),
             tainted: Vec::new(),
             crls: Vec::new(),
+            revoked: Vec::new(),
         }));
         let (entries_tx, _) = watch::channel(store.revision()?);
         let ca = Self {
@@ -304,6 +309,18 @@ pub struct Upstream {
     pub roots: Vec<CertificateDer<'static>>,
     pub(crate) files_hash: Vec<u8>,
     pub(crate) bundle_hash: Vec<u8>,
+    /// A changed upstream CA not yet signing our intermediates: it takes
+    /// over once its root is in the bundle agents serve.
+    pub(crate) pending: Option<PendingUpstream>,
+}
+
+/// A new upstream CA read from changed files.
+pub struct PendingUpstream {
+    pub parent: Arc<SigningAuthority>,
+    pub anchor: CertificateDer<'static>,
+    pub files_hash: Vec<u8>,
+    /// Unix seconds when it was read.
+    pub since: i64,
 }
 
 #[cfg(test)]

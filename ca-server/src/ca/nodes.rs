@@ -241,4 +241,23 @@ mod tests {
         let row = ca.nodes().unwrap().pop().unwrap();
         assert_eq!(row.attested_at, unix(clock.now()));
     }
+
+    #[test]
+    fn status_reports_are_bounded_and_a_refused_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let ca = testing::open(dir.path(), &clock, Settings::default());
+        let node = testing::attest(&ca, "n1");
+        ca.report_status(&node, 3, 1, &["a".repeat(16)]).unwrap();
+        for bad in [
+            vec!["x".to_owned(); MAX_CHAINS_THROUGH + 1],
+            vec!["x".repeat(MAX_AUTHORITY_ID_LEN + 1)],
+        ] {
+            let e = ca.report_status(&node, 9, 9, &bad).unwrap_err();
+            assert!(matches!(e, CaError::InvalidArgument(_)), "{e:?}");
+        }
+        let row = ca.nodes().unwrap().pop().unwrap();
+        assert_eq!((row.bundle_sequence, row.svid_count), (3, 1));
+        assert_eq!(row.chains_through, ["a".repeat(16)]);
+    }
 }

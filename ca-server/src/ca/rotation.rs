@@ -37,6 +37,7 @@ fn crash_point(step: &str) {
 }
 
 /// What the activation gate says about a prepared authority.
+/// "Live" agents count: see [`Ca::agent_lag`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gate {
     /// Every connected agent serves a bundle that carries it.
@@ -110,7 +111,11 @@ impl Ca {
         }
     }
 
-    /// Every connected agent with the bundle sequence it last reported.
+    /// Every live agent with the bundle sequence it last reported: those
+    /// with an open bundle stream, and those that reported within the
+    /// last 3 x `agent_sync_interval`. The second group matters after a
+    /// restart, before agents have reconnected: the CA must not take their
+    /// absence for consent.
     ///
     /// # Errors
     /// Store errors.
@@ -122,14 +127,15 @@ impl Ca {
             .keys()
             .cloned()
             .collect();
-        if connected.is_empty() {
-            return Ok(Vec::new());
-        }
+        let recent =
+            unix(self.now()).saturating_sub(3 * secs(self.config.rotation.agent_sync_interval));
         Ok(self
             .store
             .nodes()?
             .into_iter()
-            .filter(|n| connected.contains(&n.spiffe_id))
+            .filter(|n| {
+                connected.contains(&n.spiffe_id) || (n.last_seen > 0 && n.last_seen >= recent)
+            })
             .map(|n| (n.name, n.bundle_sequence))
             .collect())
     }
@@ -265,8 +271,9 @@ impl Ca {
         }
     }
 
-    /// One tick of the schedule: follows the upstream files, then moves
-    /// each kind one step if due, and prunes. Returns whether anything
+    /// One tick of the schedule: follows the upstream files (and switches
+    /// to a changed upstream CA once its root is served), then moves each
+    /// kind one step if due, and prunes. Returns whether anything
     /// changed.
     ///
     /// # Errors
@@ -275,29 +282,9 @@ impl Ca {
         let _writer = self.writer();
         let now = self.now();
         let mut changed = false;
-        if self.follow_upstream() {
-            let upstream = self.upstream.as_ref().map(|u| {
-                let u = u.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-                (u.parent.clone(), u.anchor.clone())
-            });
-            if let Some((parent, anchor)) = upstream {
-                let row = self.keys.create_intermediate(
-                    &parent,
-                    &cert_id(parent.cert()),
-                    &[anchor],
-                    now,
-                    AuthorityState::Prepared,
-                    SELF,
-                )?;
-                let rows = self.publish(SELF)?;
-                let row = rows.iter().find(|r| r.id == row.id).cloned().unwrap_or(row);
-                // Intermediates are not in the bundle: the new one can sign
-                // as soon as it is recorded as published.
-                self.activate_rows(&row, &rows, SELF, true, now)?;
-                changed = true;
-            }
-        }
+        self.follow_upstream(unix(now));
         self.publish(SELF)?;
+        changed |= self.switch_upstream(now)?;
         if self.config.upstream_ca.is_none() {
             changed |= self.schedule(AuthorityKind::Root, now)?;
         }
@@ -316,6 +303,25 @@ impl Ca {
         else {
             return Ok(false);
         };
+        // A prepared root keeps a fresh intermediate under it, made and
+        // published ahead of activation (its CRL too, while CRLs are in
+        // use), so that activation never brings a key agents do not have.
+        if kind == AuthorityKind::Root
+            && let Some(next) = self.successor(kind, &rows, t)
+            && self.companion(next, &rows, t).is_none()
+        {
+            let parent = self.keys.load_root(next)?;
+            self.keys.create_intermediate(
+                &parent,
+                &next.id,
+                std::slice::from_ref(parent.cert()),
+                now,
+                AuthorityState::Prepared,
+                SELF,
+            )?;
+            self.publish(SELF)?;
+            return Ok(true);
+        }
         match self.successor(kind, &rows, t) {
             None if t >= self.prepare_point(active) => {
                 self.prepare_locked(kind, SELF, now)?;
@@ -543,15 +549,18 @@ impl Ca {
             // Its intermediate: the one prepared with it while still fresh,
             // else a new one (intermediates are not in the bundle; the root
             // that vouches for it is).
-            let companion = rows.iter().find(|r| {
-                r.kind == AuthorityKind::Intermediate
-                    && r.state == AuthorityState::Prepared
-                    && r.parent_id.as_deref() == Some(&next.id)
-                    && r.published_sequence.is_some()
-                    && t < self.prepare_point(r)
-            });
-            let companion = match companion {
-                Some(c) => c.clone(),
+            let companion = match self.companion(next, rows, t) {
+                Some(c) => {
+                    if !force && let Gate::Closed(lagging) = self.gate(c, now)? {
+                        return Err(CaError::FailedPrecondition(format!(
+                            "not every connected agent has acknowledged bundle sequence {}, which carries the intermediate of {}: {}; wait, or use force",
+                            c.published_sequence.unwrap_or(0),
+                            next.id,
+                            lagging_names(&lagging)
+                        )));
+                    }
+                    c.clone()
+                }
                 None => {
                     let parent = self.keys.load_root(next)?;
                     let mut fresh = self.keys.create_intermediate(
@@ -588,6 +597,24 @@ impl Ca {
             }
         }
         Ok(changes)
+    }
+
+    /// The fresh, published intermediate prepared under the prepared root
+    /// `root`, if any (fresh: not yet past its own prepare point).
+    fn companion<'a>(
+        &self,
+        root: &AuthorityRow,
+        rows: &'a [AuthorityRow],
+        t: i64,
+    ) -> Option<&'a AuthorityRow> {
+        rows.iter().find(|r| {
+            r.kind == AuthorityKind::Intermediate
+                && r.state == AuthorityState::Prepared
+                && r.parent_id.as_deref() == Some(&root.id)
+                && r.published_sequence.is_some()
+                && r.not_after > t
+                && t < self.prepare_point(r)
+        })
     }
 
     fn find(&self, rows: &[AuthorityRow], id: &str) -> Result<AuthorityRow, CaError> {

@@ -117,6 +117,16 @@ fn two_full_cycles_of_each_kind_keep_every_credential_valid() {
                     AuthorityKind::Intermediate => a.parent_id.clone().unwrap(),
                     _ => a.id.clone(),
                 };
+                // Nothing was made and activated in one step: every new
+                // authority was published at an earlier tick.
+                assert!(
+                    a.published_at < a.activated_at,
+                    "{} {} published at {:?}, activated at {:?}",
+                    kind.as_str(),
+                    a.id,
+                    a.published_at,
+                    a.activated_at
+                );
                 assert!(
                     sent_before.contains(&vouching),
                     "{} {} signs but {vouching} was not in the bundle sent before",
@@ -224,8 +234,11 @@ fn activation_waits_for_connected_agents_then_for_the_time_rule() {
         (1, 2)
     );
 
-    // An agent that disconnects no longer holds activation back.
+    // An agent that disconnects holds activation back only while its last
+    // report is recent (3 x the 30s heartbeat).
     drop(slow_stream);
+    assert!(ca.activate_authority(&jwt.row.id, false, "admin").is_err());
+    clock.advance(Duration::from_secs(91));
     ca.activate_authority(&jwt.row.id, false, "admin").unwrap();
     assert_eq!(ca.signing().jwt.key_id, jwt.row.id);
 
@@ -660,4 +673,59 @@ fn a_root_cannot_be_prepared_in_upstream_mode_and_unknown_kinds_are_refused() {
     assert!(i.row.published_sequence.is_some());
     ca.activate_authority(&i.row.id, false, "admin").unwrap();
     assert_eq!(ca.signing().signer_id, i.row.id);
+}
+
+#[test]
+fn while_crls_are_in_use_a_new_intermediate_waits_for_the_bundle_carrying_its_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let ca = Arc::new(testing::open(dir.path(), &clock, Settings::default()));
+    let inter = active(&ca, AuthorityKind::Intermediate).id;
+    ca.taint_authority(&inter, "admin").unwrap();
+    ca.revoke_authority(&inter, true, "admin").unwrap();
+    let seq = ca.bundle().sequence();
+    assert_eq!(ca.node_bundle().crls.len(), 2);
+
+    let node = testing::attest(&ca, "n1");
+    let _stream = ca.agent_connected(&node);
+    ca.report_status(&node, seq, 0, &[]).unwrap();
+    let (next, seq2) = ca
+        .prepare_authority(Some(AuthorityKind::Intermediate), "admin")
+        .unwrap();
+    assert!(seq2 > seq, "its CRL changes the bundle");
+    assert_eq!(next.row.published_sequence, Some(seq2));
+    assert_eq!(ca.node_bundle().crls.len(), 3);
+    let e = ca
+        .activate_authority(&next.row.id, false, "admin")
+        .unwrap_err();
+    assert!(e.to_string().contains("n1 (at"), "{e}");
+    ca.report_status(&node, seq2, 0, &[]).unwrap();
+    ca.activate_authority(&next.row.id, false, "admin").unwrap();
+    assert_eq!(ca.signing().signer_id, next.row.id);
+}
+
+#[test]
+fn after_a_restart_agents_that_reported_recently_count_before_they_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let ca = Arc::new(testing::open(dir.path(), &clock, Settings::default()));
+    let node = testing::attest(&ca, "n1");
+    let stream = ca.agent_connected(&node);
+    ca.report_status(&node, ca.bundle().sequence(), 0, &[])
+        .unwrap();
+    let (jwt, _) = ca
+        .prepare_authority(Some(AuthorityKind::Jwt), "admin")
+        .unwrap();
+    drop(stream);
+    drop(ca);
+    // Restarted: no stream is open yet, but n1 reported 0s ago.
+    let ca = testing::open(dir.path(), &clock, Settings::default());
+    let e = ca
+        .activate_authority(&jwt.row.id, false, "admin")
+        .unwrap_err();
+    assert!(e.to_string().contains("n1"), "{e}");
+    let n1 = SpiffeId::parse("spiffe://test.org/signet/node/n1").unwrap();
+    ca.report_status(&n1, ca.bundle().sequence(), 0, &[])
+        .unwrap();
+    ca.activate_authority(&jwt.row.id, false, "admin").unwrap();
 }

@@ -124,7 +124,7 @@ impl Ca {
         if self.config.upstream_ca.is_some() {
             let signing = self.signing();
             let der = signing.parent.cert().to_vec();
-            let mut row = AuthorityRow::new(
+            let row = AuthorityRow::new(
                 cert_id(&der),
                 AuthorityKind::Upstream,
                 AuthorityState::Active,
@@ -137,7 +137,6 @@ impl Ca {
                 0,
                 None,
             );
-            row.published_sequence = Some(1);
             out.push(AuthorityInfo {
                 row,
                 agents_acknowledged: connected,

@@ -122,3 +122,49 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuthorityKind, AuthorityState, authorities};
+
+    #[test]
+    fn migration_5_journals_existing_authorities_as_published_in_the_current_sequence() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // A database as schema 4 left it.
+        for (i, sql) in MIGRATIONS.iter().take(4).enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO meta (key, value) VALUES ('bundle_sequence', '7'), ('parent_of:i1', 'r1');
+             INSERT INTO authorities (id, kind, state, cert_der, key_file, not_before, not_after, created_at) VALUES
+               ('r1', 'root', 'active', x'00', 'k', 0, 100, 10),
+               ('r2', 'root', 'prepared', x'00', 'k', 0, 100, 20),
+               ('i1', 'intermediate', 'active', x'00', 'k', 0, 50, 11),
+               ('j0', 'jwt', 'retired', x'00', 'k', 0, 50, 5);
+             INSERT INTO nodes (spiffe_id, name, attested_at, last_serial, svid_expires_at, updated_at)
+               VALUES ('spiffe://td/signet/node/a', 'a', 1, 's', 2, 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let rows = authorities::list(&conn, None).unwrap();
+        let row = |id: &str| rows.iter().find(|r| r.id == id).unwrap();
+        for r in &rows {
+            assert_eq!(r.published_sequence, Some(7), "{r:?}");
+            assert_eq!(r.published_at, Some(r.created_at));
+        }
+        assert_eq!(row("r1").activated_at, Some(10));
+        assert_eq!(row("j0").activated_at, Some(5));
+        assert_eq!(row("r2").activated_at, None);
+        assert_eq!(row("r2").state, AuthorityState::Prepared);
+        assert_eq!(row("i1").parent_id.as_deref(), Some("r1"));
+        assert_eq!(row("i1").kind, AuthorityKind::Intermediate);
+        assert_eq!(row("r1").parent_id, None);
+        let chains: String = conn
+            .query_row("SELECT chains_through FROM nodes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(chains, "[]");
+    }
+}

@@ -13,9 +13,10 @@ use signet_proto::ca::v1::admin_client::AdminClient;
 use signet_tests::{AgentProcess, CaOptions, CaProcess};
 use tonic::transport::Channel;
 
-/// Longest wait for an agent to serve the CA's current bundle (it
-/// reconnects with backoff after a CA restart).
-const SYNC_TIMEOUT: Duration = Duration::from_secs(40);
+/// Longest wait for an agent to serve the CA's current bundle and say so:
+/// after a CA restart it reconnects with backoff, and a report that failed
+/// while the CA was down is only repeated at its 30 s heartbeat.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Waits until the agent `node` reports serving the CA's current bundle,
 /// and returns that bundle: one the agent has served.
@@ -422,4 +423,96 @@ async fn cli_authority_commands_against_a_live_ca() {
         .map(|j| j.key_id.as_str())
         .collect();
     assert_eq!(kids, [id.as_str()], "the revoked key left the bundle");
+}
+
+#[tokio::test]
+async fn a_revoked_intermediate_is_in_the_crls_agents_get_and_its_node_svids_are_refused() {
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let node = signet_tests::attest_node(&ca, "old-node").await.unwrap();
+    let mut client = ca.node_client(Some(node.tls_identity())).await.unwrap();
+    let mut stream = client
+        .watch_bundle(pb::WatchBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.crls.is_empty() && first.tainted.is_empty());
+    // Before the revoke, a new connection with this node SVID works.
+    ca.node_client(Some(node.tls_identity()))
+        .await
+        .unwrap()
+        .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+        .await
+        .unwrap();
+
+    let mut admin = ca.admin().await.unwrap();
+    let inter = authorities(&mut admin)
+        .await
+        .into_iter()
+        .find(|a| {
+            a.kind == i32::from(pb::AuthorityKind::Intermediate)
+                && a.state == i32::from(pb::AuthorityState::Active)
+        })
+        .unwrap();
+    admin
+        .taint_authority(pb::TaintAuthorityRequest {
+            id: inter.id.clone(),
+        })
+        .await
+        .unwrap();
+    let tainted = stream.message().await.unwrap().unwrap();
+    assert_eq!(tainted.tainted.len(), 1);
+    assert_eq!(tainted.tainted[0].id, inter.id);
+    assert_eq!(tainted.tainted[0].reissue_window_seconds, 300);
+    // The node's SVID chains through it and the node has not reported
+    // since: refused without force.
+    let early = admin
+        .revoke_authority(pb::RevokeAuthorityRequest {
+            id: inter.id.clone(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
+    let revoked = admin
+        .revoke_authority(pb::RevokeAuthorityRequest {
+            id: inter.id.clone(),
+            force: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        revoked.authority.unwrap().state,
+        i32::from(pb::AuthorityState::Revoked)
+    );
+    // The stream is closed or carries the CRLs; a new connection with the
+    // node SVID under the revoked intermediate is refused either way.
+    if let Ok(Some(b)) = stream.message().await {
+        assert_eq!(
+            b.crls.len(),
+            2,
+            "one for the root, one for the new intermediate"
+        );
+        assert!(b.tainted.is_empty());
+    }
+    let refused = match ca.node_client(Some(node.tls_identity())).await {
+        Ok(mut c) => c
+            .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        refused,
+        "a node SVID under a revoked intermediate was accepted"
+    );
+    // A node attested now is accepted.
+    let fresh = signet_tests::attest_node(&ca, "new-node").await.unwrap();
+    ca.node_client(Some(fresh.tls_identity()))
+        .await
+        .unwrap()
+        .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+        .await
+        .unwrap();
 }
