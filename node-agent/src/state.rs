@@ -95,7 +95,7 @@ pub struct Svid {
     /// When the manager will renew it (half of the lifetime, ±10% jitter).
     pub renew_at: SystemTime,
     /// When the agent received it (its own clock).
-    pub received_at: SystemTime,
+    pub requested_at: SystemTime,
     /// Ids ([`signet_identity::x509::authority_id`]) of the intermediates in
     /// the chain and of the root that validates it.
     pub chains_through: Vec<String>,

@@ -76,7 +76,7 @@ fn fixture() -> Fixture {
         key: issued.key,
         not_before: issued.not_before,
         not_after: issued.not_after,
-        received_at: SystemTime::now(),
+        requested_at: SystemTime::now(),
     };
     let m = Manager::new(Arc::new(config), client, node, ca.bundle().clone());
     // The first entry snapshot: the agent is synced and serves its bundle.
@@ -223,13 +223,13 @@ async fn a_leaf_under_a_root_not_yet_served_waits_for_the_bundle_that_carries_it
     let f = fixture();
     set_entries(&f.m, &["web"]);
     let (results, keys) = signed(&f.m, &["web"], f.ca.authority());
-    assert_eq!(f.m.accept(results, keys), 1);
+    assert_eq!(f.m.accept(results, keys, SystemTime::now()), 1);
     let old = serial_of(&f.m, "web").unwrap();
 
     // The CA has moved to a new root whose bundle has not reached the agent.
     let next = TestCa::new(td()).unwrap();
     let (results, keys) = signed(&f.m, &["web"], next.authority());
-    assert_eq!(f.m.accept(results, keys), 0);
+    assert_eq!(f.m.accept(results, keys, SystemTime::now()), 0);
     // The old SVID stays in service, and the entry is not signed again
     // while the new one waits for its bundle.
     assert_eq!(serial_of(&f.m, "web").unwrap(), old);
@@ -257,10 +257,10 @@ async fn a_held_leaf_that_no_bundle_validates_is_dropped_after_the_wait() {
     let f = fixture();
     set_entries(&f.m, &["web"]);
     let (results, keys) = signed(&f.m, &["web"], f.ca.authority());
-    f.m.accept(results, keys);
+    f.m.accept(results, keys, SystemTime::now());
     let rogue = TestCa::new(td()).unwrap();
     let (results, keys) = signed(&f.m, &["web"], rogue.authority());
-    f.m.accept(results, keys);
+    f.m.accept(results, keys, SystemTime::now());
     let now = SystemTime::now();
     // Another bundle that still lacks its root: it keeps waiting.
     f.m.apply_bundle(&bundle_pb(&[f.ca.root()], 2)).unwrap();
@@ -288,9 +288,9 @@ async fn svids_through_a_tainted_intermediate_are_reissued_spread_over_its_windo
     all.push("direct");
     set_entries(&f.m, &all);
     let (results, keys) = signed(&f.m, &all[..40], &int);
-    assert_eq!(f.m.accept(results, keys), 40);
+    assert_eq!(f.m.accept(results, keys, SystemTime::now()), 40);
     let (results, keys) = signed(&f.m, &["direct"], f.ca.authority());
-    assert_eq!(f.m.accept(results, keys), 1);
+    assert_eq!(f.m.accept(results, keys, SystemTime::now()), 1);
 
     // What the agent reports: the intermediate and the root (the node SVID
     // and "direct" chain to the root alone).
@@ -345,7 +345,7 @@ async fn svids_through_a_tainted_intermediate_are_reissued_spread_over_its_windo
     // Re-issued (by a new intermediate): no longer pending, nothing due.
     let replacement = intermediate(&f.ca);
     let (results, keys) = signed(&f.m, &all[..40], &replacement);
-    assert_eq!(f.m.accept(results, keys), 40);
+    assert_eq!(f.m.accept(results, keys, SystemTime::now()), 40);
     assert_eq!(f.m.subscribe().borrow().reissue_pending, 0);
     assert!(f.m.due_entries(end).is_empty());
     assert!(!f.m.status().2.contains(&int_id));
@@ -356,7 +356,7 @@ async fn a_tainted_root_brings_the_node_svid_forward_too() {
     let f = fixture();
     set_entries(&f.m, &["web"]);
     let (results, keys) = signed(&f.m, &["web"], f.ca.authority());
-    f.m.accept(results, keys);
+    f.m.accept(results, keys, SystemTime::now());
     let root_id = authority_id(f.ca.root());
     let tainted_at = unix_secs(SystemTime::now()) + 5;
     let mut message = bundle_pb(&[f.ca.root()], 2);
@@ -434,7 +434,7 @@ async fn a_held_leaf_for_an_entry_that_changed_meanwhile_is_never_served() {
     set_entries(&f.m, &["web"]);
     let next = TestCa::new(td()).unwrap();
     let (results, keys) = signed(&f.m, &["web"], next.authority());
-    assert_eq!(f.m.accept(results, keys), 0);
+    assert_eq!(f.m.accept(results, keys, SystemTime::now()), 0);
     // The entry gains a DNS name before the new root's bundle arrives.
     let mut changed = entry_pb("web");
     changed.dns_names = vec!["web.example.org".into()];
@@ -449,4 +449,63 @@ async fn a_held_leaf_for_an_entry_that_changed_meanwhile_is_never_served() {
         .unwrap();
     assert!(serial_of(&f.m, "web").is_none());
     assert_eq!(f.m.due_entries(SystemTime::now()).len(), 1);
+}
+
+#[tokio::test]
+async fn an_svid_asked_for_just_before_the_taint_in_the_same_second_is_still_replaced() {
+    // The taint's time has whole seconds: an SVID asked for a moment before
+    // the taint may look "newer" than the taint and than its deadline. It
+    // was asked for before the agent saw the taint, so it is replaced.
+    let f = fixture();
+    set_entries(&f.m, &["web"]);
+    let asked = SystemTime::now();
+    let (results, keys) = signed(&f.m, &["web"], f.ca.authority());
+    f.m.accept(results, keys, asked);
+    let mut message = bundle_pb(&[f.ca.root()], 2);
+    message.tainted = vec![pb::TaintedAuthority {
+        id: authority_id(f.ca.root()),
+        kind: pb::AuthorityKind::Root as i32,
+        tainted_at: unix_secs(asked),
+        reissue_window_seconds: 0,
+        ..pb::TaintedAuthority::default()
+    }];
+    f.m.apply_bundle(&message).unwrap();
+    let due = f.m.due_entries(SystemTime::now());
+    assert_eq!(due.len(), 1);
+    // Its replacement, asked for once the agent knew, is not replaced again
+    // though the root it chains through is still tainted.
+    let (results, keys) = signed(&f.m, &["web"], f.ca.authority());
+    f.m.accept(results, keys, SystemTime::now());
+    assert!(f.m.due_entries(SystemTime::now()).is_empty());
+    assert_eq!(
+        f.m.subscribe().borrow().reissue_pending,
+        1,
+        "only the node SVID"
+    );
+}
+
+#[tokio::test]
+async fn an_svid_whose_root_left_the_bundle_is_due_at_once() {
+    let f = fixture();
+    set_entries(&f.m, &["web"]);
+    let (results, keys) = signed(&f.m, &["web"], f.ca.authority());
+    f.m.accept(results, keys, SystemTime::now());
+    let next = TestCa::new(td()).unwrap();
+    f.m.apply_bundle(&bundle_pb(&[f.ca.root(), next.root()], 2))
+        .unwrap();
+    assert!(f.m.due_entries(SystemTime::now()).is_empty());
+    // The old root is revoked: out of the bundle.
+    f.m.apply_bundle(&bundle_pb(&[next.root()], 3)).unwrap();
+    let due = f.m.due_entries(SystemTime::now());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, "web");
+}
+
+#[test]
+fn federates_with_is_parsed_and_a_bad_name_costs_only_that_federation() {
+    let mut e = entry_pb("web");
+    e.federates_with = vec!["b.test".into(), "not a trust domain".into()];
+    let entry = entry_from_pb(e).unwrap();
+    assert_eq!(entry.federates_with, [TrustDomain::new("b.test").unwrap()]);
+    assert_eq!(entry.spiffe_id.as_str(), "spiffe://example.org/web");
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use signet_identity::jwt;
-use signet_identity::x509::SvidError;
+use signet_identity::x509::{SvidError, authority_id};
 use signet_identity::{
     KeyError, KeyType, PrivateKey, SpiffeId, SpiffeIdError, TrustBundle, TrustDomain,
 };
@@ -67,14 +67,6 @@ pub enum ManagerError {
         #[source]
         source: SpiffeIdError,
     },
-    /// An entry that federates with a name that is not a trust domain.
-    #[error("entry {id}: federates with {name:?}: {source}")]
-    FederatesWith {
-        id: String,
-        name: String,
-        #[source]
-        source: SpiffeIdError,
-    },
     /// No bundle yet to check an SVID with.
     #[error("no trust bundle to verify the SVID against")]
     NoBundle,
@@ -108,6 +100,8 @@ struct Inner {
     /// (they wait) rather than "no identity" (they refuse).
     synced: bool,
     bundle: Option<Arc<TrustBundle>>,
+    /// [`authority_id`] of each root of `bundle`.
+    root_ids: Vec<String>,
     /// Federated bundles, CRLs and taints of the last bundle message.
     federated: BTreeMap<TrustDomain, Arc<TrustBundle>>,
     crls: Arc<[Vec<u8>]>,
@@ -126,18 +120,28 @@ struct Awaiting {
     entry: Arc<Entry>,
     svid: pb::X509Svid,
     key: PrivateKey,
+    /// When the agent asked for it.
+    requested_at: SystemTime,
     since: SystemTime,
 }
 
 impl Inner {
     /// When `svid` is due: its renewal time, or earlier when it chains
-    /// through a tainted authority.
+    /// through a tainted authority; at once when the root it chains to has
+    /// left the bundle (revoked or pruned), since peers no longer accept it.
     fn due_at(&self, svid: &Svid) -> SystemTime {
+        if !svid
+            .chains_through
+            .iter()
+            .any(|id| self.root_ids.contains(id))
+        {
+            return svid.requested_at;
+        }
         trust::reissue_deadline(
             &self.taints,
             &svid.entry_id,
             &svid.chains_through,
-            svid.received_at,
+            svid.requested_at,
         )
         .map_or(svid.renew_at, |d| d.min(svid.renew_at))
     }
@@ -170,7 +174,12 @@ impl Inner {
             match check_svid(&held.entry, &held.svid, &held.key, &bundle, now) {
                 Ok(checked) => {
                     tracing::info!(entry = %id, serial = %held.svid.serial, "the bundle now validates a held-back SVID; serving it");
-                    let svid = checked.into_svid(&held.entry, held.svid.serial, held.key, now);
+                    let svid = checked.into_svid(
+                        &held.entry,
+                        held.svid.serial,
+                        held.key,
+                        held.requested_at,
+                    );
                     self.svids.insert(id, Arc::new(svid));
                     installed += 1;
                 }
@@ -223,6 +232,7 @@ impl Manager {
         bundle: TrustBundle,
     ) -> Arc<Self> {
         let inner = Inner {
+            root_ids: root_ids(&bundle),
             bundle: Some(Arc::new(bundle)),
             ..Inner::default()
         };
@@ -278,7 +288,7 @@ impl Manager {
             &inner.taints,
             node.spiffe_id.as_str(),
             &through,
-            node.received_at,
+            node.requested_at,
         )
     }
 
@@ -300,7 +310,7 @@ impl Manager {
                         &inner.taints,
                         &s.entry_id,
                         &s.chains_through,
-                        s.received_at,
+                        s.requested_at,
                     )
                     .is_some()
                 })
@@ -422,10 +432,10 @@ impl Manager {
         }
         let federated = trust::federated_from_pb(&b.federated, &self.config.trust_domain);
         let crls = trust::crls_from_pb(&b.crls);
-        let taints = trust::taints_from_pb(&b.tainted);
         let now = SystemTime::now();
         let (own_changed, taints_changed, installed) = {
             let mut inner = self.lock();
+            let taints = trust::taints_from_pb(&b.tainted, &inner.taints, now);
             let own_changed = inner.bundle.as_deref() != Some(&bundle);
             let federated_changed = inner.federated != federated;
             let crls_changed = *inner.crls != *crls;
@@ -442,6 +452,7 @@ impl Manager {
             if crls_changed {
                 tracing::info!(crls = crls.len(), "serving new CRLs");
             }
+            inner.root_ids = root_ids(&bundle);
             inner.bundle = Some(Arc::new(bundle.clone()));
             inner.federated = federated;
             inner.crls = crls;
@@ -466,6 +477,10 @@ impl Manager {
             );
         }
         self.prune_jwt_cache(&bundle);
+        if own_changed {
+            // A root may have left: SVIDs under it are due at once.
+            self.wake_certify.notify_one();
+        }
         if taints_changed {
             let taints = self.lock().taints.clone();
             for t in &taints {
@@ -671,6 +686,9 @@ impl Manager {
             });
             keys.insert(e.id.clone(), (key, e.clone()));
         }
+        // Before the call: an SVID asked for before the agent saw a taint
+        // may have been signed before it (see `trust::Taint::seen_at`).
+        let requested_at = SystemTime::now();
         let resp = self
             .client()
             .node()
@@ -678,14 +696,19 @@ impl Manager {
             .await?
             .into_inner();
         crate::metrics::synced();
-        self.accept(resp.results, keys);
+        self.accept(resp.results, keys, requested_at);
         Ok(())
     }
 
     /// Takes the CA's answers to a signing call: serves each SVID that
     /// validates against the served bundle, holds back those signed by an
     /// authority the bundle does not carry yet, refuses the rest.
-    fn accept(&self, results: Vec<pb::SignResult>, mut keys: PendingKeys) -> usize {
+    fn accept(
+        &self,
+        results: Vec<pb::SignResult>,
+        mut keys: PendingKeys,
+        requested_at: SystemTime,
+    ) -> usize {
         let mut issued = 0;
         {
             let mut inner = self.lock();
@@ -706,7 +729,7 @@ impl Manager {
                             .and_then(|b| check_svid(&entry, &svid, &key, b, now))
                         {
                             Ok(checked) => {
-                                let s = checked.into_svid(&entry, svid.serial, key, now);
+                                let s = checked.into_svid(&entry, svid.serial, key, requested_at);
                                 tracing::debug!(entry = %entry.id, spiffe_id = %s.spiffe_id, serial = %s.serial, "SVID issued");
                                 inner.awaiting.remove(&entry.id);
                                 inner.svids.insert(entry.id.clone(), Arc::new(s));
@@ -724,6 +747,7 @@ impl Manager {
                                         entry: entry.clone(),
                                         svid,
                                         key,
+                                        requested_at,
                                         since: now,
                                     },
                                 );
@@ -902,17 +926,19 @@ async fn follow<T, F, Fut>(
 }
 
 fn entry_from_pb(e: pb::Entry) -> Result<Entry, ManagerError> {
+    // A name that is not a trust domain costs the entry that federation,
+    // not its identity.
     let federates_with = e
         .federates_with
         .iter()
-        .map(|name| {
-            TrustDomain::new(name).map_err(|source| ManagerError::FederatesWith {
-                id: e.id.clone(),
-                name: name.clone(),
-                source,
-            })
+        .filter_map(|name| match TrustDomain::new(name) {
+            Ok(td) => Some(td),
+            Err(error) => {
+                tracing::warn!(entry = %e.id, name = %name, %error, "ignoring a federates_with name that is not a trust domain");
+                None
+            }
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     Ok(Entry {
         spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|source| ManagerError::Entry {
             id: e.id.clone(),
@@ -931,6 +957,15 @@ fn entry_from_pb(e: pb::Entry) -> Result<Entry, ManagerError> {
     })
 }
 
+/// The ids of `bundle`'s roots.
+fn root_ids(bundle: &TrustBundle) -> Vec<String> {
+    bundle
+        .x509_authorities()
+        .iter()
+        .map(|c| authority_id(c))
+        .collect()
+}
+
 /// An SVID from the CA that passed [`check_svid`].
 struct Checked {
     spiffe_id: SpiffeId,
@@ -941,12 +976,19 @@ struct Checked {
 }
 
 impl Checked {
-    fn into_svid(self, entry: &Entry, serial: String, key: PrivateKey, now: SystemTime) -> Svid {
+    /// The SVID to serve, asked for at `requested_at`.
+    fn into_svid(
+        self,
+        entry: &Entry,
+        serial: String,
+        key: PrivateKey,
+        requested_at: SystemTime,
+    ) -> Svid {
         // Half of the lifetime, ±10%.
         let renew_at = node::renew_time(
             self.not_before,
             self.not_after,
-            now,
+            requested_at,
             0.5 * (0.9 + 0.2 * jitter_fraction()),
         );
         Svid {
@@ -958,7 +1000,7 @@ impl Checked {
             not_before: self.not_before,
             not_after: self.not_after,
             renew_at,
-            received_at: now,
+            requested_at,
             chains_through: self.chains_through,
         }
     }

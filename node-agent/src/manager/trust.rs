@@ -34,9 +34,23 @@ pub struct Taint {
     pub kind: pb::AuthorityKind,
     pub tainted_at: SystemTime,
     pub window: Duration,
+    /// When this agent first saw the taint (its own clock). An SVID asked
+    /// for after that was signed by a CA that had tainted the authority
+    /// already: it is a replacement, even if it still chains through the
+    /// authority (a tainted root with no successor yet), and replacing it
+    /// again would loop.
+    pub seen_at: SystemTime,
 }
 
 impl Taint {
+    /// The same taint, whenever it was seen.
+    pub fn same(&self, other: &Taint) -> bool {
+        self.id == other.id
+            && self.kind == other.kind
+            && self.tainted_at == other.tainted_at
+            && self.window == other.window
+    }
+
     /// When the SVID of `key` (an entry id, or the node's SPIFFE ID) is due:
     /// `tainted_at` plus an offset spread uniformly over the window, the same
     /// for the same key every time, so that a node's SVIDs (and a fleet's)
@@ -50,8 +64,13 @@ impl Taint {
     }
 }
 
-/// The taints of a bundle message; malformed ones are logged and skipped.
-pub fn taints_from_pb(list: &[pb::TaintedAuthority]) -> Vec<Taint> {
+/// The taints of a bundle message, as seen at `now` unless `known` holds
+/// the same taint already; malformed ones are logged and skipped.
+pub fn taints_from_pb(
+    list: &[pb::TaintedAuthority],
+    known: &[Taint],
+    now: SystemTime,
+) -> Vec<Taint> {
     if list.len() > MAX_TAINTED {
         tracing::warn!(
             count = list.len(),
@@ -68,34 +87,37 @@ pub fn taints_from_pb(list: &[pb::TaintedAuthority]) -> Vec<Taint> {
             }
             let window = Duration::from_secs(u64::try_from(t.reissue_window_seconds).unwrap_or(0))
                 .min(MAX_REISSUE_WINDOW);
-            Some(Taint {
+            let mut taint = Taint {
                 id: t.id.clone(),
                 kind: pb::AuthorityKind::try_from(t.kind)
                     .unwrap_or(pb::AuthorityKind::Unspecified),
                 tainted_at: SystemTime::UNIX_EPOCH
                     + Duration::from_secs(u64::try_from(t.tainted_at).unwrap_or(0)),
                 window,
-            })
+                seen_at: now,
+            };
+            if let Some(old) = known.iter().find(|k| k.same(&taint)) {
+                taint.seen_at = old.seen_at;
+            }
+            Some(taint)
         })
         .collect()
 }
 
 /// When an SVID must be re-issued because of `taints`: the earliest deadline
-/// of a taint on an authority it chains through. An SVID received after
-/// that deadline is a replacement already (the CA may still sign with the
-/// authority, e.g. a tainted root with no successor yet): it is not
-/// replaced again, which would loop.
+/// of a taint on an authority it chains through, among the taints this
+/// agent saw only after it asked for the SVID (see [`Taint::seen_at`]).
 pub fn reissue_deadline(
     taints: &[Taint],
     key: &str,
     chains_through: &[String],
-    received_at: SystemTime,
+    requested_at: SystemTime,
 ) -> Option<SystemTime> {
     taints
         .iter()
-        .filter(|t| chains_through.contains(&t.id))
+        .filter(|t| t.kind != pb::AuthorityKind::Jwt)
+        .filter(|t| chains_through.contains(&t.id) && requested_at < t.seen_at)
         .map(|t| t.deadline(key))
-        .filter(|d| received_at < *d)
         .min()
 }
 
@@ -201,6 +223,8 @@ mod tests {
             kind: pb::AuthorityKind::Intermediate,
             tainted_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
             window: Duration::from_secs(window),
+            // Seen by the agent a little after the CA tainted it.
+            seen_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at + 1),
         }
     }
 
@@ -231,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn only_svids_through_a_tainted_authority_received_before_their_deadline_are_due() {
+    fn only_svids_through_a_tainted_authority_asked_for_before_it_was_seen_are_due() {
         let taints = [taint("int-1", 1000, 100), taint("root-2", 2000, 0)];
         let before = SystemTime::UNIX_EPOCH + Duration::from_secs(900);
         let through = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
@@ -241,9 +265,45 @@ mod tests {
         // Through both: the earlier deadline.
         let both = reissue_deadline(&taints, "e1", &through(&["int-1", "root-2"]), before).unwrap();
         assert_eq!(both, taints[0].deadline("e1"));
-        // Received after its deadline: already a replacement.
-        let after = SystemTime::UNIX_EPOCH + Duration::from_secs(2500);
-        assert!(reissue_deadline(&taints, "e1", &through(&["int-1", "root-2"]), after).is_none());
+        // Asked for after the taint was tainted but before the agent saw
+        // it, even past its deadline (the taint's time has whole seconds,
+        // the offset may be tiny): still due, at once.
+        let just_before_seen = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_900);
+        let d = reissue_deadline(&taints, "e1", &through(&["int-1"]), just_before_seen).unwrap();
+        assert_eq!(d, taints[0].deadline("e1"));
+        // Asked for once the agent knew: a replacement, never due again.
+        let after = SystemTime::UNIX_EPOCH + Duration::from_secs(1001);
+        assert!(reissue_deadline(&taints, "e1", &through(&["int-1"]), after).is_none());
+        assert!(
+            reissue_deadline(
+                &taints,
+                "e1",
+                &through(&["int-1", "root-2"]),
+                after + Duration::from_secs(1000)
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn a_taint_keeps_the_time_it_was_first_seen() {
+        let message = [pb::TaintedAuthority {
+            id: "x".into(),
+            kind: pb::AuthorityKind::Intermediate as i32,
+            tainted_at: 10,
+            reissue_window_seconds: 60,
+            ..Default::default()
+        }];
+        let first = SystemTime::UNIX_EPOCH + Duration::from_secs(20);
+        let later = first + Duration::from_secs(30);
+        let seen = taints_from_pb(&message, &[], first);
+        assert_eq!(seen[0].seen_at, first);
+        let again = taints_from_pb(&message, &seen, later);
+        assert_eq!(again, seen);
+        // Tainted again (a new time): a new taint.
+        let mut retainted = message.clone();
+        retainted[0].tainted_at = 40;
+        assert_eq!(taints_from_pb(&retainted, &seen, later)[0].seen_at, later);
     }
 
     #[test]
@@ -273,7 +333,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let got = taints_from_pb(&list);
+        let got = taints_from_pb(&list, &[], SystemTime::now());
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].window, MAX_REISSUE_WINDOW);
         assert_eq!(got[0].kind, pb::AuthorityKind::Root);

@@ -95,9 +95,9 @@ pub struct NodeSvid {
     pub key: PrivateKey,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
-    /// When the agent received it: now for a new one, the time its file
-    /// was written for one loaded from disk.
-    pub received_at: SystemTime,
+    /// When the agent asked for it; for one loaded from disk, when its file
+    /// was written (a little later).
+    pub requested_at: SystemTime,
 }
 
 impl std::fmt::Debug for NodeSvid {
@@ -198,7 +198,11 @@ fn certifies(leaf: &[u8], key: &PrivateKey) -> Result<bool, NodeError> {
 }
 
 /// Builds a node SVID from the CA's answer.
-fn from_response(svid: Option<pb::X509Svid>, key: PrivateKey) -> Result<NodeSvid, NodeError> {
+fn from_response(
+    svid: Option<pb::X509Svid>,
+    key: PrivateKey,
+    requested_at: SystemTime,
+) -> Result<NodeSvid, NodeError> {
     let svid = svid.ok_or(NodeError::Missing("SVID"))?;
     let chain: Vec<CertificateDer<'static>> = svid
         .cert_chain
@@ -218,7 +222,7 @@ fn from_response(svid: Option<pb::X509Svid>, key: PrivateKey) -> Result<NodeSvid
         key,
         not_before,
         not_after,
-        received_at: SystemTime::now(),
+        requested_at,
     })
 }
 
@@ -295,7 +299,7 @@ pub fn load(data_dir: &Path, td: &TrustDomain) -> Result<Stored, NodeError> {
         .spiffe_id
         .ok_or(NodeError::NoSpiffeId)?;
     let written = if migrated { &p.old_svid } else { &p.identity };
-    let received_at = std::fs::metadata(written)
+    let requested_at = std::fs::metadata(written)
         .and_then(|m| m.modified())
         .unwrap_or(not_before);
     let svid = NodeSvid {
@@ -304,7 +308,7 @@ pub fn load(data_dir: &Path, td: &TrustDomain) -> Result<Stored, NodeError> {
         key,
         not_before,
         not_after,
-        received_at,
+        requested_at,
     };
     if migrated {
         save_identity(&p, &svid)?;
@@ -382,6 +386,7 @@ pub fn save(data_dir: &Path, svid: &NodeSvid, bundle: &TrustBundle) -> Result<()
 pub async fn attest(client: &CaClient, token: &str) -> Result<(NodeSvid, TrustBundle), NodeError> {
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = key.csr_der()?;
+    let requested_at = SystemTime::now();
     let resp = client
         .node()
         .attest_node(pb::AttestNodeRequest {
@@ -396,7 +401,7 @@ pub async fn attest(client: &CaClient, token: &str) -> Result<(NodeSvid, TrustBu
         })?
         .into_inner();
     let bundle = bundle_from_pb(&resp.bundle.ok_or(NodeError::Missing("bundle"))?)?;
-    let svid = from_response(resp.svid, key)?;
+    let svid = from_response(resp.svid, key, requested_at)?;
     signet_identity::x509::verify_x509_svid(&svid.chain, &bundle, SystemTime::now())?;
     Ok((svid, bundle))
 }
@@ -409,6 +414,7 @@ pub async fn attest(client: &CaClient, token: &str) -> Result<(NodeSvid, TrustBu
 pub async fn renew(client: &CaClient, bundle: &TrustBundle) -> Result<NodeSvid, NodeError> {
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = key.csr_der()?;
+    let requested_at = SystemTime::now();
     let resp = client
         .node()
         .renew_node_svid(pb::RenewNodeSvidRequest { csr })
@@ -419,7 +425,7 @@ pub async fn renew(client: &CaClient, bundle: &TrustBundle) -> Result<NodeSvid, 
             message: s.message().to_owned(),
         })?
         .into_inner();
-    let svid = from_response(resp.svid, key)?;
+    let svid = from_response(resp.svid, key, requested_at)?;
     signet_identity::x509::verify::verify_x509_svid_for(
         &svid.chain,
         bundle,
@@ -445,7 +451,7 @@ mod tests {
             key,
             not_before: cert.not_before,
             not_after: cert.not_after,
-            received_at: SystemTime::now(),
+            requested_at: SystemTime::now(),
         }
     }
 

@@ -341,7 +341,11 @@ impl<'a> Caller<'a> {
         let Name::TrustDomain(td) = Name::classify(name) else {
             return None;
         };
-        if self.bundle_of(&td).is_some() {
+        // Only once the agent knows what it serves (a restarted agent that
+        // has not synced yet withdraws nothing), and never the own trust
+        // domain, whose bundle does not go away.
+        let own = self.snapshot.bundle.as_ref()?;
+        if own.trust_domain() == &td || self.bundle_of(&td).is_some() {
             return None;
         }
         let nothing = NOBODYS_ROOT.as_ref()?;

@@ -93,7 +93,7 @@ impl Pki {
         let issued_at = SystemTime::now() - (ttl - remaining);
         let cert = self.ca.issue(&entry.spiffe_id, issued_at, ttl).unwrap();
         Arc::new(Svid {
-            received_at: SystemTime::now(),
+            requested_at: SystemTime::now(),
             chains_through: vec![],
             entry_id: entry.id.clone(),
             spiffe_id: cert.spiffe_id,

@@ -6,6 +6,9 @@ use super::*;
 
 const STRANGER_TD: &str = "stranger.test";
 
+/// A SPIFFE validator's trust domains, each with its roots' DER.
+type Domains = Vec<(String, Vec<Vec<u8>>)>;
+
 /// PEM blocks as (tag, DER).
 type Blocks = Vec<(String, Vec<u8>)>;
 
@@ -223,5 +226,71 @@ async fn crls_reach_rootca_and_the_own_trust_domain_of_the_spiffe_validator() {
         vec![(TD.to_owned(), certs(&ca))]
     );
     drop((rootca, all));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_envoy_holding_a_removed_bundle_gets_it_replaced_but_never_the_own() {
+    let ca = Ca::new(TD);
+    // The agent holds no partner.test bundle (the relationship is gone).
+    let h = Harness::start(snapshot(
+        1,
+        &ca,
+        &[],
+        vec![federating_entry("e-web", WEB, me(), &[FED_TD])],
+        vec![ca.svid("e-web", WEB)],
+    ))
+    .await;
+    let (tx, rx) = mpsc::channel(8);
+    // Envoy says what it holds from before the restart: both trust domains.
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node(None)),
+        type_url: SECRET_TYPE_URL.to_owned(),
+        resource_names_subscribe: vec![
+            "spiffe://partner.test".into(),
+            "spiffe://example.org".into(),
+        ],
+        initial_resource_versions: [
+            ("spiffe://partner.test".to_owned(), "old".to_owned()),
+            ("spiffe://example.org".to_owned(), "old".to_owned()),
+        ]
+        .into(),
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = h
+        .client()
+        .delta_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = timeout(PATIENCE, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut got: Vec<(String, Domains)> = r
+        .resources
+        .iter()
+        .map(|res| {
+            let secret = Secret::decode(res.resource.as_ref().unwrap().value.as_slice()).unwrap();
+            (res.name.clone(), spiffe_validator_domains(&secret))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 2, "{got:?}");
+    // The own trust domain: its real bundle.
+    assert_eq!(got[0].0, "spiffe://example.org");
+    assert_eq!(
+        got[0].1,
+        vec![(TD.to_owned(), ders(ca.bundle.x509_authorities()))]
+    );
+    // partner.test: replaced by a root nobody can sign for.
+    assert_eq!(got[1].0, "spiffe://partner.test");
+    assert_eq!(got[1].1.len(), 1);
+    assert_eq!(got[1].1[0].0, FED_TD);
+    assert_ne!(got[1].1[0].1, ders(ca.bundle.x509_authorities()));
+    drop(tx);
     h.stop().await;
 }

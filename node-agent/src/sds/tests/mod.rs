@@ -81,7 +81,7 @@ impl Ca {
             )
             .unwrap();
         Svid {
-            received_at: SystemTime::now(),
+            requested_at: SystemTime::now(),
             chains_through: vec![],
             entry_id: entry_id.to_owned(),
             spiffe_id: issued.spiffe_id,
