@@ -193,6 +193,23 @@ impl Ca {
         }
     }
 
+    /// Writes the audit record of a successful admin change made in `tx`
+    /// (outside this module, e.g. federation relationships), so that it
+    /// commits with the change or not at all.
+    ///
+    /// # Errors
+    /// Unavailable when the audit log cannot be written.
+    pub fn audit_change_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        caller: &str,
+        action: &str,
+        detail: String,
+    ) -> Result<(), CaError> {
+        let record = self.ok_record(caller, action, "", detail);
+        self.auditor.durable_in(tx, &record)
+    }
+
     /// Checks and stores a registration entry; its record commits with it.
     ///
     /// # Errors

@@ -98,7 +98,7 @@ pub async fn create(
                 web_roots_pem: req.web_roots_pem,
             };
             let rel = new.check(&own, false)?;
-            Ok::<_, CaError>(registry.create(rel)?)
+            Ok::<_, CaError>(registry.create(rel, &caller)?)
         })();
         if let Err(e) = &result {
             ca.audit_rejection(&caller, "create_federation", "", e);
@@ -142,7 +142,7 @@ pub async fn delete(
     let caller = caller.to_owned();
     let ca = ca.clone();
     blocking(move || {
-        let r = registry.delete(&td).map_err(CaError::from);
+        let r = registry.delete(&td, &caller).map_err(CaError::from);
         if let Err(e) = &r {
             ca.audit_rejection(&caller, "delete_federation", "", e);
         }

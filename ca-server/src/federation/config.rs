@@ -245,4 +245,44 @@ mod tests {
             Err(FederationError::AlreadyExists(_))
         ));
     }
+
+    #[test]
+    fn an_https_web_endpoint_loads_its_certificate_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = signet_identity::testing::TestCa::new(TrustDomain::new("web.example").unwrap())
+            .unwrap();
+        let key =
+            signet_identity::PrivateKey::generate(signet_identity::KeyType::EcdsaP256).unwrap();
+        let issued = ca
+            .issue_for(
+                &key,
+                &signet_identity::SpiffeId::parse("spiffe://web.example/endpoint").unwrap(),
+                &["localhost"],
+                std::time::SystemTime::now(),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let (cert, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let pem: String = issued
+            .chain
+            .iter()
+            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+            .collect();
+        std::fs::write(&cert, pem).unwrap();
+        std::fs::write(&key_file, key.to_pem().as_bytes()).unwrap();
+        let text = format!(
+            "[bundle_endpoint]\nlisten = \"127.0.0.1:1\"\nprofile = \"https_web\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nrefresh_hint = \"1m\"\n",
+            cert.display(),
+            key_file.display()
+        );
+        let e = endpoint(&text).unwrap();
+        assert!(matches!(e.tls, EndpointTls::Web(_)));
+        assert_eq!(e.refresh_hint, Duration::from_secs(60));
+        assert!(!format!("{e:?}").contains("PRIVATE"));
+        // A key that is not the certificate's is refused.
+        let other =
+            signet_identity::PrivateKey::generate(signet_identity::KeyType::EcdsaP256).unwrap();
+        std::fs::write(&key_file, other.to_pem().as_bytes()).unwrap();
+        assert!(endpoint(&text).is_err());
+    }
 }

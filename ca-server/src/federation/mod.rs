@@ -85,6 +85,9 @@ pub enum FederationError {
     Store(#[from] crate::store::StoreError),
     #[error("federation stopped")]
     Stopped,
+    /// The CA refused (e.g. the audit log cannot be written).
+    #[error(transparent)]
+    Ca(CaError),
 }
 
 impl From<FederationError> for CaError {
@@ -97,6 +100,7 @@ impl From<FederationError> for CaError {
             F::FromConfig(_) | F::TooMany => CaError::FailedPrecondition(msg),
             F::Store(_) | F::ReadFile { .. } | F::Endpoint(_) => CaError::Internal(msg),
             F::Stopped => CaError::Unavailable(msg),
+            F::Ca(e) => e,
             _ => CaError::InvalidArgument(msg),
         }
     }

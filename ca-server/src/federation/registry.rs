@@ -143,7 +143,7 @@ impl Federations {
     /// # Errors
     /// [`FederationError::AlreadyExists`], [`FederationError::TooMany`],
     /// store errors.
-    pub fn create(&self, rel: Relationship) -> Result<View, FederationError> {
+    pub fn create(&self, rel: Relationship, caller: &str) -> Result<View, FederationError> {
         {
             let slots = self.inner.lock();
             if slots.contains_key(&rel.trust_domain) {
@@ -153,14 +153,27 @@ impl Federations {
                 return Err(FederationError::TooMany);
             }
         }
-        fstore::insert_new(self.inner.ca.store(), &rel, unix(self.inner.ca.now())).map_err(
-            |e| match e {
+        let ca = &self.inner.ca;
+        ca.store().transaction(|tx| {
+            fstore::insert_new(tx, &rel, unix(ca.now())).map_err(|e| match e {
                 crate::store::StoreError::Conflict(_) => {
                     FederationError::AlreadyExists(rel.trust_domain.clone())
                 }
                 other => other.into(),
-            },
-        )?;
+            })?;
+            ca.audit_change_in(
+                tx,
+                caller,
+                "create_federation",
+                format!(
+                    "federation with {} at {} ({})",
+                    rel.trust_domain,
+                    rel.url.as_str(),
+                    rel.profile.kind().as_str()
+                ),
+            )
+            .map_err(FederationError::Ca)
+        })?;
         tracing::info!(trust_domain = %rel.trust_domain, url = rel.url.as_str(), profile = rel.profile.kind().as_str(), "federation relationship created");
         let td = rel.trust_domain.clone();
         self.add(rel, None, FetchStatus::default());
@@ -172,7 +185,7 @@ impl Federations {
     ///
     /// # Errors
     /// [`FederationError::NotFound`], [`FederationError::FromConfig`].
-    pub fn delete(&self, td: &str) -> Result<(), FederationError> {
+    pub fn delete(&self, td: &str, caller: &str) -> Result<(), FederationError> {
         let key = TrustDomain::new(td).map_err(|_| FederationError::NotFound(td.to_owned()))?;
         let mut slots = self.inner.lock();
         let slot = slots
@@ -181,7 +194,17 @@ impl Federations {
         if slot.relationship.from_config {
             return Err(FederationError::FromConfig(key));
         }
-        fstore::delete(self.inner.ca.store(), key.as_str())?;
+        let ca = &self.inner.ca;
+        ca.store().transaction(|tx| {
+            fstore::delete_in(tx, key.as_str())?;
+            ca.audit_change_in(
+                tx,
+                caller,
+                "delete_federation",
+                format!("federation with {key}"),
+            )
+            .map_err(FederationError::Ca)
+        })?;
         if let Some(slot) = slots.remove(&key) {
             let _ = slot.stop.send(true);
         }
@@ -359,14 +382,24 @@ impl Inner {
             },
             Err(e) => Err(FetchError::Tls(e.to_string())),
         };
-        self.commit(td, result).await;
+        self.commit(td, &fetching, result).await;
     }
 
-    async fn commit(&self, td: &TrustDomain, result: Result<Outcome, FetchError>) {
+    /// Records `result` in the relationship it was fetched for: not in a
+    /// relationship of the same trust domain created after a delete.
+    async fn commit(
+        &self,
+        td: &TrustDomain,
+        fetched_for: &Arc<tokio::sync::Mutex<()>>,
+        result: Result<Outcome, FetchError>,
+    ) {
         let now = unix(self.ca.now());
         let (status, new_bundle) = {
             let mut slots = self.lock();
-            let Some(slot) = slots.get_mut(td) else {
+            let Some(slot) = slots
+                .get_mut(td)
+                .filter(|s| Arc::ptr_eq(&s.fetching, fetched_for))
+            else {
                 return;
             };
             slot.status.last_attempt_at = now;

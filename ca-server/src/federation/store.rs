@@ -2,7 +2,7 @@
 //! last good bundle (SPIFFE JWKS text), so that a restart keeps trusting
 //! what was last fetched, and the record of the last attempt.
 
-use rusqlite::params;
+use rusqlite::{Transaction, params};
 use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
 
 use super::{EndpointUrl, Profile, Relationship};
@@ -74,14 +74,14 @@ pub fn upsert(
     })
 }
 
-/// Inserts `rel`, failing with [`StoreError::Conflict`] when one exists
-/// (one statement, so two concurrent creations cannot both succeed).
+/// Inserts `rel` in `tx`, failing with [`StoreError::Conflict`] when one
+/// exists (one statement, so two concurrent creations cannot both succeed).
 ///
 /// # Errors
 /// SQLite errors, [`StoreError::Conflict`].
-pub fn insert_new(store: &Store, rel: &Relationship, now: i64) -> Result<(), StoreError> {
+pub fn insert_new(tx: &Transaction<'_>, rel: &Relationship, now: i64) -> Result<(), StoreError> {
     let (endpoint_id, initial, roots) = columns(rel);
-    store.transaction(|tx| {
+    {
         let res = tx.execute(
             "INSERT INTO federations (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id,
                  initial_bundle, web_roots_pem, from_config, created_at)
@@ -109,7 +109,7 @@ pub fn insert_new(store: &Store, rel: &Relationship, now: i64) -> Result<(), Sto
             }
             Err(e) => Err(e.into()),
         }
-    })
+    }
 }
 
 fn columns(rel: &Relationship) -> (String, String, Option<Vec<u8>>) {
@@ -127,14 +127,18 @@ fn columns(rel: &Relationship) -> (String, String, Option<Vec<u8>>) {
 /// # Errors
 /// SQLite errors.
 pub fn delete(store: &Store, td: &str) -> Result<bool, StoreError> {
-    store.transaction(|tx| {
-        Ok::<_, StoreError>(
-            tx.execute(
-                "DELETE FROM federations WHERE trust_domain = ?1",
-                params![td],
-            )? > 0,
-        )
-    })
+    store.transaction(|tx| delete_in(tx, td))
+}
+
+/// Deletes a relationship in `tx`. Returns whether it existed.
+///
+/// # Errors
+/// SQLite errors.
+pub fn delete_in(tx: &Transaction<'_>, td: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "DELETE FROM federations WHERE trust_domain = ?1",
+        params![td],
+    )? > 0)
 }
 
 /// Records a fetch: the new bundle when there is one, and the status.

@@ -130,9 +130,15 @@ async fn https_spiffe_fetches_checks_and_persists() {
     let rel = spiffe_rel(server.port, ENDPOINT_ID, remote_ca.bundle())
         .check(&own, false)
         .unwrap();
-    l.federations.create(rel.clone()).unwrap();
+    l.federations.create(rel.clone(), "test").unwrap();
+    let created = testing::audit(&l.ca).pop().unwrap();
+    assert_eq!(
+        (created.action.as_str(), created.result.as_str()),
+        ("create_federation", "ok")
+    );
+    assert!(created.detail.contains("remote.org"), "{}", created.detail);
     assert!(matches!(
-        l.federations.create(rel),
+        l.federations.create(rel, "test"),
         Err(FederationError::AlreadyExists(_))
     ));
     let v = l.federations.refresh("remote.org").await.unwrap();
@@ -207,11 +213,15 @@ async fn https_spiffe_fetches_checks_and_persists() {
     drop(again);
 
     // Deleting it takes the bundle out of the federated set.
-    l.federations.delete("remote.org").unwrap();
+    l.federations.delete("remote.org", "test").unwrap();
+    assert_eq!(
+        testing::audit(&l.ca).pop().unwrap().action,
+        "delete_federation"
+    );
     assert!(l.federations.watch().borrow().is_empty());
     assert!(fstore::load_all(l.ca.store()).unwrap().is_empty());
     assert!(matches!(
-        l.federations.delete("remote.org"),
+        l.federations.delete("remote.org", "test"),
         Err(FederationError::NotFound(_))
     ));
 }
@@ -240,7 +250,7 @@ async fn an_endpoint_that_does_not_authenticate_changes_nothing() {
         let rel = spiffe_rel(server.port, ENDPOINT_ID, remote_ca.bundle())
             .check(&own, false)
             .unwrap();
-        l.federations.create(rel).unwrap();
+        l.federations.create(rel, "test").unwrap();
         let v = l.federations.refresh("remote.org").await.unwrap();
         assert!(
             v.status.last_error.contains(expected),
@@ -275,7 +285,7 @@ async fn https_web_checks_the_hostname_against_the_given_roots() {
         }
         .check(&own, false)
         .unwrap();
-        l.federations.create(rel).unwrap();
+        l.federations.create(rel, "test").unwrap();
         let v = l.federations.refresh("remote.org").await.unwrap();
         if ok {
             assert_eq!(v.status.last_error, "");
@@ -371,7 +381,7 @@ async fn relationships_from_the_configuration_cannot_be_deleted_by_the_api() {
     assert_eq!(list.len(), 1);
     assert!(list[0].relationship.from_config);
     assert!(matches!(
-        federations.delete("remote.org"),
+        federations.delete("remote.org", "test"),
         Err(FederationError::FromConfig(_))
     ));
     assert_eq!(federations.list().len(), 1);

@@ -222,6 +222,44 @@ async fn two_trust_domains_federate_both_ways_over_https_spiffe() {
         }
     }
 
+    // The CLI's other verbs, and a refusal that changes nothing.
+    let list = a.signet_ca(["federation", "list"]).await.unwrap();
+    assert!(
+        list.status.success() && list.stdout.contains("b.test"),
+        "{list:?}"
+    );
+    let refresh = a
+        .signet_ca(["federation", "refresh", "b.test"])
+        .await
+        .unwrap();
+    assert!(refresh.status.success(), "{refresh:?}");
+    let own = a
+        .signet_ca([
+            "federation",
+            "create",
+            "a.test",
+            "--url",
+            "https://127.0.0.1:1/",
+            "--profile",
+            "https-web",
+        ])
+        .await
+        .unwrap();
+    assert!(!own.status.success());
+    assert!(own.stderr.contains("own trust domain"), "{own:?}");
+    assert_eq!(
+        a.admin()
+            .await
+            .unwrap()
+            .list_federations(pb::ListFederationsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .federations
+            .len(),
+        1
+    );
+
     // `show` prints the fetched bundle as `inspect` does.
     let show = a.signet_ca(["federation", "show", "b.test"]).await.unwrap();
     assert!(show.status.success(), "{show:?}");
