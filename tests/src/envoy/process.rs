@@ -325,7 +325,6 @@ impl EnvoyProcess {
     /// # Errors
     /// No answer, JSON of another shape, or a chain that is not PEM.
     pub async fn secret_chains(&self) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
-        use base64::Engine as _;
         let text = self
             .admin_get("/config_dump?resource=dynamic_active_secrets")
             .await?;
@@ -337,22 +336,42 @@ impl EnvoyProcess {
             else {
                 continue;
             };
-            let pem_text = if let Some(b64) = chain.get("inline_bytes").and_then(Value::as_str) {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .context("certificate_chain.inline_bytes is not base64")?;
-                String::from_utf8(bytes).context("certificate_chain is not text")?
-            } else if let Some(s) = chain.get("inline_string").and_then(Value::as_str) {
-                s.to_owned()
-            } else {
-                bail!("a certificate_chain that is not inline: {chain:?}");
-            };
+            let pem_text = data_source_text(&Value::Object(chain.clone()))?;
             let ders: Vec<Vec<u8>> = pem::parse_many(pem_text.as_bytes())
                 .context("certificate_chain is not PEM")?
                 .into_iter()
                 .map(pem::Pem::into_contents)
                 .collect();
             out.push(ders);
+        }
+        Ok(out)
+    }
+
+    /// The CA certificates (DER) Envoy validates peers with now: every
+    /// `CERTIFICATE` in the `trusted_ca` of a validation-context secret
+    /// (`ROOTCA`) and in the `trust_bundle` of each trust domain of a SPIFFE
+    /// validator secret (`ALL`), from `/config_dump`.
+    ///
+    /// # Errors
+    /// No answer, JSON of another shape, or bundle bytes that are not PEM.
+    pub async fn validation_roots(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let text = self
+            .admin_get("/config_dump?resource=dynamic_active_secrets")
+            .await?;
+        let dump: Value = serde_json::from_str(&text)
+            .with_context(|| format!("/config_dump is not JSON: {text}"))?;
+        let mut sources = Vec::new();
+        for config in dump["configs"].as_array().into_iter().flatten() {
+            collect_data_sources(&config["secret"], false, &mut sources);
+        }
+        let mut out = Vec::new();
+        for source in sources {
+            let pem_text = data_source_text(&source)?;
+            for block in pem::parse_many(pem_text.as_bytes()).context("a bundle that is not PEM")? {
+                if block.tag() == "CERTIFICATE" {
+                    out.push(block.into_contents());
+                }
+            }
         }
         Ok(out)
     }
@@ -545,6 +564,47 @@ impl LoadedCert {
         )
         .with_context(|| format!("expiration_time {:?}", self.expiration))?;
         Ok(t.into())
+    }
+}
+
+/// Every data source (`{inline_bytes | inline_string}`) under a
+/// `trusted_ca` or `trust_bundle` key anywhere in `v`.
+fn collect_data_sources(v: &Value, under_bundle_key: bool, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(map) => {
+            if under_bundle_key
+                && (map.contains_key("inline_bytes") || map.contains_key("inline_string"))
+            {
+                out.push(v.clone());
+                return;
+            }
+            for (key, child) in map {
+                let bundle_key = key == "trusted_ca" || key == "trust_bundle";
+                collect_data_sources(child, bundle_key, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_data_sources(item, false, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The text of an inline Envoy data source (`inline_bytes` is base64 in
+/// the JSON dump).
+fn data_source_text(source: &Value) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    if let Some(b64) = source.get("inline_bytes").and_then(Value::as_str) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("inline_bytes is not base64")?;
+        String::from_utf8(bytes).context("inline_bytes is not text")
+    } else if let Some(s) = source.get("inline_string").and_then(Value::as_str) {
+        Ok(s.to_owned())
+    } else {
+        bail!("a data source that is not inline: {source}")
     }
 }
 

@@ -1,7 +1,9 @@
 //! (a) Roots and intermediates rotate on the CA's own schedule, with
-//! lifetimes short enough that two full root rotations and two intermediate
-//! rotations of their own happen in about a minute, while requests flow
-//! client → server through two Envoys that are never restarted.
+//! lifetimes short enough that two full root rotations (prepared,
+//! published, activated, retired, pruned out of the bundle and out of what
+//! the Envoys trust) and two intermediate rotations of their own happen in
+//! under two minutes, while requests flow client → server through two
+//! Envoys that are never restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -22,10 +24,12 @@ const SERVER_UID: u32 = 4312;
 /// rotation_activate_before, or the CA refuses the configuration); the
 /// agent renews at about half of it.
 const SVID_TTL: &str = "20s";
-const SVID_LIFETIME: Duration = Duration::from_secs(20);
+
+/// Traffic goes on this long after the last rotation was seen everywhere.
+const TRAILING: Duration = Duration::from_secs(5);
 
 /// Longest the whole rotation phase may take.
-const ROTATION_DEADLINE: Duration = Duration::from_secs(150);
+const ROTATION_DEADLINE: Duration = Duration::from_secs(160);
 
 /// Root 130 s and intermediate 75 s; a successor is prepared (and
 /// published) at 1/5 of the active one's life and activated when 3/5 of it
@@ -47,8 +51,20 @@ fn fast_rotation() -> CaOptions {
         .flag("rotation-prepare-at", "0.2")
         .flag("rotation-activate-before", "0.6")
         .flag("rotation-tick", "1s")
+        // A retired authority leaves the bundle as soon as nothing it
+        // signed can still be valid, so that pruning happens in the test.
+        .flag("prune-grace", "0s")
         .flag("agent-sync-interval", "1s")
         .flag("activation-ack-timeout", "30s")
+}
+
+/// `t` in seconds after `since`; `-` for 0 (never).
+fn rel(t: i64, since: i64) -> String {
+    if t == 0 {
+        "-".to_owned()
+    } else {
+        (t - since).to_string()
+    }
 }
 
 fn unix_now() -> i64 {
@@ -74,6 +90,8 @@ struct Rotations {
     intermediates: Vec<String>,
     /// Intermediate certificate serial -> (intermediate id, root id).
     by_serial: BTreeMap<String, (String, String)>,
+    /// Roots that went all the way: retired, then pruned out of the bundle.
+    pruned_roots: Vec<(String, Vec<u8>)>,
 }
 
 fn rotations(all: &[pb::Authority], since: i64) -> Rotations {
@@ -85,6 +103,9 @@ fn rotations(all: &[pb::Authority], since: i64) -> Rotations {
         .collect();
     let mut r = Rotations::default();
     for a in all {
+        if a.kind == root_kind && a.state == i32::from(pb::AuthorityState::Pruned) {
+            r.pruned_roots.push((a.id.clone(), a.certificate.clone()));
+        }
         if a.kind == int_kind {
             r.by_serial.insert(
                 serial_of(&a.certificate),
@@ -108,9 +129,10 @@ fn rotations(all: &[pb::Authority], since: i64) -> Rotations {
 }
 
 /// The issue's test (a): zero failed requests and the same two Envoy PIDs
-/// across two root rotations and two intermediate rotations, and each
+/// across two full root rotations and two intermediate rotations; each
 /// Envoy has really served SVIDs under at least three roots (the first and
-/// the two new ones) and four intermediates.
+/// the two new ones) and four intermediates, and no longer trusts the two
+/// pruned roots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoys_carry_traffic_through_two_root_and_two_intermediate_rotations() {
     envoy_binary().unwrap();
@@ -155,21 +177,35 @@ async fn envoys_carry_traffic_through_two_root_and_two_intermediate_rotations() 
         // The first root and two successors (two full root rotations), and
         // two intermediates that replaced one under the same root.
         let rotated = r.roots.len() >= 3 && r.own_intermediates.len() >= 2;
-        if rotated && served_everywhere && enough_since.is_none() {
+        // Full rotations: the first two roots retired and pruned, and gone
+        // from what both Envoys trust (no lingering anchor).
+        let mut lingering = Vec::new();
+        for envoy in mesh.envoys() {
+            let trusted = envoy.validation_roots().await.unwrap();
+            assert!(!trusted.is_empty(), "{} trusts no root", envoy.name());
+            for (id, cert) in &r.pruned_roots {
+                if trusted.contains(cert) {
+                    lingering.push(format!("{} still trusts pruned root {id}", envoy.name()));
+                }
+            }
+        }
+        let pruned = r.pruned_roots.len() >= 2 && lingering.is_empty();
+        if rotated && served_everywhere && pruned && enough_since.is_none() {
             enough_since = Some(traffic.elapsed());
         }
-        // Keep going one SVID lifetime past that point: every SVID in use
-        // then was issued after the last rotation counted.
+        // Keep the traffic going a little past that point.
         if let Some(at) = enough_since
-            && traffic.elapsed() >= at + SVID_LIFETIME
+            && traffic.elapsed() >= at + TRAILING
         {
             eprintln!(
                 "rotations after {:.1?}: roots activated {:?}, intermediates activated {:?} \
-                 (of their own: {:?}); (intermediate, root) pairs served per Envoy: {seen:?}",
+                 (of their own: {:?}), roots pruned {:?}; (intermediate, root) pairs served \
+                 per Envoy: {seen:?}",
                 traffic.elapsed(),
                 r.roots,
                 r.intermediates,
-                r.own_intermediates
+                r.own_intermediates,
+                r.pruned_roots.iter().map(|(id, _)| id).collect::<Vec<_>>()
             );
             break;
         }
@@ -177,12 +213,14 @@ async fn envoys_carry_traffic_through_two_root_and_two_intermediate_rotations() 
             .await;
         assert!(
             traffic.elapsed() < ROTATION_DEADLINE,
-            "not two root and two intermediate rotations served within {ROTATION_DEADLINE:?}: \
-             roots activated {:?}, intermediates {:?} (of their own {:?}); served per Envoy: {seen:?}; \
+            "not two root and two intermediate rotations served and pruned within \
+             {ROTATION_DEADLINE:?}: roots activated {:?}, intermediates {:?} (of their own {:?}); \
+             roots pruned {:?}; {lingering:?}; served per Envoy: {seen:?}; \
              intermediates the CA does not list: {unknown:?}\n--- CA log ---\n{}",
             r.roots,
             r.intermediates,
             r.own_intermediates,
+            r.pruned_roots.iter().map(|(id, _)| id).collect::<Vec<_>>(),
             mesh.ca.log()
         );
         tokio::time::sleep(SAMPLE_INTERVAL).await;
@@ -190,6 +228,27 @@ async fn envoys_carry_traffic_through_two_root_and_two_intermediate_rotations() 
     assert!(
         unknown.is_empty(),
         "Envoys held SVIDs under intermediates the CA does not list: {unknown:?}"
+    );
+    let history: Vec<String> = authorities(&mesh.ca)
+        .await
+        .iter()
+        .filter(|a| a.kind != i32::from(pb::AuthorityKind::Jwt))
+        .map(|a| {
+            format!(
+                "{:?} {} parent {:?}: not_before {} activated {} retired {} {:?}",
+                pb::AuthorityKind::try_from(a.kind).unwrap_or_default(),
+                a.id,
+                a.parent_id,
+                a.not_before - since,
+                rel(a.activated_at, since),
+                rel(a.retired_at, since),
+                pb::AuthorityState::try_from(a.state).unwrap_or_default()
+            )
+        })
+        .collect();
+    eprintln!(
+        "authorities (seconds since the start):\n{}",
+        history.join("\n")
     );
     let took = traffic.elapsed();
     mesh.assert_no_failures(&traffic, "while the authorities rotated")
