@@ -241,9 +241,32 @@ async fn federated_trust_domains_in_two_namespaces_survive_a_root_rotation_and_p
     eprintln!(
         "a.test held b.test's bundle with the new root {picked_up:.1?} after it was prepared (refresh hint {REFRESH_HINT:?})"
     );
-    // a.test's agent serves it before b.test signs with it: the bundle
-    // travels CA -> agent -> Envoy; give it a poll interval.
-    tokio::time::sleep(REFRESH_HINT).await;
+    // The bundle travels on, CA -> agent -> Envoy: the client Envoy's
+    // validator for b.test holds the new root before b.test signs with it.
+    let new_root_cert = authorities(&b.ca)
+        .await
+        .into_iter()
+        .find(|x| x.id == new_root)
+        .unwrap()
+        .certificate;
+    let served = Instant::now();
+    while !client
+        .validation_roots()
+        .await
+        .unwrap()
+        .contains(&new_root_cert)
+    {
+        assert!(
+            served.elapsed() < Duration::from_secs(20),
+            "a.test's client Envoy does not trust b.test's new root 20 s after a.test fetched it\n{}",
+            a.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the client Envoy in a.test trusts b.test's new root {:.1?} after a.test fetched it",
+        served.elapsed()
+    );
 
     // 2. b.test activates it (its own agent acknowledged it: no --force),
     //    and the server's next SVID chains to it.
