@@ -25,6 +25,10 @@
 //! by its PID and waits for it, so a failing test leaves nothing behind; a
 //! test that panics also prints the CA's log.
 //!
+//! Separate hosts on one machine: [`NetnsPair`] makes two network namespaces
+//! joined by a veth pair (root only); [`Net`] runs a CA (and so its agent)
+//! or an Envoy inside one, and reaches their ports from the test.
+//!
 //! Environment: `SIGNET_BIN_DIR` points at the binaries (see [`binary`]);
 //! `SIGNET_LOG` is passed through to signet-ca (readiness does not depend on
 //! its log, so any filter works).
