@@ -383,6 +383,26 @@ async fn federated_trust_domains_in_two_namespaces_survive_a_root_rotation_and_p
         federated_sequence(&a.ca, "b.test").await.is_none(),
         "a.test still lists the relationship"
     );
+    // Nothing of b.test lingers in what the client Envoy trusts; and the
+    // relationship was one-way: b.test's server still trusts a.test.
+    let b_roots: Vec<Vec<u8>> = authorities(&b.ca)
+        .await
+        .into_iter()
+        .filter(|x| x.kind == i32::from(pb::AuthorityKind::Root))
+        .map(|x| x.certificate)
+        .collect();
+    let client_trusts = client.validation_roots().await.unwrap();
+    assert!(
+        !client_trusts.iter().any(|c| b_roots.contains(c)),
+        "a.test's client Envoy still trusts a root of b.test after the relationship was deleted"
+    );
+    let a_root = crate::active(&a.ca, pb::AuthorityKind::Root)
+        .await
+        .certificate;
+    assert!(
+        server.validation_roots().await.unwrap().contains(&a_root),
+        "deleting a.test's relationship to b.test took a.test's root from b.test's server"
+    );
     assert_eq!([client.pid(), server.pid()], pids, "an Envoy was restarted");
 
     for mut envoy in [client, server] {
