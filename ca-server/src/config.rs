@@ -553,6 +553,13 @@ fn check_rotation(
             });
         }
     }
+    if intermediate_ttl < Duration::from_secs(60) {
+        return Err(ConfigError::DurationRange {
+            name: "intermediate_ttl",
+            min: "1m",
+            max: "root_ttl",
+        });
+    }
     if r.jwt_key_ttl < Duration::from_secs(60) {
         return Err(ConfigError::DurationRange {
             name: "jwt_key_ttl",

@@ -169,12 +169,16 @@ impl KeyStore {
             Some((parent, anchor)) => (parent, anchor.clone()),
             None => {
                 owned = match active(AuthorityKind::Root) {
-                    Some(row) => {
-                        if row.not_after <= unix(now) {
-                            return Err(KeyStoreError::RootExpired(row.id.clone()));
-                        }
-                        self.load_root(row)?
+                    Some(row) if row.not_after <= unix(now) => {
+                        // Down past the whole rotation window: a published
+                        // successor takes over; without one, nothing can.
+                        let next = self
+                            .published_successor(&rows, AuthorityKind::Root, now)
+                            .ok_or_else(|| KeyStoreError::RootExpired(row.id.clone()))?;
+                        self.promote(next, now)?;
+                        self.load_root(next)?
                     }
+                    Some(row) => self.load_root(row)?,
                     None => {
                         let row = self.create_root(now, AuthorityState::Active, SELF)?;
                         self.load_root(&row)?
@@ -200,8 +204,61 @@ impl KeyStore {
             )?;
         }
         if active(AuthorityKind::Jwt).is_none_or(|r| r.not_after <= unix(now)) {
-            self.create_jwt(now, AuthorityState::Active, SELF)?;
+            // Prefer a successor that agents were sent before the stop; a new
+            // key (first start, or none prepared) signs from the bundle
+            // published before the CA serves.
+            match self.published_successor(&rows, AuthorityKind::Jwt, now) {
+                Some(next) => self.promote(next, now)?,
+                None => {
+                    self.create_jwt(now, AuthorityState::Active, SELF)?;
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// The newest prepared, published, unexpired authority of `kind`.
+    fn published_successor<'a>(
+        &self,
+        rows: &'a [AuthorityRow],
+        kind: AuthorityKind,
+        now: SystemTime,
+    ) -> Option<&'a AuthorityRow> {
+        rows.iter().find(|r| {
+            r.kind == kind
+                && r.state == AuthorityState::Prepared
+                && r.published_sequence.is_some()
+                && r.not_after > unix(now)
+        })
+    }
+
+    /// At start, when the active authority of its kind has expired: makes
+    /// the published `next` active and retires the expired one, with their
+    /// audit records, in one transaction.
+    fn promote(&self, next: &AuthorityRow, now: SystemTime) -> Result<(), KeyStoreError> {
+        let t = unix(now);
+        tracing::warn!(kind = next.kind.as_str(), id = %next.id, "the active authority expired while the CA was down; its published successor takes over");
+        self.store.transaction(|tx| {
+            for old in crate::store::authorities::list(tx, Some(next.kind))?
+                .into_iter()
+                .filter(|r| r.state == AuthorityState::Active)
+            {
+                let old = AuthorityRow {
+                    state: AuthorityState::Retired,
+                    retired_at: Some(t),
+                    ..old
+                };
+                crate::store::authorities::update(tx, &old)?;
+                crate::store::insert_audit(tx, &transition_record(&old, "authority_retire", t))?;
+            }
+            let next = AuthorityRow {
+                state: AuthorityState::Active,
+                activated_at: Some(t),
+                ..next.clone()
+            };
+            crate::store::authorities::update(tx, &next)?;
+            crate::store::insert_audit(tx, &transition_record(&next, "authority_activate", t))
+        })?;
         Ok(())
     }
 
@@ -512,6 +569,19 @@ impl KeyStore {
         };
         self.store.insert_authority(&row, &audit)?;
         Ok(row)
+    }
+}
+
+fn transition_record(row: &AuthorityRow, action: &str, at: i64) -> AuditRecord {
+    AuditRecord {
+        at,
+        caller: SELF.into(),
+        action: action.into(),
+        serial: row.id.clone(),
+        not_after: row.not_after,
+        result: "ok".into(),
+        detail: format!("{} {} {}", row.kind.as_str(), row.id, row.state.as_str()),
+        ..AuditRecord::default()
     }
 }
 

@@ -8,9 +8,9 @@
 //! lifetimes), `jwt`, `nodes` (attestation, renewal, authorization),
 //! `revocation` (current node SVIDs, eviction and bans),
 //! `entries` (registration entries and join tokens), `audit` (the auditor),
-//! `authorities` (the key store), `rotation` (the rotation schedule, the
-//! activation gate, taint and revoke), `crl` (CRLs of revoked
-//! intermediates), `time` (integer/time conversions).
+//! `authorities` (the key store), `rotation` (the rotation schedule and
+//! the activation gate), `revoke` (taint and revoke), `crl` (CRLs of
+//! revoked intermediates), `upstream` (following an upstream CA), `time` (integer/time conversions).
 
 pub mod audit;
 pub mod authorities;
@@ -22,6 +22,7 @@ pub mod issue;
 pub mod jwt;
 pub mod nodes;
 pub mod revocation;
+mod revoke;
 pub mod rotation;
 pub mod signing;
 pub mod time;

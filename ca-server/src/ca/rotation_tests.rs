@@ -729,3 +729,51 @@ fn after_a_restart_agents_that_reported_recently_count_before_they_reconnect() {
         .unwrap();
     ca.activate_authority(&jwt.row.id, false, "admin").unwrap();
 }
+
+#[test]
+fn a_ca_down_past_the_active_keys_expiry_activates_their_published_successors() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let ca = testing::open(dir.path(), &clock, short());
+    clock.advance(12 * HOUR);
+    let (jwt, _) = ca
+        .prepare_authority(Some(AuthorityKind::Jwt), "admin")
+        .unwrap();
+    drop(ca);
+    // Down 13 hours: the active JWT key (1 day) expired meanwhile.
+    clock.advance(13 * HOUR);
+    let ca = testing::open(dir.path(), &clock, short());
+    assert_eq!(
+        ca.signing().jwt.key_id,
+        jwt.row.id,
+        "no new unpublished key"
+    );
+
+    let (root, _) = ca
+        .prepare_authority(Some(AuthorityKind::Root), "admin")
+        .unwrap();
+    let old_root = active(&ca, AuthorityKind::Root).id;
+    drop(ca);
+    // Down 5 days: the first root (6 days) expired meanwhile.
+    clock.advance(5 * DAY);
+    let ca = testing::open(dir.path(), &clock, short());
+    assert_eq!(active(&ca, AuthorityKind::Root).id, root.row.id);
+    assert_eq!(state_of(&ca, &old_root), AuthorityState::Retired);
+    let inter = active(&ca, AuthorityKind::Intermediate);
+    assert_eq!(inter.parent_id.as_deref(), Some(root.row.id.as_str()));
+    verify_x509_svid(&svid(&ca, HOUR).chain, &ca.bundle(), clock.now()).unwrap();
+    assert!(actions(&ca).iter().any(|a| a == "authority_activate"));
+
+    // Without a successor, an expired root stops the CA with a clear error.
+    let other = tempfile::tempdir().unwrap();
+    drop(testing::open(other.path(), &clock, short()));
+    clock.advance(7 * DAY);
+    let mut settings = short();
+    settings.data_dir = Some(other.path().to_path_buf());
+    settings.trust_domain = Some("test.org".into());
+    let config = crate::config::Config::load(None, settings).unwrap();
+    let err = Ca::open_with_clock(Arc::new(config), clock.clock())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("has expired"), "{err}");
+}

@@ -60,7 +60,7 @@ async fn mint(
         .mint_x509_svid(pb::MintX509SvidRequest {
             spiffe_id: ca.id("/probe"),
             csr: key.csr_der().unwrap(),
-            ttl_seconds: 600,
+            ttl_seconds: 0,
             dns_names: vec![],
         })
         .await
@@ -515,4 +515,69 @@ async fn a_revoked_intermediate_is_in_the_crls_agents_get_and_its_node_svids_are
         .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_ca_rotates_its_intermediate_on_its_own_schedule() {
+    // A 70 s intermediate (100 s with the 30 s backdate): its successor is
+    // prepared about 20 s and activated about 54 s after start.
+    let ca = CaProcess::start(
+        CaOptions::default()
+            .flag("intermediate-ttl", "70s")
+            .flag("max-x509-svid-ttl", "10s")
+            .flag("default-x509-svid-ttl", "10s")
+            .flag("node-svid-ttl", "10s")
+            .flag("root-ttl", "1h")
+            .flag("jwt-key-ttl", "6h")
+            .flag("rotation-tick", "1s"),
+    )
+    .await
+    .unwrap();
+    let mut admin = ca.admin().await.unwrap();
+    let is_inter = |a: &pb::Authority| a.kind == i32::from(pb::AuthorityKind::Intermediate);
+    let active = |list: &[pb::Authority]| {
+        list.iter()
+            .find(|a| is_inter(a) && a.state == i32::from(pb::AuthorityState::Active))
+            .unwrap()
+            .clone()
+    };
+    let first = active(&authorities(&mut admin).await);
+    assert!(first.next_transition_at > 0, "{first:#?}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let second = loop {
+        let now = active(&authorities(&mut admin).await);
+        if now.id != first.id {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "no rotation\n{}", ca.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(second.published_at < second.activated_at, "{second:#?}");
+    let listed = authorities(&mut admin).await;
+    let old = listed.iter().find(|a| a.id == first.id).unwrap();
+    assert_eq!(old.state, i32::from(pb::AuthorityState::Retired));
+    assert!(old.retired_at > 0);
+    // New SVIDs come from the new intermediate.
+    let chain = mint(&mut admin, &ca).await;
+    assert_eq!(
+        signet_identity::x509::authority_id(&chain[1]),
+        second.id,
+        "signed by the new intermediate"
+    );
+    let bundle = admin
+        .get_bundle(pb::GetBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let bundle = signet_proto::convert::bundle_from_pb(&bundle).unwrap();
+    verify_x509_svid(&chain, &bundle, SystemTime::now()).unwrap();
+    let audit = ca.audit_since(0).unwrap();
+    let by_ca = |action: &str, id: &str| {
+        audit
+            .iter()
+            .any(|r| r.action == action && r.caller == "ca" && r.serial == id)
+    };
+    assert!(by_ca("authority_publish", &second.id));
+    assert!(by_ca("authority_activate", &second.id));
+    assert!(by_ca("authority_retire", &first.id));
 }
