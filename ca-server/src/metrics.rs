@@ -234,13 +234,14 @@ pub fn registry(ca: Arc<Ca>) -> Registry {
     r
 }
 
-/// Binds `metrics_listen` if it is set and serves the metrics there until
-/// `shutdown`.
+/// Binds `metrics_listen` if it is set and serves the metrics there, with
+/// the `extra` collectors (e.g. federation's), until `shutdown`.
 ///
 /// # Errors
 /// The address cannot be bound.
 pub async fn start(
     ca: &Arc<Ca>,
+    extra: Vec<Box<dyn Collector>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), signet_metrics::BindError> {
     let Some(addr) = ca.config().metrics_listen else {
@@ -249,9 +250,13 @@ pub async fn start(
     let listener = signet_metrics::bind(addr).await?;
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(listen = %bound, "serving Prometheus metrics on /metrics");
+    let mut registry = registry(ca.clone());
+    for collector in extra {
+        registry.register_collector(collector);
+    }
     tokio::spawn(signet_metrics::serve(
         listener,
-        Arc::new(registry(ca.clone())),
+        Arc::new(registry),
         shutdown,
     ));
     Ok(())

@@ -18,6 +18,7 @@ use crate::api::node::NodeApi;
 use crate::api::tls::{self, ServerCertResolver};
 use crate::ca::Ca;
 use crate::config::Config;
+use crate::federation::metrics::FederationState;
 use crate::federation::{Federations, endpoint};
 
 /// Largest request accepted on the node API; [`GuardLayer`] sets tighter
@@ -63,7 +64,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("binding the admin socket")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    crate::metrics::start(&ca, shutdown_rx.clone()).await?;
+    let federations =
+        Federations::start(ca.clone(), shutdown_rx.clone()).context("starting federation")?;
+    crate::metrics::start(
+        &ca,
+        vec![Box::new(FederationState(federations.clone()))],
+        shutdown_rx.clone(),
+    )
+    .await?;
     let bundle_endpoint = match &config.bundle_endpoint {
         Some(b) => Some((
             b.clone(),
@@ -85,8 +93,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rotate_loop(ca.clone(), shutdown_rx.clone()).instrument(tracing::info_span!("rotation")),
     );
 
-    let federations =
-        Federations::start(ca.clone(), shutdown_rx.clone()).context("starting federation")?;
     if let Some((endpoint, listener)) = bundle_endpoint {
         let (doc_tx, doc_rx) = watch::channel(bytes::Bytes::new());
         tokio::spawn(endpoint::follow_bundle(

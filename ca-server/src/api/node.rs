@@ -43,13 +43,12 @@ impl NodeApi {
         self
     }
 
-    /// The CA's bundle for agents, with the federated ones.
-    fn node_bundle(&self, bundle: &crate::ca::NodeBundle) -> pb::Bundle {
-        let mut b = convert::node_bundle(bundle);
+    /// `bundle` with the federated bundles.
+    fn plus_federated(&self, mut bundle: pb::Bundle) -> pb::Bundle {
         if let Some(f) = &self.federated {
-            b.federated = crate::federation::api::federated_pb(&f.borrow());
+            bundle.federated = crate::federation::api::federated_pb(&f.borrow());
         }
-        b
+        bundle
     }
 }
 
@@ -143,7 +142,7 @@ impl Node for NodeApi {
         .await?;
         Ok(Response::new(pb::AttestNodeResponse {
             svid: Some(convert::svid(&id, &cert)),
-            bundle: Some(self.node_bundle(&self.ca.node_bundle())),
+            bundle: Some(self.plus_federated(convert::node_bundle(&self.ca.node_bundle()))),
         }))
     }
 
@@ -326,11 +325,10 @@ impl Node for NodeApi {
             // Activation waits for the agents that hold this stream open.
             let _registered = ca.agent_connected(&node);
             loop {
-                let mut current = convert::node_bundle(&bundles.borrow_and_update());
-                if let Some(f) = federated.as_mut() {
-                    current.federated =
-                        crate::federation::api::federated_pb(&f.borrow_and_update());
-                }
+                let current = crate::federation::api::add_federated(
+                    convert::node_bundle(&bundles.borrow_and_update()),
+                    federated.as_mut(),
+                );
                 if tx.send(Ok(current)).await.is_err() {
                     return;
                 }

@@ -19,6 +19,17 @@ pub fn federated_pb(bundles: &[TrustBundle]) -> Vec<pb::Bundle> {
         .collect()
 }
 
+/// `bundle` with the federated bundles of `federated`, marked as seen.
+pub fn add_federated(
+    mut bundle: pb::Bundle,
+    federated: Option<&mut watch::Receiver<FederatedBundles>>,
+) -> pb::Bundle {
+    if let Some(f) = federated {
+        bundle.federated = federated_pb(&f.borrow_and_update());
+    }
+    bundle
+}
+
 /// Resolves when the federated set changes; never when there is none.
 pub async fn changed(federated: &mut Option<watch::Receiver<FederatedBundles>>) {
     match federated {

@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod endpoint;
 pub mod fetch;
+pub mod metrics;
 pub mod registry;
 pub mod store;
 pub mod verify;

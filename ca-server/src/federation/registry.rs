@@ -227,6 +227,8 @@ impl Federations {
             .map(|s| s.wake.clone())
             .ok_or_else(|| FederationError::NotFound(td.to_owned()))?;
         self.inner.attempt(&key).await;
+        // The answer shows the next fetch; the poller reschedules to it.
+        let _ = self.inner.next_delay(&key);
         wake.notify_one();
         self.get(td)
     }

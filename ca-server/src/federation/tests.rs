@@ -144,6 +144,18 @@ async fn https_spiffe_fetches_checks_and_persists() {
     let v = l.federations.refresh("remote.org").await.unwrap();
     assert_eq!(v.status.last_error, "");
     assert_eq!(v.bundle.as_ref().map(TrustBundle::sequence), Some(5));
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(super::metrics::FederationState(
+        l.federations.clone(),
+    )));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "signet_ca_federated_bundle_sequence{trust_domain=\"remote.org\"} 5",
+        "signet_ca_federation_consecutive_failures{trust_domain=\"remote.org\"} 0",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
     let published = l.federations.watch().borrow().clone();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].trust_domain().as_str(), "remote.org");
@@ -181,11 +193,13 @@ async fn https_spiffe_fetches_checks_and_persists() {
         assert_eq!(l.federations.watch().borrow()[0].sequence(), 5);
     }
 
-    // The same sequence changes nothing and clears the error.
+    // The same sequence changes nothing and clears the error; the next
+    // fetch is one refresh hint (60 s) after this one.
     server.doc.send_replace(jwks(&remote_ca, 5));
     let v = l.federations.refresh("remote.org").await.unwrap();
     assert_eq!(v.status.last_error, "");
     assert_eq!(v.status.consecutive_failures, 0);
+    assert_eq!(v.next_fetch_at, v.status.last_success_at + 60);
 
     // A newer one replaces it, and the store has it for the next start.
     server.doc.send_replace(jwks(&remote_ca, 6));

@@ -91,7 +91,7 @@ impl EntryView {
             f(&mut out, "DNS names", &self.dns_names.join(", "));
         }
         if !self.federates_with.is_empty() {
-            f(&mut out, "Federates with", &self.federates_with.join(", "));
+            f(&mut out, "Federated", &self.federates_with.join(", "));
         }
         f(&mut out, "Created", &self.created_at);
         f(&mut out, "Revision", &self.revision.to_string());

@@ -4,7 +4,9 @@
 //! last one fetched. A root rotation on one side reaches the other within
 //! its (short) refresh hint; deleting the relationship takes the bundle
 //! out of what agents receive. A client of another stack (Python's ssl and
-//! urllib) reads the endpoint too.
+//! urllib) reads the endpoint too. The https_web profile is run with a
+//! private PKI: the endpoint's configured certificate, the relationship's
+//! given roots, and the hostname check.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -111,14 +113,17 @@ async fn next_bundle(stream: &mut tonic::Streaming<pb::Bundle>) -> pb::Bundle {
         .expect("stream ended")
 }
 
-/// Fetches the endpoint with Python's urllib, checking the chain against
-/// `cafile` and the hostname `localhost`; returns the JSON document.
-async fn python_fetch(endpoint: SocketAddr, cafile: &Path) -> serde_json::Value {
+/// Fetches the endpoint with Python's urllib over TLS `version` ("1.2" or
+/// "1.3"), checking the chain against `cafile` and the hostname
+/// `localhost`; returns the JSON document.
+async fn python_fetch(endpoint: SocketAddr, cafile: &Path, version: &str) -> serde_json::Value {
     let python = std::env::var_os("SIGNET_PYTHON").unwrap_or_else(|| "python3".into());
     let script = [
         "import json, ssl, sys, urllib.request",
         "ctx = ssl.create_default_context(cafile=sys.argv[2])",
-        "ctx.minimum_version = ssl.TLSVersion.TLSv1_2",
+        "v = {'1.2': ssl.TLSVersion.TLSv1_2, '1.3': ssl.TLSVersion.TLSv1_3}[sys.argv[3]]",
+        "ctx.minimum_version = v",
+        "ctx.maximum_version = v",
         "with urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10) as r:",
         "    assert r.headers['Content-Type'] == 'application/json', r.headers['Content-Type']",
         "    print(json.dumps(json.load(r)))",
@@ -129,6 +134,7 @@ async fn python_fetch(endpoint: SocketAddr, cafile: &Path) -> serde_json::Value 
         .arg(script)
         .arg(format!("https://localhost:{}/", endpoint.port()))
         .arg(cafile)
+        .arg(version)
         .kill_on_drop(true)
         .output()
         .await
@@ -150,7 +156,8 @@ async fn two_trust_domains_federate_both_ways_over_https_spiffe() {
     let b = start("b.test", ep_b, config_dir.path()).await;
 
     // Another stack reads B's endpoint: B's SVID chains to bundle.pem.
-    let doc = python_fetch(ep_b, &b.bundle_path()).await;
+    let doc = python_fetch(ep_b, &b.bundle_path(), "1.3").await;
+    assert_eq!(python_fetch(ep_b, &b.bundle_path(), "1.2").await, doc);
     assert_eq!(doc["spiffe_refresh_hint"], 1);
     assert_eq!(doc["spiffe_sequence"], sequence_of(&b).await);
     let served =
@@ -194,6 +201,35 @@ async fn two_trust_domains_federate_both_ways_over_https_spiffe() {
     for root in &first.federated[0].x509_authorities {
         assert!(!first.x509_authorities.contains(root));
     }
+
+    // An entry opts in; its node sees which trust domains it federates with.
+    let entry_id = a
+        .entry_cli(&[
+            "--spiffe-id",
+            &a.id("/web"),
+            "--parent-node",
+            "node-1",
+            "--selector",
+            "unix:uid:1000",
+            "--federates-with",
+            "b.test",
+        ])
+        .await
+        .unwrap();
+    let shown = a.signet_ca(["entry", "show", &entry_id]).await.unwrap();
+    assert!(
+        shown.stdout.contains("Federated:    b.test"),
+        "{}",
+        shown.stdout
+    );
+    let authorized = client
+        .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(authorized.len(), 1);
+    assert_eq!(authorized[0].federates_with, ["b.test"]);
 
     // A root prepared on B reaches A within B's refresh hint, and A's
     // agents see it; the fetch is now authenticated by the fetched bundle.
@@ -293,4 +329,89 @@ async fn two_trust_domains_federate_both_ways_over_https_spiffe() {
     assert_eq!(gone.code(), tonic::Code::NotFound);
     // B still follows A.
     assert_eq!(federation(&b, a.trust_domain()).await.last_error, "");
+}
+
+#[tokio::test]
+async fn https_web_endpoint_and_relationship_with_private_roots() {
+    use signet_identity::testing::TestCa;
+    let dir = tempfile::tempdir().unwrap();
+    // A private "Web PKI" for B's endpoint: localhost, with its roots given
+    // to A instead of the built-in ones.
+    let web = TestCa::new(TrustDomain::new("web.example").unwrap()).unwrap();
+    let key = signet_identity::PrivateKey::generate(signet_identity::KeyType::EcdsaP256).unwrap();
+    let issued = web
+        .issue_for(
+            &key,
+            &signet_identity::SpiffeId::parse("spiffe://web.example/endpoint").unwrap(),
+            &["localhost"],
+            std::time::SystemTime::now() - Duration::from_secs(60),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let (cert, key_file, roots) = (
+        dir.path().join("web.pem"),
+        dir.path().join("web.key"),
+        dir.path().join("roots.pem"),
+    );
+    let chain: String = issued
+        .chain
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect();
+    std::fs::write(&cert, chain).unwrap();
+    std::fs::write(&key_file, key.to_pem().as_bytes()).unwrap();
+    std::fs::write(&roots, web.bundle().to_pem()).unwrap();
+
+    let ep_b = free_port_on_localhost();
+    let config = dir.path().join("b.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[bundle_endpoint]\nlisten = \"{ep_b}\"\nprofile = \"https_web\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nrefresh_hint = \"1s\"\n",
+            cert.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let b = CaProcess::start(CaOptions::new("b.test").flag("config", config.display().to_string()))
+        .await
+        .unwrap();
+    let a = CaProcess::start(CaOptions::new("a.test").flag("federation-min-refresh", "1s"))
+        .await
+        .unwrap();
+
+    // The hostname is checked: by name it passes, by address it does not.
+    for (host, ok) in [("localhost", true), ("127.0.0.1", false)] {
+        let td = if ok { "b.test" } else { "b2.test" };
+        let out = a
+            .signet_ca([
+                "federation".to_owned(),
+                "create".to_owned(),
+                td.to_owned(),
+                "--url".to_owned(),
+                format!("https://{host}:{}/", ep_b.port()),
+                "--profile".to_owned(),
+                "https-web".to_owned(),
+                "--web-roots-file".to_owned(),
+                roots.display().to_string(),
+            ])
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let good = wait_for_sequence(&a, b.trust_domain(), sequence_of(&b).await).await;
+    assert_eq!(good.profile, i32::from(pb::FederationProfile::HttpsWeb));
+    let bad = a
+        .admin()
+        .await
+        .unwrap()
+        .refresh_federation(pb::RefreshFederationRequest {
+            trust_domain: "b2.test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(bad.bundle.is_none());
+    assert!(bad.last_error.contains("TLS"), "{bad:?}");
+    assert!(bad.consecutive_failures >= 1, "{bad:?}");
 }
