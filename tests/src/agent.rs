@@ -13,6 +13,7 @@ use tempfile::TempDir;
 
 use crate::bins;
 use crate::ca::CaProcess;
+use crate::netns::Net;
 
 /// signet-agent's default socket directory (its `config::DEFAULT_PUBLIC_DIR`).
 pub const DEFAULT_PUBLIC_DIR: &str = "/tmp/signet-agent/public";
@@ -34,6 +35,8 @@ pub struct AgentProcess {
     spiffe_id: String,
     /// Every flag but the join token: what [`AgentProcess::start_again`] uses.
     args: Vec<OsString>,
+    /// Where it runs: with its CA.
+    net: Net,
     data_dir: PathBuf,
     workload_api_socket: PathBuf,
     sds_socket: PathBuf,
@@ -54,7 +57,8 @@ impl std::fmt::Debug for AgentProcess {
 
 impl AgentProcess {
     /// Creates a join token for `node_name` at `ca` (with `signet ca token
-    /// create`), then starts `signet-agent run` against the CA's port, trusting
+    /// create`), then starts `signet-agent run` against the CA's port (in
+    /// the CA's network namespace when it runs in one), trusting
     /// its `bundle.pem`, with a new data directory and both sockets inside a
     /// new temporary directory. `extra_args` are appended (e.g.
     /// `["--svid-dir", DIR, "--svid-dir-spiffe-id", ID]`).
@@ -179,6 +183,7 @@ impl AgentProcess {
             node_name: node_name.to_owned(),
             spiffe_id: ca.node_id(node_name),
             args,
+            net: ca.net().clone(),
             data_dir,
             workload_api_socket,
             sds_socket,
@@ -305,7 +310,7 @@ impl AgentProcess {
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
         let offset = log.metadata()?.len();
-        let mut cmd = std::process::Command::new(bins::binary("signet-agent")?);
+        let mut cmd = self.net.command(bins::binary("signet-agent")?);
         cmd.args(&self.args)
             .env("NO_COLOR", "1")
             // Never inherit a token from the environment: a restart must

@@ -20,6 +20,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::bins::{self, CliOutput};
+use crate::netns::Net;
 use crate::pki::SvidFiles;
 
 /// The trust domain of a [`CaOptions::default`] CA.
@@ -47,6 +48,10 @@ pub struct CaOptions {
     /// harness sets `--trust-domain`, `--listen`, `--data-dir` and
     /// `--admin-socket` itself.
     pub args: Vec<String>,
+    /// Where it runs: the host, or a network namespace (its node API then
+    /// listens on the namespace's own loopback, reached with
+    /// [`Net::connect`]).
+    pub net: Net,
     /// Environment variables for the process (e.g. the debug-build test
     /// hook `SIGNET_TEST_CRASH_AT`).
     pub env: Vec<(String, String)>,
@@ -65,8 +70,16 @@ impl CaOptions {
         Self {
             trust_domain: trust_domain.to_owned(),
             args: Vec::new(),
+            net: Net::Host,
             env: Vec::new(),
         }
+    }
+
+    /// Runs it in `net`.
+    #[must_use]
+    pub fn in_net(mut self, net: Net) -> Self {
+        self.net = net;
+        self
     }
 
     /// Sets the environment variable `name` for the process.
@@ -188,6 +201,12 @@ impl CaProcess {
         self.port
     }
 
+    /// Where it runs; agents of this CA run there too.
+    #[must_use]
+    pub fn net(&self) -> &Net {
+        &self.opts.net
+    }
+
     /// The trust domain.
     #[must_use]
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -297,12 +316,30 @@ impl CaProcess {
         if let Some((chain, key)) = identity {
             tls = tls.identity(Identity::from_pem(chain, key));
         }
-        let channel = Channel::from_shared(format!("https://127.0.0.1:{}", self.port))?
+        let endpoint = Channel::from_shared(format!("https://127.0.0.1:{}", self.port))?
             .connect_timeout(Duration::from_secs(5))
-            .tls_config(tls)?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to the node API on port {}", self.port))?;
+            .tls_config(tls)?;
+        let connected = match &self.opts.net {
+            Net::Host => endpoint.connect().await,
+            net => {
+                // TCP from inside the namespace; tonic adds TLS on top.
+                let net = net.clone();
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let net = net.clone();
+                        async move { Ok::<_, std::io::Error>(TokioIo::new(net.connect(addr).await?)) }
+                    }))
+                    .await
+            }
+        };
+        let channel = connected.with_context(|| {
+            format!(
+                "connecting to the node API on port {} ({})",
+                self.port,
+                self.opts.net.label()
+            )
+        })?;
         Ok(channel)
     }
 
@@ -517,7 +554,7 @@ impl CaProcess {
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
         let offset = log.metadata()?.len();
-        let mut cmd = std::process::Command::new(bins::binary("signet-ca")?);
+        let mut cmd = self.opts.net.command(bins::binary("signet-ca")?);
         cmd.arg("run")
             .arg("--trust-domain")
             .arg(&self.opts.trust_domain)

@@ -25,6 +25,10 @@
 //! by its PID and waits for it, so a failing test leaves nothing behind; a
 //! test that panics also prints the CA's log.
 //!
+//! Separate hosts on one machine: [`NetnsPair`] makes two network namespaces
+//! joined by a veth pair (root only); [`Net`] runs a CA (and so its agent)
+//! or an Envoy inside one, and reaches their ports from the test.
+//!
 //! Environment: `SIGNET_BIN_DIR` points at the binaries (see [`binary`]);
 //! `SIGNET_LOG` is passed through to signet-ca (readiness does not depend on
 //! its log, so any filter works).
@@ -35,6 +39,7 @@ mod ca;
 mod envoy;
 mod kubelet;
 mod metrics;
+mod netns;
 mod node;
 mod pki;
 mod process;
@@ -44,10 +49,11 @@ pub use bins::{CliOutput, binary, signet};
 pub use ca::{AuditRow, CaOptions, CaProcess, DEFAULT_TRUST_DOMAIN, health_check};
 pub use envoy::{
     EnvoyOptions, EnvoyProcess, HttpResponse, LoadedCert, Outcome, Role, SERVER_BODY,
-    SerialHistory, Traffic, Validation, envoy_binary, http_get,
+    SerialHistory, Traffic, Validation, envoy_binary, http_get, http_get_in,
 };
 pub use kubelet::{FakeKubelet, emulate_proc, pod_json};
 pub use metrics::{Sample, Scrape, free_loopback_addr, scrape, scrape_until};
+pub use netns::{ADDR_A, ADDR_B, Net, NetNs, NetnsPair};
 pub use node::{
     NodeIdentity, attest_node, attest_with_token, chain_of, create_token, new_key_and_csr,
 };

@@ -1,9 +1,12 @@
 //! The bootstrap of a test Envoy: its role, its SDS cluster on the agent's
 //! socket, and its listeners and clusters.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+
+use crate::netns::Net;
 
 use super::{
     LISTENER_STATS, SDS_ALL, SDS_CLUSTER, SDS_DEFAULT, SDS_ROOTCA, SERVER_BODY, UPSTREAM_CLUSTER,
@@ -40,8 +43,9 @@ pub enum Role {
         validation: Validation,
     },
     /// A plain HTTP listener forwarding every request over mTLS to
-    /// `127.0.0.1:upstream_port`, whose certificate must be for `peer_id`.
+    /// `upstream_ip:upstream_port`, whose certificate must be for `peer_id`.
     Client {
+        upstream_ip: IpAddr,
         upstream_port: u16,
         /// The only SPIFFE ID the server may have.
         peer_id: String,
@@ -59,6 +63,11 @@ pub struct EnvoyOptions {
     /// The agent's SDS socket.
     pub sds_socket: PathBuf,
     pub role: Role,
+    /// Where it runs (the host, or a network namespace).
+    pub net: Net,
+    /// The address its listener binds (127.0.0.1 unless a peer in another
+    /// network namespace must reach it).
+    pub listen_ip: IpAddr,
 }
 
 impl EnvoyOptions {
@@ -74,6 +83,8 @@ impl EnvoyOptions {
                 peer_id: client_id.to_owned(),
                 validation: Validation::RootCa,
             },
+            net: Net::Host,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 
@@ -92,10 +103,13 @@ impl EnvoyOptions {
             uid,
             sds_socket: sds_socket.to_owned(),
             role: Role::Client {
+                upstream_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 upstream_port: server_port,
                 peer_id: server_id.to_owned(),
                 validation: Validation::RootCa,
             },
+            net: Net::Host,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 
@@ -106,6 +120,23 @@ impl EnvoyOptions {
             Role::Server { validation: v, .. } | Role::Client { validation: v, .. } => {
                 *v = validation;
             }
+        }
+        self
+    }
+
+    /// Runs it in `net`; its listener binds `listen_ip` there.
+    #[must_use]
+    pub fn in_net(mut self, net: Net, listen_ip: IpAddr) -> Self {
+        self.net = net;
+        self.listen_ip = listen_ip;
+        self
+    }
+
+    /// A [`Role::Client`] forwards to `ip` instead of 127.0.0.1.
+    #[must_use]
+    pub fn upstream_ip(mut self, ip: IpAddr) -> Self {
+        if let Role::Client { upstream_ip, .. } = &mut self.role {
+            *upstream_ip = ip;
         }
         self
     }
@@ -144,19 +175,25 @@ impl EnvoyOptions {
                     "match": { "prefix": "/" },
                     "direct_response": { "status": 200, "body": { "inline_string": SERVER_BODY } }
                 });
-                listener(http_filter_chain(route, Some(tls)))
+                listener(self.listen_ip, http_filter_chain(route, Some(tls)))
             }
             Role::Client {
+                upstream_ip,
                 upstream_port,
                 peer_id,
                 validation,
             } => {
-                clusters.push(upstream_cluster(*upstream_port, peer_id, *validation));
+                clusters.push(upstream_cluster(
+                    *upstream_ip,
+                    *upstream_port,
+                    peer_id,
+                    *validation,
+                ));
                 let route = json!({
                     "match": { "prefix": "/" },
                     "route": { "cluster": UPSTREAM_CLUSTER, "timeout": "5s" }
                 });
-                listener(http_filter_chain(route, None))
+                listener(self.listen_ip, http_filter_chain(route, None))
             }
         };
         json!({
@@ -242,7 +279,7 @@ fn common_tls_context(peer_id: &str, validation: Validation) -> Value {
 }
 
 /// The client's way to the server Envoy.
-fn upstream_cluster(port: u16, peer_id: &str, validation: Validation) -> Value {
+fn upstream_cluster(ip: IpAddr, port: u16, peer_id: &str, validation: Validation) -> Value {
     json!({
         "name": UPSTREAM_CLUSTER,
         "type": "STATIC",
@@ -263,7 +300,7 @@ fn upstream_cluster(port: u16, peer_id: &str, validation: Validation) -> Value {
             "endpoints": [{
                 "lb_endpoints": [{
                     "endpoint": {
-                        "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } }
+                        "address": { "socket_address": { "address": ip.to_string(), "port_value": port } }
                     }
                 }]
             }]
@@ -305,11 +342,11 @@ fn http_filter_chain(route: Value, transport_socket: Option<Value>) -> Value {
 }
 
 /// The one listener, on a port the kernel picks (read back from `/listeners`).
-fn listener(filter_chain: Value) -> Value {
+fn listener(ip: IpAddr, filter_chain: Value) -> Value {
     json!({
         "name": LISTENER_STATS,
         "stat_prefix": LISTENER_STATS,
-        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "address": { "socket_address": { "address": ip.to_string(), "port_value": 0 } },
         "filter_chains": [filter_chain]
     })
 }

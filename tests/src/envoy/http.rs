@@ -7,9 +7,9 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper::header::{CONNECTION, HOST};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::HTTP_TIMEOUT;
+use crate::netns::Net;
 
 /// One HTTP/1.1 response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,15 +25,30 @@ pub struct HttpResponse {
 /// # Errors
 /// As above.
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<HttpResponse> {
-    tokio::time::timeout(HTTP_TIMEOUT, http_get_inner(port, path))
-        .await
-        .map_err(|_| anyhow!("GET {path} on port {port}: no response within {HTTP_TIMEOUT:?}"))?
+    http_get_in(&Net::Host, port, path).await
 }
 
-async fn http_get_inner(port: u16, path: &str) -> anyhow::Result<HttpResponse> {
-    let stream = TcpStream::connect(("127.0.0.1", port))
+/// As [`http_get`], on the loopback of `net` (a network namespace's own).
+///
+/// # Errors
+/// As [`http_get`].
+pub async fn http_get_in(net: &Net, port: u16, path: &str) -> anyhow::Result<HttpResponse> {
+    tokio::time::timeout(HTTP_TIMEOUT, http_get_inner(net, port, path))
         .await
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        .map_err(|_| {
+            anyhow!(
+                "GET {path} on port {port} ({}): no response within {HTTP_TIMEOUT:?}",
+                net.label()
+            )
+        })?
+}
+
+async fn http_get_inner(net: &Net, port: u16, path: &str) -> anyhow::Result<HttpResponse> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = net
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr} ({})", net.label()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .with_context(|| format!("HTTP/1.1 handshake with 127.0.0.1:{port}"))?;

@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use binary::envoy_binary;
 pub use bootstrap::{EnvoyOptions, Role, Validation};
 pub use history::SerialHistory;
-pub use http::{HttpResponse, http_get};
+pub use http::{HttpResponse, http_get, http_get_in};
 pub use process::{EnvoyProcess, LoadedCert};
 pub use traffic::{Outcome, Traffic};
 

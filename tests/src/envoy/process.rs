@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use super::binary::{envoy_binary, setpriv_binary};
 use super::bootstrap::{EnvoyOptions, Role};
-use super::http::{HttpResponse, http_get};
+use super::http::{HttpResponse, http_get_in};
 use super::{
     ADMIN_TIMEOUT, ENVOY_LOG_ENV, LISTENER_STATS, LIVE_TIMEOUT, STOP_TIMEOUT, UPSTREAM_CLUSTER,
 };
@@ -113,7 +113,7 @@ impl EnvoyProcess {
             .with_context(|| format!("opening {}", self.stderr_path.display()))?;
         let level = std::env::var(ENVOY_LOG_ENV).unwrap_or_else(|_| "warning".to_owned());
         let uid = self.opts.uid.to_string();
-        let mut cmd = std::process::Command::new(setpriv);
+        let mut cmd = self.opts.net.command(setpriv);
         // setpriv execs Envoy: the child's PID is Envoy's.
         cmd.args(["--reuid", &uid, "--regid", &uid, "--clear-groups"])
             .arg(envoy)
@@ -196,7 +196,7 @@ impl EnvoyProcess {
     /// # Errors
     /// When the admin API does not answer.
     pub async fn ready_state(&self) -> anyhow::Result<String> {
-        let response = http_get(self.admin_port, "/ready").await?;
+        let response = http_get_in(&self.opts.net, self.admin_port, "/ready").await?;
         Ok(response.body.trim().to_owned())
     }
 
@@ -234,7 +234,7 @@ impl EnvoyProcess {
         &self.opts
     }
 
-    /// The admin API's port on 127.0.0.1.
+    /// The admin API's port on 127.0.0.1 (of its network namespace).
     #[must_use]
     pub fn admin_port(&self) -> u16 {
         self.admin_port
@@ -252,9 +252,9 @@ impl EnvoyProcess {
     /// `GET path` through the listener.
     ///
     /// # Errors
-    /// As [`http_get`].
+    /// As [`http_get_in`].
     pub async fn get(&self, path: &str) -> anyhow::Result<HttpResponse> {
-        http_get(self.port()?, path).await
+        http_get_in(&self.opts.net, self.port()?, path).await
     }
 
     /// The body of `GET path` on the admin API.
@@ -262,7 +262,7 @@ impl EnvoyProcess {
     /// # Errors
     /// No answer, or a status other than 200.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
-        let response = http_get(self.admin_port, path).await?;
+        let response = http_get_in(&self.opts.net, self.admin_port, path).await?;
         if response.status != 200 {
             bail!(
                 "Envoy {:?} admin {path}: status {}: {}",
@@ -312,6 +312,65 @@ impl EnvoyProcess {
                 });
                 // Only the leaf: the rest of a chain is the CA's.
                 break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The certificate chains (DER, leaf first) of the `tls_certificate`
+    /// secrets Envoy holds now (`/config_dump`, dynamic active secrets):
+    /// what it presents in new handshakes, with the intermediates (`/certs`
+    /// shows only leaves).
+    ///
+    /// # Errors
+    /// No answer, JSON of another shape, or a chain that is not PEM.
+    pub async fn secret_chains(&self) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
+        let text = self
+            .admin_get("/config_dump?resource=dynamic_active_secrets")
+            .await?;
+        let dump: Value = serde_json::from_str(&text)
+            .with_context(|| format!("/config_dump is not JSON: {text}"))?;
+        let mut out = Vec::new();
+        for config in dump["configs"].as_array().into_iter().flatten() {
+            let Some(chain) = config["secret"]["tls_certificate"]["certificate_chain"].as_object()
+            else {
+                continue;
+            };
+            let pem_text = data_source_text(&Value::Object(chain.clone()))?;
+            let ders: Vec<Vec<u8>> = pem::parse_many(pem_text.as_bytes())
+                .context("certificate_chain is not PEM")?
+                .into_iter()
+                .map(pem::Pem::into_contents)
+                .collect();
+            out.push(ders);
+        }
+        Ok(out)
+    }
+
+    /// The CA certificates (DER) Envoy validates peers with now: every
+    /// `CERTIFICATE` in the `trusted_ca` of a validation-context secret
+    /// (`ROOTCA`) and in the `trust_bundle` of each trust domain of a SPIFFE
+    /// validator secret (`ALL`), from `/config_dump`.
+    ///
+    /// # Errors
+    /// No answer, JSON of another shape, or bundle bytes that are not PEM.
+    pub async fn validation_roots(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let text = self
+            .admin_get("/config_dump?resource=dynamic_active_secrets")
+            .await?;
+        let dump: Value = serde_json::from_str(&text)
+            .with_context(|| format!("/config_dump is not JSON: {text}"))?;
+        let mut sources = Vec::new();
+        for config in dump["configs"].as_array().into_iter().flatten() {
+            collect_data_sources(&config["secret"], false, &mut sources);
+        }
+        let mut out = Vec::new();
+        for source in sources {
+            let pem_text = data_source_text(&source)?;
+            for block in pem::parse_many(pem_text.as_bytes()).context("a bundle that is not PEM")? {
+                if block.tag() == "CERTIFICATE" {
+                    out.push(block.into_contents());
+                }
             }
         }
         Ok(out)
@@ -505,6 +564,47 @@ impl LoadedCert {
         )
         .with_context(|| format!("expiration_time {:?}", self.expiration))?;
         Ok(t.into())
+    }
+}
+
+/// Every data source (`{inline_bytes | inline_string}`) under a
+/// `trusted_ca` or `trust_bundle` key anywhere in `v`.
+fn collect_data_sources(v: &Value, under_bundle_key: bool, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(map) => {
+            if under_bundle_key
+                && (map.contains_key("inline_bytes") || map.contains_key("inline_string"))
+            {
+                out.push(v.clone());
+                return;
+            }
+            for (key, child) in map {
+                let bundle_key = key == "trusted_ca" || key == "trust_bundle";
+                collect_data_sources(child, bundle_key, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_data_sources(item, false, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The text of an inline Envoy data source (`inline_bytes` is base64 in
+/// the JSON dump).
+fn data_source_text(source: &Value) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    if let Some(b64) = source.get("inline_bytes").and_then(Value::as_str) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("inline_bytes is not base64")?;
+        String::from_utf8(bytes).context("inline_bytes is not text")
+    } else if let Some(s) = source.get("inline_string").and_then(Value::as_str) {
+        Ok(s.to_owned())
+    } else {
+        bail!("a data source that is not inline: {source}")
     }
 }
 

@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::http::http_get;
+use super::http::http_get_in;
+use crate::netns::Net;
 
 /// A request every `interval` through a client Envoy, each on a new
 /// connection, in a background task; every outcome is kept.
@@ -29,6 +30,12 @@ impl Traffic {
     /// expecting 200 and `expected_body`.
     #[must_use]
     pub fn start(port: u16, interval: Duration, expected_body: &str) -> Self {
+        Self::start_in(Net::Host, port, interval, expected_body)
+    }
+
+    /// As [`Traffic::start`], to a port on the loopback of `net`.
+    #[must_use]
+    pub fn start_in(net: Net, port: u16, interval: Duration, expected_body: &str) -> Self {
         let running = Arc::new(AtomicBool::new(true));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
@@ -42,7 +49,7 @@ impl Traffic {
                 while running.load(Ordering::Relaxed) {
                     ticker.tick().await;
                     let at = started.elapsed();
-                    let result = match http_get(port, "/").await {
+                    let result = match http_get_in(&net, port, "/").await {
                         Ok(r) if r.status == 200 && r.body == expected => Ok(()),
                         Ok(r) => Err(format!("status {}: {:?}", r.status, r.body)),
                         Err(e) => Err(format!("{e:#}")),
