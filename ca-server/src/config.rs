@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// Two settings that contradict each other.
     #[error("{0}")]
     Conflict(String),
+    /// `[mesh_api]` is not usable.
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::config::MeshConfigError),
     /// `[bundle_endpoint]` or a `[[federation]]` table is not usable.
     #[error(transparent)]
     Federation(crate::federation::FederationError),
@@ -224,6 +227,10 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default)]
     pub federation: Vec<crate::federation::config::FederationSettings>,
+    /// The Istio and Linkerd CA APIs (`[mesh_api]` table; file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub mesh_api: Option<crate::mesh::config::MeshApiSettings>,
 }
 
 /// When authorities rotate.
@@ -285,6 +292,8 @@ pub struct Config {
     pub federations: Vec<crate::federation::Relationship>,
     /// See [`Settings::federation_min_refresh`].
     pub federation_min_refresh: Duration,
+    /// The mesh CA APIs, when served.
+    pub mesh_api: Option<crate::mesh::config::MeshConfig>,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -461,6 +470,10 @@ impl Config {
         let federations =
             crate::federation::config::relationships(federation_settings, &trust_domain)
                 .map_err(ConfigError::Federation)?;
+        let mesh_api = match flags.mesh_api.as_ref().or(file.mesh_api.as_ref()) {
+            Some(m) => m.check()?,
+            None => None,
+        };
         Ok(Self {
             trust_domain,
             listen,
@@ -486,6 +499,7 @@ impl Config {
             bundle_endpoint,
             federations,
             federation_min_refresh,
+            mesh_api,
             defaulted,
         })
     }

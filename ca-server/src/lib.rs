@@ -4,6 +4,7 @@ pub mod api;
 pub mod ca;
 pub mod config;
 pub mod federation;
+pub mod mesh;
 pub mod metrics;
 pub mod server;
 pub mod store;
