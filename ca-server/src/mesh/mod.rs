@@ -122,3 +122,6 @@ impl MeshAuth {
         e
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;
