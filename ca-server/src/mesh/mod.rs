@@ -125,3 +125,6 @@ impl MeshAuth {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod listener_tests;
