@@ -1,0 +1,180 @@
+//! The fake API server's objects, resourceVersions and pod event history.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// How many pod events are kept for watches that resume from an old resourceVersion.
+const HISTORY: usize = 4096;
+
+/// What TokenReview knows about one token (its JWT claims, in effect).
+#[derive(Debug, Clone, Default)]
+pub struct FakeToken {
+    pub namespace: String,
+    pub service_account: String,
+    /// The `aud` claim.
+    pub audiences: Vec<String>,
+    /// Bound pod (name, uid), if any.
+    pub pod: Option<(String, String)>,
+    /// Node of the bound pod (name, uid), if any.
+    pub node: Option<(String, String)>,
+    pub expired: bool,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    Pod {
+        kind: &'static str,
+        rv: u64,
+        pod: Box<Pod>,
+    },
+    Bookmark(u64),
+}
+
+pub(crate) struct State {
+    /// The last resourceVersion handed out; shared by all kinds, as etcd's revision is.
+    pub rv: u64,
+    uid_seq: u64,
+    pub tokens: HashMap<String, FakeToken>,
+    pub check_bound_objects: bool,
+    pub ignore_requested_audiences: bool,
+    pub pods: BTreeMap<(String, String), Pod>,
+    pub pod_events: VecDeque<Event>,
+    /// Watches from a resourceVersion below this get 410.
+    pub compacted_to: u64,
+    pub nodes: BTreeMap<String, Node>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub config_maps: BTreeMap<(String, String), ConfigMap>,
+    pub interfere: HashMap<(String, String), usize>,
+    pub requests: Vec<Request>,
+}
+
+impl State {
+    pub fn new() -> Self {
+        let mut st = Self {
+            rv: 1000,
+            uid_seq: 0,
+            tokens: HashMap::new(),
+            check_bound_objects: true,
+            ignore_requested_audiences: false,
+            pods: BTreeMap::new(),
+            pod_events: VecDeque::new(),
+            compacted_to: 0,
+            nodes: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            config_maps: BTreeMap::new(),
+            interfere: HashMap::new(),
+            requests: Vec::new(),
+        };
+        // Namespaces every cluster has.
+        st.add_namespace("default");
+        st.add_namespace("kube-system");
+        st
+    }
+
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    pub fn new_uid(&mut self) -> String {
+        self.uid_seq += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.uid_seq)
+    }
+
+    fn stamp(&mut self, meta: &mut ObjectMeta) -> u64 {
+        if meta.uid.as_deref().unwrap_or("").is_empty() {
+            meta.uid = Some(self.new_uid());
+        }
+        let rv = self.next_rv();
+        meta.resource_version = Some(rv.to_string());
+        rv
+    }
+
+    pub fn apply_pod(&mut self, mut pod: Pod) -> (Pod, Event) {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        pod.metadata.namespace = Some(ns.clone());
+        self.add_namespace(&ns);
+        let key = (ns, name);
+        let kind = if self.pods.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        if let (Some(old), true) = (self.pods.get(&key), pod.metadata.uid.is_none()) {
+            pod.metadata.uid = old.metadata.uid.clone();
+        }
+        let rv = self.stamp(&mut pod.metadata);
+        self.pods.insert(key, pod.clone());
+        let ev = Event::Pod {
+            kind,
+            rv,
+            pod: Box::new(pod.clone()),
+        };
+        self.record(ev.clone());
+        (pod, ev)
+    }
+
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Option<(Pod, Event)> {
+        let mut pod = self
+            .pods
+            .remove(&(namespace.to_string(), name.to_string()))?;
+        let rv = self.next_rv();
+        pod.metadata.resource_version = Some(rv.to_string());
+        let ev = Event::Pod {
+            kind: "DELETED",
+            rv,
+            pod: Box::new(pod.clone()),
+        };
+        self.record(ev.clone());
+        Some((pod, ev))
+    }
+
+    fn record(&mut self, ev: Event) {
+        if self.pod_events.len() == HISTORY
+            && let Some(Event::Pod { rv, .. }) = self.pod_events.pop_front()
+        {
+            self.compacted_to = rv;
+        }
+        self.pod_events.push_back(ev);
+    }
+
+    pub fn apply_node(&mut self, mut node: Node) -> Node {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if let (Some(old), true) = (self.nodes.get(&name), node.metadata.uid.is_none()) {
+            node.metadata.uid = old.metadata.uid.clone();
+        }
+        self.stamp(&mut node.metadata);
+        self.nodes.insert(name, node.clone());
+        node
+    }
+
+    pub fn add_namespace(&mut self, name: &str) {
+        if self.namespaces.contains_key(name) {
+            return;
+        }
+        let mut ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        self.stamp(&mut ns.metadata);
+        self.namespaces.insert(name.to_string(), ns);
+    }
+}
