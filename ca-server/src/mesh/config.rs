@@ -2,6 +2,7 @@
 //! under which names, and how callers are authenticated.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -47,6 +48,12 @@ pub struct MeshApiSettings {
     pub linkerd_control_namespace: Option<String>,
     /// Linkerd's identity trust domain name [default: cluster.local].
     pub linkerd_trust_domain: Option<String>,
+    /// The API server for TokenReview and pods: a kubeconfig file
+    /// [default: the pod's in-cluster service account].
+    pub kubeconfig: Option<PathBuf>,
+    /// Publish the root to ConfigMap `istio-ca-root-cert` in every
+    /// namespace, as istiod does [default: false].
+    pub publish_root_configmap: Option<bool>,
 }
 
 /// The checked `[mesh_api]`.
@@ -63,6 +70,9 @@ pub struct MeshConfig {
     pub node_accounts: Vec<String>,
     pub linkerd_control_namespace: String,
     pub linkerd_trust_domain: String,
+    /// `None`: in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    pub publish_root_configmap: bool,
 }
 
 /// Why `[mesh_api]` cannot be used.
@@ -156,6 +166,8 @@ impl MeshApiSettings {
             node_accounts: self.node_accounts.clone(),
             linkerd_control_namespace: control_ns,
             linkerd_trust_domain: linkerd_td,
+            kubeconfig: self.kubeconfig.clone(),
+            publish_root_configmap: self.publish_root_configmap.unwrap_or(false),
         }))
     }
 }

@@ -49,15 +49,17 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Serves the mesh API on `listener` until `shutdown` fires.
+/// Issues the serving certificate (renewed in the background) and returns
+/// the future that serves the mesh API on `listener` until `shutdown` fires.
 ///
 /// # Errors
-/// The serving certificate cannot be issued or TLS set up.
-pub async fn serve(
+/// The serving certificate cannot be issued or TLS set up: reported before
+/// anything is served.
+pub fn serve(
     auth: MeshAuth,
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), TlsSetupError> {
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, TlsSetupError> {
     let ca = auth.ca.clone();
     let (resolver, not_after) =
         ServerCertResolver::with_names(&ca, auth.config.server_names.clone())?;
@@ -81,7 +83,7 @@ pub async fn serve(
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     });
     let mut wait = shutdown.clone();
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
@@ -94,10 +96,10 @@ pub async fn serve(
             async move {
                 let _ = wait.wait_for(|s| *s).await;
             },
-        )
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the mesh API stopped");
-    }
-    Ok(())
+        );
+    Ok(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the mesh API stopped");
+        }
+    })
 }

@@ -42,11 +42,7 @@ async fn serve() -> Served {
     let addr = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);
     let mesh = auth(ca.clone());
-    let task = tokio::spawn(async move {
-        super::listener::serve(mesh, listener, shutdown)
-            .await
-            .unwrap();
-    });
+    let task = tokio::spawn(super::listener::serve(mesh, listener, shutdown).unwrap());
     let root_pem = ca
         .bundle()
         .x509_authorities()

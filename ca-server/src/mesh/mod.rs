@@ -9,6 +9,7 @@
 pub mod config;
 pub mod csr;
 pub mod istio;
+pub mod kube;
 pub mod linkerd;
 pub mod listener;
 pub mod review;
@@ -128,3 +129,6 @@ pub(crate) mod tests;
 
 #[cfg(test)]
 mod listener_tests;
+
+#[cfg(test)]
+mod kube_tests;

@@ -101,6 +101,8 @@ pub(crate) fn mesh_config() -> MeshConfig {
         node_accounts: vec!["istio-system:ztunnel".into()],
         linkerd_control_namespace: "linkerd".into(),
         linkerd_trust_domain: "cluster.local".into(),
+        kubeconfig: None,
+        publish_root_configmap: false,
     }
 }
 
