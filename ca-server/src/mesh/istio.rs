@@ -72,11 +72,7 @@ impl IstioApi {
             Ok(None) => return Err(Status::internal("the issued chain reaches no current root")),
             Err(e) => return Err(Status::internal(format!("root: {e}"))),
         }
-        let cert_chain = chain
-            .iter()
-            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-            .map(|p| if p.ends_with('\n') { p } else { p + "\n" })
-            .collect();
+        let cert_chain = chain.iter().map(|c| pem_lf(c)).collect();
         tracing::info!(%id, "issued a certificate to an Istio proxy");
         Ok(IstioCertificateResponse { cert_chain })
     }
@@ -203,6 +199,15 @@ impl IstioApi {
         }
         self.auth.workload_id(&target)
     }
+}
+
+/// One certificate as PEM with "\n" line ends (the pem crate's default is
+/// CRLF; istiod answers LF).
+pub fn pem_lf(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// `spiffe://<td>/ns/<ns>/sa/<sa>` back to its service account.

@@ -46,12 +46,14 @@ impl TokenReviewer for Kube {
                     error: None,
                 }),
                 // Refusals of the token, as opposed to failures to ask.
-                Err(e @ (K8sError::Unauthenticated(_) | K8sError::Audience { .. })) => {
-                    Ok(TokenReview {
-                        error: Some(e.to_string()),
-                        ..TokenReview::default()
-                    })
-                }
+                Err(K8sError::Unauthenticated(why)) => Ok(TokenReview {
+                    error: Some(why),
+                    ..TokenReview::default()
+                }),
+                Err(e @ K8sError::Audience { .. }) => Ok(TokenReview {
+                    error: Some(e.to_string()),
+                    ..TokenReview::default()
+                }),
                 // Authenticated, but not as a service account: the caller
                 // refuses an empty username as PERMISSION_DENIED.
                 Err(K8sError::Malformed(why)) => Ok(TokenReview {
@@ -105,7 +107,7 @@ pub fn roots_pem(bundle: &TrustBundle) -> String {
     bundle
         .x509_authorities()
         .iter()
-        .map(|r| pem::encode(&pem::Pem::new("CERTIFICATE", r.to_vec())))
+        .map(|r| super::istio::pem_lf(r))
         .collect()
 }
 

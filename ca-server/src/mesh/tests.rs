@@ -273,7 +273,14 @@ pub(crate) fn check_istio_chain(dir: &Path, resp: &IstioCertificateResponse) -> 
         chain.len()
     );
     for pem_text in chain {
-        assert!(pem_text.ends_with('\n'));
+        assert!(
+            pem_text.ends_with("-----END CERTIFICATE-----\n"),
+            "{pem_text:?}"
+        );
+        assert!(
+            !pem_text.contains('\r'),
+            "LF line ends, as istiod: {pem_text:?}"
+        );
         assert_eq!(pem::parse_many(pem_text).unwrap().len(), 1);
     }
     let root = chain.last().unwrap();
