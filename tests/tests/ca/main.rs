@@ -17,6 +17,7 @@ mod health;
 mod issuance;
 mod lifecycle;
 mod limits;
+mod mesh;
 mod mtls;
 mod restart;
 mod status;
