@@ -156,6 +156,15 @@ async fn istio_through_the_fake_api_server() {
         let err = api.create_certificate(req).await.unwrap_err();
         assert_eq!(err.code(), code, "{what}: {err:?}");
     }
+    // An API server that ignores the requested audiences still names the
+    // token's own: a Vault token must not pass for Istio's.
+    fake.set_ignore_requested_audiences(true);
+    let err = api
+        .create_certificate(request("web-vault", &web_csr, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    fake.set_ignore_requested_audiences(false);
     let records = audit(&ca);
     let count = |result: &str| {
         records
@@ -164,7 +173,7 @@ async fn istio_through_the_fake_api_server() {
             .count()
     };
     assert_eq!(count("issued"), 2);
-    assert_eq!(count("rejected"), 6);
+    assert_eq!(count("rejected"), 7);
     // TokenReviews asked for Istio's audience; pods were listed by node.
     let calls = fake.requests();
     assert!(calls.iter().any(|r| r.path.ends_with("/tokenreviews")));
