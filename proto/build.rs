@@ -1,7 +1,12 @@
 //! Compiles the protos with protox (pure Rust), so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/signet/ca/v1/ca.proto", "proto/workload.proto"];
+    let files = [
+        "proto/signet/ca/v1/ca.proto",
+        "proto/workload.proto",
+        "proto/istio/v1/auth/ca.proto",
+        "proto/linkerd/identity/identity.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// Two settings that contradict each other.
     #[error("{0}")]
     Conflict(String),
+    /// `[mesh_api]` is not usable.
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::config::MeshConfigError),
     /// `[bundle_endpoint]` or a `[[federation]]` table is not usable.
     #[error(transparent)]
     Federation(crate::federation::FederationError),
@@ -228,6 +231,10 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default)]
     pub k8s: Option<crate::k8s::K8sSettings>,
+    /// The Istio and Linkerd CA APIs (`[mesh_api]` table; file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub mesh_api: Option<crate::mesh::config::MeshApiSettings>,
 }
 
 /// When authorities rotate.
@@ -291,6 +298,8 @@ pub struct Config {
     pub federation_min_refresh: Duration,
     /// Kubernetes settings, when `[k8s]` is configured.
     pub k8s: Option<crate::k8s::K8sConfig>,
+    /// The mesh CA APIs, when served.
+    pub mesh_api: Option<crate::mesh::config::MeshConfig>,
     /// Which settings came from the embedded default, for the start-up log.
     pub defaulted: Vec<&'static str>,
 }
@@ -471,6 +480,10 @@ impl Config {
             Some(k) => Some(k.check().map_err(ConfigError::Conflict)?),
             None => None,
         };
+        let mesh_api = match flags.mesh_api.as_ref().or(file.mesh_api.as_ref()) {
+            Some(m) => m.check()?,
+            None => None,
+        };
         Ok(Self {
             trust_domain,
             listen,
@@ -497,6 +510,7 @@ impl Config {
             federations,
             federation_min_refresh,
             k8s,
+            mesh_api,
             defaulted,
         })
     }

@@ -5,6 +5,7 @@ pub mod ca;
 pub mod config;
 pub mod federation;
 pub mod k8s;
+pub mod mesh;
 pub mod metrics;
 pub mod server;
 pub mod store;

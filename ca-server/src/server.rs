@@ -119,6 +119,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(mesh) = &config.mesh_api {
+        start_mesh_api(&ca, mesh, shutdown_rx.clone()).await?;
+    }
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NodeServer<NodeApi>>().await;
     health_reporter.set_serving::<AdminServer<AdminApi>>().await;
@@ -186,6 +190,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::error!(error = %e, "could not write the last refusal summaries");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects to the API server, binds the mesh API and serves it (and the
+/// root ConfigMaps when enabled) in the background.
+async fn start_mesh_api(
+    ca: &Arc<Ca>,
+    mesh: &crate::mesh::config::MeshConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use crate::mesh::kube::Kube;
+    let how = mesh.kubeconfig.clone().map_or(
+        signet_k8s::KubeConnect::InCluster,
+        signet_k8s::KubeConnect::Kubeconfig,
+    );
+    let api = signet_k8s::KubeApi::connect(&how)
+        .await
+        .context("mesh_api: connecting to the Kubernetes API")?;
+    let listener = TcpListener::bind(mesh.listen)
+        .await
+        .with_context(|| format!("binding the mesh API to {}", mesh.listen))?;
+    let kube = Arc::new(Kube(api.clone()));
+    let auth = crate::mesh::MeshAuth {
+        ca: ca.clone(),
+        config: Arc::new(mesh.clone()),
+        reviewer: kube.clone(),
+        pods: kube,
+    };
+    tracing::info!(listen = %listener.local_addr()?, istio = mesh.istio, linkerd = mesh.linkerd, "serving the mesh CA API");
+    let serving = crate::mesh::listener::serve(auth, listener, shutdown.clone())
+        .context("starting the mesh API")?;
+    tokio::spawn(serving.instrument(tracing::info_span!("mesh-api")));
+    if mesh.publish_root_configmap {
+        tokio::spawn(
+            crate::mesh::kube::run_root_publisher(api, ca.watch_bundle(), shutdown)
+                .instrument(tracing::info_span!("istio-root-configmap")),
+        );
+    }
     Ok(())
 }
 

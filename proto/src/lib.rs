@@ -15,6 +15,23 @@ pub mod workload {
     tonic::include_proto!("_");
 }
 
+/// Istio's certificate service (`istio.v1.auth`), served by the CA's mesh API.
+pub mod istio {
+    pub mod v1 {
+        pub mod auth {
+            tonic::include_proto!("istio.v1.auth");
+        }
+    }
+}
+
+/// Linkerd's identity service (`io.linkerd.proxy.identity`), served by the
+/// CA's mesh API.
+pub mod linkerd {
+    pub mod identity {
+        tonic::include_proto!("io.linkerd.proxy.identity");
+    }
+}
+
 /// Conversions between these messages and the identity crate's types.
 #[warn(clippy::all)]
 pub mod convert;

@@ -205,6 +205,8 @@ impl ClientCertVerifier for SvidClientVerifier {
 #[derive(Debug)]
 pub struct ServerCertResolver {
     current: RwLock<Arc<CertifiedKey>>,
+    /// The DNS names the certificate carries.
+    names: Vec<String>,
 }
 
 impl ResolvesServerCert for ServerCertResolver {
@@ -245,10 +247,23 @@ impl ServerCertResolver {
     /// # Errors
     /// Signing failures.
     pub fn new(ca: &Ca) -> Result<(Arc<Self>, std::time::SystemTime), TlsSetupError> {
-        let (key, not_after) = issue_server_cert(ca)?;
+        Self::with_names(ca, ca.config().server_names.clone())
+    }
+
+    /// Issues a first server SVID carrying `names` as DNS SANs (another
+    /// listener's names, e.g. the mesh API's).
+    ///
+    /// # Errors
+    /// Signing failures.
+    pub fn with_names(
+        ca: &Ca,
+        names: Vec<String>,
+    ) -> Result<(Arc<Self>, std::time::SystemTime), TlsSetupError> {
+        let (key, not_after) = issue_server_cert(ca, &names)?;
         Ok((
             Arc::new(Self {
                 current: RwLock::new(Arc::new(key)),
+                names,
             }),
             not_after,
         ))
@@ -268,7 +283,7 @@ impl ServerCertResolver {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
-            match issue_server_cert(&ca) {
+            match issue_server_cert(&ca, &self.names) {
                 Ok((key, na)) => {
                     *self
                         .current
@@ -285,29 +300,46 @@ impl ServerCertResolver {
     }
 }
 
-fn issue_server_cert(ca: &Ca) -> Result<(CertifiedKey, std::time::SystemTime), TlsSetupError> {
+fn issue_server_cert(
+    ca: &Ca,
+    names: &[String],
+) -> Result<(CertifiedKey, std::time::SystemTime), TlsSetupError> {
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = signet_identity::x509::VerifiedCsr::from_der(&key.csr_der()?)?;
     // The reserved CA identity: agents require it of the CA after bootstrap,
     // and no registration entry can claim it.
     let id = signet_identity::reserved::ca_server_id(&ca.config().trust_domain);
     let ttl = ca.config().node_svid_ttl;
-    let cert = ca.sign(&csr, &id, &ca.config().server_names, ttl)?;
+    let cert = ca.sign(&csr, &id, names, ttl)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)?;
     // The root travels with the chain so that an agent bootstrapping with a
     // pinned root hash (and no bundle yet) can find and check it.
     let mut chain = cert.chain.clone();
+    if let Some(root) = root_of(ca, &chain)? {
+        chain.push(root);
+    }
+    Ok((CertifiedKey::new(chain, signer), cert.not_after))
+}
+
+/// The root among the CA's anchors that `chain` (leaf, intermediates)
+/// verifies to now, if any.
+///
+/// # Errors
+/// An anchor that cannot be put in a bundle.
+pub fn root_of(
+    ca: &Ca,
+    chain: &[CertificateDer<'static>],
+) -> Result<Option<CertificateDer<'static>>, signet_identity::BundleError> {
     let now = ca.now();
     for anchor in &ca.signing().anchors {
         let single = TrustBundle::new(ca.config().trust_domain.clone())
             .with_x509_authorities([anchor.clone()])?;
-        if verify_x509_svid(&chain, &single, now).is_ok() {
-            chain.push(anchor.clone());
-            break;
+        if verify_x509_svid(chain, &single, now).is_ok() {
+            return Ok(Some(anchor.clone()));
         }
     }
-    Ok((CertifiedKey::new(chain, signer), cert.not_after))
+    Ok(None)
 }
 
 /// The rustls configuration of the node API.

@@ -216,4 +216,35 @@ impl Ca {
             Ok((id, cert))
         })
     }
+
+    /// Issues an SVID for a mesh proxy (Istio, Linkerd) whose identity the
+    /// caller has already derived from a reviewed token: `caller` is that
+    /// token's account, `action` names the API. The CSR contributes only its
+    /// key. Refusals and the issuance are audited.
+    ///
+    /// # Errors
+    /// InvalidArgument for an ID or DNS name no one may claim; Unavailable
+    /// when the audit log cannot be written (then nothing is returned).
+    pub fn issue_for_mesh(
+        &self,
+        caller: &str,
+        action: &str,
+        id: &SpiffeId,
+        dns_names: &[String],
+        csr: &VerifiedCsr,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedCert, CaError> {
+        self.refusing(caller, action, id.as_str(), || {
+            self.check_claimable(id, dns_names)?;
+            let ttl = ttl
+                .filter(|t| !t.is_zero())
+                .unwrap_or(self.config.default_x509_svid_ttl)
+                .min(self.config.max_x509_svid_ttl);
+            let cert = self.sign(csr, id, dns_names, ttl)?;
+            let now = unix(self.now());
+            self.auditor
+                .durable(vec![issued_record(caller, action, id, &cert, now)])?;
+            Ok(cert)
+        })
+    }
 }

@@ -18,6 +18,7 @@ mod issuance;
 mod k8s;
 mod lifecycle;
 mod limits;
+mod mesh;
 mod mtls;
 mod restart;
 mod status;
