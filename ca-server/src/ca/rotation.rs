@@ -37,6 +37,10 @@ fn crash_point(step: &str) {
     }
 }
 
+/// How many refresh hints of the served bundle a new root or JWT key is
+/// published before it is used (the Federation standard says 3 to 5).
+pub const FEDERATION_HOLD_HINTS: i64 = 3;
+
 /// What the activation gate says about a prepared authority.
 /// "Live" agents count: see [`Ca::agent_lag`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,11 @@ pub enum Gate {
     TimeRule(Vec<(String, u64)>),
     /// Wait: these connected agents lag (name, sequence).
     Closed(Vec<(String, u64)>),
+    /// Wait until this Unix time: the CA serves its bundle to federated
+    /// trust domains, which poll it at the refresh hint; the SPIFFE
+    /// Federation standard asks that a key be published several refresh
+    /// hints before it is used, so that they have it in time.
+    FederationHold(i64),
 }
 
 /// One open WatchBundle stream of an agent; dropping it unregisters it.
@@ -149,6 +158,10 @@ impl Ca {
         let Some(seq) = row.published_sequence else {
             return Ok(Gate::Closed(Vec::new()));
         };
+        let t = unix(now);
+        if let Some(until) = self.federation_hold(row, t) {
+            return Ok(Gate::FederationHold(until));
+        }
         let lagging: Vec<(String, u64)> = self
             .agent_lag()?
             .into_iter()
@@ -158,7 +171,6 @@ impl Ca {
             return Ok(Gate::Acknowledged);
         }
         let r = &self.config.rotation;
-        let t = unix(now);
         let published_at = row.published_at.unwrap_or(t);
         let timed_out = t >= published_at.saturating_add(secs(r.activation_ack_timeout))
             && t >= published_at.saturating_add(3 * secs(r.agent_sync_interval));
@@ -167,6 +179,21 @@ impl Ca {
         } else {
             Gate::Closed(lagging)
         })
+    }
+
+    /// When the bundle endpoint is served, a root or JWT key (what the
+    /// served bundle carries) is activated no earlier than
+    /// [`FEDERATION_HOLD_HINTS`] refresh hints after it was published: the
+    /// time until then, or `None` when there is nothing to wait for.
+    fn federation_hold(&self, row: &AuthorityRow, t: i64) -> Option<i64> {
+        let endpoint = self.config.bundle_endpoint.as_ref()?;
+        if !matches!(row.kind, AuthorityKind::Root | AuthorityKind::Jwt) {
+            return None;
+        }
+        let published_at = row.published_at.unwrap_or(t);
+        let until = published_at
+            .saturating_add(FEDERATION_HOLD_HINTS.saturating_mul(secs(endpoint.refresh_hint)));
+        (t < until).then_some(until)
     }
 
     /// After open: publishes what was created but not published before a
@@ -329,6 +356,11 @@ impl Ca {
                 Ok(true)
             }
             Some(next) if t >= self.activate_point(active) => match self.gate(next, now)? {
+                Gate::FederationHold(until) => {
+                    crash_point("gated");
+                    tracing::info!(kind = kind.as_str(), id = %next.id, until, "activation waits until federated trust domains can have fetched the bundle");
+                    Ok(false)
+                }
                 Gate::Closed(lagging) => {
                     crash_point("gated");
                     tracing::info!(kind = kind.as_str(), id = %next.id, sequence = next.published_sequence, lagging = %lagging_names(&lagging), "activation waits for agents to acknowledge the bundle");
@@ -511,6 +543,22 @@ impl Ca {
                 Gate::Acknowledged => {}
                 Gate::TimeRule(lagging) => {
                     tracing::warn!(kind = next.kind.as_str(), id = %next.id, sequence = seq, lagging = %lagging_names(&lagging), "activating after the ack timeout; these agents had not acknowledged the bundle");
+                }
+                Gate::FederationHold(until) => {
+                    return Err(CaError::FailedPrecondition(format!(
+                        "{} was published {}s ago; federated trust domains fetch this bundle every {} (the refresh hint), so it is used no earlier than {} refresh hints after publication: wait {}s, or use force",
+                        next.id,
+                        t.saturating_sub(next.published_at.unwrap_or(t)),
+                        self.config
+                            .bundle_endpoint
+                            .as_ref()
+                            .map_or_else(String::new, |e| humantime::format_duration(
+                                e.refresh_hint
+                            )
+                            .to_string()),
+                        FEDERATION_HOLD_HINTS,
+                        until.saturating_sub(t)
+                    )));
                 }
                 Gate::Closed(lagging) => {
                     return Err(CaError::FailedPrecondition(format!(

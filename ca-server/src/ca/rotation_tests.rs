@@ -777,3 +777,45 @@ fn a_ca_down_past_the_active_keys_expiry_activates_their_published_successors() 
         .unwrap();
     assert!(err.to_string().contains("has expired"), "{err}");
 }
+
+#[test]
+fn with_a_bundle_endpoint_a_new_key_waits_three_refresh_hints_for_federated_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let settings = Settings {
+        bundle_endpoint: Some(crate::federation::config::BundleEndpointSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            profile: None,
+            cert_file: None,
+            key_file: None,
+            refresh_hint: Some("10s".into()),
+        }),
+        ..Settings::default()
+    };
+    let ca = testing::open(dir.path(), &clock, settings);
+    let before = ca.signing().jwt.key_id.clone();
+    // No agent is connected, so only federated peers are waited for.
+    let (next, _) = ca
+        .prepare_authority(Some(AuthorityKind::Jwt), "admin")
+        .unwrap();
+    let err = ca
+        .activate_authority(&next.row.id, false, "admin")
+        .unwrap_err();
+    assert!(matches!(err, CaError::FailedPrecondition(_)), "{err:?}");
+    assert!(err.to_string().contains("refresh hint"), "{err}");
+    assert_eq!(ca.signing().jwt.key_id, before, "nothing changed");
+    assert_eq!(state_of(&ca, &next.row.id), AuthorityState::Prepared);
+
+    clock.advance(Duration::from_secs(29));
+    assert!(ca.activate_authority(&next.row.id, false, "admin").is_err());
+    clock.advance(Duration::from_secs(1));
+    ca.activate_authority(&next.row.id, false, "admin").unwrap();
+    assert_eq!(ca.signing().jwt.key_id, next.row.id);
+
+    // An intermediate is not in the served bundle: no federation hold.
+    let (inter, _) = ca
+        .prepare_authority(Some(AuthorityKind::Intermediate), "admin")
+        .unwrap();
+    ca.activate_authority(&inter.row.id, false, "admin")
+        .unwrap();
+}

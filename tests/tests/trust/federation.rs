@@ -237,6 +237,17 @@ async fn federated_trust_domains_in_two_namespaces_survive_a_root_rotation_and_p
     let sequence = prepared["bundle_sequence"]
         .as_u64()
         .unwrap_or_else(|| panic!("no bundle_sequence in {prepared}"));
+    // b.test serves its bundle to a.test, which polls it every
+    // REFRESH_HINT: b.test refuses to use the new root before three hints
+    // have passed, even though its own agent has the bundle at once.
+    let early =
+        b.ca.signet_ca(["authority", "activate", new_root.as_str()])
+            .await
+            .unwrap();
+    assert!(
+        !early.success() && early.stderr.contains("refresh hint"),
+        "an activation right after prepare was not held for the federated peer: {early:?}"
+    );
     let picked_up = wait_fetched(&a, &b, sequence, 5 * REFRESH_HINT).await;
     eprintln!(
         "a.test held b.test's bundle with the new root {picked_up:.1?} after it was prepared (refresh hint {REFRESH_HINT:?})"
@@ -283,7 +294,31 @@ async fn federated_trust_domains_in_two_namespaces_survive_a_root_rotation_and_p
         );
         tokio::time::sleep(SAMPLE_INTERVAL).await;
     }
-    let activated = authority_cli(&b.ca, &["activate", &new_root]).await;
+    // Then the hold: 3 refresh hints after the root was published.
+    let held = Instant::now();
+    loop {
+        let out =
+            b.ca.signet_ca(["authority", "activate", new_root.as_str()])
+                .await
+                .unwrap();
+        if out.success() {
+            break;
+        }
+        assert!(
+            out.stderr.contains("refresh hint") && held.elapsed() < 5 * REFRESH_HINT,
+            "activation refused for another reason, or held too long: {out:?}"
+        );
+        tokio::time::sleep(SAMPLE_INTERVAL).await;
+    }
+    let activated = authority_cli(&b.ca, &["list"]).await;
+    let activated = serde_json::json!({
+        "authority": activated["authorities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == new_root.as_str())
+            .unwrap()
+    });
     assert_eq!(activated["authority"]["state"], "active", "{activated}");
     let new_intermediate = authorities(&b.ca)
         .await
