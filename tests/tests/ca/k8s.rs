@@ -323,6 +323,14 @@ async fn the_agent_attests_again_when_its_token_rotates_and_not_once_banned() {
     let rows = wait_for_attestations(&ca, mark, 2).await;
     assert_eq!(rows[0].spiffe_id, rows[1].spiffe_id);
     assert_ne!(rows[0].serial, rows[1].serial);
+    // The CA records the attestation before the agent has its answer: wait
+    // for the agent's own account of it.
+    for _ in 0..100 {
+        if agent.log().contains("attested again") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(agent.log().contains("attested again"), "{}", agent.log());
 
     // Banned: the next attempt is refused by name, however valid the token.
