@@ -40,19 +40,14 @@ pub const CA_RBAC: &[Rule] = &[
     },
 ];
 
-/// What signet-agent calls: the pods of its own node (workload attestation).
-pub const AGENT_RBAC: &[Rule] = &[
-    Rule {
-        api_group: "",
-        resource: "pods",
-        verbs: &["get", "list", "watch"],
-    },
-    Rule {
-        api_group: "",
-        resource: "nodes",
-        verbs: &["get"],
-    },
-];
+/// What signet-agent calls: the kubelet's `/pods` (the pod attestor reads
+/// its own node's kubelet, not the API server), which the kubelet authorizes
+/// as `get` on the `nodes/proxy` subresource.
+pub const AGENT_RBAC: &[Rule] = &[Rule {
+    api_group: "",
+    resource: "nodes/proxy",
+    verbs: &["get"],
+}];
 
 impl Rule {
     /// Whether this rule allows `verb` on `api_group`/`resource`.

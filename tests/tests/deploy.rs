@@ -195,11 +195,11 @@ fn grants(role: &Value) -> BTreeSet<Grant> {
     out
 }
 
-/// The API calls the code makes: `signet_k8s::rbac::CA_RBAC` and
-/// `AGENT_RBAC` on branch h8-k8s (k8s/src/rbac.rs), copied here until that
-/// crate is on this branch; switch to the constants when it is.
-/// (API group, resource, verbs), and whether the call is only made when the
-/// root is published to istio-ca-root-cert (namespaces and ConfigMaps).
+/// The API calls the CA makes, as the chart grants them: (API group,
+/// resource, verbs), and whether the call is only made when the root is
+/// published to istio-ca-root-cert (namespaces and ConfigMaps).
+/// `signet_k8s::rbac::CA_RBAC` has no such condition, so the list is kept
+/// here; the agent's calls come from `signet_k8s::rbac::AGENT_RBAC`.
 const CA_CALLS: &[(&str, &str, &[&str], bool)] = &[
     ("authentication.k8s.io", "tokenreviews", &["create"], false),
     ("", "pods", &["get", "list", "watch"], false),
@@ -208,11 +208,6 @@ const CA_CALLS: &[(&str, &str, &[&str], bool)] = &[
     ("", "configmaps", &["get", "create", "update"], true),
 ];
 
-/// The agent's only call: the kubelet's `/pods` (the pod attestor on branch
-/// h8-pod reads the kubelet, not the API server), which the kubelet
-/// authorizes as `nodes/proxy` get. AGENT_RBAC on h8-k8s lists pods and
-/// nodes instead, for an API-server pod source the agent does not have yet.
-const AGENT_CALLS: &[(&str, &str, &[&str])] = &[("", "nodes/proxy", &["get"])];
 
 /// What Kubernetes' bootstrap policy puts in `system:auth-delegator`.
 const AUTH_DELEGATOR: &[(&str, &str, &str)] = &[
@@ -250,11 +245,11 @@ fn expected_ca(publish_istio_root: bool) -> BTreeSet<Call> {
 fn expected_agent(pod_attestor: bool) -> BTreeSet<Call> {
     let mut want = BTreeSet::new();
     if pod_attestor {
-        for (group, resource, verbs) in AGENT_CALLS {
-            for verb in *verbs {
+        for rule in signet_k8s::rbac::AGENT_RBAC {
+            for verb in rule.verbs {
                 want.insert((
-                    (*group).to_owned(),
-                    (*resource).to_owned(),
+                    rule.api_group.to_owned(),
+                    rule.resource.to_owned(),
                     (*verb).to_owned(),
                 ));
             }
