@@ -208,7 +208,6 @@ const CA_CALLS: &[(&str, &str, &[&str], bool)] = &[
     ("", "configmaps", &["get", "create", "update"], true),
 ];
 
-
 /// What Kubernetes' bootstrap policy puts in `system:auth-delegator`.
 const AUTH_DELEGATOR: &[(&str, &str, &str)] = &[
     ("authentication.k8s.io", "tokenreviews", "create"),
