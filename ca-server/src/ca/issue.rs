@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use signet_identity::SpiffeId;
-use signet_identity::x509::{IssueError, IssuedCert, VerifiedCsr, X509SvidParams, issue_x509_svid};
+use signet_identity::x509::{
+    IssueError, IssuedCert, VerifiedCsr, X509SvidParams, issue_dns_leaf, issue_x509_svid,
+};
 
 use super::time::unix;
 use super::{Ca, CaError};
@@ -15,6 +17,18 @@ use crate::store::{AuditRecord, EntryRow};
 pub struct SignItem {
     pub entry_id: String,
     pub csr: Vec<u8>,
+    pub ttl: Option<Duration>,
+}
+
+/// What a mesh proxy's certificate carries besides its key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshLeaf {
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// Whether the SPIFFE ID is a URI SAN (an X.509-SVID); without it the
+    /// leaf is named by `dns_names` alone, as linkerd-identity issues them.
+    pub spiffe_uri: bool,
+    /// The lifetime asked for; the CA's default and cap apply.
     pub ttl: Option<Duration>,
 }
 
@@ -230,17 +244,36 @@ impl Ca {
         caller: &str,
         action: &str,
         id: &SpiffeId,
-        dns_names: &[String],
+        leaf: &MeshLeaf,
         csr: &VerifiedCsr,
-        ttl: Option<Duration>,
     ) -> Result<IssuedCert, CaError> {
+        let dns_names = &leaf.dns_names;
         self.refusing(caller, action, id.as_str(), || {
             self.check_claimable(id, dns_names)?;
-            let ttl = ttl
+            let ttl = leaf
+                .ttl
                 .filter(|t| !t.is_zero())
                 .unwrap_or(self.config.default_x509_svid_ttl)
                 .min(self.config.max_x509_svid_ttl);
-            let cert = self.sign(csr, id, dns_names, ttl)?;
+            let cert = if leaf.spiffe_uri {
+                self.sign(csr, id, dns_names, ttl)?
+            } else {
+                let signing = self.signing();
+                issue_dns_leaf(
+                    csr,
+                    dns_names,
+                    ttl,
+                    self.config.backdate,
+                    &signing.signer,
+                    self.now(),
+                )
+                .map_err(|e| match e {
+                    IssueError::InvalidDnsName(_) | IssueError::NoName => {
+                        CaError::InvalidArgument(e.to_string())
+                    }
+                    other => CaError::Internal(other.to_string()),
+                })?
+            };
             let now = unix(self.now());
             self.auditor
                 .durable(vec![issued_record(caller, action, id, &cert, now)])?;

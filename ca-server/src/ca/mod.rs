@@ -44,7 +44,7 @@ use authorities::KeyStore;
 pub use bundle::NodeBundle;
 pub use entries::NewEntry;
 pub use error::{CaError, OpenError};
-pub use issue::{ItemResult, SignItem};
+pub use issue::{ItemResult, MeshLeaf, SignItem};
 pub use jwt::{DEFAULT_JWT_TTL, MAX_JWT_TTL};
 pub use nodes::token_hash;
 pub use signing::Signing;

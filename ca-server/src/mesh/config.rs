@@ -48,6 +48,9 @@ pub struct MeshApiSettings {
     pub linkerd_control_namespace: Option<String>,
     /// Linkerd's identity trust domain name [default: cluster.local].
     pub linkerd_trust_domain: Option<String>,
+    /// Put the SPIFFE ID in Linkerd leaves as a URI SAN besides the DNS
+    /// identity [default: false, the DNS SAN only, as linkerd-identity].
+    pub linkerd_spiffe_uri: Option<bool>,
     /// The API server for TokenReview and pods: a kubeconfig file
     /// [default: the pod's in-cluster service account].
     pub kubeconfig: Option<PathBuf>,
@@ -70,6 +73,7 @@ pub struct MeshConfig {
     pub node_accounts: Vec<String>,
     pub linkerd_control_namespace: String,
     pub linkerd_trust_domain: String,
+    pub linkerd_spiffe_uri: bool,
     /// `None`: in-cluster.
     pub kubeconfig: Option<PathBuf>,
     pub publish_root_configmap: bool,
@@ -166,6 +170,7 @@ impl MeshApiSettings {
             node_accounts: self.node_accounts.clone(),
             linkerd_control_namespace: control_ns,
             linkerd_trust_domain: linkerd_td,
+            linkerd_spiffe_uri: self.linkerd_spiffe_uri.unwrap_or(false),
             kubeconfig: self.kubeconfig.clone(),
             publish_root_configmap: self.publish_root_configmap.unwrap_or(false),
         }))
@@ -198,6 +203,7 @@ mod tests {
         assert_eq!(c.linkerd_control_namespace, "linkerd");
         assert_eq!(c.linkerd_trust_domain, "cluster.local");
         assert_eq!(c.cluster_id, None);
+        assert!(!c.linkerd_spiffe_uri);
     }
 
     #[test]

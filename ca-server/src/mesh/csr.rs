@@ -10,6 +10,8 @@ pub struct RequestedNames {
     pub dns: Vec<String>,
     /// Other kinds (IP, e-mail...): never granted.
     pub other: usize,
+    /// The subject's common name, if it has one.
+    pub common_name: Option<String>,
 }
 
 /// Reads the requested SANs of a DER CSR (already verified by the caller
@@ -20,6 +22,12 @@ pub struct RequestedNames {
 pub fn requested_names(der: &[u8]) -> Result<RequestedNames, String> {
     let (_, csr) = X509CertificationRequest::from_der(der).map_err(|e| e.to_string())?;
     let mut names = RequestedNames::default();
+    names.common_name = csr
+        .certification_request_info
+        .subject
+        .iter_common_name()
+        .next()
+        .map(|cn| cn.as_str().map(str::to_owned).unwrap_or_default());
     if let Some(exts) = csr.requested_extensions() {
         for ext in exts {
             if let ParsedExtension::SubjectAlternativeName(san) = ext {

@@ -61,8 +61,13 @@ impl IstioApi {
             .map(Duration::from_secs);
         let ca = self.auth.ca.clone();
         let id2 = id.clone();
+        let leaf = crate::ca::MeshLeaf {
+            dns_names: Vec::new(),
+            spiffe_uri: true,
+            ttl,
+        };
         let cert = crate::api::status::blocking(move || {
-            ca.issue_for_mesh(&name, ACTION, &id2, &[], &csr, ttl)
+            ca.issue_for_mesh(&name, ACTION, &id2, &leaf, &csr)
         })
         .await?;
         let mut chain = cert.chain.clone();

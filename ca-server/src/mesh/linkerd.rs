@@ -1,7 +1,11 @@
 //! `io.linkerd.proxy.identity.Identity/Certify`, as linkerd-identity
 //! answers it: the identity name `<sa>.<ns>.serviceaccount.identity.
-//! <controlNS>.<trustDomain>` must be the token's, the leaf carries it as a
-//! DNS SAN (and the SPIFFE ID as URI SAN), intermediates without the root.
+//! <controlNS>.<trustDomain>` must be the token's and the CSR's one DNS
+//! name; the leaf carries it as its DNS SAN and subject CN (plus the SPIFFE
+//! ID as URI SAN when `linkerd_spiffe_uri` is set); `intermediate_certificates`
+//! is the issued chain after the leaf, up to and excluding the trust anchor
+//! (linkerd-identity sends its issuer's chain); `valid_until` is the leaf's
+//! notAfter.
 
 use signet_identity::x509::VerifiedCsr;
 use signet_proto::linkerd::identity::identity_server::Identity;
@@ -61,8 +65,13 @@ impl LinkerdApi {
             }
         };
         let ca = self.auth.ca.clone();
+        let leaf = crate::ca::MeshLeaf {
+            dns_names: vec![dns],
+            spiffe_uri: self.auth.config.linkerd_spiffe_uri,
+            ttl: None,
+        };
         let cert = crate::api::status::blocking(move || {
-            ca.issue_for_mesh(&name, ACTION, &id, &[dns], &csr, None)
+            ca.issue_for_mesh(&name, ACTION, &id, &leaf, &csr)
         })
         .await?;
         let mut chain = cert.chain.into_iter();
@@ -100,10 +109,17 @@ impl LinkerdApi {
             .map_err(|e| CaError::InvalidArgument(format!("csr: {e}")))?;
         let names = super::csr::requested_names(&body.certificate_signing_request)
             .map_err(|e| CaError::InvalidArgument(format!("csr: {e}")))?;
-        if names.dns.iter().any(|d| *d != expected) || !names.uris.is_empty() || names.other > 0 {
+        // As linkerd-identity: exactly one DNS name, the identity; nothing
+        // else; a subject CN, if any, equal to it.
+        if names.dns != [expected.as_str()]
+            || !names.uris.is_empty()
+            || names.other > 0
+            || names.common_name.as_ref().is_some_and(|cn| *cn != expected)
+        {
             return Err(CaError::PermissionDenied(format!(
-                "the CSR asks for names other than {expected}: {:?} {:?}",
-                names.dns, names.uris
+                "the CSR must name {expected} as its one DNS SAN (and CN, if any); \
+                 it asks for DNS {:?}, URI {:?}, CN {:?}",
+                names.dns, names.uris, names.common_name
             )));
         }
         let id = self.auth.workload_id(&caller.account)?;

@@ -212,6 +212,6 @@ async fn grpcio_client_calls_both_apis() {
     };
     let (uris, dns) = check_linkerd(d, &s.ca, &linkerd);
     assert_eq!(dns, [WEB_L5D]);
-    assert_eq!(uris, ["spiffe://test.org/ns/default/sa/web"]);
+    assert!(uris.is_empty(), "{uris:?}");
     s.stop().await;
 }

@@ -101,6 +101,7 @@ pub(crate) fn mesh_config() -> MeshConfig {
         node_accounts: vec!["istio-system:ztunnel".into()],
         linkerd_control_namespace: "linkerd".into(),
         linkerd_trust_domain: "cluster.local".into(),
+        linkerd_spiffe_uri: false,
         kubeconfig: None,
         publish_root_configmap: false,
     }
@@ -161,6 +162,8 @@ pub(crate) fn csr_with(uris: &[&str], dns: &[&str]) -> (String, Vec<u8>) {
     use rcgen::{CertificateParams, KeyPair, SanType, string::Ia5String};
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    // rcgen's default subject has a CN of its own; proxies send none.
+    params.distinguished_name = rcgen::DistinguishedName::new();
     for u in uris {
         params
             .subject_alt_names
@@ -173,6 +176,17 @@ pub(crate) fn csr_with(uris: &[&str], dns: &[&str]) -> (String, Vec<u8>) {
     }
     let csr = params.serialize_request(&key).unwrap();
     (csr.pem().unwrap(), csr.der().to_vec())
+}
+
+/// A P-256 CSR (DER) with subject CN `cn` and these DNS SANs.
+fn csr_named(cn: &str, dns: &[&str]) -> Vec<u8> {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.serialize_request(&key).unwrap().der().to_vec()
 }
 
 fn istio_request(
@@ -479,13 +493,36 @@ pub(crate) fn check_linkerd(
     assert!(!inters.is_empty());
     let out = openssl_verify(dir, &roots, &inters, &pem_of(&resp.leaf_certificate));
     assert!(out.contains(": OK"), "{out}");
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, leaf) = X509Certificate::from_der(&resp.leaf_certificate).unwrap();
+    // valid_until is the leaf's notAfter, as linkerd-identity sends it.
     let until = resp.valid_until.unwrap();
+    assert_eq!(until.seconds, leaf.validity().not_after.timestamp());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     assert!(u64::try_from(until.seconds).unwrap() > now);
-    sans_of(&resp.leaf_certificate)
+    // The intermediates are the chain after the leaf, without the anchor.
+    let roots = ca.bundle();
+    for der in &resp.intermediate_certificates {
+        assert!(
+            !roots.x509_authorities().iter().any(|r| r.as_ref() == der),
+            "a trust anchor among the intermediates"
+        );
+    }
+    let cn: Vec<String> = leaf
+        .subject()
+        .iter_common_name()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let (uris, dns) = sans_of(&resp.leaf_certificate);
+    if uris.is_empty() {
+        assert_eq!(cn, dns, "a DNS-named leaf's subject CN is the identity");
+    } else {
+        assert!(cn.is_empty(), "an X.509-SVID's subject is empty: {cn:?}");
+    }
+    (uris, dns)
 }
 
 #[tokio::test]
@@ -500,8 +537,30 @@ async fn linkerd_issues_the_dns_identity_of_the_token() {
         .into_inner();
     let (uris, dns) = check_linkerd(dir.path(), &ca, &resp);
     assert_eq!(dns, [WEB_L5D]);
+    // linkerd-identity's profile: the DNS name only.
+    assert!(uris.is_empty(), "{uris:?}");
+    let records = issued(&ca);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].spiffe_id, "spiffe://test.org/ns/default/sa/web");
+}
+
+#[tokio::test]
+async fn linkerd_adds_the_spiffe_uri_when_configured() {
+    let (dir, ca) = setup();
+    let mut auth = auth(ca.clone());
+    let mut config = mesh_config();
+    config.linkerd_spiffe_uri = true;
+    auth.config = Arc::new(config);
+    let api = LinkerdApi::new(auth);
+    let (_, der) = csr_with(&[], &[WEB_L5D]);
+    let resp = api
+        .certify(linkerd_request("l5d", WEB_L5D, der))
+        .await
+        .unwrap()
+        .into_inner();
+    let (uris, dns) = check_linkerd(dir.path(), &ca, &resp);
+    assert_eq!(dns, [WEB_L5D]);
     assert_eq!(uris, ["spiffe://test.org/ns/default/sa/web"]);
-    assert_eq!(issued(&ca).len(), 1);
 }
 
 #[tokio::test]
@@ -536,6 +595,25 @@ async fn linkerd_refusals_issue_nothing_and_are_audited() {
             "garbage CSR",
             linkerd_request("l5d", WEB_L5D, vec![0x30, 0x03, 1, 2, 3]),
             Code::InvalidArgument,
+        ),
+        (
+            "CSR without the DNS name",
+            linkerd_request("l5d", WEB_L5D, csr_with(&[], &[]).1),
+            Code::PermissionDenied,
+        ),
+        (
+            "CSR that also asks for a URI",
+            linkerd_request(
+                "l5d",
+                WEB_L5D,
+                csr_with(&["spiffe://test.org/ns/default/sa/web"], &[WEB_L5D]).1,
+            ),
+            Code::PermissionDenied,
+        ),
+        (
+            "CSR with another common name",
+            linkerd_request("l5d", WEB_L5D, csr_named("db", &[WEB_L5D])),
+            Code::PermissionDenied,
         ),
     ];
     let n = cases.len();

@@ -45,6 +45,9 @@ pub enum IssueError {
     /// The signing authority has expired, or expires before the certificate would start.
     #[error("signing authority is not valid at the requested time")]
     AuthorityExpired,
+    /// A leaf named by DNS names alone needs at least one.
+    #[error("a dns-named leaf needs at least one dns name")]
+    NoName,
     /// The TTL is zero.
     #[error("ttl must be positive")]
     ZeroTtl,
@@ -295,23 +298,13 @@ pub fn issue_x509_svid(
     if params.spiffe_id.path().is_empty() {
         return Err(IssueError::EmptyPath(params.spiffe_id.to_string()));
     }
-    let mut cert = CertificateParams::default();
-    cert.distinguished_name = DistinguishedName::new();
+    let mut cert = leaf_template(csr);
     cert.subject_alt_names
         .push(SanType::URI(ia5(params.spiffe_id.as_str())?));
     for name in &params.dns_names {
         validate_dns_name(name)?;
         cert.subject_alt_names.push(SanType::DnsName(ia5(name)?));
     }
-    cert.is_ca = IsCa::ExplicitNoCa;
-    cert.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    if csr.key_type().is_rsa() {
-        cert.key_usages.push(KeyUsagePurpose::KeyEncipherment);
-    }
-    cert.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
     let public_key = SubjectPublicKeyInfo::from_der(csr.public_key_spki())
         .map_err(|e| IssueError::Sign(e.to_string()))?;
     sign(
@@ -322,6 +315,53 @@ pub fn issue_x509_svid(
         params.backdate,
         now,
     )
+}
+
+/// Signs a TLS leaf that names its holder by DNS names only, with no SPIFFE
+/// ID: the profile of meshes that identify workloads by DNS-style names
+/// (Linkerd). Same key usages, lifetime rules and chain as
+/// [`issue_x509_svid`]; the subject's CN is the first name, as in the
+/// certificates linkerd-identity issues.
+///
+/// # Errors
+/// [`IssueError::NoName`] without a name, [`IssueError::InvalidDnsName`],
+/// and as [`issue_x509_svid`]; nothing is signed when an error is returned.
+pub fn issue_dns_leaf(
+    csr: &VerifiedCsr,
+    dns_names: &[String],
+    ttl: Duration,
+    backdate: Duration,
+    authority: &SigningAuthority,
+    now: SystemTime,
+) -> Result<IssuedCert, IssueError> {
+    let first = dns_names.first().ok_or(IssueError::NoName)?;
+    let mut cert = leaf_template(csr);
+    for name in dns_names {
+        validate_dns_name(name)?;
+        cert.subject_alt_names.push(SanType::DnsName(ia5(name)?));
+    }
+    cert.distinguished_name
+        .push(DnType::CommonName, first.as_str());
+    let public_key = SubjectPublicKeyInfo::from_der(csr.public_key_spki())
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
+    sign(cert, &public_key, authority, ttl, backdate, now)
+}
+
+/// What every leaf shares: empty subject, CA:false, digitalSignature
+/// (+keyEncipherment for RSA), serverAuth and clientAuth.
+fn leaf_template(csr: &VerifiedCsr) -> CertificateParams {
+    let mut cert = CertificateParams::default();
+    cert.distinguished_name = DistinguishedName::new();
+    cert.is_ca = IsCa::ExplicitNoCa;
+    cert.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if csr.key_type().is_rsa() {
+        cert.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    cert.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    cert
 }
 
 /// Creates a self-signed root for `params.trust_domain` with `key`.

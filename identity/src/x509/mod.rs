@@ -10,8 +10,8 @@ pub mod verify;
 
 pub use csr::{CsrError, CsrKeyType, VerifiedCsr};
 pub use issue::{
-    IssueError, IssuedCert, SigningAuthority, SigningCaParams, X509SvidParams, issue_x509_svid,
-    new_intermediate, new_root,
+    IssueError, IssuedCert, SigningAuthority, SigningCaParams, X509SvidParams, issue_dns_leaf,
+    issue_x509_svid, new_intermediate, new_root,
 };
 pub use pem::chain_to_pem;
 pub use rules::{Finding, check_certificate};

@@ -25,9 +25,17 @@ fn token(aud: &str) -> FakeToken {
     }
 }
 
-fn csr(san: rcgen::SanType) -> rcgen::CertificateSigningRequest {
+/// A P-256 CSR with one SAN and, as Linkerd's proxy makes its own, an
+/// optional subject CN (istio-agent's subject is empty).
+fn csr(san: rcgen::SanType, cn: Option<&str>) -> rcgen::CertificateSigningRequest {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = cn {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
     params.subject_alt_names.push(san);
     params.serialize_request(&key).unwrap()
 }
@@ -117,9 +125,12 @@ publish_root_configmap = true
     let mark = ca.audit_mark().unwrap();
     let root = ca.bundle_pem().unwrap();
     std::fs::write(d.join("root.pem"), &root).unwrap();
-    let istio_csr = csr(rcgen::SanType::URI(WEB.try_into().unwrap()));
+    let istio_csr = csr(rcgen::SanType::URI(WEB.try_into().unwrap()), None);
     std::fs::write(d.join("istio.csr"), istio_csr.pem().unwrap()).unwrap();
-    let l5d_csr = csr(rcgen::SanType::DnsName(WEB_L5D.try_into().unwrap()));
+    let l5d_csr = csr(
+        rcgen::SanType::DnsName(WEB_L5D.try_into().unwrap()),
+        Some(WEB_L5D),
+    );
     std::fs::write(d.join("linkerd.csr"), l5d_csr.der()).unwrap();
     std::fs::create_dir(d.join("stubs")).unwrap();
 
@@ -212,6 +223,8 @@ publish_root_configmap = true
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("DNS:{WEB_L5D}")), "{text}");
+    // linkerd_spiffe_uri is off: the DNS identity only, as linkerd-identity.
+    assert!(!text.contains("URI:"), "{text}");
     assert!(
         report["linkerd_valid_until"].as_i64().unwrap()
             > crate::unix_seconds(std::time::SystemTime::now())
