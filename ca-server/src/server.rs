@@ -211,12 +211,19 @@ async fn start_mesh_api(
     let listener = TcpListener::bind(mesh.listen)
         .await
         .with_context(|| format!("binding the mesh API to {}", mesh.listen))?;
-    let kube = Arc::new(Kube(api.clone()));
+    let pods = Arc::new(crate::mesh::pods::PodCache::new());
+    // Only impersonation reads pods: without node accounts, none are watched.
+    if !mesh.node_accounts.is_empty() {
+        tokio::spawn(
+            crate::mesh::pods::run_pod_watch(api.clone(), pods.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("mesh-pod-watch")),
+        );
+    }
     let auth = crate::mesh::MeshAuth {
         ca: ca.clone(),
         config: Arc::new(mesh.clone()),
-        reviewer: kube.clone(),
-        pods: kube,
+        reviewer: Arc::new(Kube(api.clone())),
+        pods,
     };
     tracing::info!(listen = %listener.local_addr()?, istio = mesh.istio, linkerd = mesh.linkerd, "serving the mesh CA API");
     let serving = crate::mesh::listener::serve(auth, listener, shutdown.clone())

@@ -1,5 +1,5 @@
-//! The mesh API's view of Kubernetes through signet-k8s: TokenReview, the
-//! pods of a node, and the `istio-ca-root-cert` ConfigMaps.
+//! The mesh API's view of Kubernetes through signet-k8s: TokenReview and
+//! the `istio-ca-root-cert` ConfigMaps (pods: see [`super::pods`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,9 +9,7 @@ use signet_identity::TrustBundle;
 use signet_k8s::{K8sError, KubeApi};
 use tokio::sync::watch;
 
-use super::review::{
-    BoxFuture, EXTRA_NODE_NAME, PodLookup, ReviewError, TokenReview, TokenReviewer,
-};
+use super::review::{BoxFuture, EXTRA_NODE_NAME, ReviewError, TokenReview, TokenReviewer};
 
 /// The ConfigMap istio-agent reads its root from, in every namespace.
 pub const ISTIO_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
@@ -21,7 +19,7 @@ pub const ISTIO_ROOT_KEY: &str = "root-cert.pem";
 /// changed: new namespaces get theirs, edited ones are put back.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(60);
 
-/// [`KubeApi`] as the mesh API's reviewer and pod lookup.
+/// [`KubeApi`] as the mesh API's token reviewer.
 #[derive(Debug, Clone)]
 pub struct Kube(pub KubeApi);
 
@@ -65,38 +63,6 @@ impl TokenReviewer for Kube {
                 }),
                 Err(e) => Err(ReviewError::Unavailable(e.to_string())),
             }
-        })
-    }
-}
-
-impl PodLookup for Kube {
-    fn has_pod_on_node<'a>(
-        &'a self,
-        namespace: &'a str,
-        service_account: &'a str,
-        node: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        Box::pin(async move {
-            let list = self
-                .0
-                .list_pods(Some(node))
-                .await
-                .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
-            Ok(list.pods.iter().any(|pod| {
-                let running = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.phase.as_deref())
-                    .is_none_or(|p| p != "Succeeded" && p != "Failed");
-                let spec = pod.spec.as_ref();
-                running
-                    && pod.metadata.namespace.as_deref() == Some(namespace)
-                    && spec.and_then(|s| s.node_name.as_deref()) == Some(node)
-                    && spec
-                        .and_then(|s| s.service_account_name.as_deref())
-                        .unwrap_or("default")
-                        == service_account
-            }))
         })
     }
 }

@@ -8,11 +8,13 @@ use signet_k8s::k8s_openapi::api::core::v1::{Pod, PodSpec};
 use signet_k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use signet_proto::istio::v1::auth::IstioCertificateRequest;
 use signet_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
+use tokio::sync::watch;
 use tonic::{Code, Request};
 
 use super::MeshAuth;
 use super::istio::IstioApi;
 use super::kube::{ISTIO_ROOT_CONFIGMAP, ISTIO_ROOT_KEY, Kube, publish_roots, roots_pem};
+use super::pods::{PodCache, run_pod_watch};
 use super::tests::{check_istio_chain, csr_with, mesh_config};
 use crate::ca::testing::{TestClock, audit, open};
 use crate::config::Settings;
@@ -90,6 +92,7 @@ async fn istio_through_the_fake_api_server() {
         token("default", "web", "istio-ca", "web-0", "node-a"),
     );
     let kube = Arc::new(Kube(fake.client().await.unwrap()));
+    let (pods, _stop) = watched_pods(&fake).await;
 
     let dir = tempfile::tempdir().unwrap();
     let ca = Arc::new(open(
@@ -100,8 +103,8 @@ async fn istio_through_the_fake_api_server() {
     let api = IstioApi::new(MeshAuth {
         ca: ca.clone(),
         config: Arc::new(mesh_config()),
-        reviewer: kube.clone(),
-        pods: kube,
+        reviewer: kube,
+        pods,
     });
     let web = "spiffe://test.org/ns/default/sa/web";
     let db = "spiffe://test.org/ns/default/sa/db";
@@ -174,14 +177,121 @@ async fn istio_through_the_fake_api_server() {
     };
     assert_eq!(count("issued"), 2);
     assert_eq!(count("rejected"), 7);
-    // TokenReviews asked for Istio's audience; pods were listed by node.
+    // TokenReviews asked for Istio's audience; pods were listed once and
+    // watched, not fetched per call.
     let calls = fake.requests();
     assert!(calls.iter().any(|r| r.path.ends_with("/tokenreviews")));
-    assert!(
-        calls
-            .iter()
-            .any(|r| r.path.ends_with("/pods") && r.query.contains("nodeName"))
+    assert_eq!(pod_calls(&fake, "list"), 1, "{calls:?}");
+    assert!(pod_calls(&fake, "watch") >= 1, "{calls:?}");
+}
+
+/// How many pod requests of this RBAC verb the fake served.
+fn pod_calls(fake: &FakeApiServer, verb: &str) -> usize {
+    fake.requests()
+        .iter()
+        .filter_map(signet_k8s::fake::Request::rbac)
+        .filter(|(_, resource, v)| resource == "pods" && v == verb)
+        .count()
+}
+
+/// Waits (up to 20 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen");
+}
+
+/// A pod cache kept by `run_pod_watch` against `fake`, synced; it stops
+/// when the sender is dropped or set.
+async fn watched_pods(fake: &FakeApiServer) -> (Arc<PodCache>, watch::Sender<bool>) {
+    let cache = Arc::new(PodCache::new());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(run_pod_watch(
+        fake.client().await.unwrap(),
+        cache.clone(),
+        stopped,
+    ));
+    until("the first sync", || cache.is_synced()).await;
+    (cache, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonation_follows_the_pod_watch() {
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.apply_pod(pod("istio-system", "ztunnel-a", "ztunnel", "node-a"));
+    fake.add_token(
+        "zt",
+        token("istio-system", "ztunnel", "istio-ca", "ztunnel-a", "node-a"),
     );
+    let kube = Arc::new(Kube(fake.client().await.unwrap()));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(open(
+        dir.path(),
+        &TestClock::at(std::time::SystemTime::now()),
+        Settings::default(),
+    ));
+    let api_with = |pods: Arc<PodCache>| {
+        IstioApi::new(MeshAuth {
+            ca: ca.clone(),
+            config: Arc::new(mesh_config()),
+            reviewer: kube.clone(),
+            pods,
+        })
+    };
+    let web = "spiffe://test.org/ns/default/sa/web";
+    let web_csr = csr_with(&[web], &[]).0;
+
+    // A cache that has not synced refuses, with a reason, and issues nothing.
+    let unsynced = api_with(Arc::new(PodCache::new()));
+    let err = unsynced
+        .create_certificate(request("zt", &web_csr, Some(web)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("has not synced"), "{err:?}");
+
+    let (pods, stop) = watched_pods(&fake).await;
+    let api = api_with(pods.clone());
+    let err = api
+        .create_certificate(request("zt", &web_csr, Some(web)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "no web pod yet: {err:?}");
+
+    // Scheduled on node-a after the CA started: impersonable.
+    fake.apply_pod(pod("default", "web-1", "web", "node-a"));
+    until("the new pod reaching the cache", || {
+        pods.has_pod("default", "web", "node-a").unwrap()
+    })
+    .await;
+    let resp = api
+        .create_certificate(request("zt", &web_csr, Some(web)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check_istio_chain(dir.path(), &resp), [web]);
+
+    // Bookmarks move the watch on without changing anything.
+    fake.bookmark();
+    // Deleted: no longer.
+    fake.delete_pod("default", "web-1");
+    until("the deletion reaching the cache", || {
+        !pods.has_pod("default", "web", "node-a").unwrap()
+    })
+    .await;
+    let err = api
+        .create_certificate(request("zt", &web_csr, Some(web)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // Every decision came from the cache: one list, whatever the calls.
+    assert_eq!(pod_calls(&fake, "list"), 1);
+    stop.send(true).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

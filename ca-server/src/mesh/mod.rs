@@ -12,6 +12,7 @@ pub mod istio;
 pub mod kube;
 pub mod linkerd;
 pub mod listener;
+pub mod pods;
 pub mod review;
 
 use std::sync::Arc;

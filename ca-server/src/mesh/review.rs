@@ -44,6 +44,10 @@ pub enum ReviewError {
     /// The API server could not be reached or answered an error.
     #[error("token review failed: {0}")]
     Unavailable(String),
+    /// The pod cache has no complete view of the cluster's pods yet (or
+    /// lost it): nothing can be said about a node's pods.
+    #[error("the CA's watch of pods has not synced with the API server; try again")]
+    PodsNotSynced,
 }
 
 /// A boxed future, so that the traits stay object safe.
