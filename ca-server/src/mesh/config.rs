@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +21,21 @@ pub const DEFAULT_LINKERD_TRUST_DOMAIN: &str = "cluster.local";
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Largest request message on the mesh API (a CSR and a small Struct).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Open mesh connections, all proxies together, by default: one per
+/// sidecar or node proxy, which keep theirs open.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The most `max_connections` may be set to.
+pub const MAX_MAX_CONNECTIONS: usize = 65_536;
+/// Open mesh connections from one address by default (node proxies and
+/// host-network pods share their node's).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// How long a proxy's connection lives before the CA asks it to reconnect
+/// (HTTP/2 GOAWAY) by default, as istiod's 30 minutes: connections spread
+/// over CA replicas again, and a proxy re-resolves the CA's address.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+/// Bounds of `max_connection_age`.
+pub const MIN_MAX_CONNECTION_AGE: Duration = Duration::from_secs(1);
+pub const MAX_MAX_CONNECTION_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// `[mesh_api]` as written in the file.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -57,6 +73,15 @@ pub struct MeshApiSettings {
     /// Publish the root to ConfigMap `istio-ca-root-cert` in every
     /// namespace, as istiod does [default: false].
     pub publish_root_configmap: Option<bool>,
+    /// Most open mesh connections (counted apart from the node API's)
+    /// [default: 4096, at most 65536].
+    pub max_connections: Option<usize>,
+    /// Most open mesh connections from one address [default: 64].
+    pub max_connections_per_ip: Option<usize>,
+    /// Age at which a connection is asked to go (HTTP/2 GOAWAY: calls in
+    /// flight finish, the proxy reconnects), e.g. "30m" [default: 30m,
+    /// between 1s and 24h].
+    pub max_connection_age: Option<String>,
 }
 
 /// The checked `[mesh_api]`.
@@ -77,6 +102,9 @@ pub struct MeshConfig {
     /// `None`: in-cluster.
     pub kubeconfig: Option<PathBuf>,
     pub publish_root_configmap: bool,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_connection_age: Duration,
 }
 
 /// Why `[mesh_api]` cannot be used.
@@ -93,6 +121,14 @@ pub enum MeshConfigError {
     DnsName { name: &'static str, value: String },
     #[error("mesh_api: neither istio nor linkerd is enabled")]
     NothingServed,
+    #[error("mesh_api: {name} = {value} is outside 1..={max}")]
+    Count {
+        name: &'static str,
+        value: usize,
+        max: usize,
+    },
+    #[error("mesh_api: max_connection_age {0:?} is not a duration between 1s and 24h")]
+    Age(String),
 }
 
 impl MeshApiSettings {
@@ -151,6 +187,25 @@ impl MeshApiSettings {
                 value: linkerd_td,
             });
         }
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let per_ip = self
+            .max_connections_per_ip
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP.min(max_connections));
+        for (name, value, max) in [
+            ("max_connections", max_connections, MAX_MAX_CONNECTIONS),
+            ("max_connections_per_ip", per_ip, max_connections),
+        ] {
+            if value == 0 || value > max {
+                return Err(MeshConfigError::Count { name, value, max });
+            }
+        }
+        let max_connection_age = match &self.max_connection_age {
+            None => DEFAULT_MAX_CONNECTION_AGE,
+            Some(text) => humantime::parse_duration(text)
+                .ok()
+                .filter(|d| (MIN_MAX_CONNECTION_AGE..=MAX_MAX_CONNECTION_AGE).contains(d))
+                .ok_or_else(|| MeshConfigError::Age(text.clone()))?,
+        };
         Ok(Some(MeshConfig {
             listen,
             istio,
@@ -173,6 +228,9 @@ impl MeshApiSettings {
             linkerd_spiffe_uri: self.linkerd_spiffe_uri.unwrap_or(false),
             kubeconfig: self.kubeconfig.clone(),
             publish_root_configmap: self.publish_root_configmap.unwrap_or(false),
+            max_connections,
+            max_connections_per_ip: per_ip,
+            max_connection_age,
         }))
     }
 }
@@ -204,6 +262,9 @@ mod tests {
         assert_eq!(c.linkerd_trust_domain, "cluster.local");
         assert_eq!(c.cluster_id, None);
         assert!(!c.linkerd_spiffe_uri);
+        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_connections_per_ip, 64);
+        assert_eq!(c.max_connection_age, Duration::from_secs(1800));
     }
 
     #[test]
@@ -227,6 +288,30 @@ mod tests {
             (
                 "server_names = [\"x\"]\nistio_audience = \"\"",
                 "istio_audience",
+            ),
+            (
+                "server_names = [\"x\"]\nmax_connections = 0",
+                "max_connections = 0",
+            ),
+            (
+                "server_names = [\"x\"]\nmax_connections = 100000",
+                "max_connections = 100000",
+            ),
+            (
+                "server_names = [\"x\"]\nmax_connections = 10\nmax_connections_per_ip = 11",
+                "max_connections_per_ip = 11",
+            ),
+            (
+                "server_names = [\"x\"]\nmax_connection_age = \"0s\"",
+                "max_connection_age",
+            ),
+            (
+                "server_names = [\"x\"]\nmax_connection_age = \"2d\"",
+                "max_connection_age",
+            ),
+            (
+                "server_names = [\"x\"]\nmax_connection_age = \"soon\"",
+                "max_connection_age",
             ),
         ] {
             let err = settings(&format!("{base}{extra}")).check().unwrap_err();

@@ -2,8 +2,10 @@
 //! proxies dial (e.g. `istiod.istio-system.svc`), issued under the current
 //! intermediate and renewed at half life; TLS 1.3 or 1.2; ALPN `h2`
 //! offered but not required (linkerd2-proxy offers none); no client
-//! certificate asked for. Bounded like the node API: connection caps,
-//! handshake timeout, per-connection streams, message size.
+//! certificate asked for. Bounded like the node API, with caps of its own:
+//! connections in all and per address, handshake timeout, per-connection
+//! streams, message size, and a connection age after which the proxy is
+//! asked to reconnect (HTTP/2 GOAWAY, calls in flight finish).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +28,12 @@ use crate::api::tls::{self, ServerCertResolver, TlsSetupError};
 /// Largest header block (the bearer token travels there).
 const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
 
-/// How long one proxy connection stays open before the proxy must
-/// reconnect: mesh callers carry no node SVID, so they count as
-/// unauthenticated connections of the shared tracker.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+/// Longest a call may take (a token review and a signature).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after its GOAWAY a connection is cut if it is still open: its
+/// calls have ended by then (they are unary and bounded by CALL_TIMEOUT),
+/// so only a client that keeps an idle connection open is cut.
+const AGE_GRACE: Duration = Duration::from_secs(40);
 
 /// The rustls configuration of the mesh API.
 ///
@@ -70,9 +74,14 @@ pub fn serve(
             .instrument(tracing::info_span!("mesh-server-cert")),
     );
     let tls_config = server_config(resolver)?;
+    // Proxies present no client certificate: every mesh connection is an
+    // unauthenticated one of a tracker of its own, with the mesh's caps, so
+    // that proxies and nodes never take each other's places.
     let mut limits = ca.config().limits.clone();
-    limits.max_unauthenticated_connections = limits.max_connections;
-    limits.unauthenticated_timeout = CONNECTION_LIFETIME;
+    limits.max_connections = auth.config.max_connections;
+    limits.max_unauthenticated_connections = auth.config.max_connections;
+    limits.max_connections_per_ip = auth.config.max_connections_per_ip;
+    limits.unauthenticated_timeout = auth.config.max_connection_age + AGE_GRACE;
     let tracker = ConnTracker::new(limits.clone());
     let istio = auth.config.istio.then(|| {
         IstioCertificateServiceServer::new(IstioApi::new(auth.clone()))
@@ -84,7 +93,12 @@ pub fn serve(
     });
     let mut wait = shutdown.clone();
     let server = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(CALL_TIMEOUT)
+        // At its age a connection gets GOAWAY: calls in flight finish, new
+        // ones go to a new connection. (No max_connection_age_grace: with
+        // it, tonic cuts the connection at age + grace without a GOAWAY;
+        // the tracker's lifetime above is the hard stop instead.)
+        .max_connection_age(auth.config.max_connection_age)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .max_concurrent_streams(limits.max_concurrent_streams)

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use super::tests::{auth, check_istio_chain, check_linkerd, csr_with};
+use super::MeshAuth;
+use super::review::{BoxFuture, ReviewError, TokenReview, TokenReviewer};
+use super::tests::{auth, check_istio_chain, check_linkerd, csr_with, mesh_config};
 use crate::ca::testing::{TestClock, open};
 use crate::config::Settings;
 
@@ -32,6 +34,11 @@ struct Served {
 }
 
 async fn serve() -> Served {
+    serve_with(|a| a).await
+}
+
+/// Serves the mesh API with the test settings as `adjust` changes them.
+async fn serve_with(adjust: impl FnOnce(MeshAuth) -> MeshAuth) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let ca = Arc::new(open(
         &dir.path().join("ca"),
@@ -41,7 +48,7 @@ async fn serve() -> Served {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);
-    let mesh = auth(ca.clone());
+    let mesh = adjust(auth(ca.clone()));
     let task = tokio::spawn(super::listener::serve(mesh, listener, shutdown).unwrap());
     let root_pem = ca
         .bundle()
@@ -64,6 +71,135 @@ impl Served {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+}
+
+/// Reviews `slow:TOKEN` as `TOKEN`, after `delay`: a call that stays in
+/// flight that long.
+struct SlowReviewer {
+    inner: Arc<dyn TokenReviewer>,
+    delay: std::time::Duration,
+}
+
+impl TokenReviewer for SlowReviewer {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audiences: &'a [String],
+    ) -> BoxFuture<'a, Result<TokenReview, ReviewError>> {
+        Box::pin(async move {
+            match token.strip_prefix("slow:") {
+                Some(t) => {
+                    tokio::time::sleep(self.delay).await;
+                    self.inner.review(t, audiences).await
+                }
+                None => self.inner.review(token, audiences).await,
+            }
+        })
+    }
+}
+
+/// Opens TCP connections to `addr` and counts them (TLS is tonic's).
+#[derive(Clone)]
+struct CountingConnector {
+    addr: std::net::SocketAddr,
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower_service::Service<http::Uri> for CountingConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let (addr, opened) = (self.addr, self.opened.clone());
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(hyper_util::rt::TokioIo::new(tcp))
+        })
+    }
+}
+
+fn istio_call(token: &str) -> tonic::Request<IstioCertificateRequest> {
+    let (csr, _) = csr_with(&["spiffe://test.org/ns/default/sa/web"], &[]);
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: 3600,
+        metadata: None,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut()
+        .insert("clusterid", "Kubernetes".parse().unwrap());
+    req
+}
+
+/// At its age a connection is asked to go with an HTTP/2 GOAWAY, not cut:
+/// the call in flight then completes, and the client's next call opens a
+/// new connection and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_at_the_connection_age_completes_and_the_client_reconnects() {
+    let age = std::time::Duration::from_secs(1);
+    let s = serve_with(|mut a| {
+        let mut config = mesh_config();
+        config.max_connection_age = age;
+        a.config = Arc::new(config);
+        a.reviewer = Arc::new(SlowReviewer {
+            inner: a.reviewer.clone(),
+            delay: age * 3,
+        });
+        a
+    })
+    .await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&s.root_pem))
+        .domain_name(ISTIOD);
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let channel = Endpoint::from_shared(format!("https://{ISTIOD}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_with_connector(CountingConnector {
+            addr: s.addr,
+            opened: opened.clone(),
+        })
+        .await
+        .unwrap();
+    let opened_now = || opened.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(opened_now(), 1);
+    let mut client = IstioCertificateServiceClient::new(channel);
+    // Under way from before the age until well after it.
+    let started = std::time::Instant::now();
+    let resp = client
+        .create_certificate(istio_call("slow:web"))
+        .await
+        .expect("the call in flight at the connection's age completes")
+        .into_inner();
+    assert!(started.elapsed() > age, "the call outlived the age");
+    assert_eq!(
+        check_istio_chain(s.dir.path(), &resp),
+        ["spiffe://test.org/ns/default/sa/web"]
+    );
+    assert_eq!(opened_now(), 1, "on the first connection");
+    // That connection is gone; the same channel carries on over a new one.
+    let resp = client
+        .create_certificate(istio_call("web"))
+        .await
+        .expect("the next call, on a new connection")
+        .into_inner();
+    assert_eq!(
+        check_istio_chain(s.dir.path(), &resp),
+        ["spiffe://test.org/ns/default/sa/web"]
+    );
+    assert_eq!(opened_now(), 2, "the client reconnected once");
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,7 +265,6 @@ pub async fn run_pod_watch(
         let mut version = match listed {
             Ok(v) => {
                 tracing::debug!(pods = cache.len(), resource_version = %v, "listed pods");
-                retry = RETRY_MIN;
                 v
             }
             Err(e) => {
@@ -281,11 +280,19 @@ pub async fn run_pod_watch(
         };
         loop {
             match watch_once(&api, &cache, &mut version, &mut shutdown).await {
-                WatchEnd::Closed => {}
+                // A watch that ran its course: the API server is healthy.
+                WatchEnd::Closed => retry = RETRY_MIN,
                 WatchEnd::Shutdown => return,
                 WatchEnd::Relist(why) => {
                     cache.unsync();
-                    tracing::info!(reason = %why, "listing pods again");
+                    tracing::info!(reason = %why, retry_in = ?retry, "listing pods again");
+                    // Paced too, so that a watch refused at once does not
+                    // turn into a loop of lists.
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
                     break;
                 }
             }

@@ -104,6 +104,9 @@ pub(crate) fn mesh_config() -> MeshConfig {
         linkerd_spiffe_uri: false,
         kubeconfig: None,
         publish_root_configmap: false,
+        max_connections: 16,
+        max_connections_per_ip: 16,
+        max_connection_age: std::time::Duration::from_secs(600),
     }
 }
 
