@@ -109,16 +109,39 @@ fn toml<'a>(docs: &'a [Value], configmap: &str, key: &str) -> &'a Value {
     &get(docs, "ConfigMap", configmap)["_toml"][key]
 }
 
+/// The chart's CustomResourceDefinitions (Helm installs `crds/` as is,
+/// before the templates), if it has any.
+fn crd_files() -> Vec<PathBuf> {
+    let dir = repo().join("deploy/charts/signet/crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The manifests and the chart's CRDs pass kubernetes-validate --strict on
+/// every version.
 fn validate_all_versions(manifests: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("manifests.yaml");
     std::fs::write(&file, manifests).unwrap();
-    for version in KUBERNETES_VERSIONS {
-        let (ok, text) = validate(&file, version);
-        assert!(
-            ok,
-            "kubernetes-validate --strict -k {version} refused the manifests:\n{text}"
-        );
+    let mut files = vec![file];
+    files.extend(crd_files());
+    for file in &files {
+        for version in KUBERNETES_VERSIONS {
+            let (ok, text) = validate(file, version);
+            assert!(
+                ok,
+                "kubernetes-validate --strict -k {version} refused {}:\n{text}",
+                file.display()
+            );
+        }
     }
 }
 
@@ -195,18 +218,10 @@ fn grants(role: &Value) -> BTreeSet<Grant> {
     out
 }
 
-/// The API calls the CA makes, as the chart grants them: (API group,
-/// resource, verbs), and whether the call is only made when the root is
-/// published to istio-ca-root-cert (namespaces and ConfigMaps).
-/// `signet_k8s::rbac::CA_RBAC` has no such condition, so the list is kept
-/// here; the agent's calls come from `signet_k8s::rbac::AGENT_RBAC`.
-const CA_CALLS: &[(&str, &str, &[&str], bool)] = &[
-    ("authentication.k8s.io", "tokenreviews", &["create"], false),
-    ("", "pods", &["get", "list", "watch"], false),
-    ("", "nodes", &["get", "list", "watch"], false),
-    ("", "namespaces", &["list"], true),
-    ("", "configmaps", &["get", "create", "update"], true),
-];
+/// Resources of `signet_k8s::rbac::CA_RBAC` the CA uses only to publish
+/// the root to istio-ca-root-cert in every namespace: the chart grants them
+/// only then.
+const PUBLISH_ONLY: &[&str] = &["namespaces", "configmaps"];
 
 /// What Kubernetes' bootstrap policy puts in `system:auth-delegator`.
 const AUTH_DELEGATOR: &[(&str, &str, &str)] = &[
@@ -226,14 +241,14 @@ fn calls(grants: &BTreeSet<Grant>) -> BTreeSet<Call> {
 
 fn expected_ca(publish_istio_root: bool) -> BTreeSet<Call> {
     let mut want = BTreeSet::new();
-    for (group, resource, verbs, publish_only) in CA_CALLS {
-        if *publish_only && !publish_istio_root {
+    for rule in signet_k8s::rbac::CA_RBAC {
+        if PUBLISH_ONLY.contains(&rule.resource) && !publish_istio_root {
             continue;
         }
-        for verb in *verbs {
+        for verb in rule.verbs {
             want.insert((
-                (*group).to_owned(),
-                (*resource).to_owned(),
+                rule.api_group.to_owned(),
+                rule.resource.to_owned(),
                 (*verb).to_owned(),
             ));
         }
@@ -612,115 +627,280 @@ fn output_dir_gets_one_file_per_template_and_release_names_follow() {
     );
 }
 
-/// Tables of ca.toml whose settings come from branches not merged into this
-/// one yet (`[k8s]`: h8-k8s, `[mesh_api]`: h8-mesh); the CA here refuses
-/// them as unknown. They are the last tables the chart writes. Empty this
-/// list when those branches are merged (the CA then needs an API server:
-/// point `kubeconfig` at signet-k8s's fake).
-const PENDING_CA_TABLES: &[&str] = &["[k8s]", "[mesh_api]"];
+/// Replaces `from` (which must be there) with `to` in `text`.
+fn rewrite(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} is not in:\n{text}");
+    text.replace(from, to)
+}
 
-/// The real signet-ca starts with the ca.toml the chart renders (listen,
-/// data and admin paths, metrics address overridden for loopback): every
-/// setting name, duration and server name the chart writes is one the CA
-/// accepts (it refuses unknown settings).
+/// A self-signed P-256 root as the upstream CA Secret would hold it:
+/// `tls.crt` and `tls.key` in `dir`.
+fn upstream_ca_secret(dir: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=Upstream Root",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+        ])
+        .arg(dir.join("tls.key"))
+        .arg("-out")
+        .arg(dir.join("tls.crt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The real signet-ca and signet-agent run with the whole `ca.toml` and
+/// `agent.toml` the chart renders with every feature on (both refuse
+/// unknown settings), against signet-k8s's fake API server: the agent
+/// attests its node with its projected token (k8s_psat), the CA watches pods
+/// for the mesh API and publishes istio-ca-root-cert. Only what points
+/// outside the test's reach is rewritten: addresses to loopback ports, the
+/// mounted files (upstream CA Secret, projected token, service-account
+/// files) to files the test makes, the API server to the fake (a kubeconfig
+/// instead of the pod's own service account), and the node name the
+/// downward API gives the agent.
 #[tokio::test]
-async fn the_real_ca_accepts_the_rendered_settings() {
+async fn the_real_binaries_run_with_the_rendered_settings() {
+    use signet_k8s::fake::{FakeApiServer, FakeToken};
+    use signet_k8s::k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+    use signet_k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
     let docs = parse(&render(&[
+        "-f",
+        all_features().to_str().unwrap(),
         "--set",
         "ca.ttl.nodeSvid=2h",
         "--set",
         "ca.ttl.maxX509Svid=12h",
     ]));
-    let text = get(&docs, "ConfigMap", "signet-ca")["data"]["ca.toml"]
+    let ca_toml = get(&docs, "ConfigMap", "signet-ca")["data"]["ca.toml"]
         .as_str()
         .unwrap()
         .to_owned();
-    let cut = PENDING_CA_TABLES
-        .iter()
-        .filter_map(|t| text.find(&format!("\n{t}\n")))
-        .min()
-        .unwrap_or(text.len());
-    // The harness reaches the CA as "localhost"; the chart's names stay.
-    let settings = text[..cut].replacen("server_names = [", "server_names = [\"localhost\", ", 1);
-    assert!(
-        settings.contains("server_names = [\"localhost\", \"signet-ca.signet.svc\""),
-        "{settings}"
-    );
-    assert!(settings.contains("node_svid_ttl = \"2h\""), "{settings}");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("ca.toml");
-    std::fs::write(&file, settings).unwrap();
-    let metrics = signet_tests::free_loopback_addr().unwrap();
-    let opts = signet_tests::CaOptions::new("signet.local")
-        .flag("config", file.to_str().unwrap())
-        .flag("metrics-listen", metrics.to_string());
-    let ca = signet_tests::CaProcess::start(opts).await.unwrap();
-    // start() returned, so the CA is serving; /metrics, which the chart's
-    // liveness probe asks for, answers too.
-    let scrape = signet_tests::scrape(metrics).await.unwrap();
-    assert!(!scrape.samples.is_empty());
-    drop(ca);
-}
-
-/// Tables of agent.toml this test leaves out: `[k8s_workload]` needs the
-/// node name from the downward API and a kubelet, which the pod attestor's
-/// own tests provide (tests/tests/agent/k8s_pods.rs).
-const PENDING_AGENT_TABLES: &[&str] = &["[k8s_workload]"];
-
-/// The real signet-agent runs with the agent.toml the chart renders (the
-/// harness's flags point it at a loopback CA, its bundle and temporary
-/// sockets; the file supplies everything else): every setting name the
-/// chart writes for the agent is one it accepts.
-#[tokio::test]
-async fn the_real_agent_accepts_the_rendered_settings() {
-    let docs = parse(&render(&[
-        "--set",
-        "agent.bootstrap.trustBundleConfigMap=signet-bundle",
-    ]));
-    let text = get(&docs, "ConfigMap", "signet-agent")["data"]["agent.toml"]
+    let agent_toml = get(&docs, "ConfigMap", "signet-agent")["data"]["agent.toml"]
         .as_str()
         .unwrap()
         .to_owned();
-    let cut = PENDING_AGENT_TABLES
-        .iter()
-        .filter_map(|t| text.find(&format!("\n{t}\n")))
-        .min()
-        .unwrap_or(text.len());
-    // The harness attests with a join token; k8s_psat attestation against a
-    // fake API server is tested in tests/tests/ca/k8s.rs.
-    assert!(text.contains("node_attestation = \"k8s_psat\"\n"), "{text}");
-    let settings = &text[..cut]
-        .replace("node_attestation = \"k8s_psat\"\n", "")
-        .replace(
-            "k8s_psat_token_file = \"/var/run/secrets/signet/token\"\n",
-            "",
-        );
-    assert!(
-        settings.contains("trust_bundle = \"/etc/signet/bootstrap/bundle.pem\""),
-        "{settings}"
+    let ds = get(&docs, "DaemonSet", "signet-agent");
+    let agent_sa = ds["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ns = ds["metadata"]["namespace"].as_str().unwrap().to_owned();
+    let trust_domain = toml(&docs, "signet-ca", "ca.toml")["trust_domain"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cluster = toml(&docs, "signet-ca", "ca.toml")["k8s"]["cluster"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The cluster: the agent's pod on node n1, its projected token.
+    let fake = FakeApiServer::start().await.unwrap();
+    let n1 = fake.apply_node(Node {
+        metadata: ObjectMeta {
+            name: Some("n1".into()),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    });
+    let agent_pod = fake.apply_pod(Pod {
+        metadata: ObjectMeta {
+            namespace: Some(ns.clone()),
+            name: Some("signet-agent-x1".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("n1".into()),
+            service_account_name: Some(agent_sa.clone()),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    });
+    let node_uid = n1.metadata.uid.clone().unwrap();
+    fake.add_token(
+        "projected-agent-token",
+        FakeToken {
+            namespace: ns.clone(),
+            service_account: agent_sa,
+            audiences: vec!["signet-ca".into()],
+            pod: Some((
+                "signet-agent-x1".into(),
+                agent_pod.metadata.uid.clone().unwrap(),
+            )),
+            node: Some(("n1".into(), node_uid.clone())),
+            expired: false,
+        },
     );
+
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("agent.toml");
-    std::fs::write(&file, settings).unwrap();
-    let ca = signet_tests::CaProcess::start(signet_tests::CaOptions::new("signet.local"))
-        .await
-        .unwrap();
-    let metrics = signet_tests::free_loopback_addr().unwrap();
-    let agent = signet_tests::AgentProcess::start(
+    let d = dir.path();
+    let kubeconfig = d.join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let kubeconfig_line = format!("kubeconfig = {:?}\n", kubeconfig.to_str().unwrap());
+    std::fs::create_dir(d.join("upstream")).unwrap();
+    upstream_ca_secret(&d.join("upstream"));
+    let bundle_endpoint = signet_tests::free_loopback_addr().unwrap();
+    let mesh_api = signet_tests::free_loopback_addr().unwrap();
+    let ca_settings = [
+        // The harness reaches the CA as "localhost"; the chart's names stay.
+        (
+            "server_names = [",
+            "server_names = [\"localhost\", ".to_owned(),
+        ),
+        (
+            "/etc/signet/upstream/",
+            format!("{}/", d.join("upstream").display()),
+        ),
+        ("[k8s]\n", format!("[k8s]\n{kubeconfig_line}")),
+        ("[mesh_api]\n", format!("[mesh_api]\n{kubeconfig_line}")),
+        (
+            "listen = \"0.0.0.0:8444\"",
+            format!("listen = \"{bundle_endpoint}\""),
+        ),
+        (
+            "listen = \"0.0.0.0:15012\"",
+            format!("listen = \"{mesh_api}\""),
+        ),
+    ]
+    .iter()
+    .fold(ca_toml, |t, (from, to)| rewrite(&t, from, to));
+    assert!(
+        ca_settings.contains("node_svid_ttl = \"2h\""),
+        "{ca_settings}"
+    );
+    std::fs::write(d.join("ca.toml"), &ca_settings).unwrap();
+    let ca_metrics = signet_tests::free_loopback_addr().unwrap();
+    let ca = signet_tests::CaProcess::start(
+        signet_tests::CaOptions::new(&trust_domain)
+            .flag("config", d.join("ca.toml").to_str().unwrap())
+            .flag("metrics-listen", ca_metrics.to_string()),
+    )
+    .await
+    .unwrap();
+    // Serving: the node API (start() returned), /metrics (the chart's
+    // liveness probe), the mesh API and the bundle endpoint.
+    assert!(
+        !signet_tests::scrape(ca_metrics)
+            .await
+            .unwrap()
+            .samples
+            .is_empty()
+    );
+    for addr in [mesh_api, bundle_endpoint] {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("nothing listens on {addr}: {e}"));
+    }
+
+    // The agent's service-account files and projected token.
+    let sa_dir = d.join("sa");
+    std::fs::create_dir(&sa_dir).unwrap();
+    std::fs::copy(ca.bundle_path(), sa_dir.join("ca.crt")).unwrap();
+    std::fs::write(sa_dir.join("token"), "kubelet-token\n").unwrap();
+    std::fs::write(d.join("token"), "projected-agent-token\n").unwrap();
+    let agent_settings = [
+        (
+            "/var/run/secrets/signet/token",
+            d.join("token").display().to_string(),
+        ),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/",
+            format!("{}/", sa_dir.display()),
+        ),
+        (
+            "/etc/signet/bootstrap/bundle.pem",
+            ca.bundle_path().display().to_string(),
+        ),
+        // NODE_NAME, from the downward API in the DaemonSet.
+        (
+            "[k8s_workload]\n",
+            "[k8s_workload]\nnode_name = \"n1\"\n".to_owned(),
+        ),
+    ]
+    .iter()
+    .fold(agent_toml, |t, (from, to)| rewrite(&t, from, to));
+    assert!(
+        agent_settings.contains("node_attestation = \"k8s_psat\"\n"),
+        "{agent_settings}"
+    );
+    std::fs::write(d.join("agent.toml"), &agent_settings).unwrap();
+    let agent_metrics = signet_tests::free_loopback_addr().unwrap();
+    let mark = ca.audit_mark().unwrap();
+    let agent = signet_tests::AgentProcess::start_k8s_psat(
         &ca,
-        "node-1",
+        &format!("{cluster}/{node_uid}"),
+        &d.join("token"),
         &[
             "--config",
-            file.to_str().unwrap(),
+            d.join("agent.toml").to_str().unwrap(),
             "--metrics-listen",
-            &metrics.to_string(),
+            &agent_metrics.to_string(),
         ],
     )
     .await
     .unwrap();
+    // Attested by its projected token, as the node of its pod.
+    let node_id = format!("spiffe://{trust_domain}/signet/node/{cluster}/{node_uid}");
+    let rows = ca.audit_since(mark).unwrap();
+    assert!(
+        rows.iter().any(|r| r.action == "attest_node_k8s_psat"
+            && r.result == "issued"
+            && r.spiffe_id == node_id),
+        "{rows:#?}"
+    );
     // The readiness probe's target answers.
-    let scrape = signet_tests::scrape(metrics).await.unwrap();
-    assert!(!scrape.samples.is_empty());
+    assert!(
+        !signet_tests::scrape(agent_metrics)
+            .await
+            .unwrap()
+            .samples
+            .is_empty()
+    );
+    // The CA watches pods for ztunnel's impersonation (node_accounts are
+    // set) and publishes its root for istio-agent: both reach the fake.
+    let (mut published, mut watched) = (false, false);
+    for _ in 0..1000 {
+        published = fake.config_map("default", "istio-ca-root-cert").is_some();
+        watched = fake
+            .requests()
+            .iter()
+            .filter_map(signet_k8s::fake::Request::rbac)
+            .any(|(_, resource, verb)| resource == "pods" && verb == "watch");
+        if published && watched {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(published, "istio-ca-root-cert was not published");
+    assert!(watched, "the CA does not watch pods");
+    // Every call the CA made is one the chart's RBAC grants.
+    for r in fake.requests() {
+        let (group, resource, verb) = r.rbac().unwrap();
+        assert!(
+            signet_k8s::rbac::allowed(signet_k8s::rbac::CA_RBAC, &group, &resource, &verb),
+            "{r:?}"
+        );
+    }
     drop(agent);
     drop(ca);
 }

@@ -260,7 +260,11 @@ async fn impersonation_follows_the_pod_watch() {
         .create_certificate(request("zt", &web_csr, Some(web)))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "no web pod yet: {err:?}");
+    assert_eq!(
+        err.code(),
+        Code::PermissionDenied,
+        "no web pod yet: {err:?}"
+    );
 
     // Scheduled on node-a after the CA started: impersonable.
     fake.apply_pod(pod("default", "web-1", "web", "node-a"));

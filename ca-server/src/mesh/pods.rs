@@ -66,10 +66,7 @@ impl Placement {
 type PodKey = (String, String);
 
 fn key_of(pod: &Pod) -> Option<PodKey> {
-    Some((
-        pod.metadata.namespace.clone()?,
-        pod.metadata.name.clone()?,
-    ))
+    Some((pod.metadata.namespace.clone()?, pod.metadata.name.clone()?))
 }
 
 #[derive(Debug, Default)]
@@ -254,14 +251,12 @@ pub async fn run_pod_watch(
             r = api.list_pods(None) => r,
             _ = shutdown.changed() => return,
         };
-        let listed = listed
-            .map_err(|e| e.to_string())
-            .and_then(|list| {
-                cache
-                    .replace(&list.pods)
-                    .map(|()| list.resource_version)
-                    .map_err(|e| e.to_string())
-            });
+        let listed = listed.map_err(|e| e.to_string()).and_then(|list| {
+            cache
+                .replace(&list.pods)
+                .map(|()| list.resource_version)
+                .map_err(|e| e.to_string())
+        });
         let mut version = match listed {
             Ok(v) => {
                 tracing::debug!(pods = cache.len(), resource_version = %v, "listed pods");
@@ -396,15 +391,24 @@ mod tests {
         // Two pods of one account: it stays until both are gone.
         cache.delete(&pod("default", "web-1", None, None, "Running"));
         assert!(has("default", "web", "a"));
-        cache.apply(&pod("default", "web-2", Some("web"), Some("a"), "Failed"))
+        cache
+            .apply(&pod("default", "web-2", Some("web"), Some("a"), "Failed"))
             .unwrap();
         assert!(!has("default", "web", "a"));
         // Scheduled later.
-        cache.apply(&pod("default", "pending", Some("db"), Some("c"), "Pending"))
+        cache
+            .apply(&pod("default", "pending", Some("db"), Some("c"), "Pending"))
             .unwrap();
         assert!(has("default", "db", "c"));
         // Moved to another account (a replaced pod of the same name).
-        cache.apply(&pod("default", "pending", Some("other"), Some("c"), "Running"))
+        cache
+            .apply(&pod(
+                "default",
+                "pending",
+                Some("other"),
+                Some("c"),
+                "Running",
+            ))
             .unwrap();
         assert!(!has("default", "db", "c"));
         assert!(has("default", "other", "c"));
