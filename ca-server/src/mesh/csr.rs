@@ -21,13 +21,15 @@ pub struct RequestedNames {
 /// A message when the CSR does not parse.
 pub fn requested_names(der: &[u8]) -> Result<RequestedNames, String> {
     let (_, csr) = X509CertificationRequest::from_der(der).map_err(|e| e.to_string())?;
-    let mut names = RequestedNames::default();
-    names.common_name = csr
-        .certification_request_info
-        .subject
-        .iter_common_name()
-        .next()
-        .map(|cn| cn.as_str().map(str::to_owned).unwrap_or_default());
+    let mut names = RequestedNames {
+        common_name: csr
+            .certification_request_info
+            .subject
+            .iter_common_name()
+            .next()
+            .map(|cn| cn.as_str().map(str::to_owned).unwrap_or_default()),
+        ..RequestedNames::default()
+    };
     if let Some(exts) = csr.requested_extensions() {
         for ext in exts {
             if let ParsedExtension::SubjectAlternativeName(san) = ext {
