@@ -202,6 +202,51 @@ async fn a_call_in_flight_at_the_connection_age_completes_and_the_client_reconne
     s.stop().await;
 }
 
+/// The mesh listener's own cap: with `max_connections = 1`, a second
+/// connection is closed at once (its TLS handshake fails), and the place
+/// comes back when the first connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_connections_are_capped_by_their_own_limit() {
+    let s = serve_with(|mut a| {
+        let mut config = mesh_config();
+        config.max_connections = 1;
+        config.max_connections_per_ip = 1;
+        a.config = Arc::new(config);
+        a
+    })
+    .await;
+    let endpoint = Endpoint::from_shared(format!("https://{}", s.addr))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&s.root_pem))
+                .domain_name(ISTIOD),
+        )
+        .unwrap();
+    let first = endpoint.connect().await.unwrap();
+    let mut client = IstioCertificateServiceClient::new(first);
+    client.create_certificate(istio_call("web")).await.unwrap();
+    let err = endpoint
+        .connect()
+        .await
+        .expect_err("a second connection over the cap");
+    assert!(format!("{err:?}").contains("transport"), "{err:?}");
+    // The first one still works; once it is gone, a new one is admitted.
+    client.create_certificate(istio_call("web")).await.unwrap();
+    drop(client);
+    let mut admitted = None;
+    for _ in 0..500 {
+        if let Ok(c) = endpoint.connect().await {
+            admitted = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut client = IstioCertificateServiceClient::new(admitted.expect("the place came back"));
+    client.create_certificate(istio_call("web")).await.unwrap();
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tonic_client_over_tls() {
     let s = serve().await;
