@@ -365,6 +365,27 @@ mod tests {
         }
     }
 
+    /// A watch from a version the server has compacted away (410 Gone)
+    /// ends in a new list; one from the current version follows changes.
+    #[tokio::test]
+    async fn an_expired_watch_leads_to_a_relist() {
+        let fake = signet_k8s::fake::FakeApiServer::start().await.unwrap();
+        let api = fake.client().await.unwrap();
+        let cache = PodCache::new();
+        let (_stop, mut shutdown) = watch::channel(false);
+        let mut old = fake.resource_version().to_string();
+        fake.apply_pod(pod("default", "web-1", Some("web"), Some("a"), "Running"));
+        fake.compact();
+        match watch_once(&api, &cache, &mut old, &mut shutdown).await {
+            WatchEnd::Relist(why) => assert!(why.contains("expired"), "{why}"),
+            WatchEnd::Closed => panic!("closed instead of relisting"),
+            WatchEnd::Shutdown => panic!("shut down"),
+        }
+        let list = api.list_pods(None).await.unwrap();
+        cache.replace(&list.pods).unwrap();
+        assert!(cache.has_pod("default", "web", "a").unwrap());
+    }
+
     #[test]
     fn lookups_follow_lists_and_changes() {
         let cache = PodCache::new();
