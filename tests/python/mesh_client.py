@@ -11,6 +11,7 @@ Usage: mesh_client.py --addr HOST:PORT --root ROOT.pem --protos DIR --out DIR
 import argparse
 import json
 import sys
+import time
 
 import grpc
 from google.protobuf import struct_pb2
@@ -73,6 +74,23 @@ def main():
     report["istio_impersonation_by_workload"] = code_of(lambda: istio.CreateCertificate(
         ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=3600, metadata=meta),
         metadata=md, timeout=20))
+
+    # ztunnel (istio-system:ztunnel on node-a) for web, which has a pod on
+    # node-a. The CA's pod watch may still be syncing: UNAVAILABLE until then.
+    meta = struct_pb2.Struct()
+    meta.update({"ImpersonatedIdentity": "spiffe://test.org/ns/default/sa/web"})
+    zreq = ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=3600, metadata=meta)
+    zmd = [("authorization", "Bearer zt"), ("clusterid", "Kubernetes")]
+    for _ in range(400):
+        try:
+            report["istio_ztunnel_chain"] = list(
+                istio.CreateCertificate(zreq, metadata=zmd, timeout=20).cert_chain)
+            break
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                report["istio_ztunnel_chain"] = err.code().name
+                break
+            time.sleep(0.05)
 
     linkerd = identity_pb2_grpc.IdentityStub(channel(
         args.addr, root,

@@ -89,6 +89,29 @@ async fn mesh_api_of_the_real_ca_with_grpcio_and_the_fake_api_server() {
         }),
         ..Pod::default()
     });
+    fake.apply_pod(Pod {
+        metadata: ObjectMeta {
+            name: Some("ztunnel-a".into()),
+            namespace: Some("istio-system".into()),
+            uid: Some("uid-ztunnel-a".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("node-a".into()),
+            service_account_name: Some("ztunnel".into()),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    });
+    fake.add_token(
+        "zt",
+        FakeToken {
+            namespace: "istio-system".into(),
+            service_account: "ztunnel".into(),
+            pod: Some(("ztunnel-a".into(), "uid-ztunnel-a".into())),
+            ..token("istio-ca")
+        },
+    );
     fake.add_token("web", token("istio-ca"));
     fake.add_token("other-aud", token("vault"));
     fake.add_token("l5d", token("identity.l5d.io"));
@@ -189,6 +212,36 @@ publish_root_configmap = true
         format!("{:?}", san.value.general_names),
         format!("[URI(\"{WEB}\")]")
     );
+    // ztunnel got web's identity from the CA's pod watch.
+    let zchain: Vec<&str> = report["istio_ztunnel_chain"]
+        .as_array()
+        .unwrap_or_else(|| panic!("ztunnel refused: {}", report["istio_ztunnel_chain"]))
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    openssl_verify(
+        d,
+        zchain.last().unwrap(),
+        &zchain[1..zchain.len() - 1].concat(),
+        zchain[0],
+    );
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+            "-in",
+            "v-leaf.pem",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("URI:{WEB}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(report["istio_other_audience"], "UNAUTHENTICATED");
     assert_eq!(
         report["istio_impersonation_by_workload"],
@@ -238,8 +291,25 @@ publish_root_configmap = true
             .filter(|r| r.action == action && r.result == result)
             .count()
     };
-    assert_eq!(count("mesh_istio_create_certificate", "issued"), 1);
-    assert_eq!(count("mesh_istio_create_certificate", "rejected"), 2);
+    assert_eq!(count("mesh_istio_create_certificate", "issued"), 2);
+    // Refusals of ztunnel's call while the pod watch synced say so; the
+    // two refusals asked for are there.
+    let ztunnel = "system:serviceaccount:istio-system:ztunnel";
+    for r in rows
+        .iter()
+        .filter(|r| r.caller == ztunnel && r.result == "rejected")
+    {
+        assert!(r.detail.contains("has not synced"), "{r:?}");
+    }
+    let rejected = rows
+        .iter()
+        .filter(|r| {
+            r.action == "mesh_istio_create_certificate"
+                && r.result == "rejected"
+                && r.caller != ztunnel
+        })
+        .count();
+    assert_eq!(rejected, 2);
     assert_eq!(count("mesh_linkerd_certify", "issued"), 1);
     assert_eq!(count("mesh_linkerd_certify", "rejected"), 1);
 
