@@ -552,3 +552,46 @@ pub fn validate_dns_name(name: &str) -> Result<(), IssueError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod dns_leaf_tests {
+    use super::*;
+    use crate::testing::TestCa;
+    use x509_parser::prelude::GeneralName;
+
+    const NAME: &str = "web.default.serviceaccount.identity.linkerd.cluster.local";
+
+    #[test]
+    fn a_dns_leaf_names_its_holder_by_dns_alone() {
+        let ca = TestCa::new(TrustDomain::new("example.org").unwrap()).unwrap();
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        let csr = VerifiedCsr::from_der(&key.csr_der().unwrap()).unwrap();
+        let ttl = Duration::from_secs(600);
+        let now = SystemTime::now();
+        let issue = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            issue_dns_leaf(&csr, &names, ttl, Duration::ZERO, ca.authority(), now)
+        };
+        let leaf = issue(&[NAME]).unwrap();
+        let (_, cert) = X509Certificate::from_der(&leaf.der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(san.value.general_names, [GeneralName::DNSName(NAME)]);
+        let cn: Vec<&str> = cert
+            .subject()
+            .iter_common_name()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(cn, [NAME]);
+        assert!(!cert.is_ca());
+        assert_eq!(leaf.chain.first(), Some(&leaf.der));
+        for (names, want) in [
+            (&[][..], IssueError::NoName),
+            (
+                &["not a name"][..],
+                IssueError::InvalidDnsName("not a name".into()),
+            ),
+        ] {
+            assert_eq!(issue(names).unwrap_err(), want, "{names:?}");
+        }
+    }
+}
