@@ -160,15 +160,22 @@ impl AgentProcess {
             "run".into(),
             "--trust-domain".into(),
             ca.trust_domain().as_str().into(),
-            "--ca-address".into(),
-            format!("127.0.0.1:{}", ca.port()).into(),
+        ];
+        // Several replicas: the test gives the list itself.
+        if !extra_args.contains(&"--ca-address") {
+            args.extend([
+                "--ca-address".into(),
+                format!("127.0.0.1:{}", ca.port()).into(),
+            ]);
+        }
+        args.extend([
             "--ca-server-name".into(),
             "localhost".into(),
             "--trust-bundle".into(),
             ca.bundle_path().into(),
             "--data-dir".into(),
             data_dir.clone().into(),
-        ];
+        ]);
         if own_sockets {
             args.extend([
                 "--workload-api-socket".into(),

@@ -62,6 +62,9 @@ pub enum ManagerError {
     /// The CA ended a stream.
     #[error("the CA closed the stream")]
     StreamClosed,
+    /// The CA replica drains: move to another now.
+    #[error("the CA replica is draining")]
+    Draining,
     /// A key could not be generated.
     #[error("key: {0}")]
     Key(#[from] KeyError),
@@ -91,6 +94,9 @@ pub enum ManagerError {
 
 impl From<tonic::Status> for ManagerError {
     fn from(s: tonic::Status) -> Self {
+        if pb::is_drain(&s) {
+            return Self::Draining;
+        }
         Self::Ca {
             code: s.code(),
             message: s.message().to_owned(),
@@ -416,6 +422,21 @@ impl Manager {
         }
     }
 
+    /// `client`'s replica drains: later connections go to another first,
+    /// and, when `client` is still the current one, calls move to a new
+    /// channel at once (the old connection lives on only for the calls in
+    /// flight on it). Streams on the same replica reopen on that channel too.
+    fn ca_drained(&self, client: &CaClient) {
+        client.drained();
+        let mut current = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.same_channel(client) {
+            *current = current.fresh();
+        }
+    }
+
     /// Makes `svid` the node's credential: saved, used for new connections, published.
     fn install_node_svid(&self, svid: node::NodeSvid, bundle: &signet_identity::TrustBundle) {
         if let Err(e) = node::save(&self.config.data_dir, &svid, bundle) {
@@ -485,8 +506,12 @@ impl Manager {
             shutdown,
             move || {
                 let client = this.client();
-                async move { client.node().watch_bundle(pb::WatchBundleRequest {}).await }
+                let c = client.clone();
+                (client, async move {
+                    c.node().watch_bundle(pb::WatchBundleRequest {}).await
+                })
             },
+            |client| self.ca_drained(client),
             |b: pb::Bundle| self.apply_bundle(&b),
         )
         .await;
@@ -600,13 +625,14 @@ impl Manager {
             shutdown,
             move || {
                 let client = this.client();
-                async move {
-                    client
-                        .node()
+                let c = client.clone();
+                (client, async move {
+                    c.node()
                         .watch_authorized_entries(pb::WatchAuthorizedEntriesRequest {})
                         .await
-                }
+                })
             },
+            |client| self.ca_drained(client),
             |update: pb::AuthorizedEntriesUpdate| {
                 self.apply_entries(update);
                 Ok(())
@@ -962,20 +988,24 @@ impl JwtSource for Manager {
 /// Follows a server stream from the CA until `shutdown`: opens it, applies
 /// every message, and after an error or the end of the stream reopens it
 /// with exponential backoff and jitter (reset by every message applied).
+/// A draining replica's "move now" is no failure: `drained` is told, and
+/// the stream is reopened at once (on another replica).
 async fn follow<T, F, Fut>(
     what: &str,
     max_backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
     open: F,
+    drained: impl Fn(&CaClient),
     mut apply: impl FnMut(T) -> Result<(), ManagerError>,
 ) where
-    F: Fn() -> Fut,
+    F: Fn() -> (CaClient, Fut),
     Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
     loop {
+        let (client, opening) = open();
         let result: Result<(), ManagerError> = async {
-            let mut stream = open().await?.into_inner();
+            let mut stream = opening.await?.into_inner();
             loop {
                 tokio::select! {
                     msg = stream.message() => match msg? {
@@ -993,6 +1023,11 @@ async fn follow<T, F, Fut>(
         .await;
         if *shutdown.borrow() {
             return;
+        }
+        if let Err(ManagerError::Draining) = result {
+            tracing::info!(replica = ?client.replica(), "the CA replica drains; moving the {what} stream to another at once");
+            drained(&client);
+            continue;
         }
         let delay = backoff.next_delay();
         if let Err(e) = result {

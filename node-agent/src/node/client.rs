@@ -12,7 +12,9 @@
 //! bundle file on first start, and with a pinned root hash (the pinned root
 //! signs workload SVIDs too). Only explicit trust on first use checks nothing.
 
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -24,6 +26,8 @@ use signet_identity::{SpiffeId, TrustDomain};
 use signet_proto::ca::v1::node_client::NodeClient;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
+
+use super::addresses::CaAddresses;
 
 /// How the CA's server certificate is checked.
 #[derive(Debug, Clone)]
@@ -69,31 +73,86 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct CaClient {
     state: Arc<RwLock<TlsState>>,
-    address: String,
+    addresses: Arc<CaAddresses>,
     name: ServerName<'static>,
+    /// The replica this channel's connection went to last.
+    replica: Arc<Mutex<Option<SocketAddr>>>,
     channel: Channel,
 }
 
-fn channel(state: Arc<RwLock<TlsState>>, addr: String, name: ServerName<'static>) -> Channel {
+/// Longest TCP connect to one replica before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest TLS handshake with one replica before the next is tried.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One TCP connection and TLS handshake to `addr`, bounded in time.
+async fn connect_one(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let timed_out = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} to {addr} timed out"),
+        )
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out("connect"))??;
+    let _ = tcp.set_nodelay(true);
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| timed_out("TLS handshake"))?
+}
+
+fn channel(
+    state: Arc<RwLock<TlsState>>,
+    addresses: Arc<CaAddresses>,
+    name: ServerName<'static>,
+    replica: Arc<Mutex<Option<SocketAddr>>>,
+) -> Channel {
     let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
         let st = state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let addr = addr.clone();
+        let addresses = addresses.clone();
         let name = name.clone();
+        let replica = replica.clone();
         async move {
             let config = client_config(&st).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let tcp = TcpStream::connect(&addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            let mut last_error = None;
+            // Every replica in turn: the one used last first, draining
+            // ones last (see `CaAddresses::candidates`).
+            for addr in addresses.candidates().await? {
+                match connect_one(addr, config.clone(), name.clone()).await {
+                    Ok(tls) => {
+                        if let Some(reason) = addresses.connected(addr) {
+                            crate::metrics::ca_failover(reason.as_str());
+                            tracing::info!(replica = %addr, reason = reason.as_str(), "moved to another CA replica");
+                        } else {
+                            tracing::debug!(replica = %addr, "connected to the CA");
+                        }
+                        *replica
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+                        return Ok(hyper_util::rt::TokioIo::new(tls));
+                    }
+                    Err(e) => {
+                        tracing::warn!(replica = %addr, error = %e, "CA replica unreachable; trying the next");
+                        addresses.failed(addr);
+                        last_error = Some(e);
+                    }
+                }
+            }
+            Err(last_error.unwrap_or_else(|| std::io::Error::other("no CA address")))
         }
     });
     Endpoint::from_static("http://signet-ca")
-        .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true)
@@ -101,13 +160,14 @@ fn channel(state: Arc<RwLock<TlsState>>, addr: String, name: ServerName<'static>
 }
 
 impl CaClient {
-    /// A client for `address` (host:port) whose certificate must be valid for
-    /// `server_name` and carry the CA's reserved ID in `trust_domain`.
+    /// A client for the CA at `addresses` (every replica) whose certificate
+    /// must be valid for `server_name` and carry the CA's reserved ID in
+    /// `trust_domain`: the same checks for every replica.
     ///
     /// # Errors
     /// An invalid server name.
     pub fn new(
-        address: &str,
+        addresses: Arc<CaAddresses>,
         server_name: &str,
         trust_domain: &TrustDomain,
         trust: ServerTrust,
@@ -122,11 +182,18 @@ impl CaClient {
                 name: server_name.to_owned(),
                 reason: e.to_string(),
             })?;
-        let channel = channel(state.clone(), address.to_owned(), name.clone());
+        let replica = Arc::new(Mutex::new(None));
+        let channel = channel(
+            state.clone(),
+            addresses.clone(),
+            name.clone(),
+            replica.clone(),
+        );
         Ok(Self {
             state,
-            address: address.to_owned(),
+            addresses,
             name,
+            replica,
             channel,
         })
     }
@@ -136,12 +203,40 @@ impl CaClient {
     /// while calls on the old channel finish where they are.
     #[must_use]
     pub fn fresh(&self) -> Self {
+        let replica = Arc::new(Mutex::new(None));
         Self {
             state: self.state.clone(),
-            address: self.address.clone(),
+            addresses: self.addresses.clone(),
             name: self.name.clone(),
-            channel: channel(self.state.clone(), self.address.clone(), self.name.clone()),
+            channel: channel(
+                self.state.clone(),
+                self.addresses.clone(),
+                self.name.clone(),
+                replica.clone(),
+            ),
+            replica,
         }
+    }
+
+    /// The replica this channel is connected to (last connected), if any.
+    pub fn replica(&self) -> Option<SocketAddr> {
+        *self
+            .replica
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The replica of this channel said it drains: later connections go
+    /// elsewhere first. Returns that replica.
+    pub fn drained(&self) -> Option<SocketAddr> {
+        let addr = self.replica()?;
+        self.addresses.draining(addr);
+        Some(addr)
+    }
+
+    /// Whether `other` is this client on the same channel.
+    pub fn same_channel(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.replica, &other.replica)
     }
 
     /// The gRPC client of the node API.
@@ -424,7 +519,7 @@ mod tests {
         }
         // And the agent's client takes nothing from it.
         let client = CaClient::new(
-            &addr,
+            CaAddresses::system(vec![addr.clone()], "n1"),
             "localhost",
             &TrustDomain::new(TD).unwrap(),
             ServerTrust::Roots(vec![ca.root.clone()]),
