@@ -47,7 +47,8 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
 });
 
 /// Counts a move to another CA replica: `reason` is `drain` (the replica
-/// said it drains) or `unreachable` (it could not be reached).
+/// said it drains), `unreachable` (it could not be reached) or
+/// `unavailable` (it answered UNAVAILABLE).
 pub fn ca_failover(reason: &'static str) {
     EVENTS
         .ca_failovers
@@ -153,12 +154,12 @@ pub fn registry(snapshots: SnapshotRx) -> Registry {
         "Open Workload API and SDS response streams, by API",
         e.streams_open.clone(),
     );
-    for reason in ["drain", "unreachable"] {
+    for reason in ["drain", "unreachable", "unavailable"] {
         let _ = e.ca_failovers.get_or_create(&[("reason", reason)]);
     }
     r.register(
         "signet_agent_ca_failovers",
-        "Moves to another CA replica, by reason (drain, unreachable)",
+        "Moves to another CA replica, by reason (drain, unreachable, unavailable)",
         e.ca_failovers.clone(),
     );
     r.register(

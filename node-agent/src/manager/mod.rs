@@ -65,6 +65,9 @@ pub enum ManagerError {
     /// The CA replica drains: move to another now.
     #[error("the CA replica is draining")]
     Draining,
+    /// The CA replica answered UNAVAILABLE: try another, with backoff.
+    #[error("the CA replica is unavailable: {0}")]
+    Unavailable(String),
     /// A key could not be generated.
     #[error("key: {0}")]
     Key(#[from] KeyError),
@@ -96,6 +99,10 @@ impl From<tonic::Status> for ManagerError {
     fn from(s: tonic::Status) -> Self {
         if pb::is_drain(&s) {
             return Self::Draining;
+        }
+        // Said by the replica itself (a transport failure carries its cause).
+        if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_none() {
+            return Self::Unavailable(s.message().to_owned());
         }
         Self::Ca {
             code: s.code(),
@@ -422,12 +429,20 @@ impl Manager {
         }
     }
 
-    /// `client`'s replica drains: later connections go to another first,
-    /// and, when `client` is still the current one, calls move to a new
-    /// channel at once (the old connection lives on only for the calls in
-    /// flight on it). Streams on the same replica reopen on that channel too.
-    fn ca_drained(&self, client: &CaClient) {
-        client.drained();
+    /// A call on `client` failed with `error`. When its replica drains or
+    /// answered UNAVAILABLE, later connections go to another first, and,
+    /// when `client` is still the current one, calls move to a new channel
+    /// at once (the old connection lives on only for the calls in flight on
+    /// it). Streams on the same replica reopen on that channel too.
+    fn ca_failed(&self, client: &CaClient, error: &ManagerError) {
+        let marked = match error {
+            ManagerError::Draining => client.drained(),
+            ManagerError::Unavailable(_) => client.unavailable(),
+            _ => None,
+        };
+        if marked.is_none() {
+            return;
+        }
         let mut current = self
             .client
             .lock()
@@ -511,7 +526,7 @@ impl Manager {
                     c.node().watch_bundle(pb::WatchBundleRequest {}).await
                 })
             },
-            |client| self.ca_drained(client),
+            |client, e| self.ca_failed(client, e),
             |b: pb::Bundle| self.apply_bundle(&b),
         )
         .await;
@@ -632,7 +647,7 @@ impl Manager {
                         .await
                 })
             },
-            |client| self.ca_drained(client),
+            |client, e| self.ca_failed(client, e),
             |update: pb::AuthorizedEntriesUpdate| {
                 self.apply_entries(update);
                 Ok(())
@@ -785,12 +800,19 @@ impl Manager {
         // Before the call: an SVID asked for before the agent saw a taint
         // may have been signed before it (see `trust::Taint::seen_at`).
         let requested_at = SystemTime::now();
-        let resp = self
-            .client()
+        let client = self.client();
+        let resp = match client
             .node()
             .batch_sign_x509_svid(pb::BatchSignX509SvidRequest { items })
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let e = ManagerError::from(status);
+                self.ca_failed(&client, &e);
+                return Err(e);
+            }
+        };
         crate::metrics::synced();
         self.accept(resp.results, keys, requested_at);
         Ok(())
@@ -988,14 +1010,15 @@ impl JwtSource for Manager {
 /// Follows a server stream from the CA until `shutdown`: opens it, applies
 /// every message, and after an error or the end of the stream reopens it
 /// with exponential backoff and jitter (reset by every message applied).
-/// A draining replica's "move now" is no failure: `drained` is told, and
-/// the stream is reopened at once (on another replica).
+/// Errors go to `failed` (which may move the agent to another replica); a
+/// draining replica's "move now" is no failure: the stream is reopened at
+/// once, on another replica.
 async fn follow<T, F, Fut>(
     what: &str,
     max_backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
     open: F,
-    drained: impl Fn(&CaClient),
+    failed: impl Fn(&CaClient, &ManagerError),
     mut apply: impl FnMut(T) -> Result<(), ManagerError>,
 ) where
     F: Fn() -> (CaClient, Fut),
@@ -1024,9 +1047,11 @@ async fn follow<T, F, Fut>(
         if *shutdown.borrow() {
             return;
         }
+        if let Err(e) = &result {
+            failed(&client, e);
+        }
         if let Err(ManagerError::Draining) = result {
             tracing::info!(replica = ?client.replica(), "the CA replica drains; moving the {what} stream to another at once");
-            drained(&client);
             continue;
         }
         let delay = backoff.next_delay();

@@ -13,7 +13,10 @@
 //! Draining: a replica that ended a stream with the drain status is tried
 //! last for [`DRAIN_AVOID`]: it stops accepting connections when it drains,
 //! but a name may still resolve to it, and a restarted replica is welcome
-//! back afterwards.
+//! back afterwards. A replica that answers UNAVAILABLE on a working
+//! connection (e.g. its database is away) is tried last for
+//! [`UNAVAILABLE_AVOID`]; when every replica says so, the agent still
+//! tries them all, in the same order, with its usual backoff.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +35,8 @@ pub const MAX_ADDRESSES: usize = 64;
 pub const REFRESH: Duration = Duration::from_secs(30);
 /// How long a draining replica is tried only after all others.
 pub const DRAIN_AVOID: Duration = Duration::from_secs(60);
+/// How long a replica that answered UNAVAILABLE is tried only after all others.
+pub const UNAVAILABLE_AVOID: Duration = Duration::from_secs(10);
 
 /// Why the CA's addresses cannot be had.
 #[non_exhaustive]
@@ -73,6 +78,8 @@ pub enum FailoverReason {
     Drain,
     /// The replica could not be reached (connect, TLS) or went away.
     Unreachable,
+    /// The replica answered UNAVAILABLE.
+    Unavailable,
 }
 
 impl FailoverReason {
@@ -81,6 +88,7 @@ impl FailoverReason {
         match self {
             Self::Drain => "drain",
             Self::Unreachable => "unreachable",
+            Self::Unavailable => "unavailable",
         }
     }
 }
@@ -95,8 +103,8 @@ struct State {
     stale: bool,
     /// The replica the last connection went to.
     current: Option<SocketAddr>,
-    /// Draining replicas, until when they are tried last.
-    draining: HashMap<SocketAddr, Instant>,
+    /// Replicas tried last until a time: draining, or answering UNAVAILABLE.
+    avoid: HashMap<SocketAddr, (Instant, FailoverReason)>,
 }
 
 impl State {
@@ -230,7 +238,7 @@ impl CaAddresses {
         }
         let now = Instant::now();
         let mut st = self.lock();
-        st.draining.retain(|_, until| *until > now);
+        st.avoid.retain(|_, (until, _)| *until > now);
         let all = st.all();
         if all.is_empty() {
             return Err(AddressError::Unresolved(self.configured.join(",")));
@@ -242,7 +250,7 @@ impl CaAddresses {
         let (mut usable, mut last) = (Vec::new(), Vec::new());
         for i in 0..all.len() {
             let a = all[(start + i) % all.len()];
-            if st.draining.contains_key(&a) {
+            if st.avoid.contains_key(&a) {
                 last.push(a);
             } else {
                 usable.push(a);
@@ -258,11 +266,11 @@ impl CaAddresses {
         let mut st = self.lock();
         let previous = st.current.replace(addr);
         match previous {
-            Some(p) if p != addr => Some(if st.draining.contains_key(&p) {
-                FailoverReason::Drain
-            } else {
-                FailoverReason::Unreachable
-            }),
+            Some(p) if p != addr => Some(
+                st.avoid
+                    .get(&p)
+                    .map_or(FailoverReason::Unreachable, |(_, why)| *why),
+            ),
             _ => None,
         }
     }
@@ -276,8 +284,17 @@ impl CaAddresses {
 
     /// `addr` drains: try it last for [`DRAIN_AVOID`].
     pub fn draining(&self, addr: SocketAddr) {
+        self.avoid(addr, FailoverReason::Drain, DRAIN_AVOID);
+    }
+
+    /// `addr` answered UNAVAILABLE: try it last for [`UNAVAILABLE_AVOID`].
+    pub fn unavailable(&self, addr: SocketAddr) {
+        self.avoid(addr, FailoverReason::Unavailable, UNAVAILABLE_AVOID);
+    }
+
+    fn avoid(&self, addr: SocketAddr, why: FailoverReason, period: Duration) {
         let mut st = self.lock();
-        st.draining.insert(addr, Instant::now() + DRAIN_AVOID);
+        st.avoid.insert(addr, (Instant::now() + period, why));
         st.stale = true;
     }
 }
@@ -483,6 +500,12 @@ mod tests {
         assert_eq!(list.connected(first[0]), Some(FailoverReason::Drain));
         // Back again after a plain failure of the first.
         assert_eq!(list.connected(first[1]), Some(FailoverReason::Unreachable));
+        // The first answers UNAVAILABLE: both avoided now, tried in turn.
+        list.unavailable(first[0]);
+        assert_eq!(list.candidates().await.unwrap(), [first[1], first[0]]);
+        list.connected(first[0]);
+        list.unavailable(first[0]);
+        assert_eq!(list.connected(first[1]), Some(FailoverReason::Unavailable));
     }
 
     #[tokio::test]

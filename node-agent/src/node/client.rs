@@ -234,6 +234,14 @@ impl CaClient {
         Some(addr)
     }
 
+    /// The replica of this channel answered UNAVAILABLE: later connections
+    /// try the others first for a while.
+    pub fn unavailable(&self) -> Option<SocketAddr> {
+        let addr = self.replica()?;
+        self.addresses.unavailable(addr);
+        Some(addr)
+    }
+
     /// Whether `other` is this client on the same channel.
     pub fn same_channel(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.replica, &other.replica)
