@@ -1025,6 +1025,9 @@ async fn follow<T, F, Fut>(
     Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
+    // Moved at once after a drain, and nothing applied since: a second
+    // drain in a row backs off (a replica must not make the agent spin).
+    let mut just_moved = false;
     loop {
         let (client, opening) = open();
         let result: Result<(), ManagerError> = async {
@@ -1036,6 +1039,7 @@ async fn follow<T, F, Fut>(
                             apply(m)?;
                             crate::metrics::synced();
                             backoff.reset();
+                            just_moved = false;
                         }
                         None => return Err(ManagerError::StreamClosed),
                     },
@@ -1050,7 +1054,8 @@ async fn follow<T, F, Fut>(
         if let Err(e) = &result {
             failed(&client, e);
         }
-        if let Err(ManagerError::Draining) = result {
+        if matches!(result, Err(ManagerError::Draining)) && !just_moved {
+            just_moved = true;
             tracing::info!(replica = ?client.replica(), "the CA replica drains; moving the {what} stream to another at once");
             continue;
         }

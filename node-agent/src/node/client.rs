@@ -2,7 +2,10 @@
 //! start, a pinned root hash or explicit trust on first use), presenting the
 //! node SVID once the agent has one. The TLS settings are read anew for every
 //! connection, so a renewed node SVID or a new bundle takes effect on the
-//! next reconnect without rebuilding the gRPC channel.
+//! next reconnect without rebuilding the gRPC channel. Each connection goes
+//! to the first replica of [`CaAddresses::candidates`] that completes TCP
+//! and TLS, each step bounded in time; every replica must pass the same
+//! checks (server name, CA SPIFFE ID).
 //!
 //! Chaining to the roots and carrying the configured DNS name is not enough
 //! for a server to be the CA: every workload SVID chains to the same roots,

@@ -223,13 +223,20 @@ async fn sigterm_moves_the_agent_to_the_other_replica_without_a_workload_error()
     let mark = r.second.audit_mark().unwrap();
 
     // Drain the replica the agent is on; it exits within its grace period.
+    let sigterm = std::time::Instant::now();
     let status = r.node.ca.stop().await.unwrap();
     assert!(
         status.success(),
         "the first CA exited with {status}\n{}",
         r.node.ca.log()
     );
+    let exited = sigterm.elapsed();
     wait_for_move(&r, "drain").await;
+    // A figure, not a check (metrics are polled: an upper bound).
+    eprintln!(
+        "SIGTERM to exit: {exited:?}; SIGTERM to the agent's move seen in its metrics: {:?}",
+        sigterm.elapsed()
+    );
     // The agent took the drain status as "move now", not as a failure.
     let log = r.node.agent.log();
     assert!(
