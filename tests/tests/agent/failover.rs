@@ -201,12 +201,14 @@ async fn py_spiffe_report(child: tokio::process::Child, renewed: &str, agent: &A
         "py-spiffe's stream failed: {report:#}\n--- agent log ---\n{}",
         agent.log()
     );
+    // py-spiffe prints the serial as a number in hex: no leading zeros.
     let serials: Vec<&str> = report["updates"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|u| u["serial"].as_str().unwrap())
+        .map(|u| u["serial"].as_str().unwrap().trim_start_matches('0'))
         .collect();
+    let renewed = renewed.trim_start_matches('0');
     assert!(
         serials.contains(&renewed),
         "py-spiffe did not see the SVID the second CA issued ({renewed}): {serials:?}"
@@ -244,6 +246,13 @@ async fn sigterm_moves_the_agent_to_the_other_replica_without_a_workload_error()
             && log.contains("the CA replica drains; moving the entry stream"),
         "the agent did not recognise the drain\n--- agent log ---\n{log}"
     );
+    // The agent's own timestamps of the drain and the move, for the record.
+    for line in log
+        .lines()
+        .filter(|l| l.contains("replica drains") || l.contains("moved to another CA replica"))
+    {
+        eprintln!("agent: {line}");
+    }
     assert!(
         !log.contains("stream interrupted"),
         "a stream backed off instead of moving\n--- agent log ---\n{log}"
