@@ -545,6 +545,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_skips_replicas_that_are_down_or_not_the_ca() {
+        let ca = TestCa::new(TD);
+        let down = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let (key, svid) = ca.issue("spiffe://example.org/web", &["localhost"]);
+        let impostor = fake_ca(&key, vec![svid.der.clone(), ca.root.clone()]).await;
+        let (key, cert) = ca.issue("spiffe://example.org/signet/ca", &["localhost"]);
+        let real = fake_ca(&key, vec![cert.der.clone(), ca.root.clone()]).await;
+        // Nodes start at different replicas; some must pass the others first.
+        let mut skipped = 0;
+        for n in 0..16 {
+            let spread = format!("n{n}");
+            let addresses =
+                CaAddresses::system(vec![down.clone(), impostor.clone(), real.clone()], &spread);
+            if addresses.candidates().await.unwrap()[0].to_string() != real {
+                skipped += 1;
+            }
+            let client = CaClient::new(
+                addresses,
+                "localhost",
+                &TrustDomain::new(TD).unwrap(),
+                ServerTrust::Roots(vec![ca.root.clone()]),
+            )
+            .unwrap();
+            // The fake CA speaks TLS but no gRPC: the call fails after the
+            // connection is made, to the one replica that is the CA.
+            let _ = client
+                .node()
+                .watch_bundle(signet_proto::ca::v1::WatchBundleRequest {})
+                .await;
+            assert_eq!(
+                client.replica().map(|a| a.to_string()),
+                Some(real.clone()),
+                "{spread}"
+            );
+        }
+        assert!(
+            skipped > 0,
+            "every node started at the real CA: nothing was skipped"
+        );
+    }
+
+    #[tokio::test]
     async fn the_ca_is_recognised_by_its_reserved_id() {
         let ca = TestCa::new(TD);
         let (key, cert) = ca.issue("spiffe://example.org/signet/ca", &["localhost"]);
