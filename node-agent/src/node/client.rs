@@ -87,6 +87,8 @@ pub struct CaClient {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest TLS handshake with one replica before the next is tried.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest search for a replica that answers, over all of them.
+const CONNECT_ALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One TCP connection and TLS handshake to `addr`, bounded in time.
 async fn connect_one(
@@ -156,6 +158,7 @@ fn channel(
         }
     });
     Endpoint::from_static("http://signet-ca")
+        .connect_timeout(CONNECT_ALL_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true)
