@@ -1,7 +1,8 @@
 //! SIGTERM drains the CA: health watchers see NOT_SERVING, the agents'
 //! streams end with the status that tells them to move to another replica
 //! at once (UNAVAILABLE with the `signet-drain` trailer), new connections
-//! are refused, and the process exits on its own within its grace period.
+//! are refused while it drains, and the process exits on its own as soon as
+//! the last open stream is gone, within its grace period.
 
 use std::time::Duration;
 
@@ -51,13 +52,11 @@ async fn sigterm_ends_agent_streams_with_the_drain_status_and_reports_not_servin
     let serving = next(&mut health, "health").await.unwrap().unwrap();
     assert_eq!(serving.status(), ServingStatus::Serving);
     let port = ca.port();
+    let pid = ca.pid().unwrap();
 
     let watch = async {
         let not_serving = next(&mut health, "health").await.unwrap().unwrap();
         assert_eq!(not_serving.status(), ServingStatus::NotServing);
-        // A health watcher is a stream like any other: let go of it, or
-        // the drain waits for it until the grace period is over.
-        drop(health);
         for (stream, what) in [
             (&mut bundles as &mut dyn Ended, "bundle"),
             (&mut entries, "entry"),
@@ -82,6 +81,14 @@ async fn sigterm_ends_agent_streams_with_the_drain_status_and_reports_not_servin
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Refused while it still runs: the open health watch holds the
+        // drain (a stream like any other, that ends only when the client
+        // lets go or the grace period is over).
+        assert!(
+            running(pid),
+            "signet-ca exited while a health watch was still open"
+        );
+        drop(health);
     };
     let (stopped, ()) = tokio::join!(ca.stop(), watch);
     let status = stopped.unwrap();
@@ -95,6 +102,18 @@ async fn sigterm_ends_agent_streams_with_the_drain_status_and_reports_not_servin
         !log.contains("grace period over"),
         "the drain needed the whole grace period\n{log}"
     );
+}
+
+/// Whether process `pid` is alive (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the parenthesised command name.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
 }
 
 /// The end of a node API stream: the status it ended with.
