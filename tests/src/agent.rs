@@ -57,8 +57,9 @@ impl std::fmt::Debug for AgentProcess {
 
 impl AgentProcess {
     /// Creates a join token for `node_name` at `ca` (with `signet ca token
-    /// create`), then starts `signet-agent run` against the CA's port (in
-    /// the CA's network namespace when it runs in one), trusting
+    /// create`), then starts `signet-agent run` against the CA's port
+    /// (unless `extra_args` gives `--ca-address` itself; in the CA's
+    /// network namespace when it runs in one), trusting
     /// its `bundle.pem`, with a new data directory and both sockets inside a
     /// new temporary directory. `extra_args` are appended (e.g.
     /// `["--svid-dir", DIR, "--svid-dir-spiffe-id", ID]`).
