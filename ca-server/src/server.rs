@@ -172,9 +172,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin_server.instrument(tracing::info_span!("admin-api")));
 
     signet_service::terminated().await;
-    tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight requests");
+    // Drain: NOT_SERVING first (health watchers, load balancers), then the
+    // shutdown signal closes the listener, ends every agent stream with the
+    // drain status (agents move to another replica at once) and lets
+    // in-flight unary calls finish, all within `shutdown_grace`.
+    tracing::info!(grace = ?config.shutdown_grace, "draining: new connections refused, agent streams told to move, in-flight requests finishing");
     health_reporter
         .set_not_serving::<NodeServer<NodeApi>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     let _ = shutdown_tx.send(true);
     let drained = tokio::time::timeout(config.shutdown_grace, async {

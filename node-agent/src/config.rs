@@ -9,6 +9,7 @@ use signet_identity::{SpiffeIdError, TrustDomain};
 
 use crate::attest::k8s::K8sSettings;
 use crate::attest::k8s::kubelet::KubeletSettings;
+use crate::node::addresses::{AddressList, MAX_CONFIGURED};
 
 /// Why a configuration is refused.
 #[non_exhaustive]
@@ -24,6 +25,9 @@ pub enum ConfigError {
     /// `ca_address` is not `host:port`.
     #[error("ca_address must be host:port with a port from 1 to 65535, not {0:?}")]
     CaAddress(String),
+    /// `ca_address` lists no address, or more than it may.
+    #[error("ca_address must list from 1 to {max} addresses, not {count}")]
+    CaAddressCount { count: usize, max: usize },
     /// `ca_server_name` is neither a DNS name nor an IP address.
     #[error("ca_server_name must be a DNS name or an IP address, not {0:?}")]
     CaServerName(String),
@@ -65,9 +69,11 @@ pub struct Settings {
     /// Trust domain [default: signet.local].
     #[arg(long)]
     pub trust_domain: Option<String>,
-    /// Address of signet-ca's node API [default: 127.0.0.1:8443].
-    #[arg(long)]
-    pub ca_address: Option<String>,
+    /// Address of signet-ca's node API, host:port; several replicas as a
+    /// comma-separated list (a TOML array in the file), and a name may
+    /// resolve to several [default: 127.0.0.1:8443].
+    #[arg(long, env = "SIGNET_CA_ADDRESS")]
+    pub ca_address: Option<AddressList>,
     /// DNS name in the CA's server certificate [default: localhost].
     #[arg(long)]
     pub ca_server_name: Option<String>,
@@ -260,7 +266,8 @@ pub struct FileDelivery {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub trust_domain: TrustDomain,
-    pub ca_address: String,
+    /// Every replica's `host:port`, checked; the same server name for all.
+    pub ca_addresses: Vec<String>,
     pub ca_server_name: String,
     pub data_dir: PathBuf,
     pub join_token: Option<String>,
@@ -310,9 +317,17 @@ impl Config {
         };
         let log_json = signet_service::LogFormat::parse(pick!(log_format).as_deref())?
             == signet_service::LogFormat::Json;
-        let ca_address =
-            pick!(ca_address).unwrap_or_else(|| signet_service::DEFAULT_CA_ADDRESS.into());
-        check_ca_address(&ca_address)?;
+        let ca_addresses = pick!(ca_address)
+            .map_or_else(|| vec![signet_service::DEFAULT_CA_ADDRESS.into()], |l| l.0);
+        if ca_addresses.is_empty() || ca_addresses.len() > MAX_CONFIGURED {
+            return Err(ConfigError::CaAddressCount {
+                count: ca_addresses.len(),
+                max: MAX_CONFIGURED,
+            });
+        }
+        for a in &ca_addresses {
+            check_ca_address(a)?;
+        }
         let ca_server_name =
             pick!(ca_server_name).unwrap_or_else(|| signet_service::DEFAULT_CA_SERVER_NAME.into());
         if rustls_pki_types::ServerName::try_from(ca_server_name.as_str()).is_err() {
@@ -349,7 +364,7 @@ impl Config {
         Ok(Self {
             k8s_workload,
             trust_domain,
-            ca_address,
+            ca_addresses,
             k8s_psat_token_file,
             ca_server_name,
             workload_api_socket: pick!(workload_api_socket)
@@ -409,7 +424,7 @@ mod tests {
     #[test]
     fn defaults_sit_next_to_a_default_ca() {
         let c = Config::load(None, Settings::default()).unwrap();
-        assert_eq!(c.ca_address, "127.0.0.1:8443");
+        assert_eq!(c.ca_addresses, ["127.0.0.1:8443"]);
         assert_eq!(c.trust_domain.as_str(), "signet.local");
         assert_eq!(c.bootstrap, Bootstrap::None);
         assert_eq!(c.metrics_listen, None, "metrics are off by default");
@@ -519,13 +534,44 @@ mod tests {
             assert_eq!(check_ca_address(address).is_ok(), ok, "{address}");
         }
         let flags = Settings {
-            ca_address: Some("nowhere".into()),
+            ca_address: Some("nowhere".parse().unwrap()),
             ..Settings::default()
         };
         assert!(matches!(
             Config::load(None, flags),
             Err(ConfigError::CaAddress(_))
         ));
+        // Several replicas: each one checked, the count bounded.
+        let list = |text: &str| {
+            Config::load(
+                None,
+                Settings {
+                    ca_address: Some(text.parse().unwrap()),
+                    ..Settings::default()
+                },
+            )
+        };
+        assert_eq!(
+            list("ca-0:8443, ca-1:8443").unwrap().ca_addresses,
+            ["ca-0:8443", "ca-1:8443"]
+        );
+        assert!(
+            matches!(list("ca-0:8443,nowhere"), Err(ConfigError::CaAddress(a)) if a == "nowhere")
+        );
+        assert!(matches!(
+            list(" , "),
+            Err(ConfigError::CaAddressCount { count: 0, .. })
+        ));
+        let many: Vec<String> = (1..=17).map(|i| format!("ca-{i}:8443")).collect();
+        assert!(matches!(
+            list(&many.join(",")),
+            Err(ConfigError::CaAddressCount { count: 17, .. })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "ca_address = [\"ca-0:8443\", \"[::1]:8443\"]\n").unwrap();
+        let c = Config::load(Some(&file), Settings::default()).unwrap();
+        assert_eq!(c.ca_addresses, ["ca-0:8443", "[::1]:8443"]);
         let flags = Settings {
             log_format: Some("xml".into()),
             ..Settings::default()

@@ -35,6 +35,7 @@ struct Events {
     attestation_failures: Family<[(&'static str, String); 2], Counter>,
     streams_open: Family<Labels1, Gauge>,
     last_sync: Gauge<f64, AtomicU64>,
+    ca_failovers: Family<Labels1, Counter>,
 }
 
 static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
@@ -42,7 +43,18 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     attestation_failures: Family::default(),
     streams_open: Family::default(),
     last_sync: Gauge::default(),
+    ca_failovers: Family::default(),
 });
+
+/// Counts a move to another CA replica: `reason` is `drain` (the replica
+/// said it drains), `unreachable` (it could not be reached) or
+/// `unavailable` (it answered UNAVAILABLE).
+pub fn ca_failover(reason: &'static str) {
+    EVENTS
+        .ca_failovers
+        .get_or_create(&[("reason", reason)])
+        .inc();
+}
 
 /// Counts a failed renewal: `kind` is `node` (the node SVID) or `workload`
 /// (a batch call that failed, or one SVID the CA refused).
@@ -141,6 +153,14 @@ pub fn registry(snapshots: SnapshotRx) -> Registry {
         "signet_agent_streams_open",
         "Open Workload API and SDS response streams, by API",
         e.streams_open.clone(),
+    );
+    for reason in ["drain", "unreachable", "unavailable"] {
+        let _ = e.ca_failovers.get_or_create(&[("reason", reason)]);
+    }
+    r.register(
+        "signet_agent_ca_failovers",
+        "Moves to another CA replica, by reason (drain, unreachable, unavailable)",
+        e.ca_failovers.clone(),
     );
     r.register(
         "signet_agent_last_sync_timestamp_seconds",

@@ -12,6 +12,7 @@ use crate::attest::unix::UnixAttestor;
 use crate::config::{Bootstrap, Config};
 use crate::manager::Manager;
 use crate::node::Stored;
+use crate::node::addresses::{CaAddresses, local_spread_key};
 use crate::node::client::{CaClient, ServerTrust};
 use crate::state::JwtSource;
 use crate::{files, node, sds, workload_api};
@@ -24,7 +25,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     tracing::info!(
         trust_domain = %config.trust_domain,
-        ca = %config.ca_address,
+        ca = %config.ca_addresses.join(","),
         data_dir = %config.data_dir.display(),
         workload_api = %config.workload_api_socket.display(),
         sds = %config.sds_socket.display(),
@@ -45,7 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let (svid, bundle) = *pair;
             tracing::info!(node = %svid.spiffe_id, "using the node SVID from the data directory");
             let client = CaClient::new(
-                &config.ca_address,
+                CaAddresses::system(config.ca_addresses.clone(), svid.spiffe_id.as_str()),
                 &config.ca_server_name,
                 &config.trust_domain,
                 ServerTrust::Roots(bundle.x509_authorities().to_vec()),
@@ -93,7 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ),
             };
             let client = CaClient::new(
-                &config.ca_address,
+                CaAddresses::system(config.ca_addresses.clone(), &local_spread_key()),
                 &config.ca_server_name,
                 &config.trust_domain,
                 trust,
@@ -104,8 +105,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // A new channel: the attestation connection carries no client
             // certificate, and HTTP/2 would keep reusing it.
             drop(client);
+            // Spread by the node's ID from now on, as after a restart.
             let client = CaClient::new(
-                &config.ca_address,
+                CaAddresses::system(config.ca_addresses.clone(), svid.spiffe_id.as_str()),
                 &config.ca_server_name,
                 &config.trust_domain,
                 ServerTrust::Roots(bundle.x509_authorities().to_vec()),

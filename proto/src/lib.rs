@@ -6,6 +6,30 @@
 pub mod ca {
     pub mod v1 {
         tonic::include_proto!("signet.ca.v1");
+
+        /// The trailer with which a draining CA ends the node API's streams
+        /// (status UNAVAILABLE): "move to another replica now".
+        pub const DRAIN_TRAILER: &str = "signet-drain";
+
+        /// Whether `status` is a draining CA's "move now".
+        pub fn is_drain(status: &tonic::Status) -> bool {
+            status.code() == tonic::Code::Unavailable
+                && status.metadata().get(DRAIN_TRAILER).is_some()
+        }
+
+        /// The status a draining CA ends a stream with.
+        pub fn drain_status() -> tonic::Status {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert(
+                DRAIN_TRAILER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            tonic::Status::with_metadata(
+                tonic::Code::Unavailable,
+                "the CA is draining: reconnect to another replica",
+                metadata,
+            )
+        }
     }
 }
 

@@ -57,8 +57,9 @@ impl std::fmt::Debug for AgentProcess {
 
 impl AgentProcess {
     /// Creates a join token for `node_name` at `ca` (with `signet ca token
-    /// create`), then starts `signet-agent run` against the CA's port (in
-    /// the CA's network namespace when it runs in one), trusting
+    /// create`), then starts `signet-agent run` against the CA's port
+    /// (unless `extra_args` gives `--ca-address` itself; in the CA's
+    /// network namespace when it runs in one), trusting
     /// its `bundle.pem`, with a new data directory and both sockets inside a
     /// new temporary directory. `extra_args` are appended (e.g.
     /// `["--svid-dir", DIR, "--svid-dir-spiffe-id", ID]`).
@@ -160,15 +161,22 @@ impl AgentProcess {
             "run".into(),
             "--trust-domain".into(),
             ca.trust_domain().as_str().into(),
-            "--ca-address".into(),
-            format!("127.0.0.1:{}", ca.port()).into(),
+        ];
+        // Several replicas: the test gives the list itself.
+        if !extra_args.contains(&"--ca-address") {
+            args.extend([
+                "--ca-address".into(),
+                format!("127.0.0.1:{}", ca.port()).into(),
+            ]);
+        }
+        args.extend([
             "--ca-server-name".into(),
             "localhost".into(),
             "--trust-bundle".into(),
             ca.bundle_path().into(),
             "--data-dir".into(),
             data_dir.clone().into(),
-        ];
+        ]);
         if own_sockets {
             args.extend([
                 "--workload-api-socket".into(),

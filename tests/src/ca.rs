@@ -189,6 +189,45 @@ impl CaProcess {
         }
     }
 
+    /// A second replica of this CA, to test agent failover until replicas
+    /// share a database: a new process on `port` (on loopback; 0 picks a
+    /// free one) started with `opts` (same trust domain), whose data directory is a
+    /// consistent copy of this one's taken while it runs: the database
+    /// through `VACUUM INTO` (a transaction-consistent snapshot), the key
+    /// files and the rest as files. The two diverge from then on (each its
+    /// own audit log and tokens); it is the failover mechanics that they
+    /// test, not shared state.
+    ///
+    /// # Errors
+    /// A copy that fails, or as [`CaProcess::start`].
+    pub async fn start_copy(&self, port: u16, opts: CaOptions) -> anyhow::Result<Self> {
+        if opts.trust_domain != self.opts.trust_domain {
+            bail!("a replica serves the same trust domain");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("signet-ca-")
+            .tempdir()
+            .context("creating the replica's temporary directory")?;
+        let data_dir = dir.path().join("data");
+        copy_data_dir(&self.data_dir, &data_dir)?;
+        let db = data_dir.join("signet.db");
+        self.open_db()?
+            .execute("VACUUM INTO ?1", [db.to_string_lossy()])
+            .context("copying the database (VACUUM INTO)")?;
+        let mut ca = Self {
+            child: None,
+            trust_domain: self.trust_domain.clone(),
+            port: if port == 0 { free_port()? } else { port },
+            admin_socket: data_dir.join("admin.sock"),
+            data_dir,
+            log_path: dir.path().join("signet-ca.log"),
+            dir,
+            opts,
+        };
+        ca.launch().await?;
+        Ok(ca)
+    }
+
     /// The process ID, while it runs.
     #[must_use]
     pub fn pid(&self) -> Option<u32> {
@@ -674,6 +713,26 @@ pub async fn health_check(channel: Channel, service: &str) -> anyhow::Result<Ser
 }
 
 /// A loopback port nobody listened on a moment ago.
+/// Copies the files of a CA's data directory, keeping their modes, but not
+/// its database (copied consistently apart) nor sockets.
+fn copy_data_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let kind = entry.file_type()?;
+        let target = to.join(&name);
+        if kind.is_dir() {
+            copy_data_dir(&entry.path(), &target)?;
+        } else if kind.is_file() && !name.to_string_lossy().starts_with("signet.db") {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe listener")?;

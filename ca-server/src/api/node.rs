@@ -289,7 +289,10 @@ impl Node for NodeApi {
                 first = false;
                 tokio::select! {
                     changed = revisions.changed() => if changed.is_err() { return },
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => {
+                        let _ = tx.send(Err(pb::drain_status())).await;
+                        return;
+                    }
                     _ = tx.closed() => return,
                     _ = until(&ca, deadline) => {
                         let _ = tx.send(Err(expired_status())).await;
@@ -361,7 +364,11 @@ impl Node for NodeApi {
                 tokio::select! {
                     changed = bundles.changed() => if changed.is_err() { return },
                     () = crate::federation::api::changed(&mut federated) => {}
-                    _ = shutdown.changed() => return,
+                    // Draining: tell the agent to move to another replica.
+                    _ = shutdown.changed() => {
+                        let _ = tx.send(Err(pb::drain_status())).await;
+                        return;
+                    }
                     _ = tx.closed() => return,
                     _ = until(&ca, deadline) => {
                         let _ = tx.send(Err(expired_status())).await;

@@ -43,7 +43,7 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         trust_domain: td(),
-        ca_address: "127.0.0.1:9".into(),
+        ca_addresses: vec!["127.0.0.1:9".into()],
         ca_server_name: "localhost".into(),
         data_dir: dir.path().to_path_buf(),
         join_token: None,
@@ -58,7 +58,7 @@ fn fixture() -> Fixture {
         k8s_workload: None,
     };
     let client = CaClient::new(
-        &config.ca_address,
+        crate::node::addresses::CaAddresses::system(config.ca_addresses.clone(), "n1"),
         "localhost",
         &td(),
         ServerTrust::Roots(vec![ca.root().clone()]),

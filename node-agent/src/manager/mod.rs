@@ -62,6 +62,12 @@ pub enum ManagerError {
     /// The CA ended a stream.
     #[error("the CA closed the stream")]
     StreamClosed,
+    /// The CA replica drains: move to another now.
+    #[error("the CA replica is draining")]
+    Draining,
+    /// The CA replica answered UNAVAILABLE: try another, with backoff.
+    #[error("the CA replica is unavailable: {0}")]
+    Unavailable(String),
     /// A key could not be generated.
     #[error("key: {0}")]
     Key(#[from] KeyError),
@@ -91,6 +97,13 @@ pub enum ManagerError {
 
 impl From<tonic::Status> for ManagerError {
     fn from(s: tonic::Status) -> Self {
+        if pb::is_drain(&s) {
+            return Self::Draining;
+        }
+        // Said by the replica itself (a transport failure carries its cause).
+        if s.code() == tonic::Code::Unavailable && std::error::Error::source(&s).is_none() {
+            return Self::Unavailable(s.message().to_owned());
+        }
         Self::Ca {
             code: s.code(),
             message: s.message().to_owned(),
@@ -416,6 +429,29 @@ impl Manager {
         }
     }
 
+    /// A call on `client` failed with `error`. When its replica drains or
+    /// answered UNAVAILABLE, later connections go to another first, and,
+    /// when `client` is still the current one, calls move to a new channel
+    /// at once (the old connection lives on only for the calls in flight on
+    /// it). Streams on the same replica reopen on that channel too.
+    fn ca_failed(&self, client: &CaClient, error: &ManagerError) {
+        let marked = match error {
+            ManagerError::Draining => client.drained(),
+            ManagerError::Unavailable(_) => client.unavailable(),
+            _ => None,
+        };
+        if marked.is_none() {
+            return;
+        }
+        let mut current = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.same_channel(client) {
+            *current = current.fresh();
+        }
+    }
+
     /// Makes `svid` the node's credential: saved, used for new connections, published.
     fn install_node_svid(&self, svid: node::NodeSvid, bundle: &signet_identity::TrustBundle) {
         if let Err(e) = node::save(&self.config.data_dir, &svid, bundle) {
@@ -485,8 +521,12 @@ impl Manager {
             shutdown,
             move || {
                 let client = this.client();
-                async move { client.node().watch_bundle(pb::WatchBundleRequest {}).await }
+                let c = client.clone();
+                (client, async move {
+                    c.node().watch_bundle(pb::WatchBundleRequest {}).await
+                })
             },
+            |client, e| self.ca_failed(client, e),
             |b: pb::Bundle| self.apply_bundle(&b),
         )
         .await;
@@ -600,13 +640,14 @@ impl Manager {
             shutdown,
             move || {
                 let client = this.client();
-                async move {
-                    client
-                        .node()
+                let c = client.clone();
+                (client, async move {
+                    c.node()
                         .watch_authorized_entries(pb::WatchAuthorizedEntriesRequest {})
                         .await
-                }
+                })
             },
+            |client, e| self.ca_failed(client, e),
             |update: pb::AuthorizedEntriesUpdate| {
                 self.apply_entries(update);
                 Ok(())
@@ -759,12 +800,19 @@ impl Manager {
         // Before the call: an SVID asked for before the agent saw a taint
         // may have been signed before it (see `trust::Taint::seen_at`).
         let requested_at = SystemTime::now();
-        let resp = self
-            .client()
+        let client = self.client();
+        let resp = match client
             .node()
             .batch_sign_x509_svid(pb::BatchSignX509SvidRequest { items })
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let e = ManagerError::from(status);
+                self.ca_failed(&client, &e);
+                return Err(e);
+            }
+        };
         crate::metrics::synced();
         self.accept(resp.results, keys, requested_at);
         Ok(())
@@ -962,20 +1010,28 @@ impl JwtSource for Manager {
 /// Follows a server stream from the CA until `shutdown`: opens it, applies
 /// every message, and after an error or the end of the stream reopens it
 /// with exponential backoff and jitter (reset by every message applied).
+/// Errors go to `failed` (which may move the agent to another replica); a
+/// draining replica's "move now" is no failure: the stream is reopened at
+/// once, on another replica.
 async fn follow<T, F, Fut>(
     what: &str,
     max_backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
     open: F,
+    failed: impl Fn(&CaClient, &ManagerError),
     mut apply: impl FnMut(T) -> Result<(), ManagerError>,
 ) where
-    F: Fn() -> Fut,
+    F: Fn() -> (CaClient, Fut),
     Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
+    // Moved at once after a drain, and nothing applied since: a second
+    // drain in a row backs off (a replica must not make the agent spin).
+    let mut just_moved = false;
     loop {
+        let (client, opening) = open();
         let result: Result<(), ManagerError> = async {
-            let mut stream = open().await?.into_inner();
+            let mut stream = opening.await?.into_inner();
             loop {
                 tokio::select! {
                     msg = stream.message() => match msg? {
@@ -983,6 +1039,7 @@ async fn follow<T, F, Fut>(
                             apply(m)?;
                             crate::metrics::synced();
                             backoff.reset();
+                            just_moved = false;
                         }
                         None => return Err(ManagerError::StreamClosed),
                     },
@@ -993,6 +1050,14 @@ async fn follow<T, F, Fut>(
         .await;
         if *shutdown.borrow() {
             return;
+        }
+        if let Err(e) = &result {
+            failed(&client, e);
+        }
+        if matches!(result, Err(ManagerError::Draining)) && !just_moved {
+            just_moved = true;
+            tracing::info!(replica = ?client.replica(), "the CA replica drains; moving the {what} stream to another at once");
+            continue;
         }
         let delay = backoff.next_delay();
         if let Err(e) = result {

@@ -2,7 +2,10 @@
 //! start, a pinned root hash or explicit trust on first use), presenting the
 //! node SVID once the agent has one. The TLS settings are read anew for every
 //! connection, so a renewed node SVID or a new bundle takes effect on the
-//! next reconnect without rebuilding the gRPC channel.
+//! next reconnect without rebuilding the gRPC channel. Each connection goes
+//! to the first replica of [`CaAddresses::candidates`] that completes TCP
+//! and TLS, each step bounded in time; every replica must pass the same
+//! checks (server name, CA SPIFFE ID).
 //!
 //! Chaining to the roots and carrying the configured DNS name is not enough
 //! for a server to be the CA: every workload SVID chains to the same roots,
@@ -12,7 +15,9 @@
 //! bundle file on first start, and with a pinned root hash (the pinned root
 //! signs workload SVIDs too). Only explicit trust on first use checks nothing.
 
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -24,6 +29,8 @@ use signet_identity::{SpiffeId, TrustDomain};
 use signet_proto::ca::v1::node_client::NodeClient;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
+
+use super::addresses::CaAddresses;
 
 /// How the CA's server certificate is checked.
 #[derive(Debug, Clone)]
@@ -69,31 +76,89 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct CaClient {
     state: Arc<RwLock<TlsState>>,
-    address: String,
+    addresses: Arc<CaAddresses>,
     name: ServerName<'static>,
+    /// The replica this channel's connection went to last.
+    replica: Arc<Mutex<Option<SocketAddr>>>,
     channel: Channel,
 }
 
-fn channel(state: Arc<RwLock<TlsState>>, addr: String, name: ServerName<'static>) -> Channel {
+/// Longest TCP connect to one replica before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest TLS handshake with one replica before the next is tried.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest search for a replica that answers, over all of them.
+const CONNECT_ALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One TCP connection and TLS handshake to `addr`, bounded in time.
+async fn connect_one(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let timed_out = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} to {addr} timed out"),
+        )
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out("connect"))??;
+    let _ = tcp.set_nodelay(true);
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| timed_out("TLS handshake"))?
+}
+
+fn channel(
+    state: Arc<RwLock<TlsState>>,
+    addresses: Arc<CaAddresses>,
+    name: ServerName<'static>,
+    replica: Arc<Mutex<Option<SocketAddr>>>,
+) -> Channel {
     let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
         let st = state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let addr = addr.clone();
+        let addresses = addresses.clone();
         let name = name.clone();
+        let replica = replica.clone();
         async move {
             let config = client_config(&st).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let tcp = TcpStream::connect(&addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            let mut last_error = None;
+            // Every replica in turn: the one used last first, draining
+            // ones last (see `CaAddresses::candidates`).
+            for addr in addresses.candidates().await? {
+                match connect_one(addr, config.clone(), name.clone()).await {
+                    Ok(tls) => {
+                        if let Some(reason) = addresses.connected(addr) {
+                            crate::metrics::ca_failover(reason.as_str());
+                            tracing::info!(replica = %addr, reason = reason.as_str(), "moved to another CA replica");
+                        } else {
+                            tracing::debug!(replica = %addr, "connected to the CA");
+                        }
+                        *replica
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+                        return Ok(hyper_util::rt::TokioIo::new(tls));
+                    }
+                    Err(e) => {
+                        tracing::warn!(replica = %addr, error = %e, "CA replica unreachable; trying the next");
+                        addresses.failed(addr);
+                        last_error = Some(e);
+                    }
+                }
+            }
+            Err(last_error.unwrap_or_else(|| std::io::Error::other("no CA address")))
         }
     });
     Endpoint::from_static("http://signet-ca")
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(CONNECT_ALL_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true)
@@ -101,13 +166,14 @@ fn channel(state: Arc<RwLock<TlsState>>, addr: String, name: ServerName<'static>
 }
 
 impl CaClient {
-    /// A client for `address` (host:port) whose certificate must be valid for
-    /// `server_name` and carry the CA's reserved ID in `trust_domain`.
+    /// A client for the CA at `addresses` (every replica) whose certificate
+    /// must be valid for `server_name` and carry the CA's reserved ID in
+    /// `trust_domain`: the same checks for every replica.
     ///
     /// # Errors
     /// An invalid server name.
     pub fn new(
-        address: &str,
+        addresses: Arc<CaAddresses>,
         server_name: &str,
         trust_domain: &TrustDomain,
         trust: ServerTrust,
@@ -122,11 +188,18 @@ impl CaClient {
                 name: server_name.to_owned(),
                 reason: e.to_string(),
             })?;
-        let channel = channel(state.clone(), address.to_owned(), name.clone());
+        let replica = Arc::new(Mutex::new(None));
+        let channel = channel(
+            state.clone(),
+            addresses.clone(),
+            name.clone(),
+            replica.clone(),
+        );
         Ok(Self {
             state,
-            address: address.to_owned(),
+            addresses,
             name,
+            replica,
             channel,
         })
     }
@@ -136,12 +209,48 @@ impl CaClient {
     /// while calls on the old channel finish where they are.
     #[must_use]
     pub fn fresh(&self) -> Self {
+        let replica = Arc::new(Mutex::new(None));
         Self {
             state: self.state.clone(),
-            address: self.address.clone(),
+            addresses: self.addresses.clone(),
             name: self.name.clone(),
-            channel: channel(self.state.clone(), self.address.clone(), self.name.clone()),
+            channel: channel(
+                self.state.clone(),
+                self.addresses.clone(),
+                self.name.clone(),
+                replica.clone(),
+            ),
+            replica,
         }
+    }
+
+    /// The replica this channel is connected to (last connected), if any.
+    pub fn replica(&self) -> Option<SocketAddr> {
+        *self
+            .replica
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The replica of this channel said it drains: later connections go
+    /// elsewhere first. Returns that replica.
+    pub fn drained(&self) -> Option<SocketAddr> {
+        let addr = self.replica()?;
+        self.addresses.draining(addr);
+        Some(addr)
+    }
+
+    /// The replica of this channel answered UNAVAILABLE: later connections
+    /// try the others first for a while.
+    pub fn unavailable(&self) -> Option<SocketAddr> {
+        let addr = self.replica()?;
+        self.addresses.unavailable(addr);
+        Some(addr)
+    }
+
+    /// Whether `other` is this client on the same channel.
+    pub fn same_channel(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.replica, &other.replica)
     }
 
     /// The gRPC client of the node API.
@@ -424,7 +533,7 @@ mod tests {
         }
         // And the agent's client takes nothing from it.
         let client = CaClient::new(
-            &addr,
+            CaAddresses::system(vec![addr.clone()], "n1"),
             "localhost",
             &TrustDomain::new(TD).unwrap(),
             ServerTrust::Roots(vec![ca.root.clone()]),
@@ -436,6 +545,51 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_skips_replicas_that_are_down_or_not_the_ca() {
+        let ca = TestCa::new(TD);
+        let down = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let (key, svid) = ca.issue("spiffe://example.org/web", &["localhost"]);
+        let impostor = fake_ca(&key, vec![svid.der.clone(), ca.root.clone()]).await;
+        let (key, cert) = ca.issue("spiffe://example.org/signet/ca", &["localhost"]);
+        let real = fake_ca(&key, vec![cert.der.clone(), ca.root.clone()]).await;
+        // Nodes start at different replicas; some must pass the others first.
+        let mut skipped = 0;
+        for n in 0..16 {
+            let spread = format!("n{n}");
+            let addresses =
+                CaAddresses::system(vec![down.clone(), impostor.clone(), real.clone()], &spread);
+            if addresses.candidates().await.unwrap()[0].to_string() != real {
+                skipped += 1;
+            }
+            let client = CaClient::new(
+                addresses,
+                "localhost",
+                &TrustDomain::new(TD).unwrap(),
+                ServerTrust::Roots(vec![ca.root.clone()]),
+            )
+            .unwrap();
+            // The fake CA speaks TLS but no gRPC: the call fails after the
+            // connection is made, to the one replica that is the CA.
+            let _ = client
+                .node()
+                .watch_bundle(signet_proto::ca::v1::WatchBundleRequest {})
+                .await;
+            assert_eq!(
+                client.replica().map(|a| a.to_string()),
+                Some(real.clone()),
+                "{spread}"
+            );
+        }
+        assert!(
+            skipped > 0,
+            "every node started at the real CA: nothing was skipped"
+        );
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! a crash left it mixed, so that the agent attests again instead of failing
 //! every TLS handshake.
 
+pub mod addresses;
 pub mod client;
 
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@ mod cli;
 mod delivery;
 mod denied;
 mod evicted;
+mod failover;
 mod federation;
 mod jwt;
 mod k8s_pods;

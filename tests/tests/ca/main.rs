@@ -11,6 +11,7 @@
 
 mod authorization;
 mod cli;
+mod drain;
 mod evict;
 mod federation;
 mod health;
