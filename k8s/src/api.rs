@@ -104,6 +104,21 @@ impl KubeApi {
         Ok(Api::<Node>::all(self.client.clone()).get_opt(name).await?)
     }
 
+    /// Every node as (name, UID).
+    ///
+    /// # Errors
+    /// Transport and API errors.
+    pub async fn list_nodes(&self) -> Result<Vec<(String, String)>, K8sError> {
+        let list = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|n| Some((n.metadata.name?, n.metadata.uid?)))
+            .collect())
+    }
+
     /// Pods of every namespace, of one node when `node_name` is given.
     ///
     /// # Errors

@@ -1,6 +1,8 @@
 //! Kubernetes on the CA: the `[k8s]` settings and k8s_psat node attestation, where an
 //! agent proves which node it runs on with its pod's projected service-account token.
 
+pub mod derived;
+pub mod pods;
 pub mod policy;
 mod psat;
 
@@ -10,6 +12,9 @@ use serde::Deserialize;
 use signet_k8s::KubeConnect;
 
 pub use psat::{MAX_TOKEN_LEN, PsatAttestor};
+
+/// Most pod policies (config tables plus IdentityPolicy objects).
+pub const MAX_POLICIES: usize = 64;
 
 /// Audience the agent's projected token must carry unless configured otherwise.
 pub const DEFAULT_PSAT_AUDIENCE: &str = "signet-ca";
@@ -94,11 +99,21 @@ impl K8sSettings {
             Some(p) => KubeConnect::Kubeconfig(p.clone()),
             None => KubeConnect::InCluster,
         };
+        if self.policy.len() > MAX_POLICIES {
+            return Err(format!(
+                "[k8s] at most {MAX_POLICIES} [[k8s.policy]] tables"
+            ));
+        }
         let policies = self
             .policy
             .iter()
             .map(policy::PolicySettings::check)
             .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("[k8s] two [[k8s.policy]] tables are named {:?}", w[0]));
+        }
         Ok(K8sConfig {
             connect,
             cluster,
@@ -107,6 +122,34 @@ impl K8sSettings {
             policies,
         })
     }
+}
+
+/// Starts the pod watch when `[k8s]` has pod policies: their entries are then derived
+/// from the pods the API server reports.
+pub fn start_pod_policies(
+    ca: &std::sync::Arc<crate::ca::Ca>,
+    api: &signet_k8s::KubeApi,
+    k: &K8sConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use tracing::Instrument as _;
+    if k.policies.is_empty() {
+        return;
+    }
+    tracing::info!(
+        policies = ?k.policies.iter().map(|p| p.origin.to_string()).collect::<Vec<_>>(),
+        "deriving entries from pod policies"
+    );
+    let (_policies_tx, policies) = tokio::sync::watch::channel(std::sync::Arc::new(k.policies.clone()));
+    let watch = pods::PodWatch::new(api.clone(), ca.clone(), k.cluster.clone(), policies);
+    tokio::spawn(
+        async move {
+            // Config policies do not change while the CA runs.
+            let _keep = _policies_tx;
+            watch.run(shutdown).await;
+        }
+        .instrument(tracing::info_span!("pod-policies")),
+    );
 }
 
 #[cfg(test)]
