@@ -29,7 +29,7 @@ pub enum KubeConnect {
 /// A client of the Kubernetes API for the calls Signet makes.
 #[derive(Clone)]
 pub struct KubeApi {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl std::fmt::Debug for KubeApi {

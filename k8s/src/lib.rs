@@ -5,6 +5,7 @@
 
 mod api;
 mod error;
+pub mod policy_crd;
 pub mod rbac;
 mod review;
 

@@ -190,7 +190,12 @@ impl DerivedEntries {
             .into_iter()
             .flatten()
             .filter(|id| current.get(*id) == wanted.get(*id))
-            .filter_map(|id| inner.by_id.get(id).map(|d| (id.clone(), d.entry.row.revision)))
+            .filter_map(|id| {
+                inner
+                    .by_id
+                    .get(id)
+                    .map(|d| (id.clone(), d.entry.row.revision))
+            })
             .collect();
         inner.remove_pod(pod_uid);
         for (id, mut d) in wanted {
@@ -268,10 +273,7 @@ mod tests {
             ]
         ));
         let l = set.list(None);
-        assert_eq!(
-            l.iter().map(|e| e.row.revision).collect::<Vec<_>>(),
-            [2, 3]
-        );
+        assert_eq!(l.iter().map(|e| e.row.revision).collect::<Vec<_>>(), [2, 3]);
         assert!(set.set_pod("u1", vec![]));
         assert!(set.is_empty());
         assert!(set.list(Some("n2")).is_empty());

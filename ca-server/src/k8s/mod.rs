@@ -1,6 +1,7 @@
 //! Kubernetes on the CA: the `[k8s]` settings and k8s_psat node attestation, where an
 //! agent proves which node it runs on with its pod's projected service-account token.
 
+pub mod crd;
 pub mod derived;
 pub mod pods;
 pub mod policy;
@@ -35,6 +36,9 @@ pub struct K8sSettings {
     /// Identities from a pod policy (`[[k8s.policy]]`).
     #[serde(default)]
     pub policy: Vec<policy::PolicySettings>,
+    /// Also read pod policies from IdentityPolicy objects (signet.dev/v1alpha1).
+    #[serde(default)]
+    pub policy_crd: bool,
 }
 
 /// The checked `[k8s]` settings.
@@ -46,6 +50,7 @@ pub struct K8sConfig {
     /// (namespace, service account) pairs.
     pub psat_allowed: Vec<(String, String)>,
     pub policies: Vec<policy::Policy>,
+    pub policy_crd: bool,
 }
 
 fn is_segment(s: &str) -> bool {
@@ -112,7 +117,10 @@ impl K8sSettings {
         let mut names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("[k8s] two [[k8s.policy]] tables are named {:?}", w[0]));
+            return Err(format!(
+                "[k8s] two [[k8s.policy]] tables are named {:?}",
+                w[0]
+            ));
         }
         Ok(K8sConfig {
             connect,
@@ -120,6 +128,7 @@ impl K8sSettings {
             psat_audience,
             psat_allowed,
             policies,
+            policy_crd: self.policy_crd,
         })
     }
 }
@@ -133,23 +142,38 @@ pub fn start_pod_policies(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use tracing::Instrument as _;
-    if k.policies.is_empty() {
+    if k.policies.is_empty() && !k.policy_crd {
         return;
     }
     tracing::info!(
         policies = ?k.policies.iter().map(|p| p.origin.to_string()).collect::<Vec<_>>(),
+        policy_crd = k.policy_crd,
         "deriving entries from pod policies"
     );
-    let (_policies_tx, policies) = tokio::sync::watch::channel(std::sync::Arc::new(k.policies.clone()));
+    let (policies_tx, policies) =
+        tokio::sync::watch::channel(std::sync::Arc::new(k.policies.clone()));
     let watch = pods::PodWatch::new(api.clone(), ca.clone(), k.cluster.clone(), policies);
-    tokio::spawn(
-        async move {
-            // Config policies do not change while the CA runs.
-            let _keep = _policies_tx;
-            watch.run(shutdown).await;
-        }
-        .instrument(tracing::info_span!("pod-policies")),
-    );
+    if k.policy_crd {
+        let crds = crd::CrdPolicies::new(api.clone(), ca.clone(), k.policies.clone(), policies_tx);
+        tokio::spawn(
+            crds.run(shutdown.clone())
+                .instrument(tracing::info_span!("identity-policies")),
+        );
+        tokio::spawn(
+            watch
+                .run(shutdown)
+                .instrument(tracing::info_span!("pod-policies")),
+        );
+    } else {
+        tokio::spawn(
+            async move {
+                // Config policies do not change while the CA runs.
+                let _keep = policies_tx;
+                watch.run(shutdown).await;
+            }
+            .instrument(tracing::info_span!("pod-policies")),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +187,7 @@ mod tests {
             psat_audience: None,
             psat_allowed_service_accounts: allowed.iter().map(|s| s.to_string()).collect(),
             policy: Vec::new(),
+            policy_crd: false,
         }
     }
 

@@ -134,9 +134,11 @@ impl PodWatch {
                     let next = tokio::select! {
                         _ = shutdown.changed() => return,
                         changed = self.policies.changed() => {
-                            if changed.is_ok() {
-                                self.rederive_all().await;
+                            // Their writer only stops at shutdown.
+                            if changed.is_err() {
+                                return;
                             }
+                            self.rederive_all().await;
                             continue;
                         }
                         next = stream.next() => next,
@@ -187,10 +189,7 @@ impl PodWatch {
             .take(MAX_PODS)
             .collect();
         let pods = &self.pods;
-        let mut changed = self
-            .ca
-            .derived()
-            .retain_pods(&|uid| pods.contains_key(uid));
+        let mut changed = self.ca.derived().retain_pods(&|uid| pods.contains_key(uid));
         changed |= self.derive_all();
         if changed {
             self.announce().await;

@@ -357,7 +357,10 @@ mod tests {
         }
         let long = PolicySettings {
             name: "p".into(),
-            id_template: Some(format!("spiffe://{{{{td}}}}/{}", "a".repeat(MAX_TEMPLATE_LEN))),
+            id_template: Some(format!(
+                "spiffe://{{{{td}}}}/{}",
+                "a".repeat(MAX_TEMPLATE_LEN)
+            )),
             ..Default::default()
         };
         assert!(long.check().is_err());

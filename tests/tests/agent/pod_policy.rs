@@ -118,7 +118,12 @@ async fn fetch_in_pod(proc_root: &Path, socket: &Path, pod_uid: &str, container:
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    emulate_proc(proc_root, child.id().unwrap(), &cgroup_of(pod_uid, container)).unwrap();
+    emulate_proc(
+        proc_root,
+        child.id().unwrap(),
+        &cgroup_of(pod_uid, container),
+    )
+    .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"go\n").await.unwrap();
     drop(stdin);
@@ -185,11 +190,9 @@ async fn envoys_in_two_pods_get_policy_identities_with_no_entry_created() {
         ),
     )
     .unwrap();
-    let ca = CaProcess::start(
-        CaOptions::default().flag("config", ca_config.display().to_string()),
-    )
-    .await
-    .unwrap();
+    let ca = CaProcess::start(CaOptions::default().flag("config", ca_config.display().to_string()))
+        .await
+        .unwrap();
     let n1_id = ca.id(&format!("/signet/node/{CLUSTER}/{n1_uid}"));
     let n2_id = ca.id(&format!("/signet/node/{CLUSTER}/{n2_uid}"));
     let web_id = ca.id("/ns/shop/sa/web");
@@ -221,9 +224,18 @@ async fn envoys_in_two_pods_get_policy_identities_with_no_entry_created() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| format!("{}:{}", s["type"].as_str().unwrap(), s["value"].as_str().unwrap()))
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["type"].as_str().unwrap(),
+                s["value"].as_str().unwrap()
+            )
+        })
         .collect();
-    assert!(selectors.contains(&format!("k8s:pod-uid:{WEB_UID}")), "{selectors:?}");
+    assert!(
+        selectors.contains(&format!("k8s:pod-uid:{WEB_UID}")),
+        "{selectors:?}"
+    );
     // The text listing names the origin too.
     let text = ca.signet_ca(["entry", "list"]).await.unwrap().ok().unwrap();
     assert!(text.stdout.contains("policy:mesh"), "{}", text.stdout);
@@ -232,7 +244,8 @@ async fn envoys_in_two_pods_get_policy_identities_with_no_entry_created() {
     let refused = ca.signet_ca(["entry", "delete", id]).await.unwrap();
     assert!(!refused.success());
     assert!(
-        refused.stderr.contains("FailedPrecondition") || refused.stderr.contains("failed precondition"),
+        refused.stderr.contains("FailedPrecondition")
+            || refused.stderr.contains("failed precondition"),
         "{}",
         refused.stderr
     );
@@ -242,8 +255,24 @@ async fn envoys_in_two_pods_get_policy_identities_with_no_entry_created() {
     // lists n1's pods.
     let kubelet = FakeKubelet::start().await.unwrap();
     kubelet.set_pods(vec![
-        pod_json(NS, "web-1", WEB_UID, "web", "n1", &[], &[("web", "envoy:1", WEB_CONTAINER)]),
-        pod_json(NS, "api-1", API_UID, "api", "n1", &[], &[("api", "envoy:1", API_CONTAINER)]),
+        pod_json(
+            NS,
+            "web-1",
+            WEB_UID,
+            "web",
+            "n1",
+            &[],
+            &[("web", "envoy:1", WEB_CONTAINER)],
+        ),
+        pod_json(
+            NS,
+            "api-1",
+            API_UID,
+            "api",
+            "n1",
+            &[],
+            &[("api", "envoy:1", API_CONTAINER)],
+        ),
     ]);
     let proc_root = kubelet.dir().join("proc");
     std::fs::create_dir_all(&proc_root).unwrap();
@@ -332,10 +361,18 @@ async fn envoys_in_two_pods_get_policy_identities_with_no_entry_created() {
     loop {
         let out = fetch_in_pod(&proc_root, &socket, WEB_UID, WEB_CONTAINER).await;
         if !String::from_utf8_lossy(&out.stdout).contains(&web_id) {
-            assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                !out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "web still served\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "web still served\n{}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The other pod is still served.
@@ -383,11 +420,9 @@ async fn a_node_is_not_authorized_for_another_nodes_pod() {
         ),
     )
     .unwrap();
-    let ca = CaProcess::start(
-        CaOptions::default().flag("config", ca_config.display().to_string()),
-    )
-    .await
-    .unwrap();
+    let ca = CaProcess::start(CaOptions::default().flag("config", ca_config.display().to_string()))
+        .await
+        .unwrap();
     let far_id = ca.id("/ns/shop/sa/far");
     let near_id = ca.id("/ns/shop/sa/near");
     let listed = wait_entries(&ca, "far and near entries", |e| {
@@ -418,16 +453,17 @@ async fn a_node_is_not_authorized_for_another_nodes_pod() {
     let svid = attested.svid.unwrap();
     let chain_pem = signet_tests::pem_chain(&signet_tests::chain_of(&svid));
     let key_pem = key.to_pem().to_string();
-    let mut node = ca
-        .node_client(Some((&chain_pem, &key_pem)))
-        .await
-        .unwrap();
+    let mut node = ca.node_client(Some((&chain_pem, &key_pem))).await.unwrap();
     let listed = node
         .list_authorized_entries(pb::ListAuthorizedEntriesRequest {})
         .await
         .unwrap()
         .into_inner();
-    let ids: Vec<&str> = listed.entries.iter().map(|e| e.spiffe_id.as_str()).collect();
+    let ids: Vec<&str> = listed
+        .entries
+        .iter()
+        .map(|e| e.spiffe_id.as_str())
+        .collect();
     assert!(ids.contains(&near_id.as_str()), "{ids:?}");
     assert!(!ids.contains(&far_id.as_str()), "{ids:?}");
     assert!(listed.entries.iter().all(|e| e.origin == "policy:all"));
