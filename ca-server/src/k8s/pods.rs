@@ -347,3 +347,138 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, backoff: &mut Duration) -> 
         () = tokio::time::sleep(wait) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use signet_k8s::fake::FakeApiServer;
+    use signet_k8s::k8s_openapi::api::core::v1::Node;
+
+    use super::*;
+    use crate::ca::testing::{self, TestClock};
+    use crate::config::Settings;
+    use crate::k8s::policy::PolicySettings;
+
+    fn pod(name: &str, node: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some("shop".into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                service_account_name: Some(name.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn until(what: &str, ok: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn ids(ca: &Ca) -> Vec<String> {
+        let mut v: Vec<String> = ca
+            .derived()
+            .list(None)
+            .into_iter()
+            .map(|e| e.row.spiffe_id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// An outage keeps the entries; when the API server is back, a watch from the
+    /// compacted resourceVersion gets 410, the CA lists again and catches up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_keeps_the_entries_and_410_lists_again() {
+        let fake = FakeApiServer::start().await.unwrap();
+        fake.apply_node(Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        fake.apply_pod(pod("a", "n1"));
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(testing::open(
+            dir.path(),
+            &TestClock::new(),
+            Settings::default(),
+        ));
+        let policy = PolicySettings {
+            name: "p".into(),
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        let (_tx, policies) = watch::channel(Arc::new(vec![policy]));
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(
+            PodWatch::new(
+                fake.client().await.unwrap(),
+                ca.clone(),
+                "c1".into(),
+                policies,
+            )
+            .run(shutdown),
+        );
+        until("pod a's entry", || {
+            ids(&ca) == ["spiffe://test.org/ns/shop/sa/a"]
+        })
+        .await;
+        let revision = *ca.watch_entries().borrow();
+
+        // A new pod on n2, a node the CA has not listed: read with a get.
+        fake.apply_node(Node {
+            metadata: ObjectMeta {
+                name: Some("n2".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        fake.apply_pod(pod("b", "n2"));
+        until("pod b's entry", || ids(&ca).len() == 2).await;
+        assert!(*ca.watch_entries().borrow() > revision, "streams were told");
+
+        let lists = |fake: &FakeApiServer| {
+            fake.requests()
+                .iter()
+                .filter(|r| r.path == "/api/v1/pods" && !r.query.contains("watch=true"))
+                .count()
+        };
+        let listed = lists(&fake);
+        fake.set_unavailable(true);
+        let before = fake.requests().len();
+        until("retries during the outage", || {
+            fake.requests().len() >= before + 2
+        })
+        .await;
+        // Missed while away: b is deleted, c added, and the history is compacted.
+        fake.delete_pod("shop", "b");
+        fake.apply_pod(pod("c", "n1"));
+        fake.compact();
+        assert_eq!(ids(&ca).len(), 2, "the entries stay during the outage");
+        fake.set_unavailable(false);
+        until("caught up after the outage", || {
+            ids(&ca)
+                == [
+                    "spiffe://test.org/ns/shop/sa/a",
+                    "spiffe://test.org/ns/shop/sa/c",
+                ]
+        })
+        .await;
+        assert!(lists(&fake) > listed, "listed again after 410");
+
+        let _ = stop.send(true);
+        task.await.unwrap();
+    }
+}

@@ -69,11 +69,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// Logs the request and refuses callers without the caller token, as an API server
 /// with anonymous auth off does.
 async fn authenticate(State(shared): S, req: HttpRequest, next: Next) -> Response {
-    shared.lock().requests.push(Request {
-        method: req.method().to_string(),
-        path: req.uri().path().to_string(),
-        query: req.uri().query().unwrap_or("").to_string(),
-    });
+    let unavailable = {
+        let mut st = shared.lock();
+        st.requests.push(Request {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            query: req.uri().query().unwrap_or("").to_string(),
+        });
+        st.unavailable
+    };
+    if unavailable {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
+    }
     let ok = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -398,6 +409,7 @@ async fn stream_watch(
             ev = live.recv() => ev,
         };
         let out = match ev {
+            Ok(Event::Close) => return,
             Ok(Event::Bookmark(rv)) => match bookmarks {
                 Some((api_version, kind)) => json!({
                     "type": "BOOKMARK",

@@ -192,6 +192,14 @@ impl FakeApiServer {
         }
     }
 
+    /// An outage: while on, every request is answered 503 and open watches end.
+    pub fn set_unavailable(&self, on: bool) {
+        self.shared.lock().unavailable = on;
+        if on {
+            let _ = self.shared.events.send(Event::Close);
+        }
+    }
+
     /// Sends a BOOKMARK at the current resourceVersion to every watch that allows them.
     pub fn bookmark(&self) {
         let rv = self.shared.lock().rv;

@@ -81,6 +81,8 @@ pub(crate) enum Event {
         obj: serde_json::Value,
     },
     Bookmark(u64),
+    /// Ends every open watch (the server went away).
+    Close,
 }
 
 pub(crate) struct State {
@@ -90,6 +92,8 @@ pub(crate) struct State {
     pub tokens: HashMap<String, FakeToken>,
     pub check_bound_objects: bool,
     pub ignore_requested_audiences: bool,
+    /// Every request is answered 503 (an outage).
+    pub unavailable: bool,
     pub pods: BTreeMap<(String, String), Pod>,
     pub pod_events: VecDeque<Event>,
     /// Watches from a resourceVersion below this get 410.
@@ -111,6 +115,7 @@ impl State {
             tokens: HashMap::new(),
             check_bound_objects: true,
             ignore_requested_audiences: false,
+            unavailable: false,
             pods: BTreeMap::new(),
             pod_events: VecDeque::new(),
             compacted_to: 0,
