@@ -25,6 +25,9 @@ use crate::store::EntryRow;
 pub const MAX_PODS: usize = 100_000;
 /// Most nodes whose UIDs are remembered.
 pub const MAX_NODES: usize = 20_000;
+/// How often node UIDs are read again (a node recreated under its name has a new UID,
+/// and so a new k8s_psat identity).
+pub const NODE_REFRESH: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Caller name in the audit records of refused derivations.
@@ -41,6 +44,7 @@ pub struct PodWatch {
     pods: HashMap<String, Pod>,
     /// Node name -> UID.
     nodes: HashMap<String, String>,
+    node_refresh: Duration,
 }
 
 /// Only what the policies read: names, labels, node, service account, phase.
@@ -97,12 +101,23 @@ impl PodWatch {
             policies,
             pods: HashMap::new(),
             nodes: HashMap::new(),
+            node_refresh: NODE_REFRESH,
         }
+    }
+
+    /// Reads node UIDs this often instead of [`NODE_REFRESH`].
+    #[must_use]
+    pub fn node_refresh(mut self, every: Duration) -> Self {
+        self.node_refresh = every;
+        self
     }
 
     /// Follows pods until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = BACKOFF_MIN;
+        let mut node_tick = tokio::time::interval(self.node_refresh);
+        node_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        node_tick.reset();
         'list: loop {
             let mut rv = match self.relist().await {
                 Ok(rv) => {
@@ -139,6 +154,10 @@ impl PodWatch {
                                 return;
                             }
                             self.rederive_all().await;
+                            continue;
+                        }
+                        _ = node_tick.tick() => {
+                            self.refresh_nodes().await;
                             continue;
                         }
                         next = stream.next() => next,
@@ -201,6 +220,24 @@ impl PodWatch {
             "pods listed"
         );
         Ok(list.resource_version)
+    }
+
+    /// Reads node UIDs again; re-derives every pod when one changed.
+    async fn refresh_nodes(&mut self) {
+        match self.api.list_nodes().await {
+            Ok(nodes) => {
+                let nodes: HashMap<String, String> = nodes.into_iter().take(MAX_NODES).collect();
+                if nodes != self.nodes {
+                    self.nodes = nodes;
+                    if self.derive_all() {
+                        self.announce().await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading nodes failed; their UIDs stay as they were")
+            }
+        }
     }
 
     async fn rederive_all(&mut self) {
@@ -429,6 +466,7 @@ mod tests {
                 "c1".into(),
                 policies,
             )
+            .node_refresh(Duration::from_millis(100))
             .run(shutdown),
         );
         until("pod a's entry", || {
@@ -477,6 +515,24 @@ mod tests {
         })
         .await;
         assert!(lists(&fake) > listed, "listed again after 410");
+
+        // Node n1 recreated under its name: a new UID, so a new parent.
+        let parent = |ca: &Ca| ca.derived().list(None)[0].row.parent_id.clone();
+        let old = parent(&ca);
+        fake.delete_node("n1");
+        let n1 = fake.apply_node(Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let new_uid = n1.metadata.uid.unwrap();
+        until("the new node UID", || parent(&ca) != old).await;
+        assert_eq!(
+            parent(&ca),
+            format!("spiffe://test.org/signet/node/c1/{new_uid}")
+        );
 
         let _ = stop.send(true);
         task.await.unwrap();
