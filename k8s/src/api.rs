@@ -150,10 +150,15 @@ impl KubeApi {
         if let Some(node) = node_name {
             wp = wp.fields(&format!("spec.nodeName={node}"));
         }
-        let stream = Api::<Pod>::all(self.client.clone())
-            .watch(&wp, resource_version)
-            .await?;
-        Ok(stream.map_err(K8sError::from).and_then(|ev| async move {
+        let stream = crate::bounded::watch::<Pod>(
+            &self.client,
+            kube::core::Request::new("/api/v1/pods"),
+            &wp,
+            resource_version,
+            crate::bounded::MAX_WATCH_EVENT_BYTES,
+        )
+        .await?;
+        Ok(stream.and_then(|ev| async move {
             match ev {
                 WatchEvent::Added(p) | WatchEvent::Modified(p) => {
                     Ok(PodEvent::Applied(Box::new(p)))

@@ -99,11 +99,15 @@ impl KubeApi {
         resource_version: &str,
     ) -> Result<impl Stream<Item = Result<PolicyEvent, K8sError>> + Send + use<>, K8sError> {
         let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-        let stream = self
-            .identity_policies()
-            .watch(&wp, resource_version)
-            .await?;
-        Ok(stream.map_err(K8sError::from).and_then(|ev| async move {
+        let stream = crate::bounded::watch::<DynamicObject>(
+            &self.client,
+            kube::core::Request::new(format!("/apis/{GROUP}/{VERSION}/{PLURAL}")),
+            &wp,
+            resource_version,
+            crate::bounded::MAX_WATCH_EVENT_BYTES,
+        )
+        .await?;
+        Ok(stream.and_then(|ev| async move {
             match ev {
                 WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                     Ok(PolicyEvent::Applied(object(o)))
