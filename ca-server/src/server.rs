@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .await
                 .context("connecting to the Kubernetes API ([k8s])")?;
             tracing::info!(cluster = %k.cluster, audience = %k.psat_audience, "k8s_psat node attestation enabled");
+            crate::k8s::start_pod_policies(&ca, &api, k, shutdown_rx.clone());
             Some(Arc::new(crate::k8s::PsatAttestor::new(api, k.clone())))
         }
         None => None,

@@ -29,7 +29,7 @@ pub enum KubeConnect {
 /// A client of the Kubernetes API for the calls Signet makes.
 #[derive(Clone)]
 pub struct KubeApi {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl std::fmt::Debug for KubeApi {
@@ -104,6 +104,21 @@ impl KubeApi {
         Ok(Api::<Node>::all(self.client.clone()).get_opt(name).await?)
     }
 
+    /// Every node as (name, UID).
+    ///
+    /// # Errors
+    /// Transport and API errors.
+    pub async fn list_nodes(&self) -> Result<Vec<(String, String)>, K8sError> {
+        let list = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|n| Some((n.metadata.name?, n.metadata.uid?)))
+            .collect())
+    }
+
     /// Pods of every namespace, of one node when `node_name` is given.
     ///
     /// # Errors
@@ -135,10 +150,15 @@ impl KubeApi {
         if let Some(node) = node_name {
             wp = wp.fields(&format!("spec.nodeName={node}"));
         }
-        let stream = Api::<Pod>::all(self.client.clone())
-            .watch(&wp, resource_version)
-            .await?;
-        Ok(stream.map_err(K8sError::from).and_then(|ev| async move {
+        let stream = crate::bounded::watch::<Pod>(
+            &self.client,
+            kube::core::Request::new("/api/v1/pods"),
+            &wp,
+            resource_version,
+            crate::bounded::MAX_WATCH_EVENT_BYTES,
+        )
+        .await?;
+        Ok(stream.and_then(|ev| async move {
             match ev {
                 WatchEvent::Added(p) | WatchEvent::Modified(p) => {
                     Ok(PodEvent::Applied(Box::new(p)))

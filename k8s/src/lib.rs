@@ -4,7 +4,9 @@
 //! faithful for exactly these calls, for tests of this crate and of the binaries.
 
 mod api;
+mod bounded;
 mod error;
+pub mod policy_crd;
 pub mod rbac;
 mod review;
 

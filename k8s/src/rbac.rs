@@ -11,7 +11,8 @@ pub struct Rule {
 
 /// What signet-ca calls: TokenReview (k8s_psat, mesh APIs), pods (get for k8s_psat;
 /// list and watch for the pod policy and mesh impersonation checks), nodes (get, for
-/// k8s_psat), namespaces and ConfigMaps (publishing the root in every namespace).
+/// k8s_psat), IdentityPolicy objects (pod policies from the CRD, when enabled),
+/// namespaces and ConfigMaps (publishing the root in every namespace).
 pub const CA_RBAC: &[Rule] = &[
     Rule {
         api_group: "authentication.k8s.io",
@@ -27,6 +28,11 @@ pub const CA_RBAC: &[Rule] = &[
         api_group: "",
         resource: "nodes",
         verbs: &["get", "list", "watch"],
+    },
+    Rule {
+        api_group: "signet.dev",
+        resource: "identitypolicies",
+        verbs: &["list", "watch"],
     },
     Rule {
         api_group: "",

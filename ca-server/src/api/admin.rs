@@ -99,9 +99,9 @@ impl Admin for AdminApi {
         let parent = req.into_inner().parent_id;
         let parent = (!parent.is_empty()).then_some(parent);
         let ca = self.ca.clone();
-        let entries = blocking(move || ca.list_entries(parent.as_deref())).await?;
+        let entries = blocking(move || ca.list_any_entries(parent.as_deref())).await?;
         Ok(Response::new(pb::ListEntriesResponse {
-            entries: entries.iter().map(convert::entry).collect(),
+            entries: entries.iter().map(convert::any_entry).collect(),
         }))
     }
 
@@ -111,8 +111,8 @@ impl Admin for AdminApi {
     ) -> Result<Response<pb::Entry>, Status> {
         let id = req.into_inner().id;
         let ca = self.ca.clone();
-        let entry = blocking(move || ca.get_entry(&id)).await?;
-        Ok(Response::new(convert::entry(&entry)))
+        let entry = blocking(move || ca.get_any_entry(&id)).await?;
+        Ok(Response::new(convert::any_entry(&entry)))
     }
 
     async fn delete_entry(

@@ -9,6 +9,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::NodeBundle;
 use crate::ca::signing::AuthorityInfo;
+use crate::k8s::derived::EntryView;
 use crate::store::{AuthorityKind, AuthorityState, EntryRow, NodeRow};
 
 /// The wire form of a bundle, shared with every side of the wire.
@@ -23,7 +24,14 @@ pub fn svid(id: &SpiffeId, cert: &IssuedCert) -> pb::X509Svid {
     }
 }
 
+/// A stored entry.
 pub fn entry(e: &EntryRow) -> pb::Entry {
+    any_entry(&EntryView::stored(e.clone()))
+}
+
+/// An entry, stored or derived, with its origin.
+pub fn any_entry(view: &EntryView) -> pb::Entry {
+    let e = &view.row;
     pb::Entry {
         id: e.id.clone(),
         spiffe_id: e.spiffe_id.clone(),
@@ -41,6 +49,7 @@ pub fn entry(e: &EntryRow) -> pb::Entry {
         created_at: e.created_at,
         revision: e.revision,
         federates_with: e.federates_with.clone(),
+        origin: view.origin.to_string(),
     }
 }
 

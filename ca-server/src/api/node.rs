@@ -244,7 +244,7 @@ impl Node for NodeApi {
         let ca = self.ca.clone();
         let (entries, revision) = blocking(move || ca.authorized_entries(&node)).await?;
         Ok(Response::new(pb::ListAuthorizedEntriesResponse {
-            entries: entries.iter().map(convert::entry).collect(),
+            entries: entries.iter().map(convert::any_entry).collect(),
             revision,
         }))
     }
@@ -272,7 +272,7 @@ impl Node for NodeApi {
                 let update = match blocking(move || ca2.authorized_entries(&node2)).await {
                     Ok((entries, revision)) => diff(
                         &mut sent,
-                        entries.iter().map(convert::entry).collect(),
+                        entries.iter().map(convert::any_entry).collect(),
                         revision,
                         first,
                     ),

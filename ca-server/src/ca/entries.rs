@@ -9,6 +9,7 @@ use signet_identity::{SpiffeId, reserved};
 
 use super::time::{secs, unix};
 use super::{Ca, CaError};
+use crate::k8s::derived::EntryView;
 use crate::store::{self, AuditRecord, EntryRow};
 
 /// A registration entry as the admin asks for it, before it is checked.
@@ -242,6 +243,12 @@ impl Ca {
     /// written.
     pub fn delete_entry(&self, id: &str, caller: &str) -> Result<(), CaError> {
         self.refusing(caller, "delete_entry", "", || {
+            if let Some(d) = self.derived.get(id) {
+                return Err(CaError::FailedPrecondition(format!(
+                    "entry {id:?} is derived from {} for pod {} and is not stored: change the policy or the pod instead",
+                    d.entry.origin, d.pod
+                )));
+            }
             self.store.transaction(|tx| {
                 if !store::remove_entry(tx, id)? {
                     return Err(CaError::NotFound(format!("no entry {id:?}")));
@@ -264,6 +271,31 @@ impl Ca {
             .ok_or_else(|| CaError::NotFound(format!("no entry {id:?}")))
     }
 
+    /// One entry, stored or derived from a pod policy.
+    ///
+    /// # Errors
+    /// NotFound for an unknown id.
+    pub fn get_any_entry(&self, id: &str) -> Result<EntryView, CaError> {
+        match self.derived.get(id) {
+            Some(d) => Ok(d.entry),
+            None => self.get_entry(id).map(EntryView::stored),
+        }
+    }
+
+    /// Entries stored and derived from pod policies, all or those of one parent.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn list_any_entries(&self, parent_id: Option<&str>) -> Result<Vec<EntryView>, CaError> {
+        let mut out: Vec<EntryView> = self
+            .list_entries(parent_id)?
+            .into_iter()
+            .map(EntryView::stored)
+            .collect();
+        out.extend(self.derived.list(parent_id));
+        Ok(out)
+    }
+
     /// Entries, all or those of one parent.
     ///
     /// # Errors
@@ -272,11 +304,13 @@ impl Ca {
         Ok(self.store.list_entries(parent_id)?)
     }
 
-    /// Announces an entry change to the watchers.
+    /// Announces an entry change (stored or derived) to the watchers.
     pub fn entries_changed(&self) {
         match self.store.revision() {
             Ok(rev) => {
-                self.entries.send_replace(rev);
+                // Both counters only grow, so their sum does too.
+                self.entries
+                    .send_replace(rev.saturating_add(self.derived.revision()));
             }
             Err(e) => tracing::error!(error = %e, "could not read the entry revision"),
         }

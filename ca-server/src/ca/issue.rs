@@ -164,14 +164,19 @@ impl Ca {
         Ok((id, cert))
     }
 
-    /// The entry `entry_id` when it is parented to `node`.
+    /// The entry `entry_id` (stored, or derived from a pod on `node`) when it is
+    /// parented to `node`.
     ///
     /// # Errors
     /// PermissionDenied otherwise, with the same message whether it does not
     /// exist or belongs to another node.
     pub(super) fn entry_of(&self, node: &SpiffeId, entry_id: &str) -> Result<EntryRow, CaError> {
-        self.store
-            .get_entry(entry_id)?
+        let derived = self.derived.get(entry_id).map(|d| d.entry.row);
+        let stored = match derived {
+            Some(d) => Some(d),
+            None => self.store.get_entry(entry_id)?,
+        };
+        stored
             .filter(|e| e.parent_id == node.as_str())
             .ok_or_else(|| {
                 CaError::PermissionDenied(format!(

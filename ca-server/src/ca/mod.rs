@@ -78,6 +78,8 @@ pub struct Ca {
     /// the ones activation waits for.
     connected: Mutex<HashMap<String, usize>>,
     entries: watch::Sender<u64>,
+    /// Entries derived from Kubernetes pod policies (in memory, never stored).
+    derived: Arc<crate::k8s::derived::DerivedEntries>,
     node_events: tokio::sync::broadcast::Sender<signet_identity::SpiffeId>,
     clock: Clock,
 }
@@ -154,6 +156,7 @@ impl Ca {
             upstream: upstream.map(RwLock::new),
             connected: Mutex::new(HashMap::new()),
             entries: entries_tx,
+            derived: Arc::default(),
             node_events: tokio::sync::broadcast::channel(revocation::NODE_EVENTS_CAPACITY).0,
             clock,
         };
@@ -224,6 +227,12 @@ impl Ca {
                 .roots
                 .clone()
         })
+    }
+
+    /// The entries derived from pod policies; their writer calls
+    /// [`Ca::entries_changed`] after a change.
+    pub fn derived(&self) -> &Arc<crate::k8s::derived::DerivedEntries> {
+        &self.derived
     }
 
     /// Follows the entry revision.

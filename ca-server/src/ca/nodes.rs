@@ -7,7 +7,8 @@ use signet_identity::{SpiffeId, reserved};
 use super::issue::{issued_record, parse_csr};
 use super::time::unix;
 use super::{Ca, CaError};
-use crate::store::{self, EntryRow, NodeEvent, NodeRow, TokenState};
+use crate::k8s::derived::EntryView;
+use crate::store::{self, NodeEvent, NodeRow, TokenState};
 
 /// The stored form of a join token: its SHA-256, hex.
 pub fn token_hash(token: &str) -> String {
@@ -203,10 +204,11 @@ impl Ca {
     ///
     /// # Errors
     /// PermissionDenied for an unknown node.
-    pub fn authorized_entries(&self, node: &SpiffeId) -> Result<(Vec<EntryRow>, u64), CaError> {
+    pub fn authorized_entries(&self, node: &SpiffeId) -> Result<(Vec<EntryView>, u64), CaError> {
         self.authorize_node(node)?;
         let revision = *self.entries.borrow();
-        Ok((self.store.list_entries(Some(node.as_str()))?, revision))
+        // Derived entries name the node the pod watch says their pod runs on.
+        Ok((self.list_any_entries(Some(node.as_str()))?, revision))
     }
 
     /// Records what an agent reports it serves.

@@ -1,6 +1,9 @@
 //! Kubernetes on the CA: the `[k8s]` settings and k8s_psat node attestation, where an
 //! agent proves which node it runs on with its pod's projected service-account token.
 
+pub mod crd;
+pub mod derived;
+pub mod pods;
 pub mod policy;
 mod psat;
 
@@ -10,6 +13,9 @@ use serde::Deserialize;
 use signet_k8s::KubeConnect;
 
 pub use psat::{MAX_TOKEN_LEN, PsatAttestor};
+
+/// Most pod policies (config tables plus IdentityPolicy objects).
+pub const MAX_POLICIES: usize = 64;
 
 /// Audience the agent's projected token must carry unless configured otherwise.
 pub const DEFAULT_PSAT_AUDIENCE: &str = "signet-ca";
@@ -30,6 +36,9 @@ pub struct K8sSettings {
     /// Identities from a pod policy (`[[k8s.policy]]`).
     #[serde(default)]
     pub policy: Vec<policy::PolicySettings>,
+    /// Also read pod policies from IdentityPolicy objects (signet.dev/v1alpha1).
+    #[serde(default)]
+    pub policy_crd: bool,
 }
 
 /// The checked `[k8s]` settings.
@@ -41,6 +50,7 @@ pub struct K8sConfig {
     /// (namespace, service account) pairs.
     pub psat_allowed: Vec<(String, String)>,
     pub policies: Vec<policy::Policy>,
+    pub policy_crd: bool,
 }
 
 fn is_segment(s: &str) -> bool {
@@ -94,18 +104,75 @@ impl K8sSettings {
             Some(p) => KubeConnect::Kubeconfig(p.clone()),
             None => KubeConnect::InCluster,
         };
+        if self.policy.len() > MAX_POLICIES {
+            return Err(format!(
+                "[k8s] at most {MAX_POLICIES} [[k8s.policy]] tables"
+            ));
+        }
         let policies = self
             .policy
             .iter()
             .map(policy::PolicySettings::check)
             .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "[k8s] two [[k8s.policy]] tables are named {:?}",
+                w[0]
+            ));
+        }
         Ok(K8sConfig {
             connect,
             cluster,
             psat_audience,
             psat_allowed,
             policies,
+            policy_crd: self.policy_crd,
         })
+    }
+}
+
+/// Starts the pod watch when `[k8s]` has pod policies: their entries are then derived
+/// from the pods the API server reports.
+pub fn start_pod_policies(
+    ca: &std::sync::Arc<crate::ca::Ca>,
+    api: &signet_k8s::KubeApi,
+    k: &K8sConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use tracing::Instrument as _;
+    if k.policies.is_empty() && !k.policy_crd {
+        return;
+    }
+    tracing::info!(
+        policies = ?k.policies.iter().map(|p| p.origin.to_string()).collect::<Vec<_>>(),
+        policy_crd = k.policy_crd,
+        "deriving entries from pod policies"
+    );
+    let (policies_tx, policies) =
+        tokio::sync::watch::channel(std::sync::Arc::new(k.policies.clone()));
+    let watch = pods::PodWatch::new(api.clone(), ca.clone(), k.cluster.clone(), policies);
+    if k.policy_crd {
+        let crds = crd::CrdPolicies::new(api.clone(), ca.clone(), k.policies.clone(), policies_tx);
+        tokio::spawn(
+            crds.run(shutdown.clone())
+                .instrument(tracing::info_span!("identity-policies")),
+        );
+        tokio::spawn(
+            watch
+                .run(shutdown)
+                .instrument(tracing::info_span!("pod-policies")),
+        );
+    } else {
+        tokio::spawn(
+            async move {
+                // Config policies do not change while the CA runs.
+                let _keep = policies_tx;
+                watch.run(shutdown).await;
+            }
+            .instrument(tracing::info_span!("pod-policies")),
+        );
     }
 }
 
@@ -120,6 +187,7 @@ mod tests {
             psat_audience: None,
             psat_allowed_service_accounts: allowed.iter().map(|s| s.to_string()).collect(),
             policy: Vec::new(),
+            policy_crd: false,
         }
     }
 

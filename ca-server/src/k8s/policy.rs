@@ -3,8 +3,8 @@
 //! parent is the k8s_psat identity of the node the pod is scheduled on, so a node is
 //! authorized only for the pods the API server says run on it.
 //!
-//! This module is the derivation; following pods through a watch and feeding the
-//! entry store is not wired yet.
+//! This module is the derivation; [`super::pods`] follows pods through a watch and
+//! keeps the derived entries (in memory, never in the store).
 
 use std::collections::BTreeMap;
 
@@ -12,9 +12,20 @@ use serde::Deserialize;
 use signet_identity::{SpiffeId, TrustDomain, reserved};
 use signet_k8s::k8s_openapi::api::core::v1::Pod;
 
+pub use super::derived::Origin;
+
 /// The default ID template.
 pub const DEFAULT_ID_TEMPLATE: &str = "spiffe://{{td}}/ns/{{ns}}/sa/{{sa}}";
 const PLACEHOLDERS: &[&str] = &["td", "ns", "sa", "pod", "node"];
+/// Longest template, and longest rendered SPIFFE ID (the SPIFFE spec's URI limit).
+pub const MAX_TEMPLATE_LEN: usize = 512;
+pub const MAX_ID_LEN: usize = 2048;
+/// Most DNS-name templates, namespaces and labels one policy may name.
+pub const MAX_DNS_TEMPLATES: usize = 16;
+pub const MAX_NAMESPACES: usize = 256;
+pub const MAX_POD_LABELS: usize = 32;
+/// Longest policy name (a Kubernetes object name).
+pub const MAX_NAME_LEN: usize = 253;
 
 /// One `[[k8s.policy]]` table as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -38,6 +49,8 @@ pub struct PolicySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
+    /// Where it was read: the CA config or an IdentityPolicy object.
+    pub origin: Origin,
     id_template: String,
     namespaces: Vec<String>,
     pod_labels: BTreeMap<String, String>,
@@ -52,11 +65,17 @@ pub struct DerivedEntry {
     /// (type, value) pairs as the agent's pod attestor produces them.
     pub selectors: Vec<(String, String)>,
     pub dns_names: Vec<String>,
-    /// `policy:<name>`.
-    pub origin: String,
+    /// `policy:<name>` or `crd:<name>`.
+    pub origin: Origin,
 }
 
 fn check_template(t: &str) -> Result<(), String> {
+    if t.len() > MAX_TEMPLATE_LEN {
+        return Err(format!(
+            "template of {} bytes is longer than {MAX_TEMPLATE_LEN}",
+            t.len()
+        ));
+    }
     let mut rest = t;
     while let Some(i) = rest.find("{{") {
         let after = &rest[i + 2..];
@@ -91,16 +110,44 @@ impl PolicySettings {
         if self.name.is_empty() {
             return Err("[[k8s.policy]] needs a name".into());
         }
+        self.check_as(Origin::Policy(self.name.clone()))
+    }
+
+    /// Checks the policy read from `origin` (a config table or an IdentityPolicy).
+    ///
+    /// # Errors
+    /// A message naming what is wrong.
+    pub fn check_as(&self, origin: Origin) -> Result<Policy, String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= MAX_NAME_LEN
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !name_ok {
+            return Err(format!(
+                "{origin}: the name must be 1 to {MAX_NAME_LEN} of a-z, 0-9, '-', '.'"
+            ));
+        }
+        if self.dns_name_templates.len() > MAX_DNS_TEMPLATES
+            || self.namespaces.len() > MAX_NAMESPACES
+            || self.pod_labels.len() > MAX_POD_LABELS
+        {
+            return Err(format!(
+                "{origin}: at most {MAX_DNS_TEMPLATES} DNS name templates, {MAX_NAMESPACES} namespaces and {MAX_POD_LABELS} pod labels"
+            ));
+        }
         let id_template = self
             .id_template
             .clone()
             .unwrap_or_else(|| DEFAULT_ID_TEMPLATE.to_owned());
-        check_template(&id_template)?;
+        check_template(&id_template).map_err(|e| format!("{origin}: {e}"))?;
         for t in &self.dns_name_templates {
-            check_template(t)?;
+            check_template(t).map_err(|e| format!("{origin}: {e}"))?;
         }
         Ok(Policy {
             name: self.name.clone(),
+            origin,
             id_template,
             namespaces: self.namespaces.clone(),
             pod_labels: self.pod_labels.clone(),
@@ -135,6 +182,11 @@ impl Policy {
         if ns.is_empty() || uid.is_empty() || node.is_empty() {
             return Ok(None);
         }
+        // A finished pod runs nothing that needs an identity.
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return Ok(None);
+        }
         if !self.namespaces.is_empty() && !self.namespaces.contains(&ns) {
             return Ok(None);
         }
@@ -159,25 +211,31 @@ impl Policy {
             ("node", node.as_str()),
         ];
         let rendered = render(&self.id_template, &values);
+        if rendered.len() > MAX_ID_LEN {
+            return Err(format!(
+                "{}: the rendered ID is longer than {MAX_ID_LEN} bytes",
+                self.origin
+            ));
+        }
         let spiffe_id = SpiffeId::parse(&rendered)
-            .map_err(|e| format!("policy {}: {rendered:?} is not a SPIFFE ID: {e}", self.name))?;
+            .map_err(|e| format!("{}: {rendered:?} is not a SPIFFE ID: {e}", self.origin))?;
         if !spiffe_id.is_member_of(td) {
             return Err(format!(
-                "policy {}: {spiffe_id} is outside trust domain {td}",
-                self.name
+                "{}: {spiffe_id} is outside trust domain {td}",
+                self.origin
             ));
         }
         if reserved::is_reserved(&spiffe_id) {
             return Err(format!(
-                "policy {}: {spiffe_id} is reserved for Signet",
-                self.name
+                "{}: {spiffe_id} is reserved for Signet",
+                self.origin
             ));
         }
         let mut dns_names = Vec::new();
         for t in &self.dns_name_templates {
             let d = render(t, &values);
             signet_identity::x509::issue::validate_dns_name(&d)
-                .map_err(|e| format!("policy {}: DNS name {d:?}: {e}", self.name))?;
+                .map_err(|e| format!("{}: DNS name {d:?}: {e}", self.origin))?;
             dns_names.push(d);
         }
         Ok(Some(DerivedEntry {
@@ -189,7 +247,7 @@ impl Policy {
                 ("k8s".into(), format!("pod-uid:{uid}")),
             ],
             dns_names,
-            origin: format!("policy:{}", self.name),
+            origin: self.origin.clone(),
         }))
     }
 }
@@ -259,7 +317,7 @@ mod tests {
             "spiffe://example.org/signet/node/c1/node-uid-1"
         );
         assert_eq!(e.dns_names, vec!["web.shop.svc"]);
-        assert_eq!(e.origin, "policy:p");
+        assert_eq!(e.origin.to_string(), "policy:p");
         assert!(
             e.selectors
                 .contains(&("k8s".into(), "pod-uid:pod-uid-1".into()))
@@ -276,6 +334,15 @@ mod tests {
         // Not on a known (attested) node, or not scheduled: no entry.
         assert!(d(pod("shop", "web", "n9", &[("app", "web")])).is_none());
         assert!(d(pod("shop", "web", "", &[("app", "web")])).is_none());
+        // Finished: no entry.
+        for phase in ["Succeeded", "Failed"] {
+            let mut done = pod("shop", "web", "n1", &[("app", "web")]);
+            done.status = Some(signet_k8s::k8s_openapi::api::core::v1::PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            assert!(d(done).is_none(), "{phase}");
+        }
     }
 
     #[test]
@@ -288,6 +355,20 @@ mod tests {
             };
             assert!(s.check().is_err(), "{t}");
         }
+        let long = PolicySettings {
+            name: "p".into(),
+            id_template: Some(format!(
+                "spiffe://{{{{td}}}}/{}",
+                "a".repeat(MAX_TEMPLATE_LEN)
+            )),
+            ..Default::default()
+        };
+        assert!(long.check().is_err());
+        let bad_name = PolicySettings {
+            name: "Not A Name".into(),
+            ..Default::default()
+        };
+        assert!(bad_name.check().is_err());
         let reserved = policy(Some("spiffe://{{td}}/signet/node/{{ns}}"), &[], &[]);
         assert!(
             reserved

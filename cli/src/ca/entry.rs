@@ -25,6 +25,8 @@ struct EntryView {
     created_at: String,
     revision: u64,
     federates_with: Vec<String>,
+    /// "api", or "policy:<name>" / "crd:<name>" for entries derived from a pod policy.
+    origin: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +65,12 @@ impl From<pb::Entry> for EntryView {
             created_at: output::rfc3339(e.created_at),
             revision: e.revision,
             federates_with: e.federates_with,
+            // A CA from before origins were reported stores every entry it lists.
+            origin: if e.origin.is_empty() {
+                "api".to_owned()
+            } else {
+                e.origin
+            },
         }
     }
 }
@@ -76,6 +84,7 @@ impl EntryView {
         f(&mut out, "Entry ID", &self.id);
         f(&mut out, "SPIFFE ID", &self.spiffe_id);
         f(&mut out, "Parent ID", &self.parent_id);
+        f(&mut out, "Origin", &self.origin);
         let selectors: Vec<String> = self
             .selectors
             .iter()

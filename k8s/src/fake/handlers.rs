@@ -39,6 +39,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/pods", get(pods_all))
         .route("/api/v1/namespaces/{ns}/pods", get(pods_in))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(pod_get))
+        .route(
+            "/apis/signet.dev/v1alpha1/identitypolicies",
+            get(identity_policies),
+        )
         .route("/api/v1/nodes", get(nodes_list))
         .route("/api/v1/nodes/{name}", get(node_get))
         .route("/api/v1/namespaces", get(namespaces_list))
@@ -65,11 +69,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// Logs the request and refuses callers without the caller token, as an API server
 /// with anonymous auth off does.
 async fn authenticate(State(shared): S, req: HttpRequest, next: Next) -> Response {
-    shared.lock().requests.push(Request {
-        method: req.method().to_string(),
-        path: req.uri().path().to_string(),
-        query: req.uri().query().unwrap_or("").to_string(),
-    });
+    let unavailable = {
+        let mut st = shared.lock();
+        st.requests.push(Request {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            query: req.uri().query().unwrap_or("").to_string(),
+        });
+        st.unavailable
+    };
+    if unavailable {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
+    }
     let ok = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -330,7 +345,20 @@ fn pods(shared: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) -> 
         };
         (backlog, live)
     };
-    tokio::spawn(stream_watch(tx, backlog, live, fields, bookmarks, timeout));
+    let select = move |e: &Event| match e {
+        Event::Pod { kind, pod, .. } if fields.matches(pod) => {
+            Some(json!({"type": kind, "object": pod}))
+        }
+        _ => None,
+    };
+    tokio::spawn(stream_watch(
+        tx,
+        backlog,
+        live,
+        Box::new(select),
+        bookmarks.then_some(("v1", "Pod")),
+        timeout,
+    ));
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -346,12 +374,17 @@ fn pods(shared: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) -> 
         })
 }
 
+/// Which live events a watch sends, as watch lines.
+type Select = Box<dyn Fn(&Event) -> Option<Value> + Send>;
+
+/// Sends the backlog, then live events chosen by `select`, and BOOKMARKs (of
+/// `(apiVersion, kind)`) when asked for, until the timeout or the caller leaves.
 async fn stream_watch(
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
     backlog: Result<Vec<Value>, Value>,
     mut live: broadcast::Receiver<Event>,
-    fields: Fields,
-    bookmarks: bool,
+    select: Select,
+    bookmarks: Option<(&'static str, &'static str)>,
     timeout: Duration,
 ) {
     let line = |v: &Value| Ok(Bytes::from(format!("{v}\n")));
@@ -376,14 +409,18 @@ async fn stream_watch(
             ev = live.recv() => ev,
         };
         let out = match ev {
-            Ok(Event::Pod { kind, pod, .. }) if fields.matches(&pod) => {
-                json!({"type": kind, "object": pod})
-            }
-            Ok(Event::Bookmark(rv)) if bookmarks => json!({
-                "type": "BOOKMARK",
-                "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}},
-            }),
-            Ok(_) => continue,
+            Ok(Event::Close) => return,
+            Ok(Event::Bookmark(rv)) => match bookmarks {
+                Some((api_version, kind)) => json!({
+                    "type": "BOOKMARK",
+                    "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}},
+                }),
+                None => continue,
+            },
+            Ok(ev) => match select(&ev) {
+                Some(line) => line,
+                None => continue,
+            },
             // A watcher that fell behind is closed; it resumes from its last version.
             Err(_) => return,
         };
@@ -391,6 +428,87 @@ async fn stream_watch(
             return;
         }
     }
+}
+
+/// IdentityPolicy objects (cluster-scoped): list, or watch from a resourceVersion.
+async fn identity_policies(State(shared): S, Query(q): Params) -> Response {
+    let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let st = shared.lock();
+    if !watch {
+        let items: Vec<&Value> = st.identity_policies.values().collect();
+        return Json(json!({
+            "kind": "IdentityPolicyList", "apiVersion": "signet.dev/v1alpha1",
+            "metadata": {"resourceVersion": st.rv.to_string()},
+            "items": items,
+        }))
+        .into_response();
+    }
+    let from = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_WATCH_TIMEOUT);
+    let live = shared.events.subscribe();
+    let backlog: Result<Vec<Value>, Value> = if from.is_empty() || from == "0" {
+        Ok(st
+            .identity_policies
+            .values()
+            .map(|o| json!({"type": "ADDED", "object": o}))
+            .collect())
+    } else {
+        match from.parse::<u64>() {
+            Err(_) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("invalid resource version: {from}"),
+                );
+            }
+            Ok(v) if v < st.compacted_to => Err(json!({
+                "type": "ERROR",
+                "object": status_body(410, "Expired", &format!("too old resource version: {v} ({})", st.compacted_to)),
+            })),
+            Ok(v) => Ok(st
+                .pod_events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Policy { kind, rv, obj } if *rv > v => {
+                        Some(json!({"type": kind, "object": obj}))
+                    }
+                    _ => None,
+                })
+                .collect()),
+        }
+    };
+    drop(st);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let select = |e: &Event| match e {
+        Event::Policy { kind, obj, .. } => Some(json!({"type": kind, "object": obj})),
+        _ => None,
+    };
+    tokio::spawn(stream_watch(
+        tx,
+        backlog,
+        live,
+        Box::new(select),
+        bookmarks.then_some(("signet.dev/v1alpha1", "IdentityPolicy")),
+        timeout,
+    ));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap_or_else(|_| {
+            status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "response",
+            )
+        })
 }
 
 async fn pod_get(State(shared): S, Path((ns, name)): Path<(String, String)>) -> Response {

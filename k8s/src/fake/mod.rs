@@ -175,6 +175,31 @@ impl FakeApiServer {
         self.shared.lock().add_namespace(name);
     }
 
+    /// Creates or replaces the IdentityPolicy object `name` (signet.dev/v1alpha1) with
+    /// `spec` and tells watchers; returns the stored object.
+    pub fn apply_identity_policy(&self, name: &str, spec: serde_json::Value) -> serde_json::Value {
+        let mut st = self.shared.lock();
+        let (obj, ev) = st.apply_identity_policy(name, spec);
+        let _ = self.shared.events.send(ev);
+        obj
+    }
+
+    /// Deletes the IdentityPolicy object `name` and tells watchers.
+    pub fn delete_identity_policy(&self, name: &str) {
+        let mut st = self.shared.lock();
+        if let Some(ev) = st.delete_identity_policy(name) {
+            let _ = self.shared.events.send(ev);
+        }
+    }
+
+    /// An outage: while on, every request is answered 503 and open watches end.
+    pub fn set_unavailable(&self, on: bool) {
+        self.shared.lock().unavailable = on;
+        if on {
+            let _ = self.shared.events.send(Event::Close);
+        }
+    }
+
     /// Sends a BOOKMARK at the current resourceVersion to every watch that allows them.
     pub fn bookmark(&self) {
         let rv = self.shared.lock().rv;

@@ -74,7 +74,15 @@ pub(crate) enum Event {
         rv: u64,
         pod: Box<Pod>,
     },
+    /// An IdentityPolicy object (signet.dev/v1alpha1) changed.
+    Policy {
+        kind: &'static str,
+        rv: u64,
+        obj: serde_json::Value,
+    },
     Bookmark(u64),
+    /// Ends every open watch (the server went away).
+    Close,
 }
 
 pub(crate) struct State {
@@ -84,6 +92,8 @@ pub(crate) struct State {
     pub tokens: HashMap<String, FakeToken>,
     pub check_bound_objects: bool,
     pub ignore_requested_audiences: bool,
+    /// Every request is answered 503 (an outage).
+    pub unavailable: bool,
     pub pods: BTreeMap<(String, String), Pod>,
     pub pod_events: VecDeque<Event>,
     /// Watches from a resourceVersion below this get 410.
@@ -91,6 +101,8 @@ pub(crate) struct State {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub config_maps: BTreeMap<(String, String), ConfigMap>,
+    /// IdentityPolicy objects by name, as stored (with metadata).
+    pub identity_policies: BTreeMap<String, serde_json::Value>,
     pub interfere: HashMap<(String, String), usize>,
     pub requests: Vec<Request>,
 }
@@ -103,12 +115,14 @@ impl State {
             tokens: HashMap::new(),
             check_bound_objects: true,
             ignore_requested_audiences: false,
+            unavailable: false,
             pods: BTreeMap::new(),
             pod_events: VecDeque::new(),
             compacted_to: 0,
             nodes: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             config_maps: BTreeMap::new(),
+            identity_policies: BTreeMap::new(),
             interfere: HashMap::new(),
             requests: Vec::new(),
         };
@@ -183,11 +197,58 @@ impl State {
 
     fn record(&mut self, ev: Event) {
         if self.pod_events.len() == HISTORY
-            && let Some(Event::Pod { rv, .. }) = self.pod_events.pop_front()
+            && let Some(Event::Pod { rv, .. } | Event::Policy { rv, .. }) =
+                self.pod_events.pop_front()
         {
             self.compacted_to = rv;
         }
         self.pod_events.push_back(ev);
+    }
+
+    /// Creates or replaces IdentityPolicy `name` with `spec`; returns the stored object.
+    pub fn apply_identity_policy(
+        &mut self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> (serde_json::Value, Event) {
+        let kind = if self.identity_policies.contains_key(name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let uid = match self.identity_policies.get(name) {
+            Some(old) => old["metadata"]["uid"].clone(),
+            None => serde_json::Value::from(self.new_uid()),
+        };
+        let rv = self.next_rv();
+        let obj = serde_json::json!({
+            "apiVersion": "signet.dev/v1alpha1",
+            "kind": "IdentityPolicy",
+            "metadata": {"name": name, "uid": uid, "resourceVersion": rv.to_string()},
+            "spec": spec,
+        });
+        self.identity_policies.insert(name.to_owned(), obj.clone());
+        let ev = Event::Policy {
+            kind,
+            rv,
+            obj: obj.clone(),
+        };
+        self.record(ev.clone());
+        (obj, ev)
+    }
+
+    /// Deletes IdentityPolicy `name`.
+    pub fn delete_identity_policy(&mut self, name: &str) -> Option<Event> {
+        let mut obj = self.identity_policies.remove(name)?;
+        let rv = self.next_rv();
+        obj["metadata"]["resourceVersion"] = serde_json::Value::from(rv.to_string());
+        let ev = Event::Policy {
+            kind: "DELETED",
+            rv,
+            obj,
+        };
+        self.record(ev.clone());
+        Some(ev)
     }
 
     pub fn apply_node(&mut self, mut node: Node) -> Node {

@@ -21,6 +21,7 @@ mod jwt;
 mod k8s_pods;
 mod metrics;
 mod node_state;
+mod pod_policy;
 mod propagation;
 mod restart;
 mod rotation;

@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod mesh;
 mod mtls;
+mod policy_crd;
 mod restart;
 mod status;
 mod upstream;
