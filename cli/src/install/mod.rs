@@ -47,6 +47,13 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The chart's CustomResourceDefinitions (crds/), written as they are and
+/// before the templates, as Helm installs them.
+const CRDS: &[(&str, &str)] = &[(
+    "identitypolicies.signet.dev.yaml",
+    include_str!("../../../deploy/charts/signet/crds/identitypolicies.signet.dev.yaml"),
+)];
+
 /// Largest `-f` values file read.
 const MAX_VALUES_FILE: u64 = 1 << 20;
 
@@ -90,7 +97,10 @@ fn render(args: &Args) -> anyhow::Result<Vec<(&'static str, String)>> {
         values::apply_set(&mut values, set)?;
     }
     let root = template::root(values, &args.release, &args.namespace);
-    let mut out = Vec::new();
+    let mut out: Vec<(&'static str, String)> = CRDS
+        .iter()
+        .map(|(name, text)| (*name, (*text).to_owned()))
+        .collect();
     for (name, src) in TEMPLATES {
         let rendered = Template::parse(name, src)?.render(&root)?;
         if rendered
@@ -146,7 +156,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         None => {
             let mut stream = String::new();
             for (name, text) in &manifests {
-                stream.push_str(&format!("---\n# Source: signet/templates/{name}\n"));
+                let dir = if CRDS.iter().any(|(crd, _)| crd == name) {
+                    "crds"
+                } else {
+                    "templates"
+                };
+                stream.push_str(&format!("---\n# Source: signet/{dir}/{name}\n"));
                 stream.push_str(text.trim_end());
                 stream.push('\n');
             }
@@ -188,22 +203,24 @@ mod tests {
         assert!(matches!(chart_values(), Value::Map(_)));
         let out = render(&args(&[])).unwrap();
         let names: Vec<_> = out.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names.len(), TEMPLATES.len(), "{names:?}");
+        assert_eq!(names.len(), CRDS.len() + TEMPLATES.len(), "{names:?}");
     }
 
     /// A template added to the chart but not to TEMPLATES would be missing
     /// from `signet install --render` while Helm installs it.
     #[test]
     fn every_template_of_the_chart_is_embedded() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/charts/signet/templates");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        on_disk.sort();
-        let mut embedded: Vec<String> = TEMPLATES.iter().map(|(n, _)| (*n).to_owned()).collect();
-        embedded.sort();
-        assert_eq!(embedded, on_disk);
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/charts/signet");
+        for (dir, list) in [("templates", TEMPLATES), ("crds", CRDS)] {
+            let mut on_disk: Vec<String> = std::fs::read_dir(chart.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            on_disk.sort();
+            let mut embedded: Vec<String> = list.iter().map(|(n, _)| (*n).to_owned()).collect();
+            embedded.sort();
+            assert_eq!(embedded, on_disk, "{dir}/");
+        }
     }
 
     #[test]
