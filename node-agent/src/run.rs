@@ -34,9 +34,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // (checked here, before anything is bound).
     let mut attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
     if let Some(k8s) = &config.k8s_workload {
-        tracing::info!(kubelet = %k8s.kubelet.url, node = %k8s.node_name, "pod workload attestation on");
+        tracing::info!(source = k8s.source.name(), node = %k8s.node_name, "pod workload attestation on");
         attestors.push(Arc::new(
-            K8sAttestor::new(k8s.clone()).context("[k8s_workload]")?,
+            K8sAttestor::start(k8s.clone())
+                .await
+                .context("[k8s_workload]")?,
         ));
     }
     let metrics = crate::metrics::bind(config.metrics_listen).await?;
