@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use signet_identity::{SpiffeIdError, TrustDomain};
 
+use crate::attest::audit::{AuditSettings, MIN_MAX_BYTES};
 use crate::attest::k8s::apiserver::ApiSettings;
 use crate::attest::k8s::kubelet::KubeletSettings;
 use crate::attest::k8s::{K8sSettings, SourceSettings};
@@ -60,6 +61,9 @@ pub enum ConfigError {
     /// `[k8s_workload] source` is neither kubelet nor api.
     #[error("[k8s_workload] source must be kubelet or api, not {0:?}")]
     K8sSource(String),
+    /// `audit_log_max_bytes` too small for a record.
+    #[error("audit_log_max_bytes must be at least {MIN_MAX_BYTES}, not {0}")]
+    AuditMaxBytes(u64),
     /// `[k8s_workload] api_max_pods = 0`.
     #[error("[k8s_workload] api_max_pods must be at least 1")]
     K8sMaxPods,
@@ -122,6 +126,12 @@ pub struct Settings {
     /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Audit log of refused workloads (JSON lines, 0600) [default: DATA_DIR/audit.jsonl].
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated to <audit_log>.1 [default: 16 MiB].
+    #[arg(long)]
+    pub audit_log_max_bytes: Option<u64>,
     /// The Kubernetes pod attestor (file only: a `[k8s_workload]` table
     /// turns it on).
     #[arg(skip)]
@@ -321,6 +331,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The pod attestor, when `[k8s_workload]` is present.
     pub k8s_workload: Option<K8sSettings>,
+    /// The audit log of refused workloads.
+    pub audit: AuditSettings,
 }
 
 impl Config {
@@ -390,8 +402,17 @@ impl Config {
             ),
             Some(other) => return Err(ConfigError::NodeAttestation(other.to_owned())),
         };
+        let audit = AuditSettings {
+            path: pick!(audit_log).unwrap_or_else(|| data_dir.join("audit.jsonl")),
+            max_bytes: match pick!(audit_log_max_bytes) {
+                Some(n) if n < MIN_MAX_BYTES => return Err(ConfigError::AuditMaxBytes(n)),
+                Some(n) => n,
+                None => 16 << 20,
+            },
+        };
         Ok(Self {
             k8s_workload,
+            audit,
             trust_domain,
             ca_address,
             k8s_psat_token_file,
@@ -492,6 +513,30 @@ mod tests {
         let s: Settings = toml::from_str("metrics_listen = \"127.0.0.1:9091\"").unwrap();
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9091".parse().unwrap()));
         assert!(toml::from_str::<Settings>("metrics_listen = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn the_audit_log_defaults_to_the_data_directory() {
+        let flags = Settings {
+            data_dir: Some("/var/lib/agent".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(None, flags).unwrap();
+        assert_eq!(c.audit.path, PathBuf::from("/var/lib/agent/audit.jsonl"));
+        assert_eq!(c.audit.max_bytes, 16 << 20);
+        let s: Settings =
+            toml::from_str("audit_log = \"/var/log/a.jsonl\"\naudit_log_max_bytes = 65536").unwrap();
+        let c = Config::load(None, s).unwrap();
+        assert_eq!(c.audit.path, PathBuf::from("/var/log/a.jsonl"));
+        assert_eq!(c.audit.max_bytes, 65536);
+        let tiny = Settings {
+            audit_log_max_bytes: Some(10),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::load(None, tiny),
+            Err(ConfigError::AuditMaxBytes(10))
+        ));
     }
 
     #[test]

@@ -34,6 +34,7 @@ struct Events {
     renewal_failures: Family<Labels1, Counter>,
     attestation_failures: Family<[(&'static str, String); 2], Counter>,
     streams_open: Family<Labels1, Gauge>,
+    audit_write_failures: Counter,
     last_sync: Gauge<f64, AtomicU64>,
 }
 
@@ -41,6 +42,7 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     renewal_failures: Family::default(),
     attestation_failures: Family::default(),
     streams_open: Family::default(),
+    audit_write_failures: Counter::default(),
     last_sync: Gauge::default(),
 });
 
@@ -87,6 +89,17 @@ pub fn attestation_failed(api: &'static str, error: &AttestError) {
         .attestation_failures
         .get_or_create(&[("api", api.to_owned()), ("reason", attest_reason(error))])
         .inc();
+}
+
+/// Counts an audit record that could not be queued or written.
+pub fn audit_write_failed() {
+    EVENTS.audit_write_failures.inc();
+}
+
+/// Audit records lost so far (for tests).
+#[must_use]
+pub fn audit_write_failures() -> u64 {
+    EVENTS.audit_write_failures.get()
 }
 
 /// A response stream counted in `signet_agent_streams_open` while it lives.
@@ -136,6 +149,11 @@ pub fn registry(snapshots: SnapshotRx) -> Registry {
         "signet_agent_attestation_failures",
         "Callers that could not be attested, by API (workload_api, sds) and reason",
         e.attestation_failures.clone(),
+    );
+    r.register(
+        "signet_agent_audit_write_failures",
+        "Audit records of refused workloads that could not be queued or written",
+        e.audit_write_failures.clone(),
     );
     r.register(
         "signet_agent_streams_open",
