@@ -525,7 +525,8 @@ mod tests {
         assert_eq!(c.audit.path, PathBuf::from("/var/lib/agent/audit.jsonl"));
         assert_eq!(c.audit.max_bytes, 16 << 20);
         let s: Settings =
-            toml::from_str("audit_log = \"/var/log/a.jsonl\"\naudit_log_max_bytes = 65536").unwrap();
+            toml::from_str("audit_log = \"/var/log/a.jsonl\"\naudit_log_max_bytes = 65536")
+                .unwrap();
         let c = Config::load(None, s).unwrap();
         assert_eq!(c.audit.path, PathBuf::from("/var/log/a.jsonl"));
         assert_eq!(c.audit.max_bytes, 65536);
@@ -593,12 +594,7 @@ mod tests {
         // The API source: in-cluster by default, or a kubeconfig.
         let s: Settings = toml::from_str("[k8s_workload]\nsource = \"api\"\n").unwrap();
         let c = s.k8s_workload.unwrap().check(Some("n".into())).unwrap();
-        assert_eq!(
-            c.source.clone().name(),
-            "api",
-            "{:?}",
-            c.source
-        );
+        assert_eq!(c.source.clone().name(), "api", "{:?}", c.source);
         let SourceSettings::Api(api) = c.source else {
             unreachable!()
         };
@@ -617,11 +613,17 @@ mod tests {
             api.connect,
             signet_k8s::KubeConnect::Kubeconfig("/etc/kc".into())
         );
-        assert_eq!((api.max_pods, api.max_staleness), (7, Duration::from_secs(5)));
+        assert_eq!(
+            (api.max_pods, api.max_staleness),
+            (7, Duration::from_secs(5))
+        );
         for (text, want) in [
             ("source = \"etcd\"", "source"),
             ("source = \"api\"\napi_max_pods = 0", "api_max_pods"),
-            ("source = \"api\"\napi_max_backoff = \"0s\"", "api_max_backoff"),
+            (
+                "source = \"api\"\napi_max_backoff = \"0s\"",
+                "api_max_backoff",
+            ),
         ] {
             let s: Settings = toml::from_str(&format!("[k8s_workload]\n{text}\n")).unwrap();
             let e = s.k8s_workload.unwrap().check(Some("n".into())).unwrap_err();

@@ -75,6 +75,8 @@ pub(crate) enum Event {
         pod: Box<Pod>,
     },
     Bookmark(u64),
+    /// Ends every open pod watch (an outage of the server).
+    CloseWatches,
 }
 
 pub(crate) struct State {
@@ -84,6 +86,8 @@ pub(crate) struct State {
     pub tokens: HashMap<String, FakeToken>,
     pub check_bound_objects: bool,
     pub ignore_requested_audiences: bool,
+    /// Pod list and watch answer 500, as a server that lost etcd does.
+    pub pods_unavailable: bool,
     pub pods: BTreeMap<(String, String), Pod>,
     pub pod_events: VecDeque<Event>,
     /// Watches from a resourceVersion below this get 410.
@@ -103,6 +107,7 @@ impl State {
             tokens: HashMap::new(),
             check_bound_objects: true,
             ignore_requested_audiences: false,
+            pods_unavailable: false,
             pods: BTreeMap::new(),
             pod_events: VecDeque::new(),
             compacted_to: 0,

@@ -250,12 +250,7 @@ impl ApiPodSource {
     #[must_use]
     pub fn with_client(api: KubeApi, settings: &ApiSettings, node_name: &str) -> Self {
         let (tx, index) = watch::channel(PodIndex::new(node_name, settings.max_pods));
-        let task = tokio::spawn(follow(
-            api,
-            node_name.to_owned(),
-            settings.max_backoff,
-            tx,
-        ));
+        let task = tokio::spawn(follow(api, node_name.to_owned(), settings.max_backoff, tx));
         Self {
             index,
             max_staleness: settings.max_staleness,

@@ -12,6 +12,8 @@
 //! watch brings changes), before it is refused, as SPIRE's k8s attestor
 //! does.
 
+#[cfg(test)]
+mod api_tests;
 pub mod apiserver;
 pub mod cgroup;
 pub mod kubelet;

@@ -219,7 +219,9 @@ async fn the_kubelet_must_accept_the_token_and_prove_its_certificate() {
     std::fs::write(&bad_token, "not-the-token").unwrap();
     let mut settings = s.settings();
     kubelet(&mut settings).token_file = Some(bad_token);
-    let err = K8sAttestor::start(settings).await.unwrap()
+    let err = K8sAttestor::start(settings)
+        .await
+        .unwrap()
         .attest(s.peer())
         .await
         .unwrap_err();
@@ -256,7 +258,9 @@ async fn the_kubelet_must_accept_the_token_and_prove_its_certificate() {
     );
     // skip_verify accepts it.
     kubelet(&mut settings).skip_verify = true;
-    let got = K8sAttestor::start(settings).await.unwrap()
+    let got = K8sAttestor::start(settings)
+        .await
+        .unwrap()
         .attest(s.peer())
         .await
         .unwrap();
@@ -269,7 +273,9 @@ async fn an_answer_larger_than_the_limit_is_refused() {
     s.kubelet.set_pods(vec![web_pod(NODE, ID); 20]);
     let mut settings = s.settings();
     kubelet(&mut settings).max_response_bytes = 4096;
-    let err = K8sAttestor::start(settings).await.unwrap()
+    let err = K8sAttestor::start(settings)
+        .await
+        .unwrap()
         .attest(s.peer())
         .await
         .unwrap_err();
