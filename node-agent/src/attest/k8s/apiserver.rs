@@ -225,7 +225,7 @@ impl Drop for ApiPodSource {
 /// What a lookup in the index found.
 #[derive(Debug)]
 pub enum Lookup {
-    Found(Pod),
+    Found(Box<Pod>),
     /// The index is usable and does not hold the pod.
     Missing,
     /// The index cannot be trusted now.
@@ -280,7 +280,7 @@ impl ApiPodSource {
             _ => {}
         }
         match (index.get(pod_uid), &index.health) {
-            (Some(p), _) => Lookup::Found(p.clone()),
+            (Some(p), _) => Lookup::Found(Box::new(p.clone())),
             // Down but not yet stale: a pod added in the meantime cannot be
             // known, which is not the caller's fault.
             (None, Health::Down { reason, .. }) => {

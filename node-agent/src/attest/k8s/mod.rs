@@ -116,7 +116,7 @@ impl SourceSettings {
 }
 
 enum PodSource {
-    Kubelet(PodCache),
+    Kubelet(Box<PodCache>),
     Api(ApiPodSource),
 }
 
@@ -154,10 +154,10 @@ impl K8sAttestor {
     /// See [`KubeletClient::new`] and [`ApiPodSource::start`].
     pub async fn start(settings: K8sSettings) -> Result<Self, SetupError> {
         let source = match &settings.source {
-            SourceSettings::Kubelet(k) => PodSource::Kubelet(PodCache::new(
+            SourceSettings::Kubelet(k) => PodSource::Kubelet(Box::new(PodCache::new(
                 KubeletClient::new(k.clone())?,
                 settings.cache_ttl,
-            )),
+            ))),
             SourceSettings::Api(a) => {
                 PodSource::Api(ApiPodSource::start(a, &settings.node_name).await?)
             }
@@ -222,7 +222,7 @@ impl K8sAttestor {
                 Lookup::Found(pod) if pod.spec.node_name == self.node_name => {
                     if let Some((status, _)) = pod.container(&pc.container_id) {
                         let name = status.name.clone();
-                        return Ok((pod, name));
+                        return Ok((*pod, name));
                     }
                     None
                 }
