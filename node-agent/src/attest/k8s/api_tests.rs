@@ -208,12 +208,14 @@ async fn a_pod_added_after_the_process_started_is_found_through_the_watch() {
 async fn another_nodes_pod_a_deleted_pod_and_an_unknown_container_are_refused_and_audited() {
     let s = Setup::new().await;
     let (log, path) = s.audit();
-    let a = Audited::new(
-        Arc::new(s.attestor(Duration::from_secs(60), 3).await),
-        log.clone(),
-    );
+    let (a, mut index) = s.attestor_and_index(Duration::from_secs(60), 3).await;
+    let a = Audited::new(Arc::new(a), log.clone());
     // On another node: the field selector leaves it out.
     s.server.apply_pod(api_pod("node-b", ID));
+    index
+        .wait_for(|ix| ix.health == Health::Live)
+        .await
+        .unwrap();
     let err = a.attest(s.peer()).await.unwrap_err();
     assert!(
         matches!(err, AttestError::K8s(K8sError::UnknownContainer { .. })),
