@@ -46,14 +46,23 @@ pub const CA_RBAC: &[Rule] = &[
     },
 ];
 
-/// What signet-agent calls: the kubelet's `/pods` (the pod attestor reads
-/// its own node's kubelet, not the API server), which the kubelet authorizes
-/// as `get` on the `nodes/proxy` subresource.
-pub const AGENT_RBAC: &[Rule] = &[Rule {
-    api_group: "",
-    resource: "nodes/proxy",
-    verbs: &["get"],
-}];
+/// What signet-agent calls: the kubelet's `/pods` (the pod attestor's
+/// default `kubelet` source), which the kubelet authorizes as `get` on the
+/// `nodes/proxy` subresource; with the `api` source, a list and watch of its
+/// node's pods (`fieldSelector=spec.nodeName=<node>`, which RBAC cannot
+/// narrow further: the grant covers every pod).
+pub const AGENT_RBAC: &[Rule] = &[
+    Rule {
+        api_group: "",
+        resource: "nodes/proxy",
+        verbs: &["get"],
+    },
+    Rule {
+        api_group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+    },
+];
 
 impl Rule {
     /// Whether this rule allows `verb` on `api_group`/`resource`.

@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use signet_identity::{SpiffeIdError, TrustDomain};
 
-use crate::attest::k8s::K8sSettings;
+use crate::attest::audit::{AuditSettings, MIN_MAX_BYTES};
+use crate::attest::k8s::apiserver::ApiSettings;
 use crate::attest::k8s::kubelet::KubeletSettings;
+use crate::attest::k8s::{K8sSettings, SourceSettings};
 use crate::node::addresses::{AddressList, MAX_CONFIGURED};
 
 /// Why a configuration is refused.
@@ -60,6 +62,15 @@ pub enum ConfigError {
     /// A `[k8s_workload]` duration that humantime cannot read, or zero.
     #[error("[k8s_workload] {key} = {value:?} is not a duration such as \"500ms\" or \"5s\"")]
     K8sDuration { key: &'static str, value: String },
+    /// `[k8s_workload] source` is neither kubelet nor api.
+    #[error("[k8s_workload] source must be kubelet or api, not {0:?}")]
+    K8sSource(String),
+    /// `audit_log_max_bytes` too small for a record.
+    #[error("audit_log_max_bytes must be at least {MIN_MAX_BYTES}, not {0}")]
+    AuditMaxBytes(u64),
+    /// `[k8s_workload] api_max_pods = 0`.
+    #[error("[k8s_workload] api_max_pods must be at least 1")]
+    K8sMaxPods,
 }
 
 /// Settings as they may appear in the file or as flags.
@@ -121,6 +132,12 @@ pub struct Settings {
     /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Audit log of refused workloads (JSON lines, 0600) [default: DATA_DIR/audit.jsonl].
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated to <audit_log>.1 [default: 16 MiB].
+    #[arg(long)]
+    pub audit_log_max_bytes: Option<u64>,
     /// The Kubernetes pod attestor (file only: a `[k8s_workload]` table
     /// turns it on).
     #[arg(skip)]
@@ -134,6 +151,18 @@ pub struct Settings {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct K8sWorkloadSettings {
+    /// Where pod metadata comes from: `kubelet` (its `/pods`) or `api` (a
+    /// watch of this node's pods on the API server) [default: kubelet].
+    pub source: Option<String>,
+    /// `api`: a kubeconfig file [default: the in-cluster service account].
+    pub kubeconfig: Option<PathBuf>,
+    /// `api`: most pods kept in the index [default: 1024].
+    pub api_max_pods: Option<usize>,
+    /// `api`: how long known pods are still served while the API server
+    /// cannot be reached [default: 60s].
+    pub api_max_staleness: Option<String>,
+    /// `api`: longest wait between two attempts to list or watch [default: 30s].
+    pub api_max_backoff: Option<String>,
     /// The kubelet's pod list [default: https://127.0.0.1:10250/pods].
     pub kubelet_url: Option<String>,
     /// Roots for the kubelet's certificate [default: the service account's
@@ -203,8 +232,8 @@ impl K8sWorkloadSettings {
             .or(env_node_name)
             .filter(|n| !n.is_empty())
             .ok_or(ConfigError::K8sNodeName)?;
-        Ok(K8sSettings {
-            kubelet: KubeletSettings {
+        let source = match self.source.as_deref() {
+            None | Some("kubelet") => SourceSettings::Kubelet(KubeletSettings {
                 url,
                 ca_file,
                 token_file,
@@ -215,7 +244,32 @@ impl K8sWorkloadSettings {
                     Duration::from_secs(5),
                 )?,
                 max_response_bytes: self.kubelet_max_response_bytes.unwrap_or(32 << 20),
-            },
+            }),
+            Some("api") => SourceSettings::Api(ApiSettings {
+                connect: match &self.kubeconfig {
+                    Some(path) => signet_k8s::KubeConnect::Kubeconfig(path.clone()),
+                    None => signet_k8s::KubeConnect::InCluster,
+                },
+                max_pods: match self.api_max_pods {
+                    Some(0) => return Err(ConfigError::K8sMaxPods),
+                    Some(n) => n,
+                    None => 1024,
+                },
+                max_staleness: duration(
+                    "api_max_staleness",
+                    &self.api_max_staleness,
+                    Duration::from_secs(60),
+                )?,
+                max_backoff: duration(
+                    "api_max_backoff",
+                    &self.api_max_backoff,
+                    Duration::from_secs(30),
+                )?,
+            }),
+            Some(other) => return Err(ConfigError::K8sSource(other.to_owned())),
+        };
+        Ok(K8sSettings {
+            source,
             node_name,
             proc_root: self
                 .proc_root
@@ -284,6 +338,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The pod attestor, when `[k8s_workload]` is present.
     pub k8s_workload: Option<K8sSettings>,
+    /// The audit log of refused workloads.
+    pub audit: AuditSettings,
 }
 
 impl Config {
@@ -361,8 +417,17 @@ impl Config {
             ),
             Some(other) => return Err(ConfigError::NodeAttestation(other.to_owned())),
         };
+        let audit = AuditSettings {
+            path: pick!(audit_log).unwrap_or_else(|| data_dir.join("audit.jsonl")),
+            max_bytes: match pick!(audit_log_max_bytes) {
+                Some(n) if n < MIN_MAX_BYTES => return Err(ConfigError::AuditMaxBytes(n)),
+                Some(n) => n,
+                None => 16 << 20,
+            },
+        };
         Ok(Self {
             k8s_workload,
+            audit,
             trust_domain,
             ca_addresses,
             k8s_psat_token_file,
@@ -466,6 +531,31 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_log_defaults_to_the_data_directory() {
+        let flags = Settings {
+            data_dir: Some("/var/lib/agent".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(None, flags).unwrap();
+        assert_eq!(c.audit.path, PathBuf::from("/var/lib/agent/audit.jsonl"));
+        assert_eq!(c.audit.max_bytes, 16 << 20);
+        let s: Settings =
+            toml::from_str("audit_log = \"/var/log/a.jsonl\"\naudit_log_max_bytes = 65536")
+                .unwrap();
+        let c = Config::load(None, s).unwrap();
+        assert_eq!(c.audit.path, PathBuf::from("/var/log/a.jsonl"));
+        assert_eq!(c.audit.max_bytes, 65536);
+        let tiny = Settings {
+            audit_log_max_bytes: Some(10),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::load(None, tiny),
+            Err(ConfigError::AuditMaxBytes(10))
+        ));
+    }
+
+    #[test]
     fn k8s_workload_defaults_and_errors() {
         let s: Settings = toml::from_str("[k8s_workload]\nproc_root = \"/host/proc\"\n").unwrap();
         let k = s.k8s_workload.unwrap();
@@ -473,13 +563,16 @@ mod tests {
         let c = k.check(Some("node-a".into())).unwrap();
         assert_eq!(c.node_name, "node-a");
         assert_eq!(c.proc_root, PathBuf::from("/host/proc"));
-        assert_eq!(c.kubelet.url, "https://127.0.0.1:10250/pods");
+        let SourceSettings::Kubelet(kubelet) = &c.source else {
+            panic!("the kubelet is the default source: {:?}", c.source)
+        };
+        assert_eq!(kubelet.url, "https://127.0.0.1:10250/pods");
         assert!(
-            !c.kubelet.skip_verify,
+            !kubelet.skip_verify,
             "kubelet certificates are verified by default"
         );
         assert_eq!(
-            c.kubelet.ca_file,
+            kubelet.ca_file,
             Some(PathBuf::from(
                 "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
             ))
@@ -496,8 +589,11 @@ mod tests {
             .check(Some("ignored".into()))
             .unwrap();
         assert_eq!(c.node_name, "n1", "the file wins over NODE_NAME");
-        assert_eq!(c.kubelet.token_file, None, "no token to the read-only port");
-        assert_eq!(c.kubelet.ca_file, None);
+        let SourceSettings::Kubelet(kubelet) = &c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(kubelet.token_file, None, "no token to the read-only port");
+        assert_eq!(kubelet.ca_file, None);
         assert_eq!(c.poll_interval, Duration::from_millis(50));
 
         let s: Settings = toml::from_str("[k8s_workload]\ncache_ttl = \"soon\"\n").unwrap();
@@ -509,6 +605,45 @@ mod tests {
             })
         ));
         assert!(toml::from_str::<Settings>("[k8s_workload]\nkubelet = 1\n").is_err());
+
+        // The API source: in-cluster by default, or a kubeconfig.
+        let s: Settings = toml::from_str("[k8s_workload]\nsource = \"api\"\n").unwrap();
+        let c = s.k8s_workload.unwrap().check(Some("n".into())).unwrap();
+        assert_eq!(c.source.clone().name(), "api", "{:?}", c.source);
+        let SourceSettings::Api(api) = c.source else {
+            unreachable!()
+        };
+        assert_eq!(api.connect, signet_k8s::KubeConnect::InCluster);
+        assert_eq!(api.max_pods, 1024);
+        assert_eq!(api.max_staleness, Duration::from_secs(60));
+        let s: Settings = toml::from_str(
+            "[k8s_workload]\nsource = \"api\"\nkubeconfig = \"/etc/kc\"\napi_max_pods = 7\napi_max_staleness = \"5s\"\n",
+        )
+        .unwrap();
+        let c = s.k8s_workload.unwrap().check(Some("n".into())).unwrap();
+        let SourceSettings::Api(api) = c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(
+            api.connect,
+            signet_k8s::KubeConnect::Kubeconfig("/etc/kc".into())
+        );
+        assert_eq!(
+            (api.max_pods, api.max_staleness),
+            (7, Duration::from_secs(5))
+        );
+        for (text, want) in [
+            ("source = \"etcd\"", "source"),
+            ("source = \"api\"\napi_max_pods = 0", "api_max_pods"),
+            (
+                "source = \"api\"\napi_max_backoff = \"0s\"",
+                "api_max_backoff",
+            ),
+        ] {
+            let s: Settings = toml::from_str(&format!("[k8s_workload]\n{text}\n")).unwrap();
+            let e = s.k8s_workload.unwrap().check(Some("n".into())).unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
         assert!(
             Config::load(None, Settings::default())
                 .unwrap()

@@ -34,6 +34,7 @@ struct Events {
     renewal_failures: Family<Labels1, Counter>,
     attestation_failures: Family<[(&'static str, String); 2], Counter>,
     streams_open: Family<Labels1, Gauge>,
+    audit_write_failures: Counter,
     last_sync: Gauge<f64, AtomicU64>,
     ca_failovers: Family<Labels1, Counter>,
 }
@@ -42,6 +43,7 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     renewal_failures: Family::default(),
     attestation_failures: Family::default(),
     streams_open: Family::default(),
+    audit_write_failures: Counter::default(),
     last_sync: Gauge::default(),
     ca_failovers: Family::default(),
 });
@@ -101,6 +103,17 @@ pub fn attestation_failed(api: &'static str, error: &AttestError) {
         .inc();
 }
 
+/// Counts an audit record that could not be queued or written.
+pub fn audit_write_failed() {
+    EVENTS.audit_write_failures.inc();
+}
+
+/// Audit records lost so far (for tests).
+#[must_use]
+pub fn audit_write_failures() -> u64 {
+    EVENTS.audit_write_failures.get()
+}
+
 /// A response stream counted in `signet_agent_streams_open` while it lives.
 struct Counted<S> {
     inner: S,
@@ -148,6 +161,11 @@ pub fn registry(snapshots: SnapshotRx) -> Registry {
         "signet_agent_attestation_failures",
         "Callers that could not be attested, by API (workload_api, sds) and reason",
         e.attestation_failures.clone(),
+    );
+    r.register(
+        "signet_agent_audit_write_failures",
+        "Audit records of refused workloads that could not be queued or written",
+        e.audit_write_failures.clone(),
     );
     r.register(
         "signet_agent_streams_open",

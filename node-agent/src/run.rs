@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::attest::WorkloadAttestor;
+use crate::attest::audit::{AuditLog, Audited};
 use crate::attest::k8s::K8sAttestor;
 use crate::attest::unix::UnixAttestor;
 use crate::config::{Bootstrap, Config};
@@ -35,11 +36,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // (checked here, before anything is bound).
     let mut attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::default())];
     if let Some(k8s) = &config.k8s_workload {
-        tracing::info!(kubelet = %k8s.kubelet.url, node = %k8s.node_name, "pod workload attestation on");
+        tracing::info!(source = k8s.source.name(), node = %k8s.node_name, "pod workload attestation on");
         attestors.push(Arc::new(
-            K8sAttestor::new(k8s.clone()).context("[k8s_workload]")?,
+            K8sAttestor::start(k8s.clone())
+                .await
+                .context("[k8s_workload]")?,
         ));
     }
+    // Every attestor's refusals go to the audit log.
+    let audit = AuditLog::start(config.audit.clone()).context("starting the audit log")?;
+    tracing::info!(audit_log = %config.audit.path.display(), "auditing refused workloads");
+    let attestors: Vec<Arc<dyn WorkloadAttestor>> = attestors
+        .into_iter()
+        .map(|a| Arc::new(Audited::new(a, audit.clone())) as Arc<dyn WorkloadAttestor>)
+        .collect();
     let metrics = crate::metrics::bind(config.metrics_listen).await?;
     let (svid, bundle, client) = match node::load(&config.data_dir, &config.trust_domain)? {
         Stored::Usable(pair) if pair.0.not_after > std::time::SystemTime::now() => {
@@ -169,6 +179,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     })
     .await;
+    let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -281,6 +281,15 @@ async fn pods_in(State(shared): S, Path(ns): Path<String>, Query(q): Params) -> 
 }
 
 fn pods(shared: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) -> Response {
+    if shared.lock().pods_unavailable {
+        // What kube-apiserver answers when etcd does not (kube's client
+        // would retry a 503 by itself for a long while).
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "etcdserver: request timed out",
+        );
+    }
     let mut fields = match Fields::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")) {
         Ok(f) => f,
         Err(r) => return r.into_response(),

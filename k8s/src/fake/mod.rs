@@ -206,6 +206,15 @@ impl FakeApiServer {
         let _ = self.shared.events.send(Event::Bookmark(rv));
     }
 
+    /// While `on`, pod list and watch requests answer 500 and open pod
+    /// watches are ended, as when the API server loses etcd.
+    pub fn set_pods_unavailable(&self, on: bool) {
+        self.shared.lock().pods_unavailable = on;
+        if on {
+            let _ = self.shared.events.send(Event::Close);
+        }
+    }
+
     /// Forgets the pod event history, as etcd compaction does: watches from an older
     /// resourceVersion then get 410 Gone.
     pub fn compact(&self) {

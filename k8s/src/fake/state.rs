@@ -94,6 +94,8 @@ pub(crate) struct State {
     pub ignore_requested_audiences: bool,
     /// Every request is answered 503 (an outage).
     pub unavailable: bool,
+    /// Pod list and watch answer 500, as a server that lost etcd does.
+    pub pods_unavailable: bool,
     pub pods: BTreeMap<(String, String), Pod>,
     pub pod_events: VecDeque<Event>,
     /// Watches from a resourceVersion below this get 410.
@@ -116,6 +118,7 @@ impl State {
             check_bound_objects: true,
             ignore_requested_audiences: false,
             unavailable: false,
+            pods_unavailable: false,
             pods: BTreeMap::new(),
             pod_events: VecDeque::new(),
             compacted_to: 0,

@@ -1,8 +1,10 @@
 //! Workload attestation: from the caller of a unix socket to selectors.
 //! Every configured `WorkloadAttestor` runs for each caller and their
 //! selectors are merged: the unix one always, the Kubernetes pod one
-//! ([`k8s`]) when `[k8s_workload]` is set.
+//! ([`k8s`]) when `[k8s_workload]` is set. Their refusals are written to
+//! the agent's audit log ([`audit`]).
 
+pub mod audit;
 pub mod k8s;
 pub mod unix;
 

@@ -56,6 +56,10 @@ fn fixture() -> Fixture {
         max_backoff: Duration::from_secs(1),
         metrics_listen: None,
         k8s_workload: None,
+        audit: crate::attest::audit::AuditSettings {
+            path: dir.path().join("audit.jsonl"),
+            max_bytes: 1 << 20,
+        },
     };
     let client = CaClient::new(
         crate::node::addresses::CaAddresses::system(config.ca_addresses.clone(), "n1"),

@@ -283,3 +283,188 @@ async fn pod_workload_scenario(mut kubelet: FakeKubelet, placement: Placement) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The `api` pod source in the real agent, against the fake API server:
+/// a workload whose pod does not exist yet is refused (and audited), is
+/// served once the pod is added while it waits, is refused after the pod
+/// is deleted, is refused as unavailable while the API server is down, and
+/// is served again after the outage, when the agent's watch gets 410 (the
+/// history was compacted meanwhile) and it lists again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_source_follows_pods_added_deleted_and_relisted_after_410() {
+    use signet_k8s::fake::FakeApiServer;
+    use signet_k8s::k8s_openapi::api::core::v1::Pod;
+
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let proc_root = dir.path().join("proc");
+    std::fs::create_dir_all(&proc_root).unwrap();
+    let placement = Placement::ProcRoot(proc_root.clone());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[k8s_workload]\nsource = \"api\"\nkubeconfig = {kubeconfig:?}\nnode_name = \"node-a\"\n\
+             proc_root = {proc_root:?}\npoll_attempts = 30\npoll_interval = \"100ms\"\n\
+             api_max_staleness = \"1s\"\napi_max_backoff = \"200ms\"\n",
+        ),
+    )
+    .unwrap();
+    let ca = CaProcess::start(CaOptions::default()).await.unwrap();
+    let agent = AgentProcess::start(&ca, "node-a", &["--config", config.to_str().unwrap()])
+        .await
+        .unwrap();
+    std::fs::set_permissions(agent.scratch_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = Node { agent, ca };
+    node.entry(
+        "/ns/shop/sa/web",
+        "k8s:ns:shop",
+        &["--selector", "k8s:sa:web"],
+    )
+    .await;
+    let id = node.ca.id("/ns/shop/sa/web");
+    let socket = node.agent.workload_api_socket().to_owned();
+    let pod = || -> Pod {
+        serde_json::from_value(pod_json(
+            "shop",
+            "web-0",
+            UID,
+            "web",
+            "node-a",
+            &[],
+            &[("app", "web:2.1", APP_ID)],
+        ))
+        .unwrap()
+    };
+    let served =
+        |out: &Output| out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&id);
+    let explain = |out: &Output| {
+        format!(
+            "{}\n{}\n{}\n--- agent log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            node.agent.log()
+        )
+    };
+
+    // No such pod: refused once the retries are spent.
+    let out = fetch_in_container(&placement, &socket, APP_ID).await;
+    assert!(!out.status.success(), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionDenied")
+            || String::from_utf8_lossy(&out.stderr)
+                .to_lowercase()
+                .contains("permission"),
+        "{}",
+        explain(&out)
+    );
+
+    // The pod is added after the workload started asking: it is served.
+    let waiting = {
+        let (placement, socket) = (Placement::ProcRoot(proc_root.clone()), socket.clone());
+        tokio::spawn(async move { fetch_in_container(&placement, &socket, APP_ID).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.apply_pod(pod());
+    let out = waiting.await.unwrap();
+    assert!(served(&out), "{}", explain(&out));
+
+    // Deleted: refused.
+    server.delete_pod("shop", "web-0");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = fetch_in_container(&placement, &socket, APP_ID).await;
+        if !out.status.success() {
+            assert!(!String::from_utf8_lossy(&out.stdout).contains(&id));
+            break;
+        }
+        assert!(Instant::now() < deadline, "still served after the delete");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The API server loses etcd; the pod comes back meanwhile and the
+    // history is compacted. Past the staleness limit callers are told to
+    // retry later.
+    server.set_pods_unavailable(true);
+    server.apply_pod(pod());
+    server.compact();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = fetch_in_container(&placement, &socket, APP_ID).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if stderr.contains("Unavailable") || stderr.contains("unreachable") {
+            assert!(!out.status.success());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never unavailable: {}",
+            explain(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Back: the watch from the old version gets 410; the agent lists again.
+    server.set_pods_unavailable(false);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = fetch_in_container(&placement, &socket, APP_ID).await;
+        if served(&out) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not served after the outage: {}",
+            explain(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lists = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/pods" && !r.query.contains("watch=true"))
+        .count();
+    assert!(lists >= 2, "listed once only: {:?}", server.requests());
+    // The agent asked for nothing but its node's pods, as AGENT_RBAC says.
+    for r in server.requests() {
+        assert!(r.query.contains("spec.nodeName%3Dnode-a"), "{r:?}");
+        let (group, resource, verb) = r.rbac().unwrap();
+        assert!(
+            signet_k8s::rbac::allowed(signet_k8s::rbac::AGENT_RBAC, &group, &resource, &verb),
+            "{r:?}"
+        );
+    }
+
+    // Every refusal is in the audit log, in the data directory, 0600.
+    let audit = node.agent.data_dir().join("audit.jsonl");
+    let deadline = Instant::now() + WAIT;
+    let records: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.iter().any(|r| r["reason"] == "api_unavailable") {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "audit log: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(std::fs::metadata(&audit).unwrap().mode() & 0o777, 0o600);
+    let reasons: Vec<&str> = records
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"unknown_pod"), "{reasons:?}");
+    for r in &records {
+        assert_eq!(r["event"], "workload_refused", "{r}");
+        assert_eq!(r["attestor"], "k8s", "{r}");
+        assert!(r["pid"].as_i64().unwrap() > 0, "{r}");
+        assert!(r["time"].as_str().is_some(), "{r}");
+    }
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(!text.contains(signet_k8s::fake::CALLER_TOKEN));
+}

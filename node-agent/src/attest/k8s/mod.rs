@@ -1,15 +1,20 @@
 //! The Kubernetes pod workload attestor: from the caller's PID to its pod
 //! and container (`/proc/<pid>/cgroup`, [`cgroup`]), then to the pod's
-//! metadata (the kubelet's `/pods`, [`kubelet`]), then to `k8s` selectors:
+//! metadata (the kubelet's `/pods`, [`kubelet`], or a watch of this node's
+//! pods on the API server, [`apiserver`]), then to `k8s` selectors:
 //! `ns:`, `sa:`, `pod-name:`, `pod-uid:`, `pod-label:K:V`, `node-name:`,
 //! `container-name:`, `container-image:`.
 //!
 //! A process in no pod (a host process) gets no `k8s` selectors; the unix
 //! attestor's still apply. A process whose pod or container the kubelet
 //! does not list yet (just started) is looked up again, a few times with
-//! short sleeps and a fresh list each time, before it is refused, as
-//! SPIRE's k8s attestor does.
+//! short sleeps and a fresh list each time (or, with the API source, as the
+//! watch brings changes), before it is refused, as SPIRE's k8s attestor
+//! does.
 
+#[cfg(test)]
+mod api_tests;
+pub mod apiserver;
 pub mod cgroup;
 pub mod kubelet;
 #[cfg(test)]
@@ -19,6 +24,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use self::apiserver::{ApiPodSource, ApiSettings, Lookup};
 use self::cgroup::{CgroupError, MAX_CGROUP_FILE, PodContainer};
 use self::kubelet::{KubeletClient, KubeletError, KubeletSettings, Pod, PodCache};
 use super::unix::UnixAttestor;
@@ -53,26 +59,76 @@ pub enum K8sError {
         #[source]
         source: KubeletError,
     },
+    /// The API server's view of this node's pods is not usable (not listed
+    /// yet, or unreachable for too long), after retries.
+    #[error("process {pid}: {reason}")]
+    ApiUnavailable { pid: i32, reason: String },
 }
 
 impl K8sError {
-    /// Whether the caller should retry later (the kubelet is down), rather
-    /// than being not permitted.
+    /// Whether the caller should retry later (the kubelet or the API server
+    /// is down), rather than being not permitted.
     #[must_use]
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Kubelet { .. })
+        matches!(self, Self::Kubelet { .. } | Self::ApiUnavailable { .. })
     }
+
+    /// A short name of the refusal, for audit records and metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Cgroup { .. } => "cgroup_format",
+            Self::UnknownContainer { .. } => "unknown_pod",
+            Self::Kubelet { .. } => "kubelet_unavailable",
+            Self::ApiUnavailable { .. } => "api_unavailable",
+        }
+    }
+}
+
+/// Why the attestor could not be set up.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Kubelet(#[from] KubeletError),
+    #[error("api pod source: {0}")]
+    Api(#[from] signet_k8s::K8sError),
+}
+
+/// Where pod metadata comes from.
+#[derive(Debug, Clone)]
+pub enum SourceSettings {
+    /// The kubelet's `/pods` (the default).
+    Kubelet(KubeletSettings),
+    /// A list and watch of this node's pods on the API server.
+    Api(ApiSettings),
+}
+
+impl SourceSettings {
+    /// `kubelet` or `api`, for logs.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Kubelet(_) => "kubelet",
+            Self::Api(_) => "api",
+        }
+    }
+}
+
+enum PodSource {
+    Kubelet(Box<PodCache>),
+    Api(ApiPodSource),
 }
 
 /// The attestor's settings (`[k8s_workload]` in the agent's config).
 #[derive(Debug, Clone)]
 pub struct K8sSettings {
-    pub kubelet: KubeletSettings,
+    pub source: SourceSettings,
     /// This node's name: only pods the kubelet places here are considered.
     pub node_name: String,
     /// Where `<pid>/cgroup` and `<pid>/stat` are read (`/proc`).
     pub proc_root: PathBuf,
-    /// How long a pod list is reused.
+    /// How long a kubelet pod list is reused.
     pub cache_ttl: Duration,
     /// Lookups of a process's pod before it is refused (at least 1).
     pub poll_attempts: u32,
@@ -82,7 +138,7 @@ pub struct K8sSettings {
 
 /// The pod attestor.
 pub struct K8sAttestor {
-    cache: PodCache,
+    source: PodSource,
     node_name: String,
     proc: UnixAttestor,
     proc_root: PathBuf,
@@ -91,20 +147,40 @@ pub struct K8sAttestor {
 }
 
 impl K8sAttestor {
-    /// Checks the kubelet settings (URL, CA file).
+    /// Checks the kubelet settings (URL, CA file), or builds the API client
+    /// and starts following this node's pods (on the current runtime).
     ///
     /// # Errors
-    /// See [`KubeletClient::new`].
-    pub fn new(settings: K8sSettings) -> Result<Self, KubeletError> {
-        let client = KubeletClient::new(settings.kubelet)?;
-        Ok(Self {
-            cache: PodCache::new(client, settings.cache_ttl),
+    /// See [`KubeletClient::new`] and [`ApiPodSource::start`].
+    pub async fn start(settings: K8sSettings) -> Result<Self, SetupError> {
+        let source = match &settings.source {
+            SourceSettings::Kubelet(k) => PodSource::Kubelet(Box::new(PodCache::new(
+                KubeletClient::new(k.clone())?,
+                settings.cache_ttl,
+            ))),
+            SourceSettings::Api(a) => {
+                PodSource::Api(ApiPodSource::start(a, &settings.node_name).await?)
+            }
+        };
+        Ok(Self::with_source(source, settings))
+    }
+
+    /// The attestor over an API pod source made by the caller (tests give
+    /// it a client of the fake API server).
+    #[must_use]
+    pub fn with_api_source(source: ApiPodSource, settings: K8sSettings) -> Self {
+        Self::with_source(PodSource::Api(source), settings)
+    }
+
+    fn with_source(source: PodSource, settings: K8sSettings) -> Self {
+        Self {
+            source,
             node_name: settings.node_name,
             proc: UnixAttestor::with_roots(settings.proc_root.clone(), PathBuf::from("/etc")),
             proc_root: settings.proc_root,
             poll_attempts: settings.poll_attempts.max(1),
             poll_interval: settings.poll_interval,
-        })
+        }
     }
 
     fn read_cgroup(&self, pid: i32) -> Result<String, AttestError> {
@@ -119,16 +195,75 @@ impl K8sAttestor {
         Ok(text)
     }
 
+    async fn find(&self, pid: i32, pc: &PodContainer) -> Result<(Pod, String), K8sError> {
+        match &self.source {
+            PodSource::Kubelet(cache) => self.find_kubelet(cache, pid, pc).await,
+            PodSource::Api(source) => self.find_api(source, pid, pc).await,
+        }
+    }
+
+    /// The pod and container in the API index, waiting for the watch's
+    /// changes up to `poll_attempts * poll_interval` while it is missing or
+    /// the index cannot be trusted.
+    async fn find_api(
+        &self,
+        source: &ApiPodSource,
+        pid: i32,
+        pc: &PodContainer,
+    ) -> Result<(Pod, String), K8sError> {
+        let mut rx = source.subscribe();
+        let deadline = tokio::time::Instant::now() + self.poll_interval * self.poll_attempts;
+        loop {
+            let lookup = {
+                let index = rx.borrow_and_update();
+                source.lookup(&index, &pc.pod_uid)
+            };
+            let unavailable = match lookup {
+                Lookup::Found(pod) if pod.spec.node_name == self.node_name => {
+                    if let Some((status, _)) = pod.container(&pc.container_id) {
+                        let name = status.name.clone();
+                        return Ok((*pod, name));
+                    }
+                    None
+                }
+                Lookup::Found(_) | Lookup::Missing => None,
+                Lookup::Unavailable(reason) => Some(reason),
+            };
+            tracing::debug!(pid, pod_uid = %pc.pod_uid, ?unavailable, "container not in the pod index yet");
+            let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                // Deadline, or the source task is gone.
+                return Err(match unavailable {
+                    Some(reason) => K8sError::ApiUnavailable { pid, reason },
+                    None if changed.is_ok() => K8sError::ApiUnavailable {
+                        pid,
+                        reason: "the pod watch stopped".into(),
+                    },
+                    None => K8sError::UnknownContainer {
+                        pid,
+                        pod_uid: pc.pod_uid.clone(),
+                        container_id: pc.container_id.clone(),
+                    },
+                });
+            }
+        }
+    }
+
     /// Finds the pod and container, retrying while the kubelet does not
     /// list them or cannot be reached.
-    async fn find(&self, pid: i32, pc: &PodContainer) -> Result<(Pod, String), K8sError> {
+    async fn find_kubelet(
+        &self,
+        cache: &PodCache,
+        pid: i32,
+        pc: &PodContainer,
+    ) -> Result<(Pod, String), K8sError> {
         let mut seen: Option<Instant> = None;
         let mut last_error = None;
         for attempt in 0..self.poll_attempts {
             if attempt > 0 {
                 tokio::time::sleep(self.poll_interval).await;
             }
-            match self.cache.pods(seen).await {
+            match cache.pods(seen).await {
                 Ok((at, pods)) => {
                     seen = Some(at);
                     last_error = None;

@@ -7,7 +7,14 @@ use std::time::Duration;
 use signet_tests::{FakeKubelet, emulate_proc, pod_json};
 
 use super::kubelet::{KubeletError, KubeletSettings};
-use super::{K8sAttestor, K8sError, K8sSettings};
+use super::{K8sAttestor, K8sError, K8sSettings, SourceSettings};
+
+fn kubelet(settings: &mut K8sSettings) -> &mut KubeletSettings {
+    match &mut settings.source {
+        SourceSettings::Kubelet(k) => k,
+        SourceSettings::Api(_) => unreachable!("kubelet settings"),
+    }
+}
 use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
 use crate::state::Selector;
 
@@ -43,14 +50,14 @@ impl Setup {
 
     fn settings(&self) -> K8sSettings {
         K8sSettings {
-            kubelet: KubeletSettings {
+            source: SourceSettings::Kubelet(KubeletSettings {
                 url: self.kubelet.url().to_owned(),
                 ca_file: Some(self.kubelet.ca_file()),
                 token_file: Some(self.kubelet.token_file()),
                 skip_verify: false,
                 timeout: Duration::from_secs(10),
                 max_response_bytes: 1 << 20,
-            },
+            }),
             node_name: NODE.into(),
             proc_root: self.proc_root.clone(),
             cache_ttl: Duration::from_secs(60),
@@ -59,8 +66,8 @@ impl Setup {
         }
     }
 
-    fn attestor(&self) -> K8sAttestor {
-        K8sAttestor::new(self.settings()).unwrap()
+    async fn attestor(&self) -> K8sAttestor {
+        K8sAttestor::start(self.settings()).await.unwrap()
     }
 
     fn set_cgroup(&self, cgroup: &str) {
@@ -100,7 +107,7 @@ fn k8s(value: &str) -> Selector {
 async fn a_process_in_a_pod_gets_the_pod_and_container_selectors() {
     let s = Setup::new().await;
     s.kubelet.set_pods(vec![web_pod(NODE, ID)]);
-    let got = s.attestor().attest(s.peer()).await.unwrap();
+    let got = s.attestor().await.attest(s.peer()).await.unwrap();
     let want = [
         "ns:shop",
         "sa:web",
@@ -124,13 +131,13 @@ async fn a_process_in_a_pod_gets_the_pod_and_container_selectors() {
 async fn the_list_is_cached_and_a_host_process_asks_nothing() {
     let s = Setup::new().await;
     s.kubelet.set_pods(vec![web_pod(NODE, ID)]);
-    let a = s.attestor();
+    let a = s.attestor().await;
     a.attest(s.peer()).await.unwrap();
     a.attest(s.peer()).await.unwrap();
     assert_eq!(s.kubelet.requests(), 1, "the second call used the cache");
 
     s.set_cgroup("0::/user.slice/user-1000.slice/session-2.scope\n");
-    let fresh = s.attestor();
+    let fresh = s.attestor().await;
     assert_eq!(
         fresh.attest(s.peer()).await.unwrap(),
         Vec::<Selector>::new()
@@ -143,7 +150,7 @@ async fn an_unknown_container_is_looked_up_again_then_refused() {
     let s = Setup::new().await;
     // The pod is there, the caller's container is not (another ID).
     s.kubelet.set_pods(vec![web_pod(NODE, &"b".repeat(64))]);
-    let err = s.attestor().attest(s.peer()).await.unwrap_err();
+    let err = s.attestor().await.attest(s.peer()).await.unwrap_err();
     assert!(
         matches!(&err, AttestError::K8s(K8sError::UnknownContainer { pod_uid, .. }) if pod_uid == UID),
         "{err:?}"
@@ -160,7 +167,7 @@ async fn an_unknown_container_is_looked_up_again_then_refused() {
 async fn a_pod_of_another_node_is_not_this_callers() {
     let s = Setup::new().await;
     s.kubelet.set_pods(vec![web_pod("node-b", ID)]);
-    let err = s.attestor().attest(s.peer()).await.unwrap_err();
+    let err = s.attestor().await.attest(s.peer()).await.unwrap_err();
     assert!(
         matches!(err, AttestError::K8s(K8sError::UnknownContainer { .. })),
         "{err:?}"
@@ -174,7 +181,7 @@ async fn a_container_listed_while_retrying_is_accepted() {
         poll_attempts: 1000,
         ..s.settings()
     };
-    let a = K8sAttestor::new(settings).unwrap();
+    let a = K8sAttestor::start(settings).await.unwrap();
     let peer = s.peer();
     let call = tokio::spawn(async move { a.attest(peer).await });
     // The kubelet lists the pod only after the attestor has seen it absent.
@@ -190,7 +197,7 @@ async fn a_container_listed_while_retrying_is_accepted() {
 async fn an_unreachable_kubelet_is_retried_then_unavailable() {
     let mut s = Setup::new().await;
     s.kubelet.stop().await;
-    let err = s.attestor().attest(s.peer()).await.unwrap_err();
+    let err = s.attestor().await.attest(s.peer()).await.unwrap_err();
     assert!(
         matches!(
             &err,
@@ -211,8 +218,9 @@ async fn the_kubelet_must_accept_the_token_and_prove_its_certificate() {
     let bad_token = s.kubelet.dir().join("other-token");
     std::fs::write(&bad_token, "not-the-token").unwrap();
     let mut settings = s.settings();
-    settings.kubelet.token_file = Some(bad_token);
-    let err = K8sAttestor::new(settings)
+    kubelet(&mut settings).token_file = Some(bad_token);
+    let err = K8sAttestor::start(settings)
+        .await
         .unwrap()
         .attest(s.peer())
         .await
@@ -231,8 +239,9 @@ async fn the_kubelet_must_accept_the_token_and_prove_its_certificate() {
     // A CA that did not issue the kubelet's certificate.
     let other = FakeKubelet::start().await.unwrap();
     let mut settings = s.settings();
-    settings.kubelet.ca_file = Some(other.ca_file());
-    let err = K8sAttestor::new(settings.clone())
+    kubelet(&mut settings).ca_file = Some(other.ca_file());
+    let err = K8sAttestor::start(settings.clone())
+        .await
         .unwrap()
         .attest(s.peer())
         .await
@@ -248,8 +257,9 @@ async fn the_kubelet_must_accept_the_token_and_prove_its_certificate() {
         "{err:?}"
     );
     // skip_verify accepts it.
-    settings.kubelet.skip_verify = true;
-    let got = K8sAttestor::new(settings)
+    kubelet(&mut settings).skip_verify = true;
+    let got = K8sAttestor::start(settings)
+        .await
         .unwrap()
         .attest(s.peer())
         .await
@@ -262,8 +272,9 @@ async fn an_answer_larger_than_the_limit_is_refused() {
     let s = Setup::new().await;
     s.kubelet.set_pods(vec![web_pod(NODE, ID); 20]);
     let mut settings = s.settings();
-    settings.kubelet.max_response_bytes = 4096;
-    let err = K8sAttestor::new(settings)
+    kubelet(&mut settings).max_response_bytes = 4096;
+    let err = K8sAttestor::start(settings)
+        .await
         .unwrap()
         .attest(s.peer())
         .await
@@ -285,7 +296,7 @@ async fn a_cgroup_in_no_known_format_is_refused_without_asking() {
     let s = Setup::new().await;
     s.kubelet.set_pods(vec![web_pod(NODE, ID)]);
     s.set_cgroup(&format!("0::/kubepods/burstable/pod{UID}/crun-{ID}\n"));
-    let err = s.attestor().attest(s.peer()).await.unwrap_err();
+    let err = s.attestor().await.attest(s.peer()).await.unwrap_err();
     assert!(
         matches!(&err, AttestError::K8s(K8sError::Cgroup { .. })),
         "{err:?}"
@@ -302,6 +313,6 @@ async fn a_process_missing_from_the_proc_root_is_unavailable() {
         pid: i32::MAX,
         ..s.peer()
     };
-    let err = s.attestor().attest(peer).await.unwrap_err();
+    let err = s.attestor().await.attest(peer).await.unwrap_err();
     assert!(matches!(err, AttestError::Proc { .. }), "{err:?}");
 }
