@@ -610,7 +610,8 @@ fn output_dir_gets_one_file_per_template_and_release_names_follow() {
             "ca-config.yaml",
             "ca-rbac.yaml",
             "ca-service.yaml",
-            "ca-statefulset.yaml"
+            "ca-statefulset.yaml",
+            "identitypolicies.signet.dev.yaml"
         ]
     );
     let all: String = files
