@@ -223,6 +223,10 @@ fn grants(role: &Value) -> BTreeSet<Grant> {
 /// only then.
 const PUBLISH_ONLY: &[&str] = &["namespaces", "configmaps"];
 
+/// Resources of `signet_k8s::rbac::CA_RBAC` the CA reads only with
+/// `identities.policyCrd` (`[k8s] policy_crd`).
+const POLICY_CRD_ONLY: &[&str] = &["identitypolicies"];
+
 /// What Kubernetes' bootstrap policy puts in `system:auth-delegator`.
 const AUTH_DELEGATOR: &[(&str, &str, &str)] = &[
     ("authentication.k8s.io", "tokenreviews", "create"),
@@ -239,10 +243,13 @@ fn calls(grants: &BTreeSet<Grant>) -> BTreeSet<Call> {
         .collect()
 }
 
-fn expected_ca(publish_istio_root: bool) -> BTreeSet<Call> {
+fn expected_ca(publish_istio_root: bool, policy_crd: bool) -> BTreeSet<Call> {
     let mut want = BTreeSet::new();
     for rule in signet_k8s::rbac::CA_RBAC {
         if PUBLISH_ONLY.contains(&rule.resource) && !publish_istio_root {
+            continue;
+        }
+        if POLICY_CRD_ONLY.contains(&rule.resource) && !policy_crd {
             continue;
         }
         for verb in rule.verbs {
@@ -304,8 +311,9 @@ fn bound_grants(docs: &[Value], sa: &str) -> (BTreeSet<Grant>, BTreeSet<String>)
 #[test]
 fn rbac_is_exactly_the_calls_the_code_makes() {
     let all = all_features();
-    let cases: [(&[&str], bool, bool); 3] = [
-        (&[], false, true),
+    // (args, Istio root published, pod attestor, IdentityPolicy objects read)
+    let cases: [(&[&str], bool, bool, bool); 3] = [
+        (&[], false, true, false),
         (
             &[
                 "--set",
@@ -317,10 +325,11 @@ fn rbac_is_exactly_the_calls_the_code_makes() {
             ],
             false,
             false,
+            false,
         ),
-        (&["-f", all.to_str().unwrap()], true, true),
+        (&["-f", all.to_str().unwrap()], true, true, true),
     ];
-    for (args, publish, pod_attestor) in cases {
+    for (args, publish, pod_attestor, policy_crd) in cases {
         let docs = parse(&render(args));
         let (ca, ca_external) = bound_grants(&docs, "signet-ca");
         assert_eq!(
@@ -336,7 +345,7 @@ fn rbac_is_exactly_the_calls_the_code_makes() {
         );
         // auth-delegator also grants SubjectAccessReview, which is the price of
         // using the role the issue names; nothing else may be extra.
-        let mut want = expected_ca(publish);
+        let mut want = expected_ca(publish, policy_crd);
         want.insert((
             "authorization.k8s.io".into(),
             "subjectaccessreviews".into(),
@@ -624,6 +633,7 @@ fn output_dir_gets_one_file_per_template_and_release_names_follow() {
     assert!(
         docs.iter()
             .all(|d| d["kind"].as_str().unwrap().starts_with("Cluster")
+                || d["kind"] == "CustomResourceDefinition"
                 || d["metadata"]["namespace"] == "identity")
     );
 }
