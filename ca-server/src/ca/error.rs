@@ -101,13 +101,13 @@ pub enum OpenError {
     /// The store cannot be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The data directory was made for another trust domain.
+    /// The store was made for another trust domain.
     #[error(
-        "the data directory {dir} belongs to trust domain {found}, not {configured}; use another data directory"
+        "the store {store} belongs to trust domain {found}, not {configured}; use another data directory or database"
     )]
     TrustDomainMismatch {
-        /// The data directory.
-        dir: PathBuf,
+        /// The store, as [`crate::store::Store::describe`] prints it.
+        store: String,
         /// The trust domain it holds.
         found: String,
         /// The configured one.

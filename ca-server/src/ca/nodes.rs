@@ -53,7 +53,7 @@ impl Ca {
             let hash = token_hash(token);
             let now = unix(self.now());
             let attested = self.store.transaction(|tx| {
-                let name = match store::token_state(tx, &hash, now)? {
+                let name = match store::claim_token(tx, &hash, now)? {
                     TokenState::Valid(name) => name,
                     TokenState::Unknown => {
                         return Err(CaError::PermissionDenied("join token is not valid".into()));
@@ -70,7 +70,6 @@ impl Ca {
                 self.check_not_banned(tx, &name)?;
                 let id = self.node_id(&name)?;
                 let cert = self.sign(&csr, &id, &[], self.config.node_svid_ttl)?;
-                store::consume_token(tx, &hash, now)?;
                 store::upsert_node(
                     tx,
                     id.as_str(),

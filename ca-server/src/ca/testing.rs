@@ -83,21 +83,30 @@ pub fn entry(ca: &Ca, node: &signet_identity::SpiffeId, path: &str) -> crate::st
 /// Makes every later audit insert fail, as a full or broken disk would:
 /// the real writer and the real database, refusing the write.
 pub fn break_audit_log(ca: &Ca) {
-    ca.store()
-        .with_conn(|c| {
-            c.execute_batch(
-                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
-                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-            )
-        })
-        .unwrap();
+    let sql = match ca.store().backend() {
+        crate::store::Backend::Sqlite => {
+            "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;"
+        }
+        crate::store::Backend::Postgres => {
+            "CREATE FUNCTION audit_broken() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$;
+             CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+               FOR EACH ROW EXECUTE FUNCTION audit_broken();"
+        }
+    };
+    ca.store().with_conn(|c| c.batch(sql)).unwrap();
 }
 
 /// Undoes [`break_audit_log`].
 pub fn repair_audit_log(ca: &Ca) {
-    ca.store()
-        .with_conn(|c| c.execute_batch("DROP TRIGGER audit_broken;"))
-        .unwrap();
+    let sql = match ca.store().backend() {
+        crate::store::Backend::Sqlite => "DROP TRIGGER audit_broken;",
+        crate::store::Backend::Postgres => {
+            "DROP TRIGGER audit_broken ON audit; DROP FUNCTION audit_broken();"
+        }
+    };
+    ca.store().with_conn(|c| c.batch(sql)).unwrap();
 }
 
 /// Every audit record, oldest first.
