@@ -58,6 +58,7 @@ impl From<StoreError> for CaError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => Self::AlreadyExists(m),
+            StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
             StoreError::AuditWriterStopped | StoreError::AuditWrite(_) => Self::Unavailable(
                 format!("the audit log cannot be written, so nothing was issued or changed: {e}"),
             ),

@@ -40,14 +40,49 @@ impl TestClock {
     }
 }
 
-/// A CA over `dir` with `settings` (trust domain `test.org` unless set).
-pub fn open(dir: &std::path::Path, clock: &TestClock, mut settings: Settings) -> Ca {
+/// A CA over `dir` with `settings` (trust domain `test.org` unless set; see
+/// [`settings_for`]).
+pub fn open(dir: &std::path::Path, clock: &TestClock, settings: Settings) -> Ca {
+    let config = Config::load(None, settings_for(dir, settings)).unwrap();
+    Ca::open_with_clock(Arc::new(config), clock.clock()).unwrap()
+}
+
+/// `settings` for a CA over `dir` (trust domain `test.org` unless set).
+/// With `SIGNET_CA_TEST_STORE=postgres` (and `SIGNET_TEST_PG`, the shared
+/// test server the test command starts), the store is a PostgreSQL
+/// database of its own for `dir` instead of the SQLite file, so the whole
+/// CA suite can run on either backend.
+pub fn settings_for(dir: &std::path::Path, mut settings: Settings) -> Settings {
     settings.data_dir = Some(dir.to_path_buf());
     settings
         .trust_domain
         .get_or_insert_with(|| "test.org".into());
-    let config = Config::load(None, settings).unwrap();
-    Ca::open_with_clock(Arc::new(config), clock.clock()).unwrap()
+    if settings.store.is_none()
+        && std::env::var("SIGNET_CA_TEST_STORE").as_deref() == Ok("postgres")
+    {
+        assert!(
+            std::env::var_os("SIGNET_TEST_PG").is_some(),
+            "SIGNET_CA_TEST_STORE=postgres needs SIGNET_TEST_PG (the shared test server)"
+        );
+        // A restart (the same directory opened again) finds the same database.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .unwrap();
+        let marker = dir.join("test-postgres-url");
+        let url = match std::fs::read_to_string(&marker) {
+            Ok(url) => url,
+            Err(_) => {
+                let db = signet_test_postgres::Database::create();
+                let url = db.url().to_owned();
+                std::fs::write(&marker, &url).unwrap();
+                // The database goes with the shared server at the end of the run.
+                std::mem::forget(db);
+                url
+            }
+        };
+        settings.store = Some(url.parse().unwrap());
+    }
+    settings
 }
 
 /// A CSR for a fresh P-256 key.
