@@ -13,6 +13,9 @@ use signet_identity::TrustDomain;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `store` is not a store location.
+    #[error(transparent)]
+    Store(#[from] crate::store::LocationError),
     /// The settings file cannot be read or parsed, or `log_format` is
     /// neither text nor json.
     #[error(transparent)]
@@ -82,7 +85,7 @@ pub struct Settings {
     /// The store: postgres://… (or postgresql://…) for PostgreSQL, or
     /// sqlite:PATH [default: sqlite:DATA_DIR/signet.db].
     #[arg(long, env = "SIGNET_CA_STORE", hide_env_values = true)]
-    pub store: Option<crate::store::StoreLocation>,
+    pub store: Option<crate::store::StoreSetting>,
     /// Unix socket of the admin API [default: DATA_DIR/admin.sock].
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
@@ -342,10 +345,10 @@ impl Config {
         let listen = pick!(listen, DEFAULT_LISTEN.parse()?);
         let data_dir = pick!(data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         let admin_socket = pick!(admin_socket, data_dir.join("admin.sock"));
-        let store = pick!(
-            store,
-            crate::store::StoreLocation::Sqlite(data_dir.join("signet.db"))
-        );
+        let store = match flags.store.as_ref().or(file.store.as_ref()) {
+            Some(s) => s.parse()?,
+            None => crate::store::StoreLocation::Sqlite(data_dir.join("signet.db")),
+        };
         let server_names = if !flags.server_names.is_empty() {
             flags.server_names.clone()
         } else if !file.server_names.is_empty() {

@@ -80,7 +80,10 @@ pub fn settings_for(dir: &std::path::Path, mut settings: Settings) -> Settings {
                 url
             }
         };
-        settings.store = Some(url.parse().unwrap());
+        settings.store = Some(
+            url.parse()
+                .unwrap_or_else(|e: std::convert::Infallible| match e {}),
+        );
     }
     settings
 }

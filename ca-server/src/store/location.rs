@@ -85,6 +85,38 @@ pub enum LocationError {
     Invalid { url: String, reason: String },
 }
 
+/// A store setting as given (flag, environment, file), not yet parsed:
+/// parsing happens with the rest of the configuration, so that a bad value
+/// is reported there with its password redacted (a command-line parser
+/// would echo it verbatim).
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StoreSetting(String);
+
+impl StoreSetting {
+    /// Parses the setting.
+    ///
+    /// # Errors
+    /// As [`StoreLocation::from_str`].
+    pub fn parse(&self) -> Result<StoreLocation, LocationError> {
+        self.0.parse()
+    }
+}
+
+impl FromStr for StoreSetting {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for StoreSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreSetting({})", redact(&self.0))
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for StoreLocation {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

@@ -18,7 +18,7 @@ mod sqlite;
 
 pub use audit::AuditLog;
 pub use db::{Backend, FromValue, Row, Tx, Value};
-pub use location::{LocationError, PgUrl, StoreLocation, TlsMode};
+pub use location::{LocationError, PgUrl, StoreLocation, StoreSetting, TlsMode};
 pub use postgres::PgOptions;
 
 use std::path::Path;

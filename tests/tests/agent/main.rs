@@ -20,6 +20,7 @@ mod jwt;
 mod k8s_pods;
 mod metrics;
 mod node_state;
+mod postgres;
 mod propagation;
 mod restart;
 mod rotation;

@@ -22,6 +22,7 @@ mod mesh;
 mod mtls;
 mod restart;
 mod status;
+mod store;
 mod upstream;
 mod watch;
 
