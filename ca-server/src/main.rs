@@ -26,7 +26,7 @@ enum Command {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: Settings,
+        settings: Box<Settings>,
     },
     /// Copy a trust domain from one store to another (e.g. from the
     /// embedded SQLite file to PostgreSQL), keeping its roots. The target
@@ -44,7 +44,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let (config, settings) = match Cli::parse().command {
-        Command::Run { config, settings } => (config, settings),
+        Command::Run { config, settings } => (config, *settings),
         Command::Migrate { from, to } => {
             return match migrate(&from, &to) {
                 Ok(summary) => {
@@ -76,10 +76,10 @@ fn migrate(from: &StoreSetting, to: &StoreSetting) -> anyhow::Result<String> {
     use anyhow::Context;
     let (from, to): (StoreLocation, StoreLocation) = (from.parse()?, to.parse()?);
     let (from, to) = (&from, &to);
-    if let StoreLocation::Sqlite(path) = from {
-        if !path.is_file() {
-            anyhow::bail!("the source store {from} does not exist");
-        }
+    if let StoreLocation::Sqlite(path) = from
+        && !path.is_file()
+    {
+        anyhow::bail!("the source store {from} does not exist");
     }
     let source = Store::open_location(from).with_context(|| format!("opening {from}"))?;
     let target = Store::open_location(to).with_context(|| format!("opening {to}"))?;

@@ -43,6 +43,8 @@ pub struct Server {
     port: u16,
     password: String,
     pid: u32,
+    /// `None` once stopped.
+    child: Option<std::process::Child>,
 }
 
 impl Server {
@@ -107,6 +109,7 @@ impl Server {
             port,
             password,
             pid: child.id(),
+            child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while psql(&server.url("postgres"), "SELECT 1").is_err() {
@@ -140,23 +143,21 @@ impl Server {
 
     /// Stops the server (fast shutdown, by PID) and keeps its directory.
     pub fn stop(&mut self) {
-        if self.pid == 0 {
+        let Some(mut child) = self.child.take() else {
             return;
-        }
+        };
         let _ = Command::new("kill")
             .args(["-INT", &self.pid.to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
-            // A zombie child counts as gone.
-            if std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .is_ok_and(|s| s.contains(") Z "))
-            {
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.pid = 0;
     }
 }
 

@@ -314,7 +314,7 @@ impl Store {
     /// the login; a schema newer than this build.
     pub fn connect_postgres(url: &PgUrl, opts: PgOptions) -> Result<Self, StoreError> {
         let store = Self::from(BackendImpl::Postgres(PgPool::new(url, opts)?));
-        store.transaction(|tx| migrations::migrate_postgres(tx))?;
+        store.transaction(migrations::migrate_postgres)?;
         Ok(store)
     }
 
@@ -340,7 +340,7 @@ impl Store {
             url,
             PgOptions::default(),
         )?));
-        store.transaction(|tx| migrations::pg_version(tx))
+        store.transaction(migrations::pg_version)
     }
 
     fn from(backend: BackendImpl) -> Self {

@@ -189,10 +189,10 @@ impl PgPool {
                 continue;
             }
             if st.open < self.0.opts.max_connections {
-                if let Some(at) = st.retry_at {
-                    if Instant::now() < at {
-                        return Err(StoreError::Unavailable(st.last_error.clone()));
-                    }
+                if let Some(at) = st.retry_at
+                    && Instant::now() < at
+                {
+                    return Err(StoreError::Unavailable(st.last_error.clone()));
                 }
                 st.open += 1;
                 drop(st);
