@@ -82,19 +82,49 @@ impl Server {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let log = std::fs::File::create(root.join("postgres.log")).unwrap();
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(root.join("postgres.log"), Some(uid), Some(gid)).unwrap();
+        let mut server = Self {
+            root: root.to_owned(),
+            port: free_port(),
+            password,
+            pid: 0,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts the server again after [`Server::stop`], on the same
+    /// directory and port (a database that went away and came back).
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.launch();
         }
-        let child = as_user(user, &bin.join("postgres"))
+    }
+
+    fn launch(&mut self) {
+        let user = unprivileged_user();
+        let log_path = self.root.join("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).unwrap();
+        }
+        let child = as_user(user, &bin_dir().join("postgres"))
             .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg(self.root.join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
             .arg("-c")
             .arg(format!(
                 "unix_socket_directories={}",
-                root.join("sock").display()
+                self.root.join("sock").display()
             ))
             // Tests need no durability across a machine crash.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
@@ -104,23 +134,17 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
-        let server = Self {
-            root: root.to_owned(),
-            port,
-            password,
-            pid: child.id(),
-            child: Some(child),
-        };
+        self.pid = child.id();
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while psql(&server.url("postgres"), "SELECT 1").is_err() {
+        while psql(&self.url("postgres"), "SELECT 1").is_err() {
             assert!(
                 Instant::now() < deadline,
                 "postgres did not come up; log: {}",
-                std::fs::read_to_string(root.join("postgres.log")).unwrap_or_default()
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
     }
 
     /// The loopback port.
@@ -183,14 +207,24 @@ impl Database {
     /// # Panics
     /// When no server can be had.
     pub fn create() -> Self {
-        let (admin_url, server) = match std::env::var("SIGNET_TEST_PG") {
-            Ok(url) if !url.is_empty() => (url, None),
-            _ => {
-                let root = std::env::temp_dir().join(format!("signet-pg-{}", random_hex()));
-                let server = Server::start(&root);
-                (server.url("postgres"), Some(server))
-            }
-        };
+        match std::env::var("SIGNET_TEST_PG") {
+            Ok(url) if !url.is_empty() => Self::on(url, None),
+            _ => Self::on_private_server(),
+        }
+    }
+
+    /// A new empty database on a server of its own, which the test may stop
+    /// and start ([`Database::server_mut`]).
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub fn on_private_server() -> Self {
+        let root = std::env::temp_dir().join(format!("signet-pg-{}", random_hex()));
+        let server = Server::start(&root);
+        Self::on(server.url("postgres"), Some(server))
+    }
+
+    fn on(admin_url: String, server: Option<Server>) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t{}_{}_{}",

@@ -1236,6 +1236,54 @@ mod tests {
         );
     }
 
+    /// The database goes away: calls fail with Unavailable (none hangs),
+    /// a write made then is not there afterwards, and the store reconnects
+    /// by itself once the database is back.
+    #[test]
+    fn postgres_going_away_fails_fast_and_the_store_reconnects() {
+        let mut db = signet_test_postgres::Database::on_private_server();
+        let StoreLocation::Postgres(url) = db.url().parse().unwrap() else {
+            panic!("not postgres");
+        };
+        let opts = PgOptions {
+            max_connections: 2,
+            min_backoff: std::time::Duration::from_millis(20),
+            max_backoff: std::time::Duration::from_millis(200),
+            ..PgOptions::default()
+        };
+        let store = Store::connect_postgres(&url, opts).unwrap();
+        store.create_entry(entry("e1", "p")).unwrap();
+
+        db.server_mut().unwrap().stop();
+        for _ in 0..5 {
+            let err = store.list_entries(None).unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+            let err = store.create_entry(entry("e2", "p")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("the CA's database is unreachable"),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(db.url()), "{err}");
+        }
+
+        db.server_mut().unwrap().start_again();
+        let mut attempts = 0;
+        let entries = loop {
+            match store.list_entries(None) {
+                Ok(e) => break e,
+                Err(StoreError::Unavailable(_)) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["e1"]);
+        store.create_entry(entry("e2", "p")).unwrap();
+    }
+
     #[test]
     fn a_schema_newer_than_this_build_is_refused_on_both_backends() {
         let f = each_backend::Fresh::sqlite();
