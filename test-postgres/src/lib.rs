@@ -126,8 +126,13 @@ impl Server {
                 "unix_socket_directories={}",
                 self.root.join("sock").display()
             ))
-            // Tests need no durability across a machine crash.
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            // Tests need no durability across a machine crash; benchmarks
+            // (SIGNET_TEST_PG_DURABLE=1) do.
+            .args(if std::env::var_os("SIGNET_TEST_PG_DURABLE").is_some() {
+                &[][..]
+            } else {
+                &["-c", "fsync=off", "-c", "full_page_writes=off"][..]
+            })
             .args(["-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
