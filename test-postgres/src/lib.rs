@@ -53,6 +53,14 @@ impl Server {
     /// # Panics
     /// When the binaries are missing or the server does not come up.
     pub fn start(root: &Path) -> Self {
+        Self::start_with_tls(root, None)
+    }
+
+    /// As [`Server::start`], serving TLS too with `(cert_pem, key_pem)`.
+    ///
+    /// # Panics
+    /// As [`Server::start`].
+    pub fn start_with_tls(root: &Path, tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         std::fs::create_dir_all(root.join("sock")).unwrap();
         let password = random_hex();
@@ -82,6 +90,20 @@ impl Server {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = root.join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                }
+            }
+        }
         let mut server = Self {
             root: root.to_owned(),
             port: free_port(),
@@ -134,6 +156,18 @@ impl Server {
                 &["-c", "fsync=off", "-c", "full_page_writes=off"][..]
             })
             .args(["-c", "max_connections=200"])
+            .args(if self.root.join("server.key").exists() {
+                vec![
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!("ssl_cert_file={}", self.root.join("server.crt").display()),
+                    "-c".to_owned(),
+                    format!("ssl_key_file={}", self.root.join("server.key").display()),
+                ]
+            } else {
+                Vec::new()
+            })
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -224,8 +258,17 @@ impl Database {
     /// # Panics
     /// When the server does not start.
     pub fn on_private_server() -> Self {
+        Self::on_private_tls_server(None)
+    }
+
+    /// As [`Database::on_private_server`], the server also serving TLS
+    /// with `(cert_pem, key_pem)`.
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub fn on_private_tls_server(tls: Option<(&str, &str)>) -> Self {
         let root = std::env::temp_dir().join(format!("signet-pg-{}", random_hex()));
-        let server = Server::start(&root);
+        let server = Server::start_with_tls(&root, tls);
         Self::on(server.url("postgres"), Some(server))
     }
 

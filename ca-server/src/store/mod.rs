@@ -1284,6 +1284,57 @@ mod tests {
         store.create_entry(entry("e2", "p")).unwrap();
     }
 
+    /// `sslmode` against a server with TLS: require and verify-full
+    /// encrypt; verify-full refuses a server its `sslrootcert` did not sign.
+    #[test]
+    fn tls_modes_encrypt_and_verify_full_checks_the_server() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&server_key, &Issuer::from_params(&ca_params, &ca_key))
+                .unwrap();
+        let other_key = KeyPair::generate().unwrap();
+        let other_ca = ca_params.self_signed(&other_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("other.pem"), other_ca.pem()).unwrap();
+
+        let db = signet_test_postgres::Database::on_private_tls_server(Some((
+            &server_cert.pem(),
+            &server_key.serialize_pem(),
+        )));
+        let encrypted = |query: &str| -> Result<bool, StoreError> {
+            let location: StoreLocation = format!("{}?{query}", db.url()).parse().unwrap();
+            let store = Store::open_location(&location)?;
+            store.with_conn(|c| {
+                c.query_opt(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )?
+                .ok_or_else(|| StoreError::Corrupt("no pg_stat_ssl row".into()))?
+                .get(0)
+            })
+        };
+        assert!(!encrypted("sslmode=disable").unwrap());
+        assert!(encrypted("sslmode=require").unwrap());
+        let ca = dir.path().join("ca.pem");
+        assert!(encrypted(&format!("sslmode=verify-full&sslrootcert={}", ca.display())).unwrap());
+        let other = dir.path().join("other.pem");
+        let err = encrypted(&format!(
+            "sslmode=verify-full&sslrootcert={}",
+            other.display()
+        ))
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
     #[test]
     fn a_schema_newer_than_this_build_is_refused_on_both_backends() {
         let f = each_backend::Fresh::sqlite();
