@@ -5,6 +5,19 @@
 //! trust domain). Callers see only [`Store`] and [`Tx`]; no driver type
 //! leaves this module. Schema changes are numbered migrations, the same
 //! numbers on both.
+//!
+//! Built for several replicas on one PostgreSQL database (issue 9), which
+//! come next: join tokens are claimed by one statement, migrations run under
+//! an advisory lock, and nothing here keeps state outside the database. What
+//! replicas still need from this module: a `replicas` table (id, address,
+//! authority, heartbeat) in migration 7 on both backends; `LISTEN/NOTIFY` on
+//! one dedicated connection per replica (not from the pool: a pooled
+//! connection is handed to others) whose notifications feed the CA's
+//! existing entry and bundle change signals, with `NOTIFY` sent inside the
+//! transaction that changes them (delivered at commit); the bundle sequence
+//! read-modify-write in `ca/bundle.rs` taken under `pg_advisory_xact_lock`
+//! (two replicas could otherwise both bump it); and once-only work
+//! (pruning, federation polling) under `pg_try_advisory_lock`.
 
 mod audit;
 pub mod authorities;
