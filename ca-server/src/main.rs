@@ -30,7 +30,8 @@ enum Command {
     },
     /// Copy a trust domain from one store to another (e.g. from the
     /// embedded SQLite file to PostgreSQL), keeping its roots. The target
-    /// must be empty; the source is not changed. Keys stay in the data
+    /// must be empty; the source only has its schema brought up to this
+    /// build's (as a start would). Keys stay in the data
     /// directory: run the CA on the new store with the same one.
     Migrate {
         /// The store to copy from: sqlite:PATH (the file must exist) or a URL.
