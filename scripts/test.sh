@@ -56,6 +56,12 @@ if [ -z "${SIGNET_PYTHON:-}" ]; then
   fi
   export SIGNET_PYTHON="$PWD/.venv-py/bin/python"
 fi
+# PostgreSQL 15 (Debian's postgresql-15; its initdb and postgres stay off
+# PATH) is the second store backend the store tests run against.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "==> installing postgresql-15 (the CA's PostgreSQL store backend, for the tests)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql-15; else sudo apt-get update -qq && sudo apt-get install -y -qq postgresql-15; fi
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install --locked cargo-nextest
@@ -63,7 +69,22 @@ fi
 
 echo "==> building the binaries the integration tests start"
 cargo build --workspace --bins
+# One PostgreSQL server for the whole run; each test makes its own database
+# on it (SIGNET_TEST_PG), and it is stopped and removed however we exit.
+if [ -z "${SIGNET_TEST_PG:-}" ]; then
+  pg_dir="$(mktemp -d -t signet-pg-XXXXXX)"
+  rmdir "$pg_dir"
+  trap 'target/debug/signet-test-postgres stop "$pg_dir"' EXIT
+  echo "==> starting PostgreSQL for the store tests"
+  SIGNET_TEST_PG="$(target/debug/signet-test-postgres start "$pg_dir")"
+  export SIGNET_TEST_PG
+fi
 echo "==> running the tests"
-cargo nextest run --workspace --no-fail-fast "$@"
+status=0
+cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+# The CA's own suite once more with its store on PostgreSQL.
+echo "==> running the CA's unit tests on PostgreSQL"
+SIGNET_CA_TEST_STORE=postgres cargo nextest run -p signet-ca-server --no-fail-fast "$@" || status=$?
+[ "$status" = 0 ] || exit "$status"
 # nextest does not run doctests.
 cargo test --workspace --doc --quiet

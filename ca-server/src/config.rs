@@ -13,6 +13,9 @@ use signet_identity::TrustDomain;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `store` is not a store location.
+    #[error(transparent)]
+    Store(#[from] crate::store::LocationError),
     /// The settings file cannot be read or parsed, or `log_format` is
     /// neither text nor json.
     #[error(transparent)]
@@ -79,6 +82,10 @@ pub struct Settings {
     /// Directory for the keys, certificates and the database.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The store: postgres://… (or postgresql://…) for PostgreSQL, or
+    /// sqlite:PATH [default: sqlite:DATA_DIR/signet.db].
+    #[arg(long, env = "SIGNET_CA_STORE", hide_env_values = true)]
+    pub store: Option<crate::store::StoreSetting>,
     /// Unix socket of the admin API [default: DATA_DIR/admin.sock].
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
@@ -271,6 +278,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the store is (the password of a URL never prints).
+    pub store: crate::store::StoreLocation,
     pub admin_socket: PathBuf,
     pub server_names: Vec<String>,
     pub log_json: bool,
@@ -336,6 +345,10 @@ impl Config {
         let listen = pick!(listen, DEFAULT_LISTEN.parse()?);
         let data_dir = pick!(data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         let admin_socket = pick!(admin_socket, data_dir.join("admin.sock"));
+        let store = match flags.store.as_ref().or(file.store.as_ref()) {
+            Some(s) => s.parse()?,
+            None => crate::store::StoreLocation::Sqlite(data_dir.join("signet.db")),
+        };
         let server_names = if !flags.server_names.is_empty() {
             flags.server_names.clone()
         } else if !file.server_names.is_empty() {
@@ -488,6 +501,7 @@ impl Config {
             trust_domain,
             listen,
             data_dir,
+            store,
             admin_socket,
             server_names,
             log_json,

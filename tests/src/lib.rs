@@ -42,6 +42,7 @@ mod metrics;
 mod netns;
 mod node;
 mod pki;
+pub mod postgres;
 mod process;
 
 pub use agent::{AgentProcess, DEFAULT_PUBLIC_DIR};

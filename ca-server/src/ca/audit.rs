@@ -18,11 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::Transaction;
-
 use super::error::CaError;
 use super::time::unix;
-use crate::store::{AuditLog, AuditRecord, insert_audit};
+use crate::store::{AuditLog, AuditRecord, Tx, insert_audit};
 
 /// How refusal records are limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +81,7 @@ impl Auditor {
     ///
     /// # Errors
     /// [`CaError::Unavailable`] when the record cannot be written.
-    pub fn durable_in(&self, tx: &Transaction<'_>, record: &AuditRecord) -> Result<(), CaError> {
+    pub fn durable_in(&self, tx: &Tx<'_>, record: &AuditRecord) -> Result<(), CaError> {
         insert_audit(tx, record).map_err(|e| {
             tracing::error!(error = %e, "could not write the audit log; refusing to hand anything out");
             CaError::Unavailable(format!(

@@ -179,7 +179,7 @@ impl Content {
 /// intermediate) as published. Returns the sequence and the rows after.
 pub(super) fn publish_in(
     ca: &Ca,
-    tx: &rusqlite::Transaction<'_>,
+    tx: &store::Tx<'_>,
     caller: &str,
     now: SystemTime,
 ) -> Result<(u64, Vec<AuthorityRow>), CaError> {

@@ -202,7 +202,7 @@ impl Ca {
     /// Unavailable when the audit log cannot be written.
     pub fn audit_change_in(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &crate::store::Tx<'_>,
         caller: &str,
         action: &str,
         detail: String,

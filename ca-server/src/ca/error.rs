@@ -58,6 +58,7 @@ impl From<StoreError> for CaError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => Self::AlreadyExists(m),
+            StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
             StoreError::AuditWriterStopped | StoreError::AuditWrite(_) => Self::Unavailable(
                 format!("the audit log cannot be written, so nothing was issued or changed: {e}"),
             ),
@@ -101,13 +102,13 @@ pub enum OpenError {
     /// The store cannot be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The data directory was made for another trust domain.
+    /// The store was made for another trust domain.
     #[error(
-        "the data directory {dir} belongs to trust domain {found}, not {configured}; use another data directory"
+        "the store {store} belongs to trust domain {found}, not {configured}; use another data directory or database"
     )]
     TrustDomainMismatch {
-        /// The data directory.
-        dir: PathBuf,
+        /// The store, as [`crate::store::Store::describe`] prints it.
+        store: String,
         /// The trust domain it holds.
         found: String,
         /// The configured one.

@@ -103,13 +103,12 @@ impl Ca {
             signet_identity::fsutil::ensure_private_dir(&dir)
                 .map_err(|source| OpenError::DataDir { path: dir, source })?;
         }
-        let db = config.data_dir.join("signet.db");
-        let store = Store::open(&db)?;
-        let auditor = Auditor::new(store::AuditLog::start(&db)?, RefusalLimits::default());
+        let store = Store::open_location(&config.store)?;
+        let auditor = Auditor::new(store::AuditLog::start(&store)?, RefusalLimits::default());
         match store.meta("trust_domain")? {
             Some(td) if td != config.trust_domain.as_str() => {
                 return Err(OpenError::TrustDomainMismatch {
-                    dir: config.data_dir.clone(),
+                    store: store.describe(),
                     found: td,
                     configured: config.trust_domain.to_string(),
                 });

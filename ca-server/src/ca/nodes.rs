@@ -54,7 +54,7 @@ impl Ca {
             let hash = token_hash(token);
             let now = unix(self.now());
             let attested = self.store.transaction(|tx| {
-                let name = match store::token_state(tx, &hash, now)? {
+                let name = match store::claim_token(tx, &hash, now)? {
                     TokenState::Valid(name) => name,
                     TokenState::Unknown => {
                         return Err(CaError::PermissionDenied("join token is not valid".into()));
@@ -71,7 +71,6 @@ impl Ca {
                 self.check_not_banned(tx, &name)?;
                 let id = self.node_id(&name)?;
                 let cert = self.sign(&csr, &id, &[], self.config.node_svid_ttl)?;
-                store::consume_token(tx, &hash, now)?;
                 store::upsert_node(
                     tx,
                     id.as_str(),
@@ -263,6 +262,59 @@ mod tests {
     use super::*;
     use crate::ca::testing::{self, TestClock};
     use crate::config::Settings;
+
+    /// PostgreSQL stops: attestation fails with UNAVAILABLE, consumes
+    /// nothing and records no issuance; once it is back the CA reconnects
+    /// by itself and the same token works.
+    #[test]
+    fn while_the_database_is_down_nothing_is_issued_and_callers_get_unavailable() {
+        let mut db = signet_test_postgres::Database::on_private_server();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let settings = Settings {
+            store: Some(
+                db.url()
+                    .parse()
+                    .unwrap_or_else(|e: std::convert::Infallible| match e {}),
+            ),
+            ..Settings::default()
+        };
+        let ca = testing::open(dir.path(), &clock, settings);
+        testing::attest(&ca, "n1");
+        let token = ca.create_join_token("n2", None, "test").unwrap();
+
+        db.server_mut().unwrap().stop();
+        for _ in 0..3 {
+            let err = ca
+                .attest_node(&token.token, &testing::csr(), "127.0.0.1:1")
+                .unwrap_err();
+            assert!(
+                matches!(&err, CaError::Unavailable(m) if m.contains("the CA's database is unreachable")),
+                "{err:?}"
+            );
+        }
+
+        db.server_mut().unwrap().start_again();
+        let mut attempts = 0;
+        let (node, _) = loop {
+            match ca.attest_node(&token.token, &testing::csr(), "127.0.0.1:1") {
+                Ok(done) => break done,
+                Err(CaError::Unavailable(_)) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(node.as_str(), "spiffe://test.org/signet/node/n2");
+        let issued: Vec<_> = testing::audit(&ca)
+            .into_iter()
+            .filter(|r| {
+                r.action == "attest_node" && r.result == "issued" && r.spiffe_id == node.as_str()
+            })
+            .collect();
+        assert_eq!(issued.len(), 1, "{issued:?}");
+    }
 
     #[test]
     fn renewal_keeps_the_attestation_time_and_a_new_attestation_moves_it() {

@@ -23,12 +23,10 @@
 use signet_identity::SpiffeId;
 use tokio::sync::broadcast;
 
-use rusqlite::Transaction;
-
 use super::time::unix;
 use super::{Ca, CaError};
-use crate::store::AuditRecord;
 use crate::store::nodes_ban::{self, NodeSerials};
+use crate::store::{AuditRecord, Tx};
 
 /// How many node events a slow listener may fall behind before it must
 /// re-check every node it holds.
@@ -109,7 +107,7 @@ impl Ca {
     /// PermissionDenied for an unknown node or a superseded SVID.
     pub(super) fn check_renewal(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         node: &SpiffeId,
         presented: Option<&str>,
     ) -> Result<String, CaError> {
@@ -232,7 +230,7 @@ impl Ca {
     ///
     /// # Errors
     /// PermissionDenied for a banned name.
-    pub(super) fn check_not_banned(&self, tx: &Transaction<'_>, name: &str) -> Result<(), CaError> {
+    pub(super) fn check_not_banned(&self, tx: &Tx<'_>, name: &str) -> Result<(), CaError> {
         if nodes_ban::is_banned(tx, name)? {
             return Err(CaError::PermissionDenied(format!(
                 "node {name} is banned; an administrator must unban it first"

@@ -114,14 +114,13 @@ impl Ca {
                 _ => vec![row.id.clone()],
             };
             for signer in signers {
-                let minted = self.store.with_conn(|c| {
-                    c.query_row(
+                let minted: i64 = self.store.with_conn(|c| {
+                    c.query_opt(
                         "SELECT COUNT(*) FROM audit WHERE action = 'mint' AND result = 'issued' AND detail = ?1 AND not_after > ?2",
-                        rusqlite::params![format!("signer {signer}"), now],
-                        |r| r.get::<_, i64>(0),
-                    )
-                })
-                .map_err(crate::store::StoreError::from)?;
+                        crate::args![format!("signer {signer}"), now],
+                    )?
+                    .map_or(Ok(0), |r| r.get(0))
+                })?;
                 if minted > 0 {
                     out.push(format!(
                         "{minted} unexpired admin-minted SVIDs under {signer}"

@@ -768,9 +768,7 @@ fn a_ca_down_past_the_active_keys_expiry_activates_their_published_successors() 
     let other = tempfile::tempdir().unwrap();
     drop(testing::open(other.path(), &clock, short()));
     clock.advance(7 * DAY);
-    let mut settings = short();
-    settings.data_dir = Some(other.path().to_path_buf());
-    settings.trust_domain = Some("test.org".into());
+    let settings = testing::settings_for(other.path(), short());
     let config = crate::config::Config::load(None, settings).unwrap();
     let err = Ca::open_with_clock(Arc::new(config), clock.clock())
         .err()

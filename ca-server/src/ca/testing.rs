@@ -40,14 +40,52 @@ impl TestClock {
     }
 }
 
-/// A CA over `dir` with `settings` (trust domain `test.org` unless set).
-pub fn open(dir: &std::path::Path, clock: &TestClock, mut settings: Settings) -> Ca {
+/// A CA over `dir` with `settings` (trust domain `test.org` unless set; see
+/// [`settings_for`]).
+pub fn open(dir: &std::path::Path, clock: &TestClock, settings: Settings) -> Ca {
+    let config = Config::load(None, settings_for(dir, settings)).unwrap();
+    Ca::open_with_clock(Arc::new(config), clock.clock()).unwrap()
+}
+
+/// `settings` for a CA over `dir` (trust domain `test.org` unless set).
+/// With `SIGNET_CA_TEST_STORE=postgres` (and `SIGNET_TEST_PG`, the shared
+/// test server the test command starts), the store is a PostgreSQL
+/// database of its own for `dir` instead of the SQLite file, so the whole
+/// CA suite can run on either backend.
+pub fn settings_for(dir: &std::path::Path, mut settings: Settings) -> Settings {
     settings.data_dir = Some(dir.to_path_buf());
     settings
         .trust_domain
         .get_or_insert_with(|| "test.org".into());
-    let config = Config::load(None, settings).unwrap();
-    Ca::open_with_clock(Arc::new(config), clock.clock()).unwrap()
+    if settings.store.is_none()
+        && std::env::var("SIGNET_CA_TEST_STORE").as_deref() == Ok("postgres")
+    {
+        assert!(
+            std::env::var_os("SIGNET_TEST_PG").is_some(),
+            "SIGNET_CA_TEST_STORE=postgres needs SIGNET_TEST_PG (the shared test server)"
+        );
+        // A restart (the same directory opened again) finds the same database.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .unwrap();
+        let marker = dir.join("test-postgres-url");
+        let url = match std::fs::read_to_string(&marker) {
+            Ok(url) => url,
+            Err(_) => {
+                let db = signet_test_postgres::Database::create();
+                let url = db.url().to_owned();
+                std::fs::write(&marker, &url).unwrap();
+                // The database goes with the shared server at the end of the run.
+                std::mem::forget(db);
+                url
+            }
+        };
+        settings.store = Some(
+            url.parse()
+                .unwrap_or_else(|e: std::convert::Infallible| match e {}),
+        );
+    }
+    settings
 }
 
 /// A CSR for a fresh P-256 key.
@@ -83,21 +121,30 @@ pub fn entry(ca: &Ca, node: &signet_identity::SpiffeId, path: &str) -> crate::st
 /// Makes every later audit insert fail, as a full or broken disk would:
 /// the real writer and the real database, refusing the write.
 pub fn break_audit_log(ca: &Ca) {
-    ca.store()
-        .with_conn(|c| {
-            c.execute_batch(
-                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
-                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-            )
-        })
-        .unwrap();
+    let sql = match ca.store().backend() {
+        crate::store::Backend::Sqlite => {
+            "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;"
+        }
+        crate::store::Backend::Postgres => {
+            "CREATE FUNCTION audit_broken() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$;
+             CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+               FOR EACH ROW EXECUTE FUNCTION audit_broken();"
+        }
+    };
+    ca.store().with_conn(|c| c.batch(sql)).unwrap();
 }
 
 /// Undoes [`break_audit_log`].
 pub fn repair_audit_log(ca: &Ca) {
-    ca.store()
-        .with_conn(|c| c.execute_batch("DROP TRIGGER audit_broken;"))
-        .unwrap();
+    let sql = match ca.store().backend() {
+        crate::store::Backend::Sqlite => "DROP TRIGGER audit_broken;",
+        crate::store::Backend::Postgres => {
+            "DROP TRIGGER audit_broken ON audit; DROP FUNCTION audit_broken();"
+        }
+    };
+    ca.store().with_conn(|c| c.batch(sql)).unwrap();
 }
 
 /// Every audit record, oldest first.

@@ -2,11 +2,11 @@
 //! last good bundle (SPIFFE JWKS text), so that a restart keeps trusting
 //! what was last fetched, and the record of the last attempt.
 
-use rusqlite::{Transaction, params};
 use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
 
 use super::{EndpointUrl, Profile, Relationship};
-use crate::store::{Store, StoreError};
+use crate::args;
+use crate::store::{Store, StoreError, Tx};
 
 /// What the poller records about its fetches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,7 +35,7 @@ fn corrupt(td: &str, what: &str, e: impl std::fmt::Display) -> StoreError {
 /// bundle only when `keep_bundle`.
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn upsert(
     store: &Store,
     rel: &Relationship,
@@ -51,7 +51,7 @@ pub fn upsert(
              ON CONFLICT (trust_domain) DO UPDATE SET
                  bundle_endpoint_url = ?2, profile = ?3, endpoint_spiffe_id = ?4,
                  initial_bundle = ?5, web_roots_pem = ?6, from_config = ?7",
-            params![
+            args![
                 rel.trust_domain.as_str(),
                 rel.url.as_str(),
                 rel.profile.kind().as_str(),
@@ -67,7 +67,7 @@ pub fn upsert(
                 "UPDATE federations SET bundle = NULL, bundle_sequence = 0, last_attempt_at = 0,
                      last_success_at = 0, last_error = '', consecutive_failures = 0
                  WHERE trust_domain = ?1",
-                params![rel.trust_domain.as_str()],
+                args![rel.trust_domain.as_str()],
             )?;
         }
         Ok::<_, StoreError>(())
@@ -78,15 +78,15 @@ pub fn upsert(
 /// exists (one statement, so two concurrent creations cannot both succeed).
 ///
 /// # Errors
-/// SQLite errors, [`StoreError::Conflict`].
-pub fn insert_new(tx: &Transaction<'_>, rel: &Relationship, now: i64) -> Result<(), StoreError> {
+/// Database errors, [`StoreError::Conflict`].
+pub fn insert_new(tx: &Tx<'_>, rel: &Relationship, now: i64) -> Result<(), StoreError> {
     let (endpoint_id, initial, roots) = columns(rel);
     {
         let res = tx.execute(
             "INSERT INTO federations (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id,
                  initial_bundle, web_roots_pem, from_config, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
+            args![
                 rel.trust_domain.as_str(),
                 rel.url.as_str(),
                 rel.profile.kind().as_str(),
@@ -99,15 +99,11 @@ pub fn insert_new(tx: &Transaction<'_>, rel: &Relationship, now: i64) -> Result<
         );
         match res {
             Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::Conflict(format!(
-                    "a relationship with {} exists already",
-                    rel.trust_domain
-                )))
-            }
-            Err(e) => Err(e.into()),
+            Err(StoreError::Duplicate(_)) => Err(StoreError::Conflict(format!(
+                "a relationship with {} exists already",
+                rel.trust_domain
+            ))),
+            Err(e) => Err(e),
         }
     }
 }
@@ -125,7 +121,7 @@ fn columns(rel: &Relationship) -> (String, String, Option<Vec<u8>>) {
 /// Deletes a relationship. Returns whether it existed.
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn delete(store: &Store, td: &str) -> Result<bool, StoreError> {
     store.transaction(|tx| delete_in(tx, td))
 }
@@ -133,19 +129,16 @@ pub fn delete(store: &Store, td: &str) -> Result<bool, StoreError> {
 /// Deletes a relationship in `tx`. Returns whether it existed.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn delete_in(tx: &Transaction<'_>, td: &str) -> Result<bool, StoreError> {
-    Ok(tx.execute(
-        "DELETE FROM federations WHERE trust_domain = ?1",
-        params![td],
-    )? > 0)
+/// Database errors.
+pub fn delete_in(tx: &Tx<'_>, td: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute("DELETE FROM federations WHERE trust_domain = ?1", args![td])? > 0)
 }
 
 /// Records a fetch: the new bundle when there is one, and the status.
 /// Nothing happens when the relationship is gone.
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn record(
     store: &Store,
     td: &str,
@@ -156,17 +149,17 @@ pub fn record(
         if let Some(b) = bundle {
             tx.execute(
                 "UPDATE federations SET bundle = ?2, bundle_sequence = ?3 WHERE trust_domain = ?1",
-                params![td, b.to_jwks(), b.sequence() as i64],
+                args![td, b.to_jwks(), b.sequence() as i64],
             )?;
         }
         tx.execute(
             "UPDATE federations SET last_attempt_at = ?2, last_success_at = ?3, last_error = ?4,
                  consecutive_failures = ?5 WHERE trust_domain = ?1",
-            params![
+            args![
                 td,
                 status.last_attempt_at,
                 status.last_success_at,
-                status.last_error,
+                &status.last_error,
                 status.consecutive_failures
             ],
         )?;
@@ -177,9 +170,9 @@ pub fn record(
 /// Every stored relationship, by trust domain.
 ///
 /// # Errors
-/// SQLite errors, or a row that no longer decodes.
+/// Database errors, or a row that no longer decodes.
 pub fn load_all(store: &Store) -> Result<Vec<Stored>, StoreError> {
-    type Row = (
+    type Columns = (
         String,
         String,
         String,
@@ -193,14 +186,16 @@ pub fn load_all(store: &Store) -> Result<Vec<Stored>, StoreError> {
         String,
         u32,
     );
-    let rows: Vec<Row> = store.with_conn(|c| {
-        let mut stmt = c.prepare(
+    let rows: Vec<Columns> = store.with_conn(|c| {
+        c.query(
             "SELECT trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, initial_bundle,
                  web_roots_pem, from_config, bundle, last_attempt_at, last_success_at, last_error,
                  consecutive_failures
              FROM federations ORDER BY trust_domain",
-        )?;
-        stmt.query_map([], |r| {
+            &[],
+        )?
+        .iter()
+        .map(|r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -215,8 +210,8 @@ pub fn load_all(store: &Store) -> Result<Vec<Stored>, StoreError> {
                 r.get(10)?,
                 r.get(11)?,
             ))
-        })?
-        .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, StoreError>>()
     })?;
     let mut out = Vec::with_capacity(rows.len());
     for (

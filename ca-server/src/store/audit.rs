@@ -1,14 +1,11 @@
-//! The audit log's writer: one thread with its own connection that commits
-//! records in groups. A caller blocks until its records are durable, but
+//! The audit log's writer: one thread with its own store handle that
+//! commits records in groups, on either backend. A caller blocks until its records are durable, but
 //! callers that arrive together share one transaction and one fsync, so
 //! recording every issuance does not serialize issuance on the disk.
 
-use std::path::Path;
 use std::sync::mpsc;
 
-use rusqlite::Connection;
-
-use super::{AuditRecord, StoreError, insert_audit};
+use super::{AuditRecord, Store, StoreError, insert_audit};
 
 /// Most records committed in one transaction.
 const GROUP: usize = 4096;
@@ -22,18 +19,17 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the writer on the database at `path` (already migrated).
+    /// Starts the writer on `store`'s database (already migrated), with a
+    /// handle of its own ([`Store::writer_handle`]).
     ///
     /// # Errors
-    /// SQLite errors opening the connection.
-    pub fn start(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    /// Database errors opening the handle.
+    pub fn start(store: &Store) -> Result<Self, StoreError> {
+        let store = store.writer_handle()?;
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(&store, rx))
             .map_err(|e| StoreError::AuditWrite(format!("cannot start the audit writer: {e}")))?;
         Ok(Self { tx })
     }
@@ -55,7 +51,7 @@ impl AuditLog {
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>) {
+fn writer(store: &Store, rx: mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         let mut count = group[0].0.len();
@@ -69,16 +65,14 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>) {
             }
         }
         let started = std::time::Instant::now();
-        let result = (|| -> Result<(), StoreError> {
-            let tx = conn.transaction()?;
+        let result = store.transaction(|tx| {
             for (records, _) in &group {
                 for r in records {
-                    insert_audit(&tx, r)?;
+                    insert_audit(tx, r)?;
                 }
             }
-            tx.commit()?;
-            Ok(())
-        })();
+            Ok::<_, StoreError>(())
+        });
         crate::metrics::audit_committed(started.elapsed(), count);
         let reply = result.map_err(|e| e.to_string());
         for (_, done) in group {
@@ -94,10 +88,11 @@ mod tests {
 
     #[test]
     fn concurrent_appends_are_all_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("signet.db");
-        let store = Store::open(&path).unwrap();
-        let log = AuditLog::start(&path).unwrap();
+        crate::store::each_backend::run(|f| concurrent_appends(&f.store));
+    }
+
+    fn concurrent_appends(store: &Store) {
+        let log = AuditLog::start(store).unwrap();
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let log = log.clone();

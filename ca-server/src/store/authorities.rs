@@ -2,9 +2,8 @@
 //! Free functions over a connection so that a transition, the bundle
 //! sequence it causes and its audit records commit in one transaction.
 
-use rusqlite::{Connection, params};
-
-use super::{AuthorityKind, AuthorityRow, AuthorityState, StoreError};
+use super::{AuthorityKind, AuthorityRow, AuthorityState, Backend, Row, StoreError, Tx};
+use crate::args;
 
 const SELECT: &str =
     "SELECT id, kind, state, cert_der, key_file, not_before, not_after, created_at,
@@ -14,65 +13,60 @@ const SELECT: &str =
 /// Authorities of a kind (all when `None`), newest first.
 ///
 /// # Errors
-/// SQLite errors; [`StoreError::Corrupt`] for an unknown kind or state.
-pub fn list(
-    conn: &Connection,
-    kind: Option<AuthorityKind>,
-) -> Result<Vec<AuthorityRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT} WHERE (?1 IS NULL OR kind = ?1) ORDER BY created_at DESC, rowid DESC"
-    ))?;
-    let rows = stmt
-        .query_map(params![kind.map(AuthorityKind::as_str)], |r| {
-            Ok((
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                AuthorityRow {
-                    id: r.get(0)?,
-                    kind: AuthorityKind::Root,
-                    state: AuthorityState::Active,
-                    cert_der: r.get(3)?,
-                    key_file: r.get(4)?,
-                    not_before: r.get(5)?,
-                    not_after: r.get(6)?,
-                    created_at: r.get(7)?,
-                    published_sequence: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-                    published_at: r.get(9)?,
-                    activated_at: r.get(10)?,
-                    retired_at: r.get(11)?,
-                    tainted_at: r.get(12)?,
-                    revoked_at: r.get(13)?,
-                    parent_id: r.get(14)?,
-                },
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(kind, state, row)| {
-            Ok(AuthorityRow {
-                kind: AuthorityKind::parse(&kind)?,
-                state: AuthorityState::parse(&state)?,
-                ..row
-            })
-        })
-        .collect()
+/// Database errors; [`StoreError::Corrupt`] for an unknown kind or state.
+pub fn list(tx: &Tx<'_>, kind: Option<AuthorityKind>) -> Result<Vec<AuthorityRow>, StoreError> {
+    // Ties in created_at go newest-inserted first: SQLite's rowid, the
+    // `seq` column on PostgreSQL.
+    let order = match tx.backend() {
+        Backend::Sqlite => "rowid",
+        Backend::Postgres => "seq",
+    };
+    tx.query(
+        &format!(
+            "{SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR kind = ?1) ORDER BY created_at DESC, {order} DESC"
+        ),
+        args![kind.map(AuthorityKind::as_str)],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+fn from_row(r: &Row) -> Result<AuthorityRow, StoreError> {
+    Ok(AuthorityRow {
+        id: r.get(0)?,
+        kind: AuthorityKind::parse(&r.get::<String>(1)?)?,
+        state: AuthorityState::parse(&r.get::<String>(2)?)?,
+        cert_der: r.get(3)?,
+        key_file: r.get(4)?,
+        not_before: r.get(5)?,
+        not_after: r.get(6)?,
+        created_at: r.get(7)?,
+        published_sequence: r.get(8)?,
+        published_at: r.get(9)?,
+        activated_at: r.get(10)?,
+        retired_at: r.get(11)?,
+        tainted_at: r.get(12)?,
+        revoked_at: r.get(13)?,
+        parent_id: r.get(14)?,
+    })
 }
 
 /// Inserts a row.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn insert(conn: &Connection, row: &AuthorityRow) -> Result<(), StoreError> {
-    conn.execute(
+/// Database errors.
+pub fn insert(tx: &Tx<'_>, row: &AuthorityRow) -> Result<(), StoreError> {
+    tx.execute(
         "INSERT INTO authorities (id, kind, state, cert_der, key_file, not_before, not_after, created_at,
              published_sequence, published_at, activated_at, retired_at, tainted_at, revoked_at, parent_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        params![
-            row.id,
+        args![
+            &row.id,
             row.kind.as_str(),
             row.state.as_str(),
-            row.cert_der,
-            row.key_file,
+            &row.cert_der,
+            &row.key_file,
             row.not_before,
             row.not_after,
             row.created_at,
@@ -82,7 +76,7 @@ pub fn insert(conn: &Connection, row: &AuthorityRow) -> Result<(), StoreError> {
             row.retired_at,
             row.tainted_at,
             row.revoked_at,
-            row.parent_id,
+            &row.parent_id,
         ],
     )?;
     Ok(())
@@ -91,14 +85,14 @@ pub fn insert(conn: &Connection, row: &AuthorityRow) -> Result<(), StoreError> {
 /// Writes a row's state and journal (the key material never changes).
 ///
 /// # Errors
-/// SQLite errors; [`StoreError::Corrupt`] when the row does not exist.
-pub fn update(conn: &Connection, row: &AuthorityRow) -> Result<(), StoreError> {
-    let n = conn.execute(
+/// Database errors; [`StoreError::Corrupt`] when the row does not exist.
+pub fn update(tx: &Tx<'_>, row: &AuthorityRow) -> Result<(), StoreError> {
+    let n = tx.execute(
         "UPDATE authorities SET state = ?2, published_sequence = ?3, published_at = ?4,
              activated_at = ?5, retired_at = ?6, tainted_at = ?7, revoked_at = ?8, parent_id = ?9
          WHERE id = ?1",
-        params![
-            row.id,
+        args![
+            &row.id,
             row.state.as_str(),
             row.published_sequence.map(|v| v as i64),
             row.published_at,
@@ -106,7 +100,7 @@ pub fn update(conn: &Connection, row: &AuthorityRow) -> Result<(), StoreError> {
             row.retired_at,
             row.tainted_at,
             row.revoked_at,
-            row.parent_id,
+            &row.parent_id,
         ],
     )?;
     if n == 0 {

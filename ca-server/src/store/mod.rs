@@ -1,18 +1,46 @@
-//! The CA's embedded transactional store (SQLite, in the data directory):
-//! registration entries, join tokens, node records, signing authorities and
-//! the audit log. Schema changes are numbered migrations.
+//! The CA's transactional store: registration entries, join tokens, node
+//! records, signing authorities, federations and the audit log. Two
+//! backends behind one interface: the embedded SQLite file in the data
+//! directory (the default) and PostgreSQL (for several replicas of one
+//! trust domain). Callers see only [`Store`] and [`Tx`]; no driver type
+//! leaves this module. Schema changes are numbered migrations, the same
+//! numbers on both.
+//!
+//! Built for several replicas on one PostgreSQL database (issue 9), which
+//! come next: join tokens are claimed by one statement, migrations run under
+//! an advisory lock, and nothing here keeps state outside the database. What
+//! replicas still need from this module: a `replicas` table (id, address,
+//! authority, heartbeat) in migration 7 on both backends; `LISTEN/NOTIFY` on
+//! one dedicated connection per replica (not from the pool: a pooled
+//! connection is handed to others) whose notifications feed the CA's
+//! existing entry and bundle change signals, with `NOTIFY` sent inside the
+//! transaction that changes them (delivered at commit); the bundle sequence
+//! read-modify-write in `ca/bundle.rs` taken under `pg_advisory_xact_lock`
+//! (two replicas could otherwise both bump it); and once-only work
+//! (pruning, federation polling) under `pg_try_advisory_lock`.
 
 mod audit;
 pub mod authorities;
+pub mod copy;
+mod db;
+pub mod location;
 mod migrations;
 pub mod nodes_ban;
+mod postgres;
+mod sqlite;
 
 pub use audit::AuditLog;
+pub use db::{Backend, FromValue, Row, Tx, Value};
+pub use location::{LocationError, PgUrl, StoreLocation, StoreSetting, TlsMode};
+pub use postgres::PgOptions;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::args;
+use db::Inner;
+use postgres::PgPool;
+use sqlite::Sqlite;
 
 pub use migrations::SCHEMA_VERSION;
 
@@ -22,11 +50,27 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused a statement.
+    #[error("store: {0}")]
+    Postgres(String),
+    /// The database cannot be reached (or could not be moments ago, and
+    /// the store waits before trying again). Nothing was changed.
+    #[error("the CA's database is unreachable: {0}")]
+    Unavailable(String),
+    /// The store's settings cannot be used.
+    #[error("store: {0}")]
+    Config(String),
+    /// A unique key would repeat (callers turn this into a [`StoreError::Conflict`]
+    /// that names what exists).
+    #[error("duplicate key: {0}")]
+    Duplicate(String),
     /// A stored value does not decode.
     #[error("store holds a corrupt value: {0}")]
     Corrupt(String),
     /// The database was written by a newer Signet.
-    #[error("store schema version {found} is newer than this build's {supported}")]
+    #[error(
+        "store schema version {found} is newer than this build's {supported}: run a newer signet-ca"
+    )]
     TooNew {
         /// In the file.
         found: i64,
@@ -243,64 +287,174 @@ pub enum TokenState {
     Expired,
 }
 
-/// The store. Cheap to clone; one connection behind a mutex (SQLite
-/// serializes writers anyway, and every operation here is short).
+/// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    backend: Arc<BackendImpl>,
+}
+
+enum BackendImpl {
+    Sqlite(Sqlite),
+    Postgres(PgPool),
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database at `path`.
+    /// Opens (creating if needed) and migrates the SQLite database at `path`.
     ///
     /// # Errors
     /// SQLite errors, or a schema newer than this build.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrations::migrate(&mut conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let db = Sqlite::open(path)?;
+        migrations::migrate_sqlite(&mut db.lock())?;
+        Ok(Self::from(BackendImpl::Sqlite(db)))
     }
 
-    /// Opens an in-memory store, for tests.
+    /// Opens an in-memory SQLite store, for tests.
     ///
     /// # Errors
     /// SQLite errors.
     #[cfg(test)]
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let mut conn = Connection::open_in_memory()?;
-        migrations::migrate(&mut conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let db = Sqlite::open_in_memory()?;
+        migrations::migrate_sqlite(&mut db.lock())?;
+        Ok(Self::from(BackendImpl::Sqlite(db)))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent (every change
-        // is in a transaction), so a poisoned lock is still usable.
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Runs `f` in one transaction; commits when it returns `Ok`.
+    /// Connects to and migrates the PostgreSQL database at `url`.
     ///
     /// # Errors
-    /// Whatever `f` returns, or SQLite errors.
+    /// [`StoreError::Unavailable`] when it cannot be reached or refuses
+    /// the login; a schema newer than this build.
+    pub fn connect_postgres(url: &PgUrl, opts: PgOptions) -> Result<Self, StoreError> {
+        let store = Self::from(BackendImpl::Postgres(PgPool::new(url, opts)?));
+        store.transaction(migrations::migrate_postgres)?;
+        Ok(store)
+    }
+
+    /// Opens the store at `location`; a relative SQLite path is taken
+    /// relative to the working directory.
+    ///
+    /// # Errors
+    /// As [`Store::open`] and [`Store::connect_postgres`].
+    pub fn open_location(location: &StoreLocation) -> Result<Self, StoreError> {
+        match location {
+            StoreLocation::Sqlite(path) => Self::open(path),
+            StoreLocation::Postgres(url) => Self::connect_postgres(url, PgOptions::default()),
+        }
+    }
+
+    /// The schema version of the PostgreSQL database at `url` without
+    /// migrating it (0 when it has none).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when it cannot be reached.
+    pub fn postgres_schema_version(url: &PgUrl) -> Result<i64, StoreError> {
+        let store = Self::from(BackendImpl::Postgres(PgPool::new(
+            url,
+            PgOptions::default(),
+        )?));
+        store.transaction(migrations::pg_version)
+    }
+
+    fn from(backend: BackendImpl) -> Self {
+        Self {
+            backend: Arc::new(backend),
+        }
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match &*self.backend {
+            BackendImpl::Sqlite(_) => Backend::Sqlite,
+            BackendImpl::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Where this store is, password redacted.
+    pub fn describe(&self) -> String {
+        match &*self.backend {
+            BackendImpl::Sqlite(db) => match db.path() {
+                Some(p) => format!("sqlite:{}", p.display()),
+                None => "sqlite::memory:".into(),
+            },
+            BackendImpl::Postgres(pool) => pool.url().to_string(),
+        }
+    }
+
+    /// A second handle for a writer that should not wait behind this one's
+    /// readers: SQLite gets its own connection to the same file (the audit
+    /// writer's fsyncs then never hold the main connection); PostgreSQL
+    /// shares the pool.
+    ///
+    /// # Errors
+    /// SQLite errors; an in-memory SQLite store has no second connection.
+    pub fn writer_handle(&self) -> Result<Self, StoreError> {
+        match &*self.backend {
+            BackendImpl::Sqlite(db) => match db.path() {
+                Some(p) => Ok(Self::from(BackendImpl::Sqlite(Sqlite::open(p)?))),
+                None => Err(StoreError::Config(
+                    "an in-memory store has no second connection".into(),
+                )),
+            },
+            BackendImpl::Postgres(_) => Ok(self.clone()),
+        }
+    }
+
+    /// Runs `f` in one transaction; commits when it returns `Ok`, changes
+    /// nothing when it returns `Err`.
+    ///
+    /// # Errors
+    /// Whatever `f` returns, or database errors.
     pub fn transaction<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(StoreError::from)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(out)
+        match &*self.backend {
+            BackendImpl::Sqlite(db) => {
+                let mut conn = db.lock();
+                let tx = conn.transaction().map_err(StoreError::from)?;
+                let out = f(&Tx(Inner::Sqlite(&tx)))?;
+                tx.commit().map_err(StoreError::from)?;
+                Ok(out)
+            }
+            BackendImpl::Postgres(pool) => {
+                let conn = pool.get()?;
+                conn.set_in_tx(true);
+                conn.batch("BEGIN")?;
+                match f(&Tx(Inner::Postgres(&conn))) {
+                    Ok(out) => {
+                        conn.batch("COMMIT")?;
+                        conn.set_in_tx(false);
+                        Ok(out)
+                    }
+                    Err(e) => {
+                        if conn.batch("ROLLBACK").is_ok() {
+                            conn.set_in_tx(false);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `f` with a connection outside a transaction (for lookups that
+    /// need several queries and no atomicity).
+    ///
+    /// # Errors
+    /// Whatever `f` returns; [`StoreError::Unavailable`] when no
+    /// connection can be had.
+    pub fn with_conn<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &*self.backend {
+            BackendImpl::Sqlite(db) => f(&Tx(Inner::Sqlite(&db.lock()))),
+            BackendImpl::Postgres(pool) => {
+                let conn = pool.get()?;
+                f(&Tx(Inner::Postgres(&conn)))
+            }
+        }
     }
 
     // ---- entries -------------------------------------------------------
@@ -317,7 +471,7 @@ impl Store {
     /// Deletes an entry. Returns whether it existed.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     #[cfg(test)]
     pub fn delete_entry(&self, id: &str) -> Result<bool, StoreError> {
         self.transaction(|tx| remove_entry(tx, id))
@@ -326,46 +480,33 @@ impl Store {
     /// One entry by id.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn get_entry(&self, id: &str) -> Result<Option<EntryRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!("{ENTRY_SELECT} WHERE id = ?1"))?;
-        let row = stmt.query_row(params![id], entry_from_row).optional()?;
-        row.transpose()
+        self.with_conn(|c| {
+            c.query_opt(&format!("{ENTRY_SELECT} WHERE id = ?1"), args![id])?
+                .map(|r| entry_from_row(&r))
+                .transpose()
+        })
     }
 
     /// Entries, all or those of one parent, ordered by SPIFFE ID.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn list_entries(&self, parent_id: Option<&str>) -> Result<Vec<EntryRow>, StoreError> {
-        let conn = self.lock();
-        let rows: Vec<Result<EntryRow, StoreError>> = match parent_id {
-            Some(p) => {
-                let mut stmt = conn.prepare_cached(&format!(
-                    "{ENTRY_SELECT} WHERE parent_id = ?1 ORDER BY spiffe_id, id"
-                ))?;
-                stmt.query_map(params![p], entry_from_row)?
-                    .collect::<Result<_, _>>()?
-            }
-            None => {
-                let mut stmt =
-                    conn.prepare_cached(&format!("{ENTRY_SELECT} ORDER BY spiffe_id, id"))?;
-                stmt.query_map([], entry_from_row)?
-                    .collect::<Result<_, _>>()?
-            }
-        };
-        rows.into_iter().collect()
+        self.with_conn(|c| list_entries(c, parent_id))
     }
 
     /// The current entry revision (bumped by every entry change).
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn revision(&self) -> Result<u64, StoreError> {
-        let conn = self.lock();
-        let v: i64 = conn.query_row("SELECT value FROM revision WHERE id = 1", [], |r| r.get(0))?;
-        Ok(v as u64)
+        self.with_conn(|c| {
+            c.query_opt("SELECT value FROM revision WHERE id = 1", &[])?
+                .ok_or_else(|| StoreError::Corrupt("no revision row".into()))?
+                .get(0)
+        })
     }
 
     // ---- join tokens and nodes -----------------------------------------
@@ -373,7 +514,7 @@ impl Store {
     /// Stores a join token by its SHA-256 hash (the token itself is never stored).
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     #[cfg(test)]
     pub fn create_join_token(
         &self,
@@ -390,12 +531,12 @@ impl Store {
     /// Authorities of a kind, newest first.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn authorities(
         &self,
         kind: Option<AuthorityKind>,
     ) -> Result<Vec<AuthorityRow>, StoreError> {
-        authorities::list(&self.lock(), kind)
+        self.with_conn(|c| authorities::list(c, kind))
     }
 
     /// Records a new authority and its audit record in one transaction; when
@@ -403,7 +544,7 @@ impl Store {
     /// retired in that transaction too.
     ///
     /// # Errors
-    /// SQLite errors (then nothing is recorded).
+    /// Database errors (then nothing is recorded).
     pub fn insert_authority(
         &self,
         row: &AuthorityRow,
@@ -413,7 +554,7 @@ impl Store {
             if row.state == AuthorityState::Active {
                 tx.execute(
                     "UPDATE authorities SET state = ?2, retired_at = ?4 WHERE kind = ?1 AND state = ?3",
-                    params![
+                    args![
                         row.kind.as_str(),
                         AuthorityState::Retired.as_str(),
                         AuthorityState::Active.as_str(),
@@ -429,17 +570,17 @@ impl Store {
     /// A value from the meta table.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        meta_get(&self.lock(), key)
+        self.with_conn(|c| meta_get(c, key))
     }
 
     /// Sets a value in the meta table.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        meta_set(&self.lock(), key, value)
+        self.with_conn(|c| meta_set(c, key, value))
     }
 
     // ---- audit ---------------------------------------------------------
@@ -448,27 +589,29 @@ impl Store {
     /// seconds), oldest first, in one short transaction. Returns how many.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn prune_audit(&self, before: i64, batch: usize) -> Result<usize, StoreError> {
-        let conn = self.lock();
-        Ok(conn.execute(
-            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 ORDER BY at, id LIMIT ?2)",
-            params![before, batch as i64],
-        )?)
+        self.with_conn(|c| {
+            Ok(c.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 ORDER BY at, id LIMIT ?2)",
+                args![before, batch as i64],
+            )? as usize)
+        })
     }
 
     /// The last `limit` audit records, oldest first.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT at, caller, action, spiffe_id, serial, not_after, result, detail FROM
-             (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id ASC",
-        )?;
-        let rows = stmt
-            .query_map(params![limit], |r| {
+        self.with_conn(|c| {
+            c.query(
+                "SELECT at, caller, action, spiffe_id, serial, not_after, result, detail FROM
+                 (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) AS tail ORDER BY id ASC",
+                args![i64::from(limit)],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(AuditRecord {
                     at: r.get(0)?,
                     caller: r.get(1)?,
@@ -479,32 +622,45 @@ impl Store {
                     result: r.get(6)?,
                     detail: r.get(7)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            })
+            .collect()
+        })
     }
+}
+
+/// Entries, all or those of one parent, ordered by SPIFFE ID.
+///
+/// # Errors
+/// Database errors.
+pub fn list_entries(tx: &Tx<'_>, parent_id: Option<&str>) -> Result<Vec<EntryRow>, StoreError> {
+    let rows = match parent_id {
+        Some(p) => tx.query(
+            &format!("{ENTRY_SELECT} WHERE parent_id = ?1 ORDER BY spiffe_id, id"),
+            args![p],
+        )?,
+        None => tx.query(&format!("{ENTRY_SELECT} ORDER BY spiffe_id, id"), &[])?,
+    };
+    rows.iter().map(entry_from_row).collect()
 }
 
 /// A value from the meta table, on a connection or inside a transaction.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-            r.get(0)
-        })
-        .optional()?)
+/// Database errors.
+pub fn meta_get(tx: &Tx<'_>, key: &str) -> Result<Option<String>, StoreError> {
+    tx.query_opt("SELECT value FROM meta WHERE key = ?1", args![key])?
+        .map(|r| r.get(0))
+        .transpose()
 }
 
 /// Sets a value in the meta table, on a connection or inside a transaction.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
-    conn.execute(
+/// Database errors.
+pub fn meta_set(tx: &Tx<'_>, key: &str, value: &str) -> Result<(), StoreError> {
+    tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
+        args![key, value],
     )?;
     Ok(())
 }
@@ -512,22 +668,22 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreEr
 /// Appends an audit record on a connection or inside a transaction.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn insert_audit(conn: &Connection, rec: &AuditRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(
+/// Database errors.
+pub fn insert_audit(tx: &Tx<'_>, rec: &AuditRecord) -> Result<(), StoreError> {
+    tx.execute(
         "INSERT INTO audit (at, caller, action, spiffe_id, serial, not_after, result, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        rec.at,
-        rec.caller,
-        rec.action,
-        rec.spiffe_id,
-        rec.serial,
-        rec.not_after,
-        rec.result,
-        rec.detail
-    ])?;
+        args![
+            rec.at,
+            &rec.caller,
+            &rec.action,
+            &rec.spiffe_id,
+            &rec.serial,
+            rec.not_after,
+            &rec.result,
+            &rec.detail
+        ],
+    )?;
     Ok(())
 }
 
@@ -535,7 +691,7 @@ pub fn insert_audit(conn: &Connection, rec: &AuditRecord) -> Result<(), StoreErr
 ///
 /// # Errors
 /// [`StoreError::Conflict`] when an identical entry exists.
-pub fn insert_entry(tx: &Transaction<'_>, mut entry: EntryRow) -> Result<EntryRow, StoreError> {
+pub fn insert_entry(tx: &Tx<'_>, mut entry: EntryRow) -> Result<EntryRow, StoreError> {
     let rev = bump_revision(tx)?;
     entry.revision = rev;
     let selectors =
@@ -547,27 +703,23 @@ pub fn insert_entry(tx: &Transaction<'_>, mut entry: EntryRow) -> Result<EntryRo
     let res = tx.execute(
         "INSERT INTO entries (id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision, federates_with)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![entry.id, entry.spiffe_id, entry.parent_id, selectors, entry.ttl_seconds, dns, entry.created_at, rev as i64, federates_with],
+        args![&entry.id, &entry.spiffe_id, &entry.parent_id, selectors, entry.ttl_seconds, dns, entry.created_at, rev as i64, federates_with],
     );
     match res {
         Ok(_) => Ok(entry),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(StoreError::Conflict(
-                "an entry with the same SPIFFE ID, parent and selectors exists".into(),
-            ))
-        }
-        Err(e) => Err(e.into()),
+        Err(StoreError::Duplicate(_)) => Err(StoreError::Conflict(
+            "an entry with the same SPIFFE ID, parent and selectors exists".into(),
+        )),
+        Err(e) => Err(e),
     }
 }
 
 /// Deletes an entry inside a transaction. Returns whether it existed.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn remove_entry(tx: &Transaction<'_>, id: &str) -> Result<bool, StoreError> {
-    let n = tx.execute("DELETE FROM entries WHERE id = ?1", params![id])?;
+/// Database errors.
+pub fn remove_entry(tx: &Tx<'_>, id: &str) -> Result<bool, StoreError> {
+    let n = tx.execute("DELETE FROM entries WHERE id = ?1", args![id])?;
     if n > 0 {
         bump_revision(tx)?;
     }
@@ -578,9 +730,9 @@ pub fn remove_entry(tx: &Transaction<'_>, id: &str) -> Result<bool, StoreError> 
 /// itself is never stored).
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn insert_join_token(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     token_hash: &str,
     node_name: &str,
     created_at: i64,
@@ -588,7 +740,7 @@ pub fn insert_join_token(
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO join_tokens (token_hash, node_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![token_hash, node_name, created_at, expires_at],
+        args![token_hash, node_name, created_at, expires_at],
     )?;
     Ok(())
 }
@@ -596,37 +748,48 @@ pub fn insert_join_token(
 /// Looks a join token up inside a transaction.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn token_state(
-    tx: &Transaction<'_>,
-    token_hash: &str,
-    now: i64,
-) -> Result<TokenState, StoreError> {
-    let row: Option<(String, i64, Option<i64>)> = tx
-        .query_row(
-            "SELECT node_name, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
-            params![token_hash],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    Ok(match row {
-        None => TokenState::Unknown,
-        Some((_, _, Some(_))) => TokenState::Used,
-        Some((_, expires_at, None)) if expires_at <= now => TokenState::Expired,
-        Some((name, _, None)) => TokenState::Valid(name),
+/// Database errors.
+pub fn token_state(tx: &Tx<'_>, token_hash: &str, now: i64) -> Result<TokenState, StoreError> {
+    let row = tx.query_opt(
+        "SELECT node_name, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
+        args![token_hash],
+    )?;
+    let Some(row) = row else {
+        return Ok(TokenState::Unknown);
+    };
+    let (name, expires_at, used_at): (String, i64, Option<i64>) =
+        (row.get(0)?, row.get(1)?, row.get(2)?);
+    Ok(match used_at {
+        Some(_) => TokenState::Used,
+        None if expires_at <= now => TokenState::Expired,
+        None => TokenState::Valid(name),
     })
 }
 
-/// Marks a join token used inside a transaction.
+/// Claims a join token inside a transaction: one statement marks it used
+/// when it is unused and unexpired and returns its node name, so that of
+/// two connections racing for the same token exactly one wins (on
+/// PostgreSQL the loser's UPDATE waits for the winner's commit and then
+/// finds the token used). Anything but [`TokenState::Valid`] changed nothing.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn consume_token(tx: &Transaction<'_>, token_hash: &str, now: i64) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE join_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
-        params![token_hash, now],
+/// Database errors.
+pub fn claim_token(tx: &Tx<'_>, token_hash: &str, now: i64) -> Result<TokenState, StoreError> {
+    let won = tx.query_opt(
+        "UPDATE join_tokens SET used_at = ?2
+         WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+         RETURNING node_name",
+        args![token_hash, now],
     )?;
-    Ok(())
+    match won {
+        Some(row) => Ok(TokenState::Valid(row.get(0)?)),
+        None => match token_state(tx, token_hash, now)? {
+            // Used between our statements by a transaction that has since
+            // committed; never hand out a token twice.
+            TokenState::Valid(_) => Ok(TokenState::Used),
+            other => Ok(other),
+        },
+    }
 }
 
 /// Whether an [`upsert_node`] records an attestation or a renewal.
@@ -641,9 +804,9 @@ pub enum NodeEvent {
 /// Records (or refreshes) an attested node inside a transaction.
 ///
 /// # Errors
-/// SQLite errors.
+/// Database errors.
 pub fn upsert_node(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     spiffe_id: &str,
     name: &str,
     now: i64,
@@ -656,8 +819,8 @@ pub fn upsert_node(
          VALUES (?1, ?2, ?3, ?4, ?5, ?3)
          ON CONFLICT(spiffe_id) DO UPDATE SET last_serial = excluded.last_serial,
            svid_expires_at = excluded.svid_expires_at, updated_at = excluded.updated_at,
-           attested_at = CASE WHEN ?6 THEN excluded.attested_at ELSE nodes.attested_at END",
-        params![
+           attested_at = CASE WHEN ?6 = 1 THEN excluded.attested_at ELSE nodes.attested_at END",
+        args![
             spiffe_id,
             name,
             now,
@@ -672,58 +835,171 @@ pub fn upsert_node(
 /// Whether a node has been attested.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn node_exists(conn: &Connection, spiffe_id: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM nodes WHERE spiffe_id = ?1",
-            params![spiffe_id],
-            |_| Ok(()),
-        )
-        .optional()?
+/// Database errors.
+pub fn node_exists(tx: &Tx<'_>, spiffe_id: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .query_opt("SELECT 1 FROM nodes WHERE spiffe_id = ?1", args![spiffe_id])?
         .is_some())
 }
 
-fn bump_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {
-    tx.execute("UPDATE revision SET value = value + 1 WHERE id = 1", [])?;
-    let v: i64 = tx.query_row("SELECT value FROM revision WHERE id = 1", [], |r| r.get(0))?;
-    Ok(v as u64)
+fn bump_revision(tx: &Tx<'_>) -> Result<u64, StoreError> {
+    tx.query_opt(
+        "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value",
+        &[],
+    )?
+    .ok_or_else(|| StoreError::Corrupt("no revision row".into()))?
+    .get(0)
 }
 
 const ENTRY_SELECT: &str = "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision, federates_with FROM entries";
 
-fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntryRow, StoreError>> {
+fn entry_from_row(r: &Row) -> Result<EntryRow, StoreError> {
+    let id: String = r.get(0)?;
     let selectors: String = r.get(3)?;
     let dns: String = r.get(5)?;
-    let rev: i64 = r.get(7)?;
-    let id: String = r.get(0)?;
-    let spiffe_id: String = r.get(1)?;
-    let parent_id: String = r.get(2)?;
-    let ttl_seconds: i64 = r.get(4)?;
-    let created_at: i64 = r.get(6)?;
     let federates_with: String = r.get(8)?;
-    Ok((|| {
-        Ok(EntryRow {
-            selectors: serde_json::from_str(&selectors)
-                .map_err(|e| StoreError::Corrupt(format!("entry {id} selectors: {e}")))?,
-            dns_names: serde_json::from_str(&dns)
-                .map_err(|e| StoreError::Corrupt(format!("entry {id} dns names: {e}")))?,
-            federates_with: serde_json::from_str(&federates_with)
-                .map_err(|e| StoreError::Corrupt(format!("entry {id} federates_with: {e}")))?,
-            id,
-            spiffe_id,
-            parent_id,
-            ttl_seconds,
-            created_at,
-            revision: rev as u64,
-        })
-    })())
+    Ok(EntryRow {
+        selectors: serde_json::from_str(&selectors)
+            .map_err(|e| StoreError::Corrupt(format!("entry {id} selectors: {e}")))?,
+        dns_names: serde_json::from_str(&dns)
+            .map_err(|e| StoreError::Corrupt(format!("entry {id} dns names: {e}")))?,
+        federates_with: serde_json::from_str(&federates_with)
+            .map_err(|e| StoreError::Corrupt(format!("entry {id} federates_with: {e}")))?,
+        spiffe_id: r.get(1)?,
+        parent_id: r.get(2)?,
+        ttl_seconds: r.get(4)?,
+        created_at: r.get(6)?,
+        revision: r.get(7)?,
+        id,
+    })
+}
+
+/// An attested node as stored, with what it last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub spiffe_id: String,
+    pub name: String,
+    pub attested_at: i64,
+    pub last_serial: String,
+    pub svid_expires_at: i64,
+    pub bundle_sequence: u64,
+    pub svid_count: u32,
+    pub last_seen: i64,
+    /// Authority ids the agent last reported its SVIDs chain through.
+    pub chains_through: Vec<String>,
 }
 
 impl Store {
-    /// Runs `f` with the connection (for lookups that need several queries).
-    pub fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        f(&self.lock())
+    /// Records what an agent reports it serves.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn report_status(
+        &self,
+        spiffe_id: &str,
+        bundle_sequence: u64,
+        svid_count: u32,
+        chains_through: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let chains = serde_json::to_string(chains_through)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with_conn(|c| {
+            c.execute(
+                "UPDATE nodes SET bundle_sequence = ?2, svid_count = ?3, last_seen = ?4, chains_through = ?5 WHERE spiffe_id = ?1",
+                args![spiffe_id, bundle_sequence as i64, svid_count, now, chains],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Every attested node.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        self.with_conn(|c| {
+            c.query(
+                "SELECT spiffe_id, name, attested_at, last_serial, svid_expires_at, bundle_sequence, svid_count, last_seen, chains_through
+                 FROM nodes ORDER BY spiffe_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    spiffe_id: r.get(0)?,
+                    name: r.get(1)?,
+                    attested_at: r.get(2)?,
+                    last_serial: r.get(3)?,
+                    svid_expires_at: r.get(4)?,
+                    bundle_sequence: r.get(5)?,
+                    svid_count: r.get(6)?,
+                    last_seen: r.get(7)?,
+                    // Written by us as JSON; an unreadable value counts as
+                    // nothing reported.
+                    chains_through: serde_json::from_str(&r.get::<String>(8)?)
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+        })
+    }
+}
+
+/// Test support: every store test runs once per backend.
+#[cfg(test)]
+pub(crate) mod each_backend {
+    use super::{Store, StoreLocation};
+
+    /// A fresh store on one backend; keeps what backs it alive.
+    pub(crate) struct Fresh {
+        pub store: Store,
+        pub location: StoreLocation,
+        _dir: Option<tempfile::TempDir>,
+        _db: Option<signet_test_postgres::Database>,
+    }
+
+    impl Fresh {
+        /// An empty SQLite file in a temporary directory.
+        pub(crate) fn sqlite() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let location = StoreLocation::Sqlite(dir.path().join("signet.db"));
+            Self {
+                store: Store::open_location(&location).unwrap(),
+                location,
+                _dir: Some(dir),
+                _db: None,
+            }
+        }
+
+        /// An empty database on a real PostgreSQL server.
+        pub(crate) fn postgres() -> Self {
+            let db = signet_test_postgres::Database::create();
+            let location: StoreLocation = db.url().parse().unwrap();
+            Self {
+                store: Store::open_location(&location).unwrap(),
+                location,
+                _dir: None,
+                _db: Some(db),
+            }
+        }
+
+        /// A second, independent handle on the same database (its own
+        /// connections).
+        pub(crate) fn reopen(&self) -> Store {
+            Store::open_location(&self.location).unwrap()
+        }
+
+        /// The PostgreSQL test database, when this is one.
+        pub(crate) fn pg(&self) -> Option<&signet_test_postgres::Database> {
+            self._db.as_ref()
+        }
+    }
+
+    /// Runs `test` on SQLite, then on PostgreSQL.
+    pub(crate) fn run(test: impl Fn(&Fresh)) {
+        test(&Fresh::sqlite());
+        test(&Fresh::postgres());
     }
 }
 
@@ -747,7 +1023,10 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_bump_the_revision() {
-        let store = Store::open_in_memory().unwrap();
+        each_backend::run(|f| entries_round_trip(&f.store));
+    }
+
+    fn entries_round_trip(store: &Store) {
         let r0 = store.revision().unwrap();
         let e = store
             .create_entry(entry("e1", "spiffe://td/signet/node/a"))
@@ -773,7 +1052,10 @@ mod tests {
 
     #[test]
     fn duplicate_entries_conflict() {
-        let store = Store::open_in_memory().unwrap();
+        each_backend::run(|f| duplicate_entries(&f.store));
+    }
+
+    fn duplicate_entries(store: &Store) {
         store.create_entry(entry("e1", "p")).unwrap();
         let mut dup = entry("e1", "p");
         dup.id = "other".into();
@@ -785,7 +1067,10 @@ mod tests {
 
     #[test]
     fn tokens_are_single_use_and_expire() {
-        let store = Store::open_in_memory().unwrap();
+        each_backend::run(|f| tokens_single_use(&f.store));
+    }
+
+    fn tokens_single_use(store: &Store) {
         store.create_join_token("h1", "node-a", 0, 100).unwrap();
         store.create_join_token("h2", "node-b", 0, 10).unwrap();
         store
@@ -794,21 +1079,65 @@ mod tests {
                     token_state(tx, "h1", 50)?,
                     TokenState::Valid("node-a".into())
                 );
-                consume_token(tx, "h1", 50)?;
+                assert_eq!(
+                    claim_token(tx, "h1", 50)?,
+                    TokenState::Valid("node-a".into())
+                );
                 assert_eq!(token_state(tx, "h1", 51)?, TokenState::Used);
-                assert_eq!(token_state(tx, "h2", 50)?, TokenState::Expired);
-                assert_eq!(token_state(tx, "nope", 50)?, TokenState::Unknown);
+                assert_eq!(claim_token(tx, "h1", 51)?, TokenState::Used);
+                assert_eq!(claim_token(tx, "h2", 50)?, TokenState::Expired);
+                assert_eq!(claim_token(tx, "nope", 50)?, TokenState::Unknown);
                 Ok::<_, StoreError>(())
             })
             .unwrap();
     }
 
+    /// Two handles (two connections) race for the same token, many times:
+    /// exactly one wins each time.
+    #[test]
+    fn a_token_raced_from_two_handles_is_claimed_exactly_once() {
+        each_backend::run(|f| {
+            let a = f.store.clone();
+            let b = f.reopen();
+            for round in 0..200 {
+                let hash = format!("race-{round}");
+                a.create_join_token(&hash, "node", 0, 1000).unwrap();
+                let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+                let racers: Vec<_> = [a.clone(), b.clone()]
+                    .into_iter()
+                    .map(|s| {
+                        let hash = hash.clone();
+                        let barrier = barrier.clone();
+                        std::thread::spawn(move || {
+                            barrier.wait();
+                            s.transaction(|tx| claim_token(tx, &hash, 10)).unwrap()
+                        })
+                    })
+                    .collect();
+                let results: Vec<TokenState> =
+                    racers.into_iter().map(|t| t.join().unwrap()).collect();
+                let wins = results
+                    .iter()
+                    .filter(|r| **r == TokenState::Valid("node".into()))
+                    .count();
+                assert_eq!(wins, 1, "round {round}: {results:?}");
+                assert!(
+                    results.contains(&TokenState::Used),
+                    "round {round}: {results:?}"
+                );
+            }
+        });
+    }
+
     #[test]
     fn a_failed_transaction_changes_nothing() {
-        let store = Store::open_in_memory().unwrap();
+        each_backend::run(|f| failed_transaction(&f.store));
+    }
+
+    fn failed_transaction(store: &Store) {
         store.create_join_token("h1", "node-a", 0, 100).unwrap();
         let res: Result<(), StoreError> = store.transaction(|tx| {
-            consume_token(tx, "h1", 50)?;
+            claim_token(tx, "h1", 50)?;
             Err(StoreError::Conflict("signing failed".into()))
         });
         assert!(res.is_err());
@@ -825,7 +1154,10 @@ mod tests {
 
     #[test]
     fn pruning_deletes_only_old_records_in_bounded_batches() {
-        let store = Store::open_in_memory().unwrap();
+        each_backend::run(|f| pruning(&f.store));
+    }
+
+    fn pruning(store: &Store) {
         store
             .transaction(|tx| {
                 for at in 0..25 {
@@ -895,77 +1227,265 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list_entries(None).unwrap().len(), 1);
         let v: i64 = store
-            .with_conn(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .with_conn(|c| {
+                c.query_opt("PRAGMA user_version", &[])?
+                    .ok_or_else(|| StoreError::Corrupt("no version".into()))?
+                    .get(0)
+            })
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
     }
-}
 
-/// An attested node as stored, with what it last reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRow {
-    pub spiffe_id: String,
-    pub name: String,
-    pub attested_at: i64,
-    pub last_serial: String,
-    pub svid_expires_at: i64,
-    pub bundle_sequence: u64,
-    pub svid_count: u32,
-    pub last_seen: i64,
-    /// Authority ids the agent last reported its SVIDs chain through.
-    pub chains_through: Vec<String>,
-}
-
-impl Store {
-    /// Records what an agent reports it serves.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn report_status(
-        &self,
-        spiffe_id: &str,
-        bundle_sequence: u64,
-        svid_count: u32,
-        chains_through: &[String],
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let chains = serde_json::to_string(chains_through)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.lock().execute(
-            "UPDATE nodes SET bundle_sequence = ?2, svid_count = ?3, last_seen = ?4, chains_through = ?5 WHERE spiffe_id = ?1",
-            params![spiffe_id, bundle_sequence as i64, svid_count, now, chains],
-        )?;
-        Ok(())
+    #[test]
+    fn reconnecting_to_postgres_keeps_data_and_schema() {
+        let f = each_backend::Fresh::postgres();
+        f.store.create_entry(entry("e1", "p")).unwrap();
+        let again = f.reopen();
+        assert_eq!(again.list_entries(None).unwrap().len(), 1);
+        let pg = f.pg().unwrap();
+        assert_eq!(
+            pg.psql("SELECT version FROM signet_schema").unwrap(),
+            SCHEMA_VERSION.to_string()
+        );
     }
 
-    /// Every attested node.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT spiffe_id, name, attested_at, last_serial, svid_expires_at, bundle_sequence, svid_count, last_seen, chains_through
-             FROM nodes ORDER BY spiffe_id",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(NodeRow {
-                    spiffe_id: r.get(0)?,
-                    name: r.get(1)?,
-                    attested_at: r.get(2)?,
-                    last_serial: r.get(3)?,
-                    svid_expires_at: r.get(4)?,
-                    bundle_sequence: r.get::<_, i64>(5)? as u64,
-                    svid_count: r.get(6)?,
-                    last_seen: r.get(7)?,
-                    // Written by us as JSON; an unreadable value counts as
-                    // nothing reported.
-                    chains_through: serde_json::from_str(&r.get::<_, String>(8)?)
-                        .unwrap_or_default(),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+    /// The database goes away: calls fail with Unavailable (none hangs),
+    /// a write made then is not there afterwards, and the store reconnects
+    /// by itself once the database is back.
+    #[test]
+    fn postgres_going_away_fails_fast_and_the_store_reconnects() {
+        let mut db = signet_test_postgres::Database::on_private_server();
+        let StoreLocation::Postgres(url) = db.url().parse().unwrap() else {
+            panic!("not postgres");
+        };
+        let opts = PgOptions {
+            max_connections: 2,
+            min_backoff: std::time::Duration::from_millis(20),
+            max_backoff: std::time::Duration::from_millis(200),
+            ..PgOptions::default()
+        };
+        let store = Store::connect_postgres(&url, opts).unwrap();
+        store.create_entry(entry("e1", "p")).unwrap();
+
+        db.server_mut().unwrap().stop();
+        for _ in 0..5 {
+            let err = store.list_entries(None).unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+            let err = store.create_entry(entry("e2", "p")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("the CA's database is unreachable"),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(db.url()), "{err}");
+        }
+
+        db.server_mut().unwrap().start_again();
+        let mut attempts = 0;
+        let entries = loop {
+            match store.list_entries(None) {
+                Ok(e) => break e,
+                Err(StoreError::Unavailable(_)) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["e1"]);
+        store.create_entry(entry("e2", "p")).unwrap();
+    }
+
+    /// `sslmode` against a server with TLS: require and verify-full
+    /// encrypt; verify-full refuses a server its `sslrootcert` did not sign.
+    #[test]
+    fn tls_modes_encrypt_and_verify_full_checks_the_server() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&server_key, &Issuer::from_params(&ca_params, &ca_key))
+                .unwrap();
+        let other_key = KeyPair::generate().unwrap();
+        let other_ca = ca_params.self_signed(&other_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("other.pem"), other_ca.pem()).unwrap();
+
+        let db = signet_test_postgres::Database::on_private_tls_server(Some((
+            &server_cert.pem(),
+            &server_key.serialize_pem(),
+        )));
+        let encrypted = |query: &str| -> Result<bool, StoreError> {
+            let location: StoreLocation = format!("{}?{query}", db.url()).parse().unwrap();
+            let store = Store::open_location(&location)?;
+            store.with_conn(|c| {
+                c.query_opt(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )?
+                .ok_or_else(|| StoreError::Corrupt("no pg_stat_ssl row".into()))?
+                .get(0)
+            })
+        };
+        assert!(!encrypted("sslmode=disable").unwrap());
+        assert!(encrypted("sslmode=require").unwrap());
+        let ca = dir.path().join("ca.pem");
+        assert!(encrypted(&format!("sslmode=verify-full&sslrootcert={}", ca.display())).unwrap());
+        let other = dir.path().join("other.pem");
+        let err = encrypted(&format!(
+            "sslmode=verify-full&sslrootcert={}",
+            other.display()
+        ))
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_schema_newer_than_this_build_is_refused_on_both_backends() {
+        let f = each_backend::Fresh::sqlite();
+        f.store
+            .with_conn(|c| c.batch("PRAGMA user_version = 99"))
+            .unwrap();
+        let err = Store::open_location(&f.location).err().unwrap();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+
+        let f = each_backend::Fresh::postgres();
+        f.pg()
+            .unwrap()
+            .psql("UPDATE signet_schema SET version = 99")
+            .unwrap();
+        let err = Store::open_location(&f.location).err().unwrap();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+        // Refused without touching it.
+        assert_eq!(
+            f.pg()
+                .unwrap()
+                .psql("SELECT version FROM signet_schema")
+                .unwrap(),
+            "99"
+        );
+    }
+
+    #[test]
+    fn authorities_round_trip_newest_first_on_both_backends() {
+        each_backend::run(|f| {
+            let row = |id: &str, kind, state, at| {
+                AuthorityRow::new(
+                    id.into(),
+                    kind,
+                    state,
+                    vec![1, 2, 3],
+                    format!("{id}.key"),
+                    (0, 100),
+                    at,
+                    None,
+                )
+            };
+            let a = row("r1", AuthorityKind::Root, AuthorityState::Active, 10);
+            let b = row("r2", AuthorityKind::Root, AuthorityState::Active, 10);
+            let mut i = row(
+                "i1",
+                AuthorityKind::Intermediate,
+                AuthorityState::Prepared,
+                5,
+            );
+            i.parent_id = Some("r1".into());
+            i.published_sequence = Some(3);
+            for r in [&a, &b, &i] {
+                f.store
+                    .insert_authority(r, &AuditRecord::default())
+                    .unwrap();
+            }
+            let all = f.store.authorities(None).unwrap();
+            let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
+            assert_eq!(ids, ["r2", "r1", "i1"]);
+            // Inserting r2 active retired r1.
+            assert_eq!(all[1].state, AuthorityState::Retired);
+            assert_eq!(all[1].retired_at, Some(10));
+            assert_eq!(all[2], i);
+            assert_eq!(
+                f.store
+                    .authorities(Some(AuthorityKind::Intermediate))
+                    .unwrap(),
+                vec![i]
+            );
+        });
+    }
+
+    #[test]
+    fn copying_a_trust_domain_keeps_every_row_and_refuses_a_full_target() {
+        let from = each_backend::Fresh::sqlite();
+        from.store.set_meta("trust_domain", "td").unwrap();
+        from.store.create_entry(entry("e1", "p")).unwrap();
+        from.store.create_entry(entry("e2", "p")).unwrap();
+        from.store.create_join_token("h1", "n", 0, 100).unwrap();
+        let root = AuthorityRow::new(
+            "r1".into(),
+            AuthorityKind::Root,
+            AuthorityState::Active,
+            vec![9; 40],
+            "r1.key".into(),
+            (0, 100),
+            1,
+            None,
+        );
+        from.store
+            .insert_authority(&root, &AuditRecord::default())
+            .unwrap();
+        from.store
+            .transaction(|tx| {
+                upsert_node(tx, "spiffe://td/n", "n", 1, "aa", 2, NodeEvent::Attested)?;
+                nodes_ban::ban(tx, "bad", 3)?;
+                for at in 0..2500 {
+                    insert_audit(
+                        tx,
+                        &AuditRecord {
+                            at,
+                            ..AuditRecord::default()
+                        },
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let to = each_backend::Fresh::postgres();
+        let report = copy::copy(&from.store, &to.store).unwrap();
+        assert!(report.tables.contains(&("entries", 2)), "{report:?}");
+        assert!(report.tables.contains(&("audit", 2501)), "{report:?}");
+        assert_eq!(
+            to.store.meta("trust_domain").unwrap().as_deref(),
+            Some("td")
+        );
+        assert_eq!(
+            to.store.list_entries(None).unwrap(),
+            from.store.list_entries(None).unwrap()
+        );
+        assert_eq!(to.store.revision().unwrap(), from.store.revision().unwrap());
+        assert_eq!(to.store.authorities(None).unwrap(), vec![root]);
+        assert_eq!(to.store.nodes().unwrap(), from.store.nodes().unwrap());
+        assert_eq!(to.store.banned_nodes().unwrap(), vec!["bad".to_owned()]);
+        assert_eq!(
+            to.store.audit_tail(10_000).unwrap(),
+            from.store.audit_tail(10_000).unwrap()
+        );
+        to.store
+            .transaction(|tx| {
+                assert_eq!(claim_token(tx, "h1", 5)?, TokenState::Valid("n".into()));
+                Err::<(), _>(StoreError::Conflict("look only".into()))
+            })
+            .unwrap_err();
+        // Into a target that holds data: refused, nothing written.
+        let before = to.store.audit_tail(10_000).unwrap().len();
+        let err = copy::copy(&from.store, &to.store).unwrap_err();
+        assert!(err.to_string().contains("already holds data"), "{err}");
+        assert_eq!(to.store.audit_tail(10_000).unwrap().len(), before);
     }
 }

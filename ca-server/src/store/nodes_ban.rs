@@ -1,9 +1,8 @@
 //! Node credentials and bans: which node SVID serials are current, and
 //! which node names may not attest.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
-
-use super::{Store, StoreError};
+use super::{Store, StoreError, Tx};
+use crate::args;
 
 /// The serials of a node's SVIDs the CA still honours.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,34 +16,29 @@ pub struct NodeSerials {
 /// A node's serials, `None` when it is not attested.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn node_serials(conn: &Connection, spiffe_id: &str) -> Result<Option<NodeSerials>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT last_serial, prev_serial FROM nodes WHERE spiffe_id = ?1",
-            params![spiffe_id],
-            |r| {
-                Ok(NodeSerials {
-                    current: r.get(0)?,
-                    previous: r.get(1)?,
-                })
-            },
-        )
-        .optional()?)
+/// Database errors.
+pub fn node_serials(tx: &Tx<'_>, spiffe_id: &str) -> Result<Option<NodeSerials>, StoreError> {
+    tx.query_opt(
+        "SELECT last_serial, prev_serial FROM nodes WHERE spiffe_id = ?1",
+        args![spiffe_id],
+    )?
+    .map(|r| {
+        Ok(NodeSerials {
+            current: r.get(0)?,
+            previous: r.get(1)?,
+        })
+    })
+    .transpose()
 }
 
 /// Sets the serial honoured beside the current one (empty for none).
 ///
 /// # Errors
-/// SQLite errors.
-pub fn set_previous_serial(
-    tx: &Transaction<'_>,
-    spiffe_id: &str,
-    previous: &str,
-) -> Result<(), StoreError> {
+/// Database errors.
+pub fn set_previous_serial(tx: &Tx<'_>, spiffe_id: &str, previous: &str) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE nodes SET prev_serial = ?2 WHERE spiffe_id = ?1",
-        params![spiffe_id, previous],
+        args![spiffe_id, previous],
     )?;
     Ok(())
 }
@@ -52,57 +46,51 @@ pub fn set_previous_serial(
 /// Whether the node name is banned.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn is_banned(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM banned_nodes WHERE name = ?1",
-            params![name],
-            |_| Ok(()),
-        )
-        .optional()?
+/// Database errors.
+pub fn is_banned(tx: &Tx<'_>, name: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .query_opt("SELECT 1 FROM banned_nodes WHERE name = ?1", args![name])?
         .is_some())
 }
 
 /// Removes a node's attestation; `false` when there was none.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn delete_node(tx: &Transaction<'_>, spiffe_id: &str) -> Result<bool, StoreError> {
-    Ok(tx.execute("DELETE FROM nodes WHERE spiffe_id = ?1", params![spiffe_id])? > 0)
+/// Database errors.
+pub fn delete_node(tx: &Tx<'_>, spiffe_id: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute("DELETE FROM nodes WHERE spiffe_id = ?1", args![spiffe_id])? > 0)
 }
 
 /// Bans a node name; `false` when it was banned already.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn ban(tx: &Transaction<'_>, name: &str, now: i64) -> Result<bool, StoreError> {
+/// Database errors.
+pub fn ban(tx: &Tx<'_>, name: &str, now: i64) -> Result<bool, StoreError> {
     Ok(tx.execute(
         "INSERT INTO banned_nodes (name, banned_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-        params![name, now],
+        args![name, now],
     )? > 0)
 }
 
 /// Lifts a ban; `false` when the name was not banned.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn unban(tx: &Transaction<'_>, name: &str) -> Result<bool, StoreError> {
-    Ok(tx.execute("DELETE FROM banned_nodes WHERE name = ?1", params![name])? > 0)
+/// Database errors.
+pub fn unban(tx: &Tx<'_>, name: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute("DELETE FROM banned_nodes WHERE name = ?1", args![name])? > 0)
 }
 
 impl Store {
     /// The banned node names, sorted.
     ///
     /// # Errors
-    /// SQLite errors.
+    /// Database errors.
     pub fn banned_nodes(&self) -> Result<Vec<String>, StoreError> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare_cached("SELECT name FROM banned_nodes ORDER BY name")?;
-            let names = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(names)
+            c.query("SELECT name FROM banned_nodes ORDER BY name", &[])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
         })
     }
 }
@@ -114,8 +102,10 @@ mod tests {
 
     #[test]
     fn serials_bans_and_eviction() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("signet.db")).unwrap();
+        crate::store::each_backend::run(|f| serials_bans(&f.store));
+    }
+
+    fn serials_bans(store: &Store) {
         let id = "spiffe://td/signet/node/a";
         store
             .transaction(|tx| {

@@ -3,7 +3,7 @@
 //! the same run (one CSR signature check plus one certificate signature with
 //! ring, on every core). Prints figures; asserts nothing.
 //!
-//! Usage: `cargo build --release --bins && target/release/signet-bench [--seconds N]`
+//! Usage: `cargo build --release --bins && target/release/signet-bench [--seconds N] [--store URL]`
 //! (SIGNET_BIN_DIR selects the binaries; by default those beside this one).
 
 use std::sync::Arc;
@@ -224,7 +224,16 @@ async fn main() -> anyhow::Result<()> {
         "ceiling (ring: P-256 CSR verify + P-256 sign): 1 core {one:.0}/s, {cores} cores {all:.0}/s"
     );
 
-    let ca = CaProcess::start(CaOptions::default().flag("max-batch", "1000")).await?;
+    // `--store URL`: the CA's store (PostgreSQL), instead of its SQLite file.
+    let store: Option<String> = std::env::args().skip_while(|a| a != "--store").nth(1);
+    let mut opts = CaOptions::default().flag("max-batch", "1000");
+    if let Some(url) = &store {
+        opts = opts.flag("store", url.clone());
+        println!("store: PostgreSQL");
+    } else {
+        println!("store: SQLite");
+    }
+    let ca = CaProcess::start(opts).await?;
     let mut results = Vec::new();
     results.push(
         drive(

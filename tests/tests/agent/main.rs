@@ -22,6 +22,7 @@ mod k8s_pods;
 mod metrics;
 mod node_state;
 mod pod_policy;
+mod postgres;
 mod propagation;
 mod restart;
 mod rotation;

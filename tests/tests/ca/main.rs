@@ -24,6 +24,7 @@ mod mtls;
 mod policy_crd;
 mod restart;
 mod status;
+mod store;
 mod upstream;
 mod watch;
 
