@@ -127,6 +127,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NodeServer<NodeApi>>().await;
     health_reporter.set_serving::<AdminServer<AdminApi>>().await;
+    let store_health = tokio::spawn(
+        crate::api::store_health::run(ca.clone(), health_reporter.clone())
+            .instrument(tracing::info_span!("store-health")),
+    );
 
     let limits = &config.limits;
     let tracker = ConnTracker::new(limits.clone());
@@ -178,6 +182,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // drain status (agents move to another replica at once) and lets
     // in-flight unary calls finish, all within `shutdown_grace`.
     tracing::info!(grace = ?config.shutdown_grace, "draining: new connections refused, agent streams told to move, in-flight requests finishing");
+    // The probe stops first, so it cannot turn SERVING back on.
+    store_health.abort();
+    let _ = store_health.await;
     health_reporter
         .set_not_serving::<NodeServer<NodeApi>>()
         .await;

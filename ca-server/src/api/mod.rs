@@ -10,4 +10,5 @@ pub mod node;
 pub mod overview;
 pub mod revocation;
 pub mod status;
+pub mod store_health;
 pub mod tls;

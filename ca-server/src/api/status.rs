@@ -10,6 +10,9 @@ impl From<CaError> for Status {
         if matches!(code, Code::Internal | Code::Unavailable) {
             tracing::error!(error = %e, "internal error");
         }
+        if code == Code::Unavailable {
+            super::store_health::request_failed_unavailable();
+        }
         Status::new(code, e.to_string())
     }
 }
