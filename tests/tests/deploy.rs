@@ -579,6 +579,14 @@ fn bad_values_are_refused_with_a_clear_error() {
         (vec!["--set", "ca=1"], "is a map in the chart"),
         (vec!["--set", "novalue"], "expected KEY=VALUE"),
         (vec!["--release", "Bad_Name"], "release \"Bad_Name\""),
+        (
+            vec!["--set", "ca.replicas=3"],
+            "ca.replicas > 1 needs ca.store.secretName",
+        ),
+        (
+            vec!["--set", "ca.replicas=0"],
+            "ca.replicas must be 1 or more",
+        ),
     ] {
         let out = signet_install(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -913,5 +921,137 @@ async fn the_real_binaries_run_with_the_rendered_settings() {
         );
     }
     drop(agent);
+    drop(ca);
+}
+
+const REPLICAS: &[&str] = &[
+    "--set",
+    "ca.replicas=3",
+    "--set",
+    "ca.store.secretName=signet-ca-store",
+];
+
+/// Three replicas on a PostgreSQL Secret: strict validation, the store URL
+/// from the Secret, a claim per pod, a PDB that lets one replica go, and
+/// agents given the headless name that resolves to every replica.
+#[test]
+fn several_replicas_on_a_postgres_secret_validate_and_share_the_store() {
+    let manifests = render(REPLICAS);
+    validate_all_versions(&manifests);
+    let docs = parse(&manifests);
+    let sts = get(&docs, "StatefulSet", "signet-ca");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    let env = c["env"].as_array().unwrap();
+    assert_eq!(env.len(), 1, "{env:?}");
+    assert_eq!(env[0]["name"], "SIGNET_CA_STORE");
+    let secret = &env[0]["valueFrom"]["secretKeyRef"];
+    assert_eq!(secret["name"], "signet-ca-store");
+    assert_eq!(secret["key"], "url");
+    let claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap();
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == claim && m["mountPath"] == "/var/lib/signet")
+    );
+    assert_eq!(
+        get(&docs, "PodDisruptionBudget", "signet-ca")["spec"]["maxUnavailable"],
+        1
+    );
+    let headless = get(&docs, "Service", "signet-ca-replicas");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(
+        headless["spec"]["selector"],
+        sts["spec"]["selector"]["matchLabels"]
+    );
+    let agent = toml(&docs, "signet-agent", "agent.toml");
+    assert_eq!(agent["ca_address"], "signet-ca-replicas.signet.svc:8443");
+    // The serving certificate names stay the Service's, which every replica carries.
+    let server_name = agent["ca_server_name"].as_str().unwrap();
+    let ca = toml(&docs, "signet-ca", "ca.toml");
+    assert!(
+        ca["server_names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == server_name),
+        "{ca:?}"
+    );
+
+    // One replica, by default: no store Secret, no headless Service, the PDB as set.
+    let docs = parse(&render(&[]));
+    let sts = get(&docs, "StatefulSet", "signet-ca");
+    assert_eq!(sts["spec"]["replicas"], 1);
+    assert!(sts["spec"]["template"]["spec"]["containers"][0]["env"].is_null());
+    assert!(find(&docs, "Service", "signet-ca-replicas").is_none());
+    assert_eq!(
+        get(&docs, "PodDisruptionBudget", "signet-ca")["spec"]["maxUnavailable"],
+        0
+    );
+    let agent = toml(&docs, "signet-agent", "agent.toml");
+    assert_eq!(agent["ca_address"], "signet-ca.signet.svc:8443");
+}
+
+/// The real signet-ca runs with the ca.toml rendered for several replicas
+/// and its store from the variable the StatefulSet sets: it keeps its state
+/// in PostgreSQL, not in its data directory, and issues.
+#[tokio::test]
+async fn the_real_ca_runs_on_postgres_with_the_rendered_replica_settings() {
+    let docs = parse(&render(REPLICAS));
+    let sts = get(&docs, "StatefulSet", "signet-ca");
+    let var = sts["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca_toml = get(&docs, "ConfigMap", "signet-ca")["data"]["ca.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let trust_domain = toml(&docs, "signet-ca", "ca.toml")["trust_domain"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let fake = signet_k8s::fake::FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let settings = rewrite(
+        &rewrite(
+            &ca_toml,
+            "server_names = [",
+            "server_names = [\"localhost\", ",
+        ),
+        "[k8s]\n",
+        &format!("[k8s]\nkubeconfig = {:?}\n", kubeconfig.to_str().unwrap()),
+    );
+    std::fs::write(dir.path().join("ca.toml"), settings).unwrap();
+    let db = signet_tests::postgres::Database::create();
+    let ca = signet_tests::CaProcess::start(
+        signet_tests::CaOptions::new(&trust_domain)
+            .flag("config", dir.path().join("ca.toml").to_str().unwrap())
+            .env(&var, db.url()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.psql("SELECT value FROM meta WHERE key = 'trust_domain'")
+            .unwrap(),
+        trust_domain
+    );
+    let node = signet_tests::attest_node(&ca, "n1").await.unwrap();
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT COUNT(*) FROM audit WHERE action = 'attest_node' AND result = 'issued' AND spiffe_id = '{}'",
+            node.spiffe_id
+        ))
+        .unwrap(),
+        "1"
+    );
+    assert!(!ca.data_dir().join("signet.db").exists());
     drop(ca);
 }

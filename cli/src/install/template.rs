@@ -2,7 +2,10 @@
 //! written in: `{{ .Values.a.b }}`, `{{ .Release.Name }}`, `{{- -}}` trim
 //! markers, `if`/`else if`/`else`/`end`, `range $v := X` and
 //! `range $k, $v := X` over lists and maps, pipelines, and the functions
-//! `quote`, `toYaml`, `nindent`, `indent`, `default`, `not`, `and`, `or`, `eq`.
+//! `quote`, `toYaml`, `nindent`, `indent`, `default`, `not`, `and`, `or`, `eq`,
+//! `int`, `lt` (integers) and `fail` (stops rendering with the chart's
+//! message). Helm reads numbers from values files as floats and from `--set`
+//! as integers, so a chart compares `X | int | lt 1`, never X itself.
 //! A reference to a value the chart does not define is an error, not an
 //! empty string, so a typo in a template or a values file cannot pass.
 
@@ -65,7 +68,8 @@ enum Token {
 }
 
 const FUNCS: &[&str] = &[
-    "quote", "toYaml", "nindent", "indent", "default", "not", "and", "or", "eq",
+    "quote", "toYaml", "nindent", "indent", "default", "not", "and", "or", "eq", "int", "lt",
+    "fail",
 ];
 
 fn lex(name: &str, src: &str) -> Result<Vec<Token>, TemplateError> {
@@ -603,6 +607,36 @@ impl Scope<'_> {
                 arity(2)?;
                 Ok(Value::Bool(args[0] == args[1]))
             }
+            "int" => {
+                arity(1)?;
+                match &args[0] {
+                    Value::Int(i) => Ok(Value::Int(*i)),
+                    Value::Str(s) => s
+                        .trim()
+                        .parse()
+                        .map(Value::Int)
+                        .map_err(|_| self.err(line, format!("int: {s:?} is not an integer"))),
+                    v => Err(self.err(line, format!("int: cannot make {} an integer", v.kind()))),
+                }
+            }
+            "lt" => {
+                arity(2)?;
+                match (&args[0], &args[1]) {
+                    (Value::Int(a), Value::Int(b)) => Ok(Value::Bool(a < b)),
+                    (a, b) => Err(self.err(
+                        line,
+                        format!(
+                            "lt compares two integers, not {} and {}",
+                            a.kind(),
+                            b.kind()
+                        ),
+                    )),
+                }
+            }
+            "fail" => {
+                arity(1)?;
+                Err(self.err(line, self.print(&args[0], line)?))
+            }
             _ => Err(self.err(line, format!("unknown function {f}"))),
         }
     }
@@ -665,6 +699,15 @@ mod tests {
             ),
             ("{{ eq .Values.name \"web\" }}", "true"),
             (
+                "{{ lt 0 .Values.res.cpu }} {{ .Values.res.cpu | int | lt 1 }} {{ lt .Values.res.cpu 2 }}",
+                "true false true",
+            ),
+            ("{{ \"7\" | int }}", "7"),
+            (
+                "{{ if .Values.res.cpu | int | lt 1 }}{{ fail \"never\" }}{{ end }}ok",
+                "ok",
+            ),
+            (
                 "r:\n  {{- .Values.res | toYaml | nindent 2 }}",
                 "r:\n  cpu: 1",
             ),
@@ -689,6 +732,13 @@ mod tests {
                 "unknown function or value \"upper\"",
             ),
             ("{{ $x }}", "undefined variable $x"),
+            (
+                "x\n{{ if .Values.a.b }}{{ fail \"a.b needs c\" }}{{ end }}",
+                "t line 2: a.b needs c",
+            ),
+            ("{{ lt .Values.a.b \"1\" }}", "lt compares two integers"),
+            ("{{ lt .Values.a.b }}", "lt takes 2 argument(s)"),
+            ("{{ \"x\" | int }}", "int: \"x\" is not an integer"),
             ("{{ range .Values.list }}{{ end }}", "range $v := X"),
             ("{{ .Values.a.b", "without `}}`"),
             (
