@@ -5,7 +5,7 @@
 use signet_tests::postgres::{Database, signet_ca_once};
 use signet_tests::{AgentProcess, CaOptions, CaProcess};
 
-use crate::{Node, me};
+use crate::{Node, me, serial_of};
 
 #[tokio::test]
 async fn an_agent_gets_svids_from_a_ca_on_postgres() {
@@ -104,4 +104,41 @@ async fn a_trust_domain_migrated_from_sqlite_keeps_its_roots_and_entries() {
     node.entry("/web2", &me(), &[]).await;
     let svid = node.wait_for_svid("/web2").await;
     assert_eq!(svid.spiffe_id().to_string(), node.ca.id("/web2"));
+}
+
+/// The CA's database goes away: the CA reports NOT_SERVING and the agent
+/// keeps serving the SVID it holds (the same certificate, nothing new
+/// issued); once the database is back the CA is SERVING again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_keeps_serving_its_svid_while_the_cas_database_is_down() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    async fn wait_for(ca: &CaProcess, want: ServingStatus) {
+        for _ in 0..600 {
+            let channel = ca.node_channel(None).await.unwrap();
+            if signet_tests::health_check(channel, "signet.ca.v1.Node")
+                .await
+                .unwrap()
+                == want
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the CA never became {want:?}");
+    }
+
+    let mut db = Database::on_private_server();
+    let node = Node::start_with(CaOptions::default().flag("store", db.url()), &[]).await;
+    node.entry("/web", &me(), &[]).await;
+    let before = node.wait_for_svid("/web").await;
+
+    tokio::task::block_in_place(|| db.server_mut().unwrap().stop());
+    wait_for(&node.ca, ServingStatus::NotServing).await;
+    let during = node.wait_for_svid("/web").await;
+    assert_eq!(serial_of(&during), serial_of(&before));
+
+    tokio::task::block_in_place(|| db.server_mut().unwrap().start_again());
+    wait_for(&node.ca, ServingStatus::Serving).await;
+    let after = node.wait_for_svid("/web").await;
+    assert_eq!(after.spiffe_id().to_string(), node.ca.id("/web"));
 }
