@@ -27,12 +27,14 @@ pub mod location;
 mod migrations;
 pub mod nodes_ban;
 mod postgres;
+pub mod replicas;
 mod sqlite;
 
 pub use audit::AuditLog;
 pub use db::{Backend, FromValue, Row, Tx, Value};
 pub use location::{LocationError, PgUrl, StoreLocation, StoreSetting, TlsMode};
 pub use postgres::PgOptions;
+pub use replicas::ReplicaRow;
 
 use std::path::Path;
 use std::sync::Arc;
