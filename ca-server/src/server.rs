@@ -177,6 +177,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "replica registration task failed"),
     }
     tokio::spawn(
+        crate::ca::replica::follow_other_replicas(ca.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("replica-changes")),
+    );
+    tokio::spawn(
         crate::ca::replica::heartbeat(ca.clone(), listen_addr.to_string(), shutdown_rx.clone())
             .instrument(tracing::info_span!("replica-heartbeat")),
     );

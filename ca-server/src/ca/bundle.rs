@@ -194,6 +194,7 @@ pub(super) fn publish_in(
         sequence += 1;
         store::meta_set(tx, "bundle_anchors", &fingerprint)?;
         store::meta_set(tx, "bundle_sequence", &sequence.to_string())?;
+        store::notify(tx, store::ChangeKind::Bundle, sequence)?;
     }
     let carried: Vec<String> = content
         .roots

@@ -147,6 +147,67 @@ pub async fn heartbeat(ca: Arc<Ca>, address: String, mut shutdown: watch::Receiv
     }
 }
 
+impl Ca {
+    /// Another replica changed the bundle (or may have, while this one was
+    /// not listening): publishes the bundle as the shared rows now define
+    /// it, so that this replica's agents receive it. The signing state is
+    /// left alone: each replica signs with what it loaded.
+    ///
+    /// # Errors
+    /// As publishing.
+    pub fn follow_bundle(&self) -> Result<(), super::CaError> {
+        let _writer = self.writer();
+        self.publish(super::authorities::SELF)?;
+        Ok(())
+    }
+}
+
+/// Follows the other replicas' changes until `shutdown`: each entry
+/// notification re-reads the entry revision (waking this replica's entry
+/// streams), each bundle notification republishes the bundle; after the
+/// listener (re)connected, both. Bursts coalesce: one re-read covers every
+/// notification counted before it. Nothing to do on SQLite.
+pub async fn follow_other_replicas(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = match ca.store.listen() {
+        Ok(Some(rx)) => rx,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow other replicas' changes");
+            return;
+        }
+    };
+    let mut seen = *changes.borrow_and_update();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = *changes.borrow_and_update();
+        let resync = now.resyncs != seen.resyncs;
+        let entries = resync || now.entries != seen.entries;
+        let bundle = resync || now.bundle != seen.bundle;
+        seen = now;
+        let ca = ca.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if entries {
+                ca.entries_changed();
+            }
+            if bundle { ca.follow_bundle() } else { Ok(()) }
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not follow another replica's bundle change")
+            }
+            Err(e) => tracing::error!(error = %e, "change follower task failed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ pub use audit::AuditLog;
 pub use db::{Backend, FromValue, Row, Tx, Value};
 pub use location::{LocationError, PgUrl, StoreLocation, StoreSetting, TlsMode};
 pub use postgres::PgOptions;
+pub use postgres::listen::{ChangeKind, Changes};
 pub use replicas::ReplicaRow;
 
 use std::path::Path;
@@ -459,6 +460,19 @@ impl Store {
         }
     }
 
+    /// Follows the other replicas' changes: counts of their notifications,
+    /// on one dedicated connection that reconnects by itself. `None` on
+    /// SQLite, where this process is the only replica.
+    ///
+    /// # Errors
+    /// The store's runtime has stopped.
+    pub fn listen(&self) -> Result<Option<tokio::sync::watch::Receiver<Changes>>, StoreError> {
+        match &*self.backend {
+            BackendImpl::Sqlite(_) => Ok(None),
+            BackendImpl::Postgres(pool) => pool.listen().map(Some),
+        }
+    }
+
     // ---- entries -------------------------------------------------------
 
     /// Inserts an entry, assigning its revision.
@@ -845,12 +859,33 @@ pub fn node_exists(tx: &Tx<'_>, spiffe_id: &str) -> Result<bool, StoreError> {
 }
 
 fn bump_revision(tx: &Tx<'_>) -> Result<u64, StoreError> {
-    tx.query_opt(
-        "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value",
-        &[],
-    )?
-    .ok_or_else(|| StoreError::Corrupt("no revision row".into()))?
-    .get(0)
+    let revision: u64 = tx
+        .query_opt(
+            "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value",
+            &[],
+        )?
+        .ok_or_else(|| StoreError::Corrupt("no revision row".into()))?
+        .get(0)?;
+    notify(tx, ChangeKind::Entries, revision)?;
+    Ok(revision)
+}
+
+/// Tells the other replicas that `kind` changed (now at `value`). Sent
+/// inside the caller's transaction, PostgreSQL delivers it at commit and
+/// drops it on rollback. Nothing to do on SQLite: one replica.
+///
+/// # Errors
+/// Database errors.
+pub fn notify(tx: &Tx<'_>, kind: ChangeKind, value: u64) -> Result<(), StoreError> {
+    match tx.backend() {
+        Backend::Sqlite => Ok(()),
+        // Both parts are ours (a fixed word and an integer): nothing to quote.
+        Backend::Postgres => tx.batch(&format!(
+            "NOTIFY {}, '{}:{value}'",
+            postgres::listen::CHANNEL,
+            kind.as_str()
+        )),
+    }
 }
 
 const ENTRY_SELECT: &str = "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision, federates_with FROM entries";

@@ -24,6 +24,7 @@ use super::StoreError;
 use super::db::{Row, Value, numbered_to_dollar};
 use super::location::{PgUrl, TlsMode};
 
+pub(super) mod listen;
 mod tls;
 
 /// Bounds of the pool. Defaults suit a CA replica: a few connections,
