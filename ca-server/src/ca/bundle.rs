@@ -265,6 +265,8 @@ impl Ca {
     ) -> Result<Vec<AuthorityRow>, CaError> {
         let now = self.now();
         let (sequence, rows) = self.store.transaction(|tx| {
+            // First, before any row: replicas publish one at a time.
+            store::lock_bundle(tx)?;
             for (row, action) in changes {
                 store::authorities::update(tx, row)?;
                 self.auditor.durable_in(

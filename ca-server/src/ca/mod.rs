@@ -282,6 +282,10 @@ impl Ca {
         let Some(cutoff) = now.checked_sub(self.config.audit_retention) else {
             return Ok(0);
         };
+        // One replica prunes at a time; the others skip this turn.
+        let Some(_pruning) = self.store.try_once(store::OnceWork::AuditPruning)? else {
+            return Ok(0);
+        };
         let mut deleted = 0;
         for _ in 0..PRUNE_BATCHES_PER_RUN {
             let n = self.store.prune_audit(unix(cutoff), PRUNE_BATCH)?;

@@ -396,6 +396,11 @@ pub struct PgConn {
 }
 
 impl PgConn {
+    /// Closes this connection instead of returning it to the pool.
+    pub(super) fn discard(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
     fn usable(&self) -> bool {
         !self.broken.load(Ordering::Relaxed)
             && !self.in_tx.load(Ordering::Relaxed)
