@@ -69,19 +69,25 @@ impl PgPool {
     }
 }
 
+/// The listening session's `application_name`, so that operators (and
+/// tests) can tell it from the pool's sessions.
+pub const APPLICATION_NAME: &str = "signet-ca-listen";
+
 async fn run(pool: PgPool, changes: Arc<watch::Sender<Changes>>) {
     let opts = pool.0.opts.clone();
+    let mut config = pool.0.config.clone();
+    config.application_name(APPLICATION_NAME);
     let mut backoff = opts.min_backoff;
     while !changes.is_closed() {
         let ended = match &pool.0.tls {
-            None => match pool.0.config.connect(tokio_postgres::NoTls).await {
+            None => match config.connect(tokio_postgres::NoTls).await {
                 Ok((client, conn)) => Some(session(client, conn, &changes).await),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open the LISTEN connection");
                     None
                 }
             },
-            Some(tls) => match pool.0.config.connect(tls.clone()).await {
+            Some(tls) => match config.connect(tls.clone()).await {
                 Ok((client, conn)) => Some(session(client, conn, &changes).await),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open the LISTEN connection");
@@ -171,6 +177,82 @@ fn count(changes: &watch::Sender<Changes>, payload: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::each_backend::Fresh;
+    use crate::store::{ChangeKind, EntryRow, notify};
+
+    fn entry(id: &str) -> EntryRow {
+        EntryRow {
+            id: id.into(),
+            spiffe_id: format!("spiffe://td/w/{id}"),
+            parent_id: "spiffe://td/signet/node/n".into(),
+            selectors: vec![("unix".into(), "uid:1".into())],
+            ttl_seconds: 0,
+            dns_names: vec![],
+            created_at: 1,
+            revision: 0,
+            federates_with: vec![],
+        }
+    }
+
+    async fn until(rx: &mut watch::Receiver<Changes>, what: &str, f: impl FnMut(&Changes) -> bool) {
+        let seen = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(f))
+            .await
+            .map(|r| r.map(|c| *c));
+        match seen {
+            Ok(r) => {
+                r.unwrap();
+            }
+            Err(_) => panic!("never saw {what}: {:?}", *rx.borrow()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_stores_commits_are_counted_and_a_lost_session_comes_back_with_a_resync() {
+        let f = Fresh::postgres();
+        let db = f.pg().unwrap();
+        let mut rx = f.store.listen().unwrap().unwrap();
+        until(&mut rx, "the first session", |c| c.resyncs == 1).await;
+
+        let other = f.reopen();
+        tokio::task::spawn_blocking(move || {
+            other.create_entry(entry("e1")).unwrap();
+            // A rolled-back change announces nothing.
+            let _ = other.transaction(|tx| {
+                notify(tx, ChangeKind::Bundle, 99)?;
+                Err::<(), _>(StoreError::Conflict("roll back".into()))
+            });
+            other
+                .transaction(|tx| notify(tx, ChangeKind::Bundle, 2))
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        until(&mut rx, "the entry and the bundle", |c| {
+            c.entries == 1 && c.bundle == 1
+        })
+        .await;
+        assert_eq!(
+            rx.borrow().bundle,
+            1,
+            "the rolled-back notification arrived"
+        );
+
+        // The server ends the listening session: the listener reconnects by
+        // itself and says that anything may have changed meanwhile.
+        let killed = db
+            .psql(&format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = '{APPLICATION_NAME}' AND datname = current_database()"
+            ))
+            .unwrap();
+        assert_eq!(killed, "1");
+        until(&mut rx, "a resync", |c| c.resyncs == 2).await;
+        let again = f.reopen();
+        tokio::task::spawn_blocking(move || again.create_entry(entry("e2")).unwrap())
+            .await
+            .unwrap();
+        until(&mut rx, "the entry after the reconnect", |c| c.entries == 2).await;
+    }
 
     #[test]
     fn payloads_count_by_kind_and_unknown_ones_resync() {
