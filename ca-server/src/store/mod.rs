@@ -6,18 +6,16 @@
 //! leaves this module. Schema changes are numbered migrations, the same
 //! numbers on both.
 //!
-//! Built for several replicas on one PostgreSQL database (issue 9), which
-//! come next: join tokens are claimed by one statement, migrations run under
-//! an advisory lock, and nothing here keeps state outside the database. What
-//! replicas still need from this module: a `replicas` table (id, address,
-//! authority, heartbeat) in migration 7 on both backends; `LISTEN/NOTIFY` on
-//! one dedicated connection per replica (not from the pool: a pooled
-//! connection is handed to others) whose notifications feed the CA's
-//! existing entry and bundle change signals, with `NOTIFY` sent inside the
-//! transaction that changes them (delivered at commit); the bundle sequence
-//! read-modify-write in `ca/bundle.rs` taken under `pg_advisory_xact_lock`
-//! (two replicas could otherwise both bump it); and once-only work
-//! (pruning, federation polling) under `pg_try_advisory_lock`.
+//! Built for several replicas on one PostgreSQL database: join tokens are
+//! claimed by one statement, migrations run under an advisory lock, and
+//! nothing here keeps state outside the database. `replicas` holds each
+//! replica's row (id, address, signing authority, heartbeat; migration 7).
+//! [`notify`] sends `NOTIFY signet_changes` inside the transaction that
+//! changes entries or the bundle (delivered at commit), and
+//! [`Store::listen`] follows it on one dedicated connection per replica
+//! (never from the pool: a pooled connection is handed to others). `once`
+//! holds the advisory locks: the bundle sequence's read-modify-write under
+//! `pg_advisory_xact_lock`, once-only work under `pg_try_advisory_lock`.
 
 mod audit;
 pub mod authorities;
