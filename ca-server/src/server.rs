@@ -172,6 +172,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     );
 
+    let registering = ca.clone();
+    let address = listen_addr.to_string();
+    match tokio::task::spawn_blocking(move || registering.register_replica(&address)).await {
+        Ok(Ok(())) => {}
+        // The heartbeat writes the row once the database answers.
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not register this replica yet"),
+        Err(e) => tracing::error!(error = %e, "replica registration task failed"),
+    }
+    tokio::spawn(
+        crate::ca::replica::follow_other_replicas(ca.clone(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("replica-changes")),
+    );
+    tokio::spawn(
+        crate::ca::replica::heartbeat(ca.clone(), listen_addr.to_string(), shutdown_rx.clone())
+            .instrument(tracing::info_span!("replica-heartbeat")),
+    );
+
     tracing::info!(listen = %listen_addr, "serving the node API (TLS) and the admin API");
     let node_task = tokio::spawn(node_server.instrument(tracing::info_span!("node-api")));
     let admin_task = tokio::spawn(admin_server.instrument(tracing::info_span!("admin-api")));
@@ -203,6 +220,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let flushing = ca.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || flushing.flush_audit_summaries()).await {
         tracing::error!(error = %e, "could not write the last refusal summaries");
+    }
+    let stopping = ca.clone();
+    match tokio::task::spawn_blocking(move || stopping.replica_stopped()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record this replica's stop"),
+        Err(e) => tracing::error!(error = %e, "replica stop task failed"),
     }
     tracing::info!("stopped");
     Ok(())

@@ -210,10 +210,14 @@ impl CaProcess {
             .context("creating the replica's temporary directory")?;
         let data_dir = dir.path().join("data");
         copy_data_dir(&self.data_dir, &data_dir)?;
-        let db = data_dir.join("signet.db");
-        self.open_db()?
-            .execute("VACUUM INTO ?1", [db.to_string_lossy()])
-            .context("copying the database (VACUUM INTO)")?;
+        // A CA on PostgreSQL has no database file: the copy shares the
+        // database and is a real second replica.
+        if self.data_dir.join("signet.db").exists() {
+            let db = data_dir.join("signet.db");
+            self.open_db()?
+                .execute("VACUUM INTO ?1", [db.to_string_lossy()])
+                .context("copying the database (VACUUM INTO)")?;
+        }
         let mut ca = Self {
             child: None,
             trust_domain: self.trust_domain.clone(),
@@ -725,7 +729,11 @@ fn copy_data_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         let target = to.join(&name);
         if kind.is_dir() {
             copy_data_dir(&entry.path(), &target)?;
-        } else if kind.is_file() && !name.to_string_lossy().starts_with("signet.db") {
+        } else if kind.is_file()
+            && !name.to_string_lossy().starts_with("signet.db")
+            // A copy is another replica: it makes its own id.
+            && name != "replica-id"
+        {
             std::fs::copy(entry.path(), &target)
                 .with_context(|| format!("copying {}", entry.path().display()))?;
         }

@@ -157,9 +157,14 @@ impl Admin for AdminApi {
         _req: Request<pb::ListAuthoritiesRequest>,
     ) -> Result<Response<pb::ListAuthoritiesResponse>, Status> {
         let ca = self.ca.clone();
-        let authorities = blocking(move || ca.list_authorities()).await?;
+        let (authorities, replicas) =
+            blocking(move || Ok((ca.list_authorities()?, ca.replicas()?))).await?;
         Ok(Response::new(pb::ListAuthoritiesResponse {
             authorities: authorities.iter().map(convert::authority).collect(),
+            replicas: replicas
+                .into_iter()
+                .map(|r| convert::replica(r, self.ca.replica_id()))
+                .collect(),
         }))
     }
 

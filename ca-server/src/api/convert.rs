@@ -149,3 +149,17 @@ pub fn state_to_pb(state: AuthorityState) -> pb::AuthorityState {
         AuthorityState::Pruned => pb::AuthorityState::Pruned,
     }
 }
+
+/// A replica row for operators; `this` is the id of the answering replica.
+pub fn replica(r: crate::store::ReplicaRow, this: &str) -> pb::Replica {
+    pb::Replica {
+        this_replica: r.id == this,
+        id: r.id,
+        address: r.address,
+        signing_authority: r.signing_authority,
+        started_at: r.started_at,
+        heartbeat_at: r.heartbeat_at,
+        agents_connected: r.agents_connected,
+        stopped_at: r.stopped_at.unwrap_or(0),
+    }
+}

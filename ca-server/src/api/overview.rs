@@ -39,5 +39,6 @@ pub fn status(
             .collect(),
         agents: agents.agents,
         last_audit,
+        replicas: authorities.replicas,
     })
 }

@@ -194,6 +194,7 @@ pub(super) fn publish_in(
         sequence += 1;
         store::meta_set(tx, "bundle_anchors", &fingerprint)?;
         store::meta_set(tx, "bundle_sequence", &sequence.to_string())?;
+        store::notify(tx, store::ChangeKind::Bundle, sequence)?;
     }
     let carried: Vec<String> = content
         .roots
@@ -264,6 +265,8 @@ impl Ca {
     ) -> Result<Vec<AuthorityRow>, CaError> {
         let now = self.now();
         let (sequence, rows) = self.store.transaction(|tx| {
+            // First, before any row: replicas publish one at a time.
+            store::lock_bundle(tx)?;
             for (row, action) in changes {
                 store::authorities::update(tx, row)?;
                 self.auditor.durable_in(

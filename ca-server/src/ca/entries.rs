@@ -64,7 +64,7 @@ pub struct JoinToken {
     pub expires_at: i64,
 }
 
-fn random_hex<const N: usize>() -> Result<String, CaError> {
+pub(crate) fn random_hex<const N: usize>() -> Result<String, CaError> {
     use ring::rand::SecureRandom;
     let mut b = [0u8; N];
     ring::rand::SystemRandom::new()

@@ -99,6 +99,14 @@ pub enum OpenError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The replica id file cannot be read, written or understood.
+    #[error("replica id file {path}: {reason}")]
+    ReplicaId {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The store cannot be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -7,7 +7,8 @@
 //! state, its rotation, the authority list), `bundle`, `issue` (X.509-SVIDs and their
 //! lifetimes), `jwt`, `nodes` (attestation, renewal, authorization),
 //! `revocation` (current node SVIDs, eviction and bans),
-//! `entries` (registration entries and join tokens), `audit` (the auditor),
+//! `entries` (registration entries and join tokens), `replica` (this
+//! process among the replicas sharing the store), `audit` (the auditor),
 //! `authorities` (the key store), `rotation` (the rotation schedule and
 //! the activation gate), `revoke` (taint and revoke), `crl` (CRLs of
 //! revoked intermediates), `upstream` (following an upstream CA), `time` (integer/time conversions).
@@ -21,6 +22,7 @@ pub mod error;
 pub mod issue;
 pub mod jwt;
 pub mod nodes;
+pub mod replica;
 pub mod revocation;
 mod revoke;
 pub mod rotation;
@@ -81,6 +83,8 @@ pub struct Ca {
     /// Entries derived from Kubernetes pod policies (in memory, never stored).
     derived: Arc<crate::k8s::derived::DerivedEntries>,
     node_events: tokio::sync::broadcast::Sender<signet_identity::SpiffeId>,
+    /// This process among the replicas sharing the store.
+    replica_id: String,
     clock: Clock,
 }
 
@@ -103,6 +107,7 @@ impl Ca {
             signet_identity::fsutil::ensure_private_dir(&dir)
                 .map_err(|source| OpenError::DataDir { path: dir, source })?;
         }
+        let replica_id = replica::load_or_create_id(&config.data_dir)?;
         let store = Store::open_location(&config.store)?;
         let auditor = Auditor::new(store::AuditLog::start(&store)?, RefusalLimits::default());
         match store.meta("trust_domain")? {
@@ -157,6 +162,7 @@ impl Ca {
             entries: entries_tx,
             derived: Arc::default(),
             node_events: tokio::sync::broadcast::channel(revocation::NODE_EVENTS_CAPACITY).0,
+            replica_id,
             clock,
         };
         ca.resume()?;
@@ -274,6 +280,10 @@ impl Ca {
         let now = self.now();
         self.auditor.flush(now);
         let Some(cutoff) = now.checked_sub(self.config.audit_retention) else {
+            return Ok(0);
+        };
+        // One replica prunes at a time; the others skip this turn.
+        let Some(_pruning) = self.store.try_once(store::OnceWork::AuditPruning)? else {
             return Ok(0);
         };
         let mut deleted = 0;

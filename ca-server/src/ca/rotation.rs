@@ -312,6 +312,11 @@ impl Ca {
         let mut changed = false;
         self.follow_upstream(unix(now));
         self.publish(SELF)?;
+        // The authorities are shared by every replica: one decides the
+        // schedule's steps at a time, and the others follow its bundle.
+        let Some(_deciding) = self.store.try_once(crate::store::OnceWork::Rotation)? else {
+            return Ok(false);
+        };
         changed |= self.switch_upstream(now)?;
         if self.config.upstream_ca.is_none() {
             changed |= self.schedule(AuthorityKind::Root, now)?;

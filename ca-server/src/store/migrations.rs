@@ -104,6 +104,16 @@ const SQLITE: &[&str] = &[
          consecutive_failures INTEGER NOT NULL DEFAULT 0,
          created_at INTEGER NOT NULL);
      ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';",
+    // 7: the CA replicas sharing this database, each with its heartbeat
+    // (one row on SQLite: the only replica).
+    "CREATE TABLE replicas (
+         id TEXT PRIMARY KEY,
+         address TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         heartbeat_at INTEGER NOT NULL,
+         agents_connected INTEGER NOT NULL DEFAULT 0,
+         signing_authority TEXT NOT NULL DEFAULT '',
+         stopped_at INTEGER);",
 ];
 
 /// The same migrations in PostgreSQL's dialect: `BIGINT` for every integer
@@ -199,6 +209,15 @@ const POSTGRES: &[&str] = &[
          consecutive_failures BIGINT NOT NULL DEFAULT 0,
          created_at BIGINT NOT NULL);
      ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';",
+    // 7
+    "CREATE TABLE replicas (
+         id TEXT PRIMARY KEY,
+         address TEXT NOT NULL,
+         started_at BIGINT NOT NULL,
+         heartbeat_at BIGINT NOT NULL,
+         agents_connected BIGINT NOT NULL DEFAULT 0,
+         signing_authority TEXT NOT NULL DEFAULT '',
+         stopped_at BIGINT);",
 ];
 
 /// The schema version this build writes.

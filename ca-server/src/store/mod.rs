@@ -6,18 +6,16 @@
 //! leaves this module. Schema changes are numbered migrations, the same
 //! numbers on both.
 //!
-//! Built for several replicas on one PostgreSQL database (issue 9), which
-//! come next: join tokens are claimed by one statement, migrations run under
-//! an advisory lock, and nothing here keeps state outside the database. What
-//! replicas still need from this module: a `replicas` table (id, address,
-//! authority, heartbeat) in migration 7 on both backends; `LISTEN/NOTIFY` on
-//! one dedicated connection per replica (not from the pool: a pooled
-//! connection is handed to others) whose notifications feed the CA's
-//! existing entry and bundle change signals, with `NOTIFY` sent inside the
-//! transaction that changes them (delivered at commit); the bundle sequence
-//! read-modify-write in `ca/bundle.rs` taken under `pg_advisory_xact_lock`
-//! (two replicas could otherwise both bump it); and once-only work
-//! (pruning, federation polling) under `pg_try_advisory_lock`.
+//! Built for several replicas on one PostgreSQL database: join tokens are
+//! claimed by one statement, migrations run under an advisory lock, and
+//! nothing here keeps state outside the database. `replicas` holds each
+//! replica's row (id, address, signing authority, heartbeat; migration 7).
+//! [`notify`] sends `NOTIFY signet_changes` inside the transaction that
+//! changes entries or the bundle (delivered at commit), and
+//! [`Store::listen`] follows it on one dedicated connection per replica
+//! (never from the pool: a pooled connection is handed to others). `once`
+//! holds the advisory locks: the bundle sequence's read-modify-write under
+//! `pg_advisory_xact_lock`, once-only work under `pg_try_advisory_lock`.
 
 mod audit;
 pub mod authorities;
@@ -26,13 +24,18 @@ mod db;
 pub mod location;
 mod migrations;
 pub mod nodes_ban;
+pub mod once;
 mod postgres;
+pub mod replicas;
 mod sqlite;
 
 pub use audit::AuditLog;
 pub use db::{Backend, FromValue, Row, Tx, Value};
 pub use location::{LocationError, PgUrl, StoreLocation, StoreSetting, TlsMode};
+pub use once::{OnceGuard, OnceWork, lock_bundle};
 pub use postgres::PgOptions;
+pub use postgres::listen::{ChangeKind, Changes};
+pub use replicas::ReplicaRow;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -457,6 +460,19 @@ impl Store {
         }
     }
 
+    /// Follows the other replicas' changes: counts of their notifications,
+    /// on one dedicated connection that reconnects by itself. `None` on
+    /// SQLite, where this process is the only replica.
+    ///
+    /// # Errors
+    /// The store's runtime has stopped.
+    pub fn listen(&self) -> Result<Option<tokio::sync::watch::Receiver<Changes>>, StoreError> {
+        match &*self.backend {
+            BackendImpl::Sqlite(_) => Ok(None),
+            BackendImpl::Postgres(pool) => pool.listen().map(Some),
+        }
+    }
+
     // ---- entries -------------------------------------------------------
 
     /// Inserts an entry, assigning its revision.
@@ -843,12 +859,33 @@ pub fn node_exists(tx: &Tx<'_>, spiffe_id: &str) -> Result<bool, StoreError> {
 }
 
 fn bump_revision(tx: &Tx<'_>) -> Result<u64, StoreError> {
-    tx.query_opt(
-        "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value",
-        &[],
-    )?
-    .ok_or_else(|| StoreError::Corrupt("no revision row".into()))?
-    .get(0)
+    let revision: u64 = tx
+        .query_opt(
+            "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value",
+            &[],
+        )?
+        .ok_or_else(|| StoreError::Corrupt("no revision row".into()))?
+        .get(0)?;
+    notify(tx, ChangeKind::Entries, revision)?;
+    Ok(revision)
+}
+
+/// Tells the other replicas that `kind` changed (now at `value`). Sent
+/// inside the caller's transaction, PostgreSQL delivers it at commit and
+/// drops it on rollback. Nothing to do on SQLite: one replica.
+///
+/// # Errors
+/// Database errors.
+pub fn notify(tx: &Tx<'_>, kind: ChangeKind, value: u64) -> Result<(), StoreError> {
+    match tx.backend() {
+        Backend::Sqlite => Ok(()),
+        // Both parts are ours (a fixed word and an integer): nothing to quote.
+        Backend::Postgres => tx.batch(&format!(
+            "NOTIFY {}, '{}:{value}'",
+            postgres::listen::CHANNEL,
+            kind.as_str()
+        )),
+    }
 }
 
 const ENTRY_SELECT: &str = "SELECT id, spiffe_id, parent_id, selectors, ttl_seconds, dns_names, created_at, revision, federates_with FROM entries";

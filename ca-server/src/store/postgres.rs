@@ -24,6 +24,7 @@ use super::StoreError;
 use super::db::{Row, Value, numbered_to_dollar};
 use super::location::{PgUrl, TlsMode};
 
+pub(super) mod listen;
 mod tls;
 
 /// Bounds of the pool. Defaults suit a CA replica: a few connections,
@@ -395,6 +396,11 @@ pub struct PgConn {
 }
 
 impl PgConn {
+    /// Closes this connection instead of returning it to the pool.
+    pub(super) fn discard(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
     fn usable(&self) -> bool {
         !self.broken.load(Ordering::Relaxed)
             && !self.in_tx.load(Ordering::Relaxed)

@@ -11,6 +11,7 @@ use crate::output::{self, Format};
 #[derive(Debug, Serialize)]
 struct AuthorityList<'a> {
     authorities: &'a [AuthorityView],
+    replicas: &'a [super::replica::ReplicaView],
 }
 
 #[derive(Debug, Serialize)]
@@ -165,9 +166,13 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
         .map_err(status_error)?
         .into_inner();
     let views: Vec<AuthorityView> = list.authorities.into_iter().map(view).collect();
+    // This call carries no CA clock: heartbeats are judged by ours.
+    let now = signet_identity::unix_time::unix_seconds(std::time::SystemTime::now());
+    let replicas = super::replica::views(list.replicas, now);
     match format {
         Format::Json => output::print_json(&AuthorityList {
             authorities: &views,
+            replicas: &replicas,
         }),
         Format::Text => {
             let rows: Vec<Vec<String>> = views
@@ -193,7 +198,7 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
                     .collect()
                 })
                 .collect();
-            output::print(&output::table(
+            let mut out = output::table(
                 &[
                     "ID",
                     "KIND",
@@ -204,7 +209,10 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
                     "SUBJECT",
                 ],
                 &rows,
-            ))
+            );
+            out.push_str("\nReplicas\n");
+            out.push_str(&super::replica::table(&replicas, now));
+            output::print(&out)
         }
     }
 }

@@ -9,6 +9,7 @@ mod entry;
 mod federation;
 mod mint;
 mod nodes;
+mod replica;
 mod status;
 mod token;
 

@@ -25,6 +25,7 @@ struct StatusView {
     bundle_sequence: u64,
     authorities: Vec<AuthorityView>,
     agents: AgentSummary,
+    replicas: Vec<super::replica::ReplicaView>,
     last_audit: Option<AuditView>,
 }
 
@@ -131,6 +132,7 @@ fn view(s: pb::GetStatusResponse) -> (StatusView, i64) {
             bundle_sequence: current,
             authorities,
             agents,
+            replicas: super::replica::views(s.replicas, now),
             last_audit,
         },
         now,
@@ -164,6 +166,8 @@ fn render(v: &StatusView, now: i64) -> String {
         })
         .collect();
     out.push_str(&output::table(&["ID", "KIND", "STATE", "NOT AFTER"], &rows));
+    out.push_str("\nReplicas\n");
+    out.push_str(&super::replica::table(&v.replicas, now));
     let s = &v.agents;
     let _ = write!(
         out,
@@ -279,6 +283,16 @@ mod tests {
                 result: "issued".into(),
                 spiffe_id: "spiffe://td/web".into(),
             }),
+            replicas: vec![pb::Replica {
+                id: "r1".into(),
+                address: "127.0.0.1:8443".into(),
+                signing_authority: "int-9".into(),
+                started_at: now - 100,
+                heartbeat_at: now - 2,
+                agents_connected: 3,
+                stopped_at: 0,
+                this_replica: true,
+            }],
         });
         assert_eq!(
             (v.agents.current, v.agents.behind, v.agents.unreported),
@@ -295,6 +309,9 @@ mod tests {
         assert!(text.contains("quiet"), "{text}");
         assert!(text.contains("never"), "{text}");
         assert!(text.contains("expires in 3d"), "{text}");
+        assert!(text.contains("r1 *"), "{text}");
+        assert!(text.contains("int-9"), "{text}");
+        assert!(text.contains("running"), "{text}");
         assert!(
             text.contains("sign_x509_svid issued by spiffe://td/signet/node/a for spiffe://td/web"),
             "{text}"

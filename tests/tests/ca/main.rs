@@ -22,6 +22,7 @@ mod limits;
 mod mesh;
 mod mtls;
 mod policy_crd;
+mod replicas;
 mod restart;
 mod status;
 mod store;
