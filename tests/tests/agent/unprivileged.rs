@@ -157,16 +157,28 @@ async fn exec_after_connect_does_not_earn_the_binarys_identity() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let path = relay.clone();
-    let channel = Endpoint::from_static("http://workload.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+    // The relay's socket file appears at bind(), a moment before listen():
+    // a connection refused in between is tried again.
+    let channel = loop {
+        let path = relay.clone();
+        let connected = Endpoint::from_static("http://workload.invalid")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await;
+        match connected {
+            Ok(channel) => break channel,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the relay never accepted: {e:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        }))
-        .await
-        .unwrap();
+        }
+    };
     let mut client = SpiffeWorkloadApiClient::new(channel);
     let nobody = node.ca.id("/nobody");
     let sleep_only = node.ca.id("/sleep-only");
