@@ -214,7 +214,7 @@ async fn token_review(State(shared): S, Json(review): Json<TokenReview>) -> Resp
 
 /// A parsed field selector: the subset of pod fields the real server supports that
 /// Signet uses.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Fields {
     node_name: Option<String>,
     name: Option<String>,
@@ -316,49 +316,28 @@ fn pods(shared: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) -> 
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_WATCH_TIMEOUT);
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let selected = fields.clone();
+    let select = move |e: &Event| match e {
+        Event::Pod { kind, pod, .. } if selected.matches(pod) => {
+            Some(json!({"type": kind, "object": pod}))
+        }
+        _ => None,
+    };
     // Backlog and subscription are taken under one lock so no event falls between them.
     let (backlog, live) = {
         let st = shared.lock();
         let live = shared.events.subscribe();
-        let backlog: Result<Vec<Value>, Value> = if from.is_empty() || from == "0" {
-            Ok(st
-                .pods
-                .values()
-                .filter(|p| fields.matches(p))
-                .map(|p| json!({"type": "ADDED", "object": p}))
-                .collect())
-        } else {
-            match from.parse::<u64>() {
-                Err(_) => {
-                    return status(
-                        StatusCode::BAD_REQUEST,
-                        "BadRequest",
-                        &format!("invalid resource version: {from}"),
-                    );
-                }
-                Ok(v) if v < st.compacted_to => Err(json!({
-                    "type": "ERROR",
-                    "object": status_body(410, "Expired", &format!("too old resource version: {v} ({})", st.compacted_to)),
-                })),
-                Ok(v) => Ok(st
-                    .pod_events
-                    .iter()
-                    .filter_map(|e| match e {
-                        Event::Pod { kind, rv, pod } if *rv > v && fields.matches(pod) => {
-                            Some(json!({"type": kind, "object": pod}))
-                        }
-                        _ => None,
-                    })
-                    .collect()),
-            }
+        let current = st
+            .pods
+            .values()
+            .filter(|p| fields.matches(p))
+            .map(|p| json!({"type": "ADDED", "object": p}))
+            .collect();
+        let backlog = match watch_backlog(&st, from, current, &select) {
+            Ok(backlog) => backlog,
+            Err(response) => return *response,
         };
         (backlog, live)
-    };
-    let select = move |e: &Event| match e {
-        Event::Pod { kind, pod, .. } if fields.matches(pod) => {
-            Some(json!({"type": kind, "object": pod}))
-        }
-        _ => None,
     };
     tokio::spawn(stream_watch(
         tx,
@@ -439,6 +418,38 @@ async fn stream_watch(
     }
 }
 
+/// What a watch from resourceVersion `from` starts with: `current` (every
+/// object as ADDED) from the start, else the recorded events after `from`
+/// that `select` keeps, or one ERROR 410 event when `from` is older than the
+/// events kept. A version that is not a number is answered 400.
+fn watch_backlog(
+    st: &super::state::State,
+    from: &str,
+    current: Vec<Value>,
+    select: &dyn Fn(&Event) -> Option<Value>,
+) -> Result<Result<Vec<Value>, Value>, Box<Response>> {
+    if from.is_empty() || from == "0" {
+        return Ok(Ok(current));
+    }
+    match from.parse::<u64>() {
+        Err(_) => Err(Box::new(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("invalid resource version: {from}"),
+        ))),
+        Ok(v) if v < st.compacted_to => Ok(Err(json!({
+            "type": "ERROR",
+            "object": status_body(410, "Expired", &format!("too old resource version: {v} ({})", st.compacted_to)),
+        }))),
+        Ok(v) => Ok(Ok(st
+            .pod_events
+            .iter()
+            .filter(|e| e.rv().is_some_and(|rv| rv > v))
+            .filter_map(select)
+            .collect())),
+    }
+}
+
 /// IdentityPolicy objects (cluster-scoped): list, or watch from a resourceVersion.
 async fn identity_policies(State(shared): S, Query(q): Params) -> Response {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
@@ -460,43 +471,21 @@ async fn identity_policies(State(shared): S, Query(q): Params) -> Response {
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_WATCH_TIMEOUT);
     let live = shared.events.subscribe();
-    let backlog: Result<Vec<Value>, Value> = if from.is_empty() || from == "0" {
-        Ok(st
-            .identity_policies
-            .values()
-            .map(|o| json!({"type": "ADDED", "object": o}))
-            .collect())
-    } else {
-        match from.parse::<u64>() {
-            Err(_) => {
-                return status(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &format!("invalid resource version: {from}"),
-                );
-            }
-            Ok(v) if v < st.compacted_to => Err(json!({
-                "type": "ERROR",
-                "object": status_body(410, "Expired", &format!("too old resource version: {v} ({})", st.compacted_to)),
-            })),
-            Ok(v) => Ok(st
-                .pod_events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Policy { kind, rv, obj } if *rv > v => {
-                        Some(json!({"type": kind, "object": obj}))
-                    }
-                    _ => None,
-                })
-                .collect()),
-        }
-    };
-    drop(st);
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     let select = |e: &Event| match e {
         Event::Policy { kind, obj, .. } => Some(json!({"type": kind, "object": obj})),
         _ => None,
     };
+    let current = st
+        .identity_policies
+        .values()
+        .map(|o| json!({"type": "ADDED", "object": o}))
+        .collect();
+    let backlog = match watch_backlog(&st, from, current, &select) {
+        Ok(backlog) => backlog,
+        Err(response) => return *response,
+    };
+    drop(st);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(stream_watch(
         tx,
         backlog,

@@ -85,6 +85,16 @@ pub(crate) enum Event {
     Close,
 }
 
+impl Event {
+    /// The resourceVersion an object event was recorded at.
+    pub(crate) fn rv(&self) -> Option<u64> {
+        match self {
+            Event::Pod { rv, .. } | Event::Policy { rv, .. } => Some(*rv),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) struct State {
     /// The last resourceVersion handed out; shared by all kinds, as etcd's revision is.
     pub rv: u64,
