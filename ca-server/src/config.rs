@@ -215,6 +215,12 @@ pub struct Settings {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub rotation_tick: Option<Duration>,
+    /// Several replicas: a replica silent (no heartbeat) for this long is
+    /// taken for gone, and its signing authorities are retired (they stay
+    /// in the bundle until what they signed has expired) [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub replica_expiry: Option<Duration>,
     /// Upstream-CA mode: a PEM file of roots that forms the bundle's root
     /// set, re-read when it changes [default: the top of upstream_ca's chain].
     #[arg(long)]
@@ -255,6 +261,7 @@ pub struct RotationSettings {
     pub taint_reissue_window: Duration,
     pub prune_grace: Duration,
     pub tick: Duration,
+    pub replica_expiry: Duration,
 }
 
 /// Limits of the node API's listener: what one caller, and all callers
@@ -432,6 +439,7 @@ impl Config {
             taint_reissue_window: pick!(taint_reissue_window, Duration::from_secs(300)),
             prune_grace: pick!(prune_grace, Duration::from_secs(3600)),
             tick: pick!(rotation_tick, Duration::from_secs(10)),
+            replica_expiry: pick!(replica_expiry, Duration::from_secs(3600)),
         };
         check_rotation(
             &rotation,
@@ -583,6 +591,13 @@ fn check_rotation(
             (S(30 * 86_400), "30d"),
         ),
         ("rotation_tick", r.tick, (S(1), "1s"), (S(3600), "1h")),
+        // Several heartbeats (5 s) must be missed before a replica is gone.
+        (
+            "replica_expiry",
+            r.replica_expiry,
+            (S(30), "30s"),
+            (S(30 * 86_400), "30d"),
+        ),
     ] {
         if d < min || d > max {
             return Err(ConfigError::DurationRange {

@@ -189,6 +189,23 @@ impl CaProcess {
         }
     }
 
+    /// Another replica of this CA on the same PostgreSQL store: a new
+    /// process with a data directory of its own (its own keys, root,
+    /// intermediate and replica id; no key file is shared), started with
+    /// `opts`, which must name the same trust domain and the same `--store`.
+    ///
+    /// # Errors
+    /// A different trust domain, no store flag, or as [`CaProcess::start`].
+    pub async fn start_replica(&self, opts: CaOptions) -> anyhow::Result<Self> {
+        if opts.trust_domain != self.opts.trust_domain {
+            bail!("a replica serves the same trust domain");
+        }
+        if !opts.args.iter().any(|a| a == "--store") {
+            bail!("replicas share a store: pass --store");
+        }
+        Self::start(opts).await
+    }
+
     /// A second replica of this CA, to test agent failover until replicas
     /// share a database: a new process on `port` (on loopback; 0 picks a
     /// free one) started with `opts` (same trust domain), whose data directory is a

@@ -94,6 +94,7 @@ pub fn authority(a: &AuthorityInfo) -> pb::Authority {
         revoked_at: r.revoked_at.unwrap_or(0),
         parent_id: r.parent_id.clone().unwrap_or_default(),
         next_transition_at: a.next_transition_at.unwrap_or(0),
+        replica_id: r.replica_id.clone().unwrap_or_default(),
     }
 }
 

@@ -131,18 +131,74 @@ pub fn cert_id(der: &[u8]) -> String {
 /// Who the audit log names for changes the CA makes on its own.
 pub const SELF: &str = "ca";
 
-/// The key store: owns the data directory's key files and the authority
-/// rows of the store.
+/// The key store: owns the data directory's key files and, of the
+/// authority rows of the store, those of this replica. Every replica has
+/// its own keys (no private key is ever shared between replicas): the rows
+/// it creates carry its replica id, and it loads, rotates and signs with
+/// those only. The bundle is the union of every replica's rows.
 #[derive(Clone)]
 pub struct KeyStore {
     config: Arc<Config>,
     store: Store,
+    replica_id: Arc<str>,
 }
 
 impl KeyStore {
-    /// A key store over the configured data directory and `store`.
-    pub fn new(config: Arc<Config>, store: Store) -> Self {
-        Self { config, store }
+    /// A key store over the configured data directory and `store`, for the
+    /// replica `replica_id`.
+    pub fn new(config: Arc<Config>, store: Store, replica_id: &str) -> Self {
+        Self {
+            config,
+            store,
+            replica_id: replica_id.into(),
+        }
+    }
+
+    /// Whether `row` belongs to this replica.
+    pub fn owns(&self, row: &AuthorityRow) -> bool {
+        row.replica_id.as_deref() == Some(&*self.replica_id)
+    }
+
+    /// This replica's authorities, newest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn own(&self) -> Result<Vec<AuthorityRow>, KeyStoreError> {
+        let mut rows = self.store.authorities(None)?;
+        rows.retain(|r| self.owns(r));
+        Ok(rows)
+    }
+
+    /// Adopts the authorities no replica owns yet (rows from before
+    /// replicas owned authorities, or copied by `signet-ca migrate`) whose
+    /// key file is in this data directory. Returns how many it adopted.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn adopt(&self) -> Result<u64, KeyStoreError> {
+        let ids: Vec<String> = self
+            .store
+            .authorities(None)?
+            .into_iter()
+            .filter(|r| {
+                r.replica_id.is_none()
+                    && !r.key_file.is_empty()
+                    && self.config.data_dir.join(&r.key_file).is_file()
+            })
+            .map(|r| r.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let adopted = self
+            .store
+            .transaction(|tx| crate::store::authorities::adopt(tx, &self.replica_id, &ids))?;
+        tracing::info!(
+            replica = %self.replica_id,
+            adopted,
+            "adopted the authorities whose keys are in this data directory"
+        );
+        Ok(adopted)
     }
 
     /// Creates what a CA cannot start without: an active root on first
@@ -159,7 +215,8 @@ impl KeyStore {
         now: SystemTime,
         upstream: Option<(&SigningAuthority, &CertificateDer<'static>)>,
     ) -> Result<(), KeyStoreError> {
-        let rows = self.store.authorities(None)?;
+        self.adopt()?;
+        let rows = self.own()?;
         let active = |kind| {
             rows.iter()
                 .find(|r| r.kind == kind && r.state == AuthorityState::Active)
@@ -241,7 +298,7 @@ impl KeyStore {
         self.store.transaction(|tx| {
             for old in crate::store::authorities::list(tx, Some(next.kind))?
                 .into_iter()
-                .filter(|r| r.state == AuthorityState::Active)
+                .filter(|r| r.state == AuthorityState::Active && self.owns(r))
             {
                 let old = AuthorityRow {
                     state: AuthorityState::Retired,
@@ -557,6 +614,7 @@ impl KeyStore {
         if row.state == AuthorityState::Active {
             row.activated_at = Some(unix(now));
         }
+        row.replica_id = Some(self.replica_id.to_string());
         let audit = AuditRecord {
             at: unix(now),
             caller: caller.into(),

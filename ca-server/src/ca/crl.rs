@@ -110,12 +110,21 @@ impl Ca {
                     let row = rows.iter().find(|r| r.id == root_id).ok_or_else(|| {
                         CaError::Internal(format!("published root {root_id} has no row"))
                     })?;
+                    // Only the replica holding a key signs with it: the
+                    // CRLs of other replicas' roots are theirs to sign.
+                    if !self.keys.owns(row) {
+                        continue;
+                    }
                     sign_crl(root, &self.keys.load_key_of(row)?, &listed, number, now)?
                 }
             };
             crls.push(crl);
         }
-        for r in &content.live_intermediates {
+        for r in content
+            .live_intermediates
+            .iter()
+            .filter(|r| self.keys.owns(r))
+        {
             let key = self.keys.load_key_of(r)?;
             crls.push(sign_crl(&r.cert_der, &key, &[], number, now)?);
         }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod issue;
 pub mod jwt;
 pub mod nodes;
+mod orphans;
 pub mod replica;
 pub mod revocation;
 mod revoke;
@@ -85,6 +86,10 @@ pub struct Ca {
     node_events: tokio::sync::broadcast::Sender<signet_identity::SpiffeId>,
     /// This process among the replicas sharing the store.
     replica_id: String,
+    /// Since when (Unix seconds) this replica has reached the store without
+    /// a failed heartbeat; 0 while it cannot. Only a replica that has been
+    /// watching for a whole `replica_expiry` judges another one gone.
+    store_up_since: std::sync::atomic::AtomicI64,
     clock: Clock,
 }
 
@@ -121,7 +126,7 @@ impl Ca {
             Some(_) => {}
             None => store.set_meta("trust_domain", config.trust_domain.as_str())?,
         }
-        let keys = KeyStore::new(config.clone(), store.clone());
+        let keys = KeyStore::new(config.clone(), store.clone(), &replica_id);
         let now = clock();
         let upstream = match &config.upstream_ca {
             Some((cert, key)) => {
@@ -135,7 +140,7 @@ impl Ca {
             now,
             upstream.as_ref().map(|u| (u.parent.as_ref(), &u.anchor)),
         )?;
-        let rows = store.authorities(None)?;
+        let rows = keys.own()?;
         // Nothing signs before the bundle is published: this first state
         // only exists while the CA is being opened.
         let unchecked = signing::load(&keys, &rows, upstream.as_ref(), Vec::new(), false)?;
@@ -163,6 +168,7 @@ impl Ca {
             derived: Arc::default(),
             node_events: tokio::sync::broadcast::channel(revocation::NODE_EVENTS_CAPACITY).0,
             replica_id,
+            store_up_since: std::sync::atomic::AtomicI64::new(time::unix(now)),
             clock,
         };
         ca.resume()?;

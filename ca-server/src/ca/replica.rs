@@ -132,13 +132,14 @@ pub async fn heartbeat(ca: Arc<Ca>, address: String, mut shutdown: watch::Receiv
         if *shutdown.borrow() {
             return;
         }
-        let ca = ca.clone();
+        let writer = ca.clone();
         let address = address.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let row = ca.replica_row(&address, 0);
-            ca.store.replica_heartbeat(&row)
+            let row = writer.replica_row(&address, 0);
+            writer.store.replica_heartbeat(&row)
         })
         .await;
+        ca.store_reachable(matches!(written, Ok(Ok(()))));
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "replica heartbeat not written"),

@@ -25,14 +25,18 @@ impl Ca {
                 let _writer = self.writer();
                 let now = self.now();
                 let t = unix(now);
-                let rows = self.store.authorities(None)?;
-                let row = self.find(&rows, id)?;
+                let row = self.find(&self.store.authorities(None)?, id)?;
+                if row.state == AuthorityState::Active {
+                    // Its successor is its replica's to make and activate.
+                    self.must_own(&row, "tainted while active")?;
+                }
+                let rows = self.keys.own()?;
                 let mut changes = match row.state {
                     AuthorityState::Retired => Vec::new(),
                     AuthorityState::Active => match row.kind {
                         AuthorityKind::Intermediate => {
                             let fresh = self.prepare_locked(AuthorityKind::Intermediate, caller, now)?;
-                            let rows = self.store.authorities(None)?;
+                            let rows = self.keys.own()?;
                             self.plan_activation(&fresh, &rows, true, now)?
                         }
                         kind => {

@@ -256,7 +256,7 @@ impl Ca {
     /// When a retired authority leaves the bundle: once the longest-lived
     /// thing it can have signed has expired, plus the grace, capped at its
     /// notAfter.
-    fn prune_point(&self, row: &AuthorityRow) -> i64 {
+    pub(super) fn prune_point(&self, row: &AuthorityRow) -> i64 {
         let c = &self.config;
         let longest = match row.kind {
             AuthorityKind::Jwt => MAX_JWT_TTL,
@@ -312,11 +312,10 @@ impl Ca {
         let mut changed = false;
         self.follow_upstream(unix(now));
         self.publish(SELF)?;
-        // The authorities are shared by every replica: one decides the
-        // schedule's steps at a time, and the others follow its bundle.
-        let Some(_deciding) = self.store.try_once(crate::store::OnceWork::Rotation)? else {
-            return Ok(false);
-        };
+        // Each replica moves its own authorities; one at a time retires
+        // those of replicas that are gone.
+        changed |= self.heal_own(now)?;
+        changed |= self.retire_orphans(now)?;
         changed |= self.switch_upstream(now)?;
         if self.config.upstream_ca.is_none() {
             changed |= self.schedule(AuthorityKind::Root, now)?;
@@ -328,7 +327,7 @@ impl Ca {
     }
 
     fn schedule(&self, kind: AuthorityKind, now: SystemTime) -> Result<bool, CaError> {
-        let rows = self.store.authorities(None)?;
+        let rows = self.keys.own()?;
         let t = unix(now);
         let Some(active) = rows
             .iter()
@@ -383,7 +382,7 @@ impl Ca {
     /// Retired authorities whose signatures can all have expired, and
     /// prepared or tainted ones that expired, leave the bundle.
     fn prune(&self, now: SystemTime) -> Result<bool, CaError> {
-        let rows = self.store.authorities(None)?;
+        let rows = self.keys.own()?;
         let t = unix(now);
         let successors: Vec<String> = [
             AuthorityKind::Root,
@@ -732,8 +731,9 @@ impl Ca {
         self.refusing(caller, "activate_authority", "", || {
             {
                 let _writer = self.writer();
-                let rows = self.store.authorities(None)?;
-                let row = self.find(&rows, id)?;
+                let row = self.find(&self.store.authorities(None)?, id)?;
+                self.must_own(&row, "activated")?;
+                let rows = self.keys.own()?;
                 self.activate_rows(&row, &rows, caller, force, self.now())?;
             }
             Ok((self.info(id)?, self.bundle().sequence()))

@@ -94,7 +94,7 @@ impl Ca {
     /// Rebuilds the signing state from the store after a change. Callers
     /// hold the writer lock.
     pub(super) fn reload_signing(&self) -> Result<(), CaError> {
-        let rows = self.store.authorities(None)?;
+        let rows = self.keys.own()?;
         let anchors = self.bundle().x509_authorities().to_vec();
         let next = match &self.upstream {
             Some(up) => {
@@ -145,12 +145,20 @@ impl Ca {
             });
         }
         let rows = self.keys.list()?;
+        // Each replica schedules its own authorities: the schedule of
+        // another replica's is that replica's to tell.
+        let own: Vec<AuthorityRow> = rows.iter().filter(|r| self.keys.owns(r)).cloned().collect();
         for row in &rows {
             let acked = row
                 .published_sequence
                 .map_or(0, |seq| lag.iter().filter(|(_, s)| *s >= seq).count());
+            let next_transition_at = if self.keys.owns(row) {
+                self.next_transition(row, &own, now)
+            } else {
+                None
+            };
             out.push(AuthorityInfo {
-                next_transition_at: self.next_transition(row, &rows, now),
+                next_transition_at,
                 agents_acknowledged: u32::try_from(acked).unwrap_or(u32::MAX),
                 agents_connected: connected,
                 row: row.clone(),

@@ -47,6 +47,26 @@ pub fn open(dir: &std::path::Path, clock: &TestClock, settings: Settings) -> Ca 
     Ca::open_with_clock(Arc::new(config), clock.clock()).unwrap()
 }
 
+/// Another replica of the CA over `first`: its own data directory `dir`
+/// (its own keys and replica id), the same store.
+pub fn open_replica(
+    first: &std::path::Path,
+    dir: &std::path::Path,
+    clock: &TestClock,
+    mut settings: Settings,
+) -> Ca {
+    let shared = match std::fs::read_to_string(first.join("test-postgres-url")) {
+        Ok(url) => url,
+        Err(_) => format!("sqlite:{}", first.join("signet.db").display()),
+    };
+    settings.store = Some(
+        shared
+            .parse()
+            .unwrap_or_else(|e: std::convert::Infallible| match e {}),
+    );
+    open(dir, clock, settings)
+}
+
 /// `settings` for a CA over `dir` (trust domain `test.org` unless set).
 /// With `SIGNET_CA_TEST_STORE=postgres` (and `SIGNET_TEST_PG`, the shared
 /// test server the test command starts), the store is a PostgreSQL

@@ -274,7 +274,7 @@ impl Ca {
             AuthorityState::Prepared,
             SELF,
         )?;
-        let rows = self.store.authorities(None)?;
+        let rows = self.keys.own()?;
         let mut changes: Vec<(AuthorityRow, &'static str)> = rows
             .iter()
             .filter(|r| r.kind == AuthorityKind::Intermediate && r.state == AuthorityState::Active)

@@ -7,7 +7,8 @@ use crate::args;
 
 const SELECT: &str =
     "SELECT id, kind, state, cert_der, key_file, not_before, not_after, created_at,
-     published_sequence, published_at, activated_at, retired_at, tainted_at, revoked_at, parent_id
+     published_sequence, published_at, activated_at, retired_at, tainted_at, revoked_at, parent_id,
+     replica_id
      FROM authorities";
 
 /// Authorities of a kind (all when `None`), newest first.
@@ -49,6 +50,7 @@ fn from_row(r: &Row) -> Result<AuthorityRow, StoreError> {
         tainted_at: r.get(12)?,
         revoked_at: r.get(13)?,
         parent_id: r.get(14)?,
+        replica_id: r.get(15)?,
     })
 }
 
@@ -59,8 +61,9 @@ fn from_row(r: &Row) -> Result<AuthorityRow, StoreError> {
 pub fn insert(tx: &Tx<'_>, row: &AuthorityRow) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO authorities (id, kind, state, cert_der, key_file, not_before, not_after, created_at,
-             published_sequence, published_at, activated_at, retired_at, tainted_at, revoked_at, parent_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             published_sequence, published_at, activated_at, retired_at, tainted_at, revoked_at, parent_id,
+             replica_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         args![
             &row.id,
             row.kind.as_str(),
@@ -77,6 +80,7 @@ pub fn insert(tx: &Tx<'_>, row: &AuthorityRow) -> Result<(), StoreError> {
             row.tainted_at,
             row.revoked_at,
             &row.parent_id,
+            &row.replica_id,
         ],
     )?;
     Ok(())
@@ -110,4 +114,21 @@ pub fn update(tx: &Tx<'_>, row: &AuthorityRow) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Makes `replica` the owner of the authorities `ids` that have no owner
+/// yet; returns how many it adopted. Rows another replica owns are left
+/// alone, so two replicas racing for the same row cannot both win.
+///
+/// # Errors
+/// Database errors.
+pub fn adopt(tx: &Tx<'_>, replica: &str, ids: &[String]) -> Result<u64, StoreError> {
+    let mut adopted = 0;
+    for id in ids {
+        adopted += tx.execute(
+            "UPDATE authorities SET replica_id = ?2 WHERE id = ?1 AND replica_id IS NULL",
+            args![id, replica],
+        )?;
+    }
+    Ok(adopted)
 }

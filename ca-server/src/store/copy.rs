@@ -30,6 +30,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "tainted_at",
             "revoked_at",
             "parent_id",
+            "replica_id",
         ],
     ),
     (

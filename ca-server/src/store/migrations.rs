@@ -114,6 +114,10 @@ const SQLITE: &[&str] = &[
          agents_connected INTEGER NOT NULL DEFAULT 0,
          signing_authority TEXT NOT NULL DEFAULT '',
          stopped_at INTEGER);",
+    // 8: the replica that owns each authority (holds its key and signs
+    // with it). Existing rows have none until a replica that holds their
+    // key file adopts them.
+    "ALTER TABLE authorities ADD COLUMN replica_id TEXT;",
 ];
 
 /// The same migrations in PostgreSQL's dialect: `BIGINT` for every integer
@@ -218,6 +222,8 @@ const POSTGRES: &[&str] = &[
          agents_connected BIGINT NOT NULL DEFAULT 0,
          signing_authority TEXT NOT NULL DEFAULT '',
          stopped_at BIGINT);",
+    // 8
+    "ALTER TABLE authorities ADD COLUMN replica_id TEXT;",
 ];
 
 /// The schema version this build writes.

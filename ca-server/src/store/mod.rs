@@ -229,6 +229,9 @@ pub struct AuthorityRow {
     pub revoked_at: Option<i64>,
     /// The authority that signed it (an intermediate's root).
     pub parent_id: Option<String>,
+    /// The replica that holds its key and signs with it; `None` for a row
+    /// from before replicas owned authorities, until one adopts it.
+    pub replica_id: Option<String>,
 }
 
 impl AuthorityRow {
@@ -260,6 +263,7 @@ impl AuthorityRow {
             tainted_at: None,
             revoked_at: None,
             parent_id,
+            replica_id: None,
         }
     }
 }
@@ -568,13 +572,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.transaction(|tx| {
             if row.state == AuthorityState::Active {
+                // Retires the active one of its kind of the same replica
+                // only: every replica has its own.
                 tx.execute(
-                    "UPDATE authorities SET state = ?2, retired_at = ?4 WHERE kind = ?1 AND state = ?3",
+                    "UPDATE authorities SET state = ?2, retired_at = ?4
+                     WHERE kind = ?1 AND state = ?3 AND replica_id = ?5",
                     args![
                         row.kind.as_str(),
                         AuthorityState::Retired.as_str(),
                         AuthorityState::Active.as_str(),
                         row.created_at,
+                        &row.replica_id,
                     ],
                 )?;
             }
@@ -1426,8 +1434,16 @@ mod tests {
                     None,
                 )
             };
-            let a = row("r1", AuthorityKind::Root, AuthorityState::Active, 10);
-            let b = row("r2", AuthorityKind::Root, AuthorityState::Active, 10);
+            let owned = |id: &str, replica: &str| AuthorityRow {
+                replica_id: Some(replica.into()),
+                ..row(id, AuthorityKind::Root, AuthorityState::Active, 10)
+            };
+            let other = owned("r0", "y");
+            let a = owned("r1", "x");
+            let b = owned("r2", "x");
+            f.store
+                .insert_authority(&other, &AuditRecord::default())
+                .unwrap();
             let mut i = row(
                 "i1",
                 AuthorityKind::Intermediate,
@@ -1443,11 +1459,13 @@ mod tests {
             }
             let all = f.store.authorities(None).unwrap();
             let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
-            assert_eq!(ids, ["r2", "r1", "i1"]);
-            // Inserting r2 active retired r1.
+            assert_eq!(ids, ["r2", "r1", "r0", "i1"]);
+            // Inserting r2 active retired r1, of the same replica, and
+            // left the other replica's active root alone.
             assert_eq!(all[1].state, AuthorityState::Retired);
             assert_eq!(all[1].retired_at, Some(10));
-            assert_eq!(all[2], i);
+            assert_eq!(all[2], other);
+            assert_eq!(all[3], i);
             assert_eq!(
                 f.store
                     .authorities(Some(AuthorityKind::Intermediate))

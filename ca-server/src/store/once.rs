@@ -24,8 +24,8 @@ const BUNDLE_KEY: i64 = KEY_BASE + 1;
 pub enum OnceWork {
     /// Deleting audit records past their retention.
     AuditPruning,
-    /// Deciding and making rotation steps of shared authorities.
-    Rotation,
+    /// Retiring the authorities of replicas that are gone.
+    OrphanAuthorities,
 }
 
 impl OnceWork {
@@ -33,7 +33,7 @@ impl OnceWork {
         KEY_BASE
             + match self {
                 Self::AuditPruning => 2,
-                Self::Rotation => 3,
+                Self::OrphanAuthorities => 3,
             }
     }
 }
@@ -117,7 +117,7 @@ mod tests {
             let other = f.reopen();
             assert!(other.try_once(OnceWork::AuditPruning).unwrap().is_none());
             // Another kind of work is free.
-            let rotation = other.try_once(OnceWork::Rotation).unwrap();
+            let rotation = other.try_once(OnceWork::OrphanAuthorities).unwrap();
             assert!(rotation.is_some());
             drop(first);
             assert!(other.try_once(OnceWork::AuditPruning).unwrap().is_some());

@@ -34,6 +34,8 @@ struct AuthorityView {
     tainted_at: String,
     revoked_at: String,
     next_transition_at: String,
+    /// The replica that holds its key; empty when none has adopted it.
+    replica_id: String,
 }
 
 /// The kinds an operator can prepare.
@@ -69,6 +71,7 @@ fn view(a: pb::Authority) -> AuthorityView {
         tainted_at: when(a.tainted_at),
         revoked_at: when(a.revoked_at),
         next_transition_at: when(a.next_transition_at),
+        replica_id: a.replica_id,
         id: a.id,
     }
 }
@@ -184,10 +187,16 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
                         a.published_sequence.to_string()
                     };
                     let acked = format!("{}/{}", a.agents_acknowledged, a.agents_connected);
+                    let replica = if a.replica_id.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        a.replica_id.clone()
+                    };
                     [
                         &a.id,
                         &a.kind,
                         &a.state,
+                        &replica,
                         &published,
                         &acked,
                         &a.not_after,
@@ -203,6 +212,7 @@ pub(super) async fn list(client: &mut AdminClient<Channel>, format: Format) -> a
                     "ID",
                     "KIND",
                     "STATE",
+                    "REPLICA",
                     "PUBLISHED",
                     "ACKED",
                     "NOT AFTER",

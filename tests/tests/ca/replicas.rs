@@ -3,9 +3,8 @@
 //! through one reaches the agent streams of the other (LISTEN/NOTIFY; no
 //! replica polls), and a join token is consumed by exactly one of them.
 //!
-//! The second replica starts from a copy of the first's data directory
-//! (its key files: the authorities are still shared until each replica
-//! has its own) with its own replica id.
+//! Each replica has a data directory of its own: its own keys, root,
+//! intermediate and JWT key; the bundle is the union of both.
 
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ const CROSS_DEADLINE: Duration = Duration::from_secs(10);
 async fn two_replicas(db: &Database) -> (CaProcess, CaProcess) {
     let opts = || CaOptions::default().flag("store", db.url());
     let a = CaProcess::start(opts()).await.unwrap();
-    let b = a.start_copy(0, opts()).await.unwrap();
+    let b = a.start_replica(opts()).await.unwrap();
     (a, b)
 }
 
@@ -184,5 +183,80 @@ async fn a_join_token_raced_against_two_replicas_is_consumed_once() {
             tonic::Code::PermissionDenied,
             "round {round}: {status:?}"
         );
+    }
+}
+
+/// Waits until `ca`'s bundle.pem carries `roots` roots (a replica follows
+/// another's new root on its notification).
+async fn bundle_with_roots(ca: &CaProcess, roots: usize) -> signet_identity::TrustBundle {
+    let deadline = tokio::time::Instant::now() + CROSS_DEADLINE;
+    loop {
+        let bundle = ca.bundle().unwrap();
+        if bundle.x509_authorities().len() == roots {
+            return bundle;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bundle.pem holds {} roots, not {roots}",
+            bundle.x509_authorities().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_replica_signs_under_its_own_root_and_both_bundles_carry_both() {
+    let db = Database::create();
+    let (a, b) = two_replicas(&db).await;
+    // No key file is in both data directories.
+    let keys = |ca: &CaProcess| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(ca.data_dir().join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let (ka, kb) = (keys(&a), keys(&b));
+    assert!(!ka.is_empty() && !kb.is_empty());
+    assert!(ka.iter().all(|k| !kb.contains(k)), "{ka:?} {kb:?}");
+
+    let bundle_a = bundle_with_roots(&a, 2).await;
+    let bundle_b = bundle_with_roots(&b, 2).await;
+    assert_eq!(bundle_a.x509_authorities(), bundle_b.x509_authorities());
+    let on_a = attest_node(&a, "node-on-a").await.unwrap();
+    let on_b = attest_node(&b, "node-on-b").await.unwrap();
+    // Different roots at the top of each chain...
+    let scratch = tempfile::tempdir().unwrap();
+    let one_root = |i: usize, root: &rustls_pki_types::CertificateDer<'static>| {
+        let path = scratch.path().join(format!("root-{i}.pem"));
+        signet_tests::write_pem_chain(&path, std::slice::from_ref(root)).unwrap();
+        path
+    };
+    let top = |n: &signet_tests::NodeIdentity| {
+        let issuer = n.chain_der.last().unwrap();
+        bundle_a
+            .x509_authorities()
+            .iter()
+            .enumerate()
+            .position(|(i, root)| {
+                signet_tests::openssl_verify(
+                    signet_tests::Purpose::SslClient,
+                    &one_root(i, root),
+                    &n.chain_der,
+                )
+                .unwrap()
+                .0
+            })
+            .unwrap_or_else(|| panic!("{issuer:?} chains to no root of the bundle"))
+    };
+    assert_ne!(top(&on_a), top(&on_b), "both replicas sign under one root");
+    // ...and each chain passes openssl against the other replica's bundle.
+    for (node, other) in [(&on_a, &b), (&on_b, &a)] {
+        let (ok, out) = signet_tests::openssl_verify(
+            signet_tests::Purpose::SslClient,
+            &other.bundle_path(),
+            &node.chain_der,
+        )
+        .unwrap();
+        assert!(ok, "{}: {out}", node.spiffe_id);
     }
 }
