@@ -270,7 +270,11 @@ impl Federations {
         })?;
         tracing::info!(trust_domain = %rel.trust_domain, url = rel.url.as_str(), profile = rel.profile.kind().as_str(), "federation relationship created");
         let td = rel.trust_domain.clone();
-        self.add(rel, None, FetchStatus::default());
+        // The creation's own notification may have loaded it already.
+        let loaded = self.inner.lock().contains_key(&td);
+        if !loaded {
+            self.add(rel, None, FetchStatus::default());
+        }
         self.get(td.as_str())
     }
 

@@ -264,7 +264,14 @@ mod tests {
     #[test]
     fn payloads_count_by_kind_and_unknown_ones_resync() {
         let (tx, rx) = watch::channel(Changes::default());
-        for p in ["entries:4", "entries:5", "bundle:2", "something-else", ""] {
+        for p in [
+            "entries:4",
+            "entries:5",
+            "bundle:2",
+            "federation:1700000000",
+            "something-else",
+            "",
+        ] {
             count(&tx, p);
         }
         assert_eq!(
@@ -272,6 +279,7 @@ mod tests {
             Changes {
                 entries: 2,
                 bundle: 1,
+                federation: 1,
                 resyncs: 2
             }
         );
