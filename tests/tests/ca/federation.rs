@@ -465,6 +465,26 @@ async fn replicas_on_one_database_share_relationships_and_one_of_them_fetches() 
     // receives it.
     federate(&a, &remote, ep_remote).await;
     let seq = sequence_of(&remote).await;
+    // B learns of it by notification, not at once.
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    loop {
+        let found = b
+            .admin()
+            .await
+            .unwrap()
+            .get_federation(pb::GetFederationRequest {
+                trust_domain: "remote.test".into(),
+            })
+            .await;
+        match found {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                assert!(tokio::time::Instant::now() < deadline, "B never listed it");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
     let at_b = wait_for_sequence(&b, remote.trust_domain(), seq).await;
     assert_eq!(at_b.last_error, "");
     loop {
