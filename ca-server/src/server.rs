@@ -181,8 +181,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "replica registration task failed"),
     }
     tokio::spawn(
-        crate::ca::replica::follow_other_replicas(ca.clone(), shutdown_rx.clone())
-            .instrument(tracing::info_span!("replica-changes")),
+        crate::ca::replica::follow_other_replicas(
+            ca.clone(),
+            {
+                let federations = federations.clone();
+                Arc::new(move || {
+                    if let Err(e) = federations.reload() {
+                        tracing::warn!(error = %e, "could not reload the federation relationships");
+                    }
+                })
+            },
+            shutdown_rx.clone(),
+        )
+        .instrument(tracing::info_span!("replica-changes")),
     );
     tokio::spawn(
         crate::ca::replica::heartbeat(ca.clone(), listen_addr.to_string(), shutdown_rx.clone())

@@ -21,6 +21,19 @@ pub const REPLICA_ID_FILE: &str = "replica-id";
 /// heartbeat is several periods old as gone.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long the row of a cleanly stopped replica stays listed (so that
+/// `signet ca status` shows the stop for a while) before it is removed.
+pub const STOPPED_ROW_RETENTION: Duration = Duration::from_secs(10 * 60);
+
+/// A replica silent for this long (no heartbeat, no clean stop: it crashed
+/// or its machine is gone) has its row removed. A replica that was only
+/// cut off from the database writes its row back with its next heartbeat.
+pub const SILENT_ROW_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// Every this many heartbeats, a replica tries to remove the rows of gone
+/// replicas (one replica does it at a time).
+const CLEANUP_EVERY_HEARTBEATS: u32 = 60;
+
 /// Longest replica id read back from the file (ours are 16 hex digits).
 const MAX_ID_LEN: usize = 64;
 
@@ -107,6 +120,35 @@ impl Ca {
             .replica_stopped(&self.replica_id, unix(self.now()))?)
     }
 
+    /// Removes the rows of replicas stopped more than
+    /// [`STOPPED_ROW_RETENTION`] ago or silent for more than
+    /// [`SILENT_ROW_RETENTION`], if no other replica is doing it now.
+    /// Returns how many rows went (0 when another replica has the turn).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn remove_gone_replicas(&self) -> Result<u64, super::CaError> {
+        let Some(_cleaning) = self
+            .store
+            .try_once(crate::store::OnceWork::ReplicaCleanup)?
+        else {
+            return Ok(0);
+        };
+        let now = unix(self.now());
+        let cutoff =
+            |keep: Duration| now.saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
+        let removed = self
+            .store
+            .remove_gone_replicas(cutoff(STOPPED_ROW_RETENTION), cutoff(SILENT_ROW_RETENTION))?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed the rows of replicas stopped or silent for long"
+            );
+        }
+        Ok(removed)
+    }
+
     /// Every replica of this trust domain, this one included.
     ///
     /// # Errors
@@ -117,13 +159,15 @@ impl Ca {
 }
 
 /// Refreshes this replica's row every [`HEARTBEAT_INTERVAL`] until
-/// `shutdown`. Each write runs off the async workers and is bounded by the
-/// store's statement timeout; a failed one is logged and the next tick
+/// `shutdown`, and every [`CLEANUP_EVERY_HEARTBEATS`] removes the rows of
+/// gone replicas. Each write runs off the async workers and is bounded by
+/// the store's statement timeout; a failed one is logged and the next tick
 /// tries again (the database may be down for a while).
 pub async fn heartbeat(ca: Arc<Ca>, address: String, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut beats: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -134,9 +178,15 @@ pub async fn heartbeat(ca: Arc<Ca>, address: String, mut shutdown: watch::Receiv
         }
         let writer = ca.clone();
         let address = address.clone();
+        beats = beats.wrapping_add(1);
+        let clean = beats % CLEANUP_EVERY_HEARTBEATS == 0;
         let written = tokio::task::spawn_blocking(move || {
             let row = writer.replica_row(&address, 0);
-            writer.store.replica_heartbeat(&row)
+            writer.store.replica_heartbeat(&row)?;
+            if clean && let Err(e) = writer.remove_gone_replicas() {
+                tracing::warn!(error = %e, "rows of gone replicas not removed");
+            }
+            Ok::<_, crate::store::StoreError>(())
         })
         .await;
         ca.store_reachable(matches!(written, Ok(Ok(()))));
@@ -165,10 +215,16 @@ impl Ca {
 
 /// Follows the other replicas' changes until `shutdown`: each entry
 /// notification re-reads the entry revision (waking this replica's entry
-/// streams), each bundle notification republishes the bundle; after the
-/// listener (re)connected, both. Bursts coalesce: one re-read covers every
-/// notification counted before it. Nothing to do on SQLite.
-pub async fn follow_other_replicas(ca: Arc<Ca>, mut shutdown: watch::Receiver<bool>) {
+/// streams), each bundle notification republishes the bundle, each
+/// federation notification calls `federation_changed` (which reloads the
+/// relationships); after the listener (re)connected, all three. Bursts
+/// coalesce: one re-read covers every notification counted before it.
+/// Nothing to do on SQLite.
+pub async fn follow_other_replicas(
+    ca: Arc<Ca>,
+    federation_changed: Arc<dyn Fn() + Send + Sync>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut changes = match ca.store.listen() {
         Ok(Some(rx)) => rx,
         Ok(None) => return,
@@ -190,11 +246,16 @@ pub async fn follow_other_replicas(ca: Arc<Ca>, mut shutdown: watch::Receiver<bo
         let resync = now.resyncs != seen.resyncs;
         let entries = resync || now.entries != seen.entries;
         let bundle = resync || now.bundle != seen.bundle;
+        let federation = resync || now.federation != seen.federation;
         seen = now;
         let ca = ca.clone();
+        let federation_changed = federation_changed.clone();
         let done = tokio::task::spawn_blocking(move || {
             if entries {
                 ca.entries_changed();
+            }
+            if federation {
+                federation_changed();
             }
             if bundle { ca.follow_bundle() } else { Ok(()) }
         })

@@ -1,10 +1,12 @@
 //! Federation state for the Prometheus endpoint, read at scrape time: per
 //! relationship, the sequence of the last good bundle, when it was last
-//! fetched, and how many fetches in a row have failed.
+//! fetched, and how many fetches in a row have failed; and whether this
+//! replica is the one that fetches, with how many fetches it made.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
-use signet_metrics::encode_gauges;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use signet_metrics::{NO_LABELS, encode_gauges};
 
 use super::Federations;
 
@@ -19,6 +21,19 @@ impl std::fmt::Debug for FederationState {
 
 impl Collector for FederationState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_gauges(
+            &mut encoder,
+            "signet_ca_federation_poller",
+            "1 when this replica fetches the federated bundles (one replica of a trust domain does), else 0.",
+            [(NO_LABELS, if self.0.is_poller() { 1.0 } else { 0.0 })],
+        )?;
+        let fetches = ConstCounter::new(self.0.fetches());
+        fetches.encode(encoder.encode_descriptor(
+            "signet_ca_federation_fetches",
+            "Federated bundle fetches this replica started.",
+            None,
+            fetches.metric_type(),
+        )?)?;
         let views = self.0.list();
         let label = |v: &super::View| [("trust_domain", v.relationship.trust_domain.to_string())];
         encode_gauges(

@@ -3,8 +3,19 @@
 //! the node API. The registry's mutex is the single owner of this state;
 //! a fetch runs outside it and commits its result under it, so a
 //! relationship deleted meanwhile is not brought back.
+//!
+//! With several replicas on one PostgreSQL database, one replica fetches:
+//! the one holding the federation advisory lock (a session lock, so a dead
+//! poller's lock goes with its session and another replica takes over).
+//! It stores each result in the `federations` table with a notification;
+//! every replica, the poller included, then reloads the relationships and
+//! bundles from the table ([`Federations::reload`]) and publishes them to
+//! its agents. Relationships created or deleted through any replica notify
+//! the same way. On SQLite this process is the only replica and always
+//! the poller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -17,12 +28,17 @@ use super::store::{self as fstore, FetchStatus};
 use super::{FederationError, MAX_RELATIONSHIPS, Profile, Relationship};
 use crate::ca::Ca;
 use crate::ca::time::unix;
+use crate::store::{OnceGuard, OnceWork};
 
 /// The refresh interval when the remote gives no hint (Federation
 /// standard: 5 minutes).
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// The longest interval between two fetches, whatever the hint.
 pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// How often the poller checks that its lock is still held, and the other
+/// replicas try to take it.
+pub const POLLER_CHECK: Duration = Duration::from_secs(5);
 
 /// The federated bundles, one per trust domain, ordered by trust domain.
 pub type FederatedBundles = Arc<Vec<TrustBundle>>;
@@ -56,6 +72,10 @@ struct Inner {
     slots: Mutex<BTreeMap<TrustDomain, Slot>>,
     published: watch::Sender<FederatedBundles>,
     shutdown: watch::Receiver<bool>,
+    /// Whether this replica holds the federation lock and fetches.
+    poller: AtomicBool,
+    /// Fetches this replica started.
+    fetches: AtomicU64,
 }
 
 /// The federation relationships of a CA.
@@ -105,13 +125,87 @@ impl Federations {
                 slots: Mutex::new(BTreeMap::new()),
                 published,
                 shutdown,
+                poller: AtomicBool::new(false),
+                fetches: AtomicU64::new(0),
             }),
         };
+        let guard = store.try_once(OnceWork::Federation)?;
+        federations
+            .inner
+            .poller
+            .store(guard.is_some(), Ordering::Relaxed);
         for s in fstore::load_all(&store)? {
             federations.add(s.relationship, s.bundle, s.status);
         }
         federations.inner.publish();
+        tokio::spawn(
+            federations
+                .inner
+                .clone()
+                .hold_poller(guard)
+                .instrument(tracing::info_span!("federation-poller")),
+        );
         Ok(federations)
+    }
+
+    /// Whether this replica is the one that fetches.
+    pub fn is_poller(&self) -> bool {
+        self.inner.poller.load(Ordering::Relaxed)
+    }
+
+    /// How many fetches this replica started since it started.
+    pub fn fetches(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Brings the relationships in line with the store after a change
+    /// notification: relationships gone from the table stop, new ones
+    /// start, and a stored bundle and status at least as recent as this
+    /// replica's (by attempt time) replace them. Then publishes.
+    ///
+    /// # Errors
+    /// Store errors; nothing changes then.
+    pub fn reload(&self) -> Result<(), FederationError> {
+        let stored = fstore::load_all(self.inner.ca.store())?;
+        let mut added = Vec::new();
+        {
+            let mut slots = self.inner.lock();
+            let present: BTreeSet<TrustDomain> = stored
+                .iter()
+                .map(|s| s.relationship.trust_domain.clone())
+                .collect();
+            slots.retain(|td, slot| {
+                let keep = present.contains(td);
+                if !keep {
+                    let _ = slot.stop.send(true);
+                }
+                keep
+            });
+            for s in stored {
+                match slots.get_mut(&s.relationship.trust_domain) {
+                    Some(slot) if slot.relationship == s.relationship => {
+                        let newer = s.status.last_attempt_at >= slot.status.last_attempt_at;
+                        if newer && (slot.bundle != s.bundle || slot.status != s.status) {
+                            slot.bundle = s.bundle;
+                            slot.status = s.status;
+                            // Reschedules from the new status.
+                            slot.wake.notify_one();
+                        }
+                    }
+                    Some(slot) => {
+                        let _ = slot.stop.send(true);
+                        added.push(s);
+                    }
+                    None => added.push(s),
+                }
+            }
+        }
+        for s in added {
+            tracing::info!(trust_domain = %s.relationship.trust_domain, "federation relationship loaded from the store");
+            self.add(s.relationship, s.bundle, s.status);
+        }
+        self.inner.publish();
+        Ok(())
     }
 
     /// Follows the federated bundles.
@@ -176,7 +270,11 @@ impl Federations {
         })?;
         tracing::info!(trust_domain = %rel.trust_domain, url = rel.url.as_str(), profile = rel.profile.kind().as_str(), "federation relationship created");
         let td = rel.trust_domain.clone();
-        self.add(rel, None, FetchStatus::default());
+        // The creation's own notification may have loaded it already.
+        let loaded = self.inner.lock().contains_key(&td);
+        if !loaded {
+            self.add(rel, None, FetchStatus::default());
+        }
         self.get(td.as_str())
     }
 
@@ -295,6 +393,63 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Keeps the federation lock while this replica has it, checking every
+    /// [`POLLER_CHECK`] that its session still answers, and tries to take
+    /// it when it does not have it. Becoming the poller wakes every
+    /// relationship so that overdue fetches happen at once.
+    async fn hold_poller(self: Arc<Self>, mut guard: Option<OnceGuard>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let stop = tokio::select! {
+                () = tokio::time::sleep(POLLER_CHECK) => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
+            let was = guard.is_some();
+            let store = self.ca.store().clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                if stop {
+                    // Releases the lock off the async workers.
+                    drop(guard);
+                    return Ok(None);
+                }
+                match guard {
+                    Some(held) if held.still_held() => Ok(Some(held)),
+                    lost => {
+                        drop(lost);
+                        store.try_once(OnceWork::Federation)
+                    }
+                }
+            })
+            .await;
+            if stop {
+                return;
+            }
+            guard = match checked {
+                Ok(Ok(g)) => g,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot take the federation lock");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "federation lock task failed");
+                    None
+                }
+            };
+            let now = guard.is_some();
+            self.poller.store(now, Ordering::Relaxed);
+            if now != was {
+                if now {
+                    tracing::info!("this replica now fetches the federated bundles");
+                    for slot in self.lock().values() {
+                        slot.wake.notify_one();
+                    }
+                } else {
+                    tracing::warn!("this replica lost the federation lock; another fetches");
+                }
+            }
+        }
+    }
+
     /// Publishes the last good bundles when they changed.
     fn publish(&self) {
         let bundles: Vec<TrustBundle> = self
@@ -351,6 +506,16 @@ impl Inner {
                 _ = stopped.wait_for(|s| *s) => return,
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            if !self.poller.load(Ordering::Relaxed) {
+                // Another replica fetches; its results come by
+                // notification (a reload wakes this task), or this one
+                // becomes the poller (which wakes it too).
+                tokio::select! {
+                    () = wake.notified() => continue,
+                    _ = stopped.wait_for(|s| *s) => return,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
             tokio::select! {
                 () = self.attempt(&td) => {}
                 _ = stopped.wait_for(|s| *s) => return,
@@ -369,6 +534,7 @@ impl Inner {
             return;
         };
         let _one_at_a_time = fetching.lock().await;
+        self.fetches.fetch_add(1, Ordering::Relaxed);
         // Re-read: a fetch that waited for the lock sees the one before it.
         let last = self.lock().get(td).map_or(last, |s| s.bundle.clone());
         let anchors = match (&rel.profile, &last) {

@@ -6,7 +6,13 @@ use signet_identity::{SpiffeId, TrustBundle, TrustDomain};
 
 use super::{EndpointUrl, Profile, Relationship};
 use crate::args;
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{ChangeKind, Store, StoreError, Tx, notify};
+
+/// Tells every replica (this one included) to reload the relationships:
+/// delivered at commit, dropped on rollback.
+fn changed(tx: &Tx<'_>, at: i64) -> Result<(), StoreError> {
+    notify(tx, ChangeKind::Federation, u64::try_from(at).unwrap_or(0))
+}
 
 /// What the poller records about its fetches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,7 +76,7 @@ pub fn upsert(
                 args![rel.trust_domain.as_str()],
             )?;
         }
-        Ok::<_, StoreError>(())
+        changed(tx, now)
     })
 }
 
@@ -98,7 +104,7 @@ pub fn insert_new(tx: &Tx<'_>, rel: &Relationship, now: i64) -> Result<(), Store
             ],
         );
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => changed(tx, now),
             Err(StoreError::Duplicate(_)) => Err(StoreError::Conflict(format!(
                 "a relationship with {} exists already",
                 rel.trust_domain
@@ -131,7 +137,11 @@ pub fn delete(store: &Store, td: &str) -> Result<bool, StoreError> {
 /// # Errors
 /// Database errors.
 pub fn delete_in(tx: &Tx<'_>, td: &str) -> Result<bool, StoreError> {
-    Ok(tx.execute("DELETE FROM federations WHERE trust_domain = ?1", args![td])? > 0)
+    let existed = tx.execute("DELETE FROM federations WHERE trust_domain = ?1", args![td])? > 0;
+    if existed {
+        changed(tx, 0)?;
+    }
+    Ok(existed)
 }
 
 /// Records a fetch: the new bundle when there is one, and the status.
@@ -163,7 +173,7 @@ pub fn record(
                 status.consecutive_failures
             ],
         )?;
-        Ok::<_, StoreError>(())
+        changed(tx, status.last_attempt_at)
     })
 }
 

@@ -26,6 +26,11 @@ pub enum OnceWork {
     AuditPruning,
     /// Retiring the authorities of replicas that are gone.
     OrphanAuthorities,
+    /// Fetching the federated bundles (held for as long as this replica
+    /// is the poller).
+    Federation,
+    /// Removing the rows of replicas that stopped or went silent long ago.
+    ReplicaCleanup,
 }
 
 impl OnceWork {
@@ -34,6 +39,8 @@ impl OnceWork {
             + match self {
                 Self::AuditPruning => 2,
                 Self::OrphanAuthorities => 3,
+                Self::ReplicaCleanup => 4,
+                Self::Federation => 5,
             }
     }
 }
@@ -43,6 +50,18 @@ impl OnceWork {
 #[must_use = "the work is this replica's only while the guard lives"]
 pub struct OnceGuard {
     held: Option<(Lease, i64)>,
+}
+
+impl OnceGuard {
+    /// Whether the lock is still this replica's: its session still
+    /// answers (a session lock lasts as long as the session). Always true
+    /// on SQLite.
+    pub fn still_held(&self) -> bool {
+        match &self.held {
+            None => true,
+            Some((lease, _)) => lease.query("SELECT 1", &[]).is_ok(),
+        }
+    }
 }
 
 impl Drop for OnceGuard {

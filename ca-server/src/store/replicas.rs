@@ -101,6 +101,28 @@ impl Store {
         })
     }
 
+    /// Removes the rows of replicas that stopped cleanly before
+    /// `stopped_before`, and of replicas whose last heartbeat is older than
+    /// `silent_before` (crashed or gone without a stop) whatever their
+    /// state. Returns how many rows went. A replica still running writes
+    /// its row back with its next heartbeat.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn remove_gone_replicas(
+        &self,
+        stopped_before: i64,
+        silent_before: i64,
+    ) -> Result<u64, StoreError> {
+        self.with_conn(|tx| {
+            tx.execute(
+                "DELETE FROM replicas
+                 WHERE (stopped_at IS NOT NULL AND stopped_at < ?1) OR heartbeat_at < ?2",
+                args![stopped_before, silent_before],
+            )
+        })
+    }
+
     /// Every replica ever registered, by id.
     ///
     /// # Errors
@@ -187,6 +209,50 @@ mod tests {
             other.register_replica(&row("b", 30)).unwrap();
             let b = store.replicas().unwrap().remove(1);
             assert_eq!(b, row("b", 30));
+        });
+    }
+
+    #[test]
+    fn rows_of_replicas_stopped_or_silent_long_ago_are_removed() {
+        each_backend::run(|f| {
+            let store = &f.store;
+            let other = f.reopen();
+            // Stopped long ago, stopped recently, silent long ago (a crash),
+            // alive.
+            store.register_replica(&row("stopped-old", 10)).unwrap();
+            store.replica_stopped("stopped-old", 100).unwrap();
+            other.register_replica(&row("stopped-new", 10)).unwrap();
+            other.replica_stopped("stopped-new", 900).unwrap();
+            store.register_replica(&row("crashed", 50)).unwrap();
+            other
+                .replica_heartbeat(&ReplicaRow {
+                    heartbeat_at: 990,
+                    ..row("alive", 10)
+                })
+                .unwrap();
+
+            // Stopped before 500 or silent since before 60.
+            assert_eq!(store.remove_gone_replicas(500, 60).unwrap(), 2);
+            let ids: Vec<String> = store
+                .replicas()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            assert_eq!(ids, ["alive", "stopped-new"]);
+
+            // Nothing more to remove with the same cutoffs.
+            assert_eq!(other.remove_gone_replicas(500, 60).unwrap(), 0);
+            // A stopped row also goes once its stop (its last heartbeat)
+            // is older than the silence cutoff.
+            assert_eq!(store.remove_gone_replicas(0, 901).unwrap(), 1);
+            let ids: Vec<String> = store
+                .replicas()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            assert_eq!(ids, ["alive"]);
         });
     }
 

@@ -415,3 +415,129 @@ async fn https_web_endpoint_and_relationship_with_private_roots() {
     assert!(bad.last_error.contains("TLS"), "{bad:?}");
     assert!(bad.consecutive_failures >= 1, "{bad:?}");
 }
+
+/// The second replica of `first`'s trust domain on the same database. The
+/// one place to switch once each replica has its own data directory.
+async fn second_replica(first: &CaProcess, opts: CaOptions) -> CaProcess {
+    first.start_copy(0, opts).await.unwrap()
+}
+
+/// Whether the scrape is of the replica that fetches.
+fn is_poller(s: &signet_tests::Scrape) -> bool {
+    s.value("signet_ca_federation_poller", &[]) == Some(1.0)
+}
+
+fn fetches(s: &signet_tests::Scrape) -> f64 {
+    s.value("signet_ca_federation_fetches_total", &[])
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn replicas_on_one_database_share_relationships_and_one_of_them_fetches() {
+    use signet_tests::postgres::Database;
+    use signet_tests::{free_loopback_addr, scrape, scrape_until};
+
+    let db = Database::create();
+    let config_dir = tempfile::tempdir().unwrap();
+    let ep_remote = free_port_on_localhost();
+    let remote = start("remote.test", ep_remote, config_dir.path()).await;
+    let (metrics_a, metrics_b) = (free_loopback_addr().unwrap(), free_loopback_addr().unwrap());
+    let opts = |metrics: SocketAddr| {
+        CaOptions::new("local.test")
+            .flag("store", db.url())
+            .flag("federation-min-refresh", "1s")
+            .flag("metrics-listen", metrics.to_string())
+    };
+    let mut a = CaProcess::start(opts(metrics_a)).await.unwrap();
+    let mut b = second_replica(&a, opts(metrics_b)).await;
+
+    // An agent stream on B, before the relationship exists.
+    let node = attest_node(&b, "node-b").await.unwrap();
+    let mut client = b.node_client(Some(node.tls_identity())).await.unwrap();
+    let mut stream = client
+        .watch_bundle(pb::WatchBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next_bundle(&mut stream).await.federated.is_empty());
+
+    // Created through A: B lists it with the fetched bundle, and B's agent
+    // receives it.
+    federate(&a, &remote, ep_remote).await;
+    let seq = sequence_of(&remote).await;
+    // B learns of it by notification, not at once.
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    loop {
+        let found = b
+            .admin()
+            .await
+            .unwrap()
+            .get_federation(pb::GetFederationRequest {
+                trust_domain: "remote.test".into(),
+            })
+            .await;
+        match found {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                assert!(tokio::time::Instant::now() < deadline, "B never listed it");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let at_b = wait_for_sequence(&b, remote.trust_domain(), seq).await;
+    assert_eq!(at_b.last_error, "");
+    loop {
+        let update = next_bundle(&mut stream).await;
+        if update
+            .federated
+            .iter()
+            .any(|f| f.trust_domain == "remote.test" && f.sequence >= seq)
+        {
+            break;
+        }
+    }
+
+    // Exactly one replica fetches; the other never did.
+    let (scrape_a, scrape_b) = (
+        scrape(metrics_a).await.unwrap(),
+        scrape(metrics_b).await.unwrap(),
+    );
+    assert_ne!(
+        is_poller(&scrape_a),
+        is_poller(&scrape_b),
+        "{scrape_a:?}\n{scrape_b:?}"
+    );
+    let (poller, follower, follower_metrics, poller_scrape, follower_scrape) =
+        if is_poller(&scrape_a) {
+            (&mut a, &b, metrics_b, scrape_a, scrape_b)
+        } else {
+            (&mut b, &a, metrics_a, scrape_b, scrape_a)
+        };
+    assert!(fetches(&poller_scrape) >= 1.0, "{poller_scrape:?}");
+    assert_eq!(fetches(&follower_scrape), 0.0, "{follower_scrape:?}");
+
+    // The poller dies without a word: its lock goes with its session and
+    // the other replica takes the fetching over.
+    poller.kill_hard();
+    let taken = scrape_until(follower_metrics, PROPAGATION, |s| {
+        is_poller(s) && fetches(s) >= 1.0
+    })
+    .await
+    .unwrap();
+    assert!(is_poller(&taken));
+
+    // Deleted through the survivor: gone from its agents' view.
+    let deleted = follower
+        .signet_ca(["federation", "delete", "remote.test"])
+        .await
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    if follower_metrics == metrics_b {
+        loop {
+            if next_bundle(&mut stream).await.federated.is_empty() {
+                break;
+            }
+        }
+    }
+}

@@ -96,6 +96,38 @@ async fn a_database_of_another_trust_domain_is_refused() {
     assert_eq!(db.psql("SELECT COUNT(*) FROM audit").unwrap(), before);
 }
 
+#[tokio::test]
+async fn a_second_replica_of_another_trust_domain_is_refused_while_the_first_runs() {
+    let db = Database::create();
+    let mut first = CaProcess::start(CaOptions::new("one.org").flag("store", db.url()))
+        .await
+        .unwrap();
+    let rows = || {
+        db.psql("SELECT string_agg(id, ',' ORDER BY id) FROM replicas")
+            .unwrap()
+    };
+    let replicas_before = rows();
+    let audit_before = db.psql("SELECT COUNT(*) FROM audit").unwrap();
+
+    let (code, text) = run_on(db.url(), "two.org");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("belongs to trust domain one.org, not two.org"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(password_of(db.url())),
+        "the password is shown: {text}"
+    );
+    // The refused replica registered nothing and wrote nothing.
+    assert_eq!(rows(), replicas_before);
+    assert_eq!(db.psql("SELECT COUNT(*) FROM audit").unwrap(), audit_before);
+    // The first replica still serves its trust domain.
+    let token = first.token_cli("still-here", None).await.unwrap();
+    assert!(!token.is_empty());
+    first.stop().await.unwrap();
+}
+
 #[test]
 fn a_schema_newer_than_the_binary_is_refused_on_postgres() {
     let db = Database::create();

@@ -33,6 +33,9 @@ pub enum ChangeKind {
     Entries,
     /// The bundle (payload `bundle:<sequence>`).
     Bundle,
+    /// Federation relationships or their fetched bundles (payload
+    /// `federation:<unix seconds>`).
+    Federation,
 }
 
 impl ChangeKind {
@@ -41,6 +44,7 @@ impl ChangeKind {
         match self {
             Self::Entries => "entries",
             Self::Bundle => "bundle",
+            Self::Federation => "federation",
         }
     }
 }
@@ -51,6 +55,7 @@ impl ChangeKind {
 pub struct Changes {
     pub entries: u64,
     pub bundle: u64,
+    pub federation: u64,
     /// (Re)connections of the listener: anything may have changed.
     pub resyncs: u64,
 }
@@ -168,6 +173,8 @@ fn count(changes: &watch::Sender<Changes>, payload: &str) {
             c.entries += 1;
         } else if kind == ChangeKind::Bundle.as_str() {
             c.bundle += 1;
+        } else if kind == ChangeKind::Federation.as_str() {
+            c.federation += 1;
         } else {
             c.resyncs += 1;
         }
@@ -257,7 +264,14 @@ mod tests {
     #[test]
     fn payloads_count_by_kind_and_unknown_ones_resync() {
         let (tx, rx) = watch::channel(Changes::default());
-        for p in ["entries:4", "entries:5", "bundle:2", "something-else", ""] {
+        for p in [
+            "entries:4",
+            "entries:5",
+            "bundle:2",
+            "federation:1700000000",
+            "something-else",
+            "",
+        ] {
             count(&tx, p);
         }
         assert_eq!(
@@ -265,6 +279,7 @@ mod tests {
             Changes {
                 entries: 2,
                 bundle: 1,
+                federation: 1,
                 resyncs: 2
             }
         );
