@@ -24,6 +24,7 @@ mod node_state;
 mod pod_policy;
 mod postgres;
 mod propagation;
+mod replica_chaos;
 mod restart;
 mod rotation;
 mod status;
