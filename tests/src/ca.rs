@@ -192,18 +192,38 @@ impl CaProcess {
     /// Another replica of this CA on the same PostgreSQL store: a new
     /// process with a data directory of its own (its own keys, root,
     /// intermediate and replica id; no key file is shared), started with
-    /// `opts`, which must name the same trust domain and the same `--store`.
+    /// `opts`, which must name the same trust domain and the same `--store`,
+    /// serving on `port` (on loopback; 0 picks a free one).
     ///
     /// # Errors
     /// A different trust domain, no store flag, or as [`CaProcess::start`].
-    pub async fn start_replica(&self, opts: CaOptions) -> anyhow::Result<Self> {
+    pub async fn start_replica(&self, port: u16, opts: CaOptions) -> anyhow::Result<Self> {
         if opts.trust_domain != self.opts.trust_domain {
             bail!("a replica serves the same trust domain");
         }
         if !opts.args.iter().any(|a| a == "--store") {
             bail!("replicas share a store: pass --store");
         }
-        Self::start(opts).await
+        if port == 0 {
+            return Self::start(opts).await;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("signet-ca-")
+            .tempdir()
+            .context("creating the replica's temporary directory")?;
+        let data_dir = dir.path().join("data");
+        let mut ca = Self {
+            child: None,
+            trust_domain: self.trust_domain.clone(),
+            port,
+            admin_socket: data_dir.join("admin.sock"),
+            data_dir,
+            log_path: dir.path().join("signet-ca.log"),
+            dir,
+            opts,
+        };
+        ca.launch().await?;
+        Ok(ca)
     }
 
     /// A second replica of this CA, to test agent failover until replicas
@@ -213,7 +233,9 @@ impl CaProcess {
     /// through `VACUUM INTO` (a transaction-consistent snapshot), the key
     /// files and the rest as files. The two diverge from then on (each its
     /// own audit log and tokens); it is the failover mechanics that they
-    /// test, not shared state.
+    /// test, not shared state. The copy keeps the replica id, so it signs
+    /// with the same authorities (real replicas have their own: see
+    /// [`CaProcess::start_replica`]).
     ///
     /// # Errors
     /// A copy that fails, or as [`CaProcess::start`].
@@ -746,11 +768,7 @@ fn copy_data_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         let target = to.join(&name);
         if kind.is_dir() {
             copy_data_dir(&entry.path(), &target)?;
-        } else if kind.is_file()
-            && !name.to_string_lossy().starts_with("signet.db")
-            // A copy is another replica: it makes its own id.
-            && name != "replica-id"
-        {
+        } else if kind.is_file() && !name.to_string_lossy().starts_with("signet.db") {
             std::fs::copy(entry.path(), &target)
                 .with_context(|| format!("copying {}", entry.path().display()))?;
         }

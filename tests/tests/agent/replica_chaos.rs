@@ -64,11 +64,10 @@ fn replica_options(db: &Database, metrics: SocketAddr) -> CaOptions {
         .flag("metrics-listen", metrics.to_string())
 }
 
-/// The second replica, on `port`. The only place that says how: from a
-/// copy of the first's data directory (shared key files) until each
-/// replica has its own authority.
+/// The second replica, on `port`: a data directory of its own (its own
+/// root, intermediate and keys) on the same database.
 async fn second_replica(first: &CaProcess, port: u16, opts: CaOptions) -> CaProcess {
-    first.start_copy(port, opts).await.unwrap()
+    first.start_replica(port, opts).await.unwrap()
 }
 
 /// A loopback port nothing listens on now.

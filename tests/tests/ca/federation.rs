@@ -416,10 +416,10 @@ async fn https_web_endpoint_and_relationship_with_private_roots() {
     assert!(bad.consecutive_failures >= 1, "{bad:?}");
 }
 
-/// The second replica of `first`'s trust domain on the same database. The
-/// one place to switch once each replica has its own data directory.
+/// The second replica of `first`'s trust domain on the same database,
+/// with a data directory (and keys) of its own.
 async fn second_replica(first: &CaProcess, opts: CaOptions) -> CaProcess {
-    first.start_copy(0, opts).await.unwrap()
+    first.start_replica(0, opts).await.unwrap()
 }
 
 /// Whether the scrape is of the replica that fetches.

@@ -19,7 +19,7 @@ const CROSS_DEADLINE: Duration = Duration::from_secs(10);
 async fn two_replicas(db: &Database) -> (CaProcess, CaProcess) {
     let opts = || CaOptions::default().flag("store", db.url());
     let a = CaProcess::start(opts()).await.unwrap();
-    let b = a.start_replica(opts()).await.unwrap();
+    let b = a.start_replica(0, opts()).await.unwrap();
     (a, b)
 }
 
