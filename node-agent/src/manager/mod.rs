@@ -32,6 +32,15 @@ use trust::Taint;
 
 /// Most CSRs sent in one request.
 const BATCH: usize = 200;
+/// The shortest retry of a failed renewal, however close the expiry.
+const RETRY_FLOOR: Duration = Duration::from_millis(500);
+
+/// The wait before retrying a failed renewal: the backoff's `delay`, but no
+/// more than an eighth of `left`, the life left of the soonest-expiring SVID
+/// that is due (and never under [`RETRY_FLOOR`]).
+fn capped_retry(delay: Duration, left: Option<Duration>) -> Duration {
+    left.map_or(delay, |left| delay.min((left / 8).max(RETRY_FLOOR)))
+}
 /// How often the k8s_psat token file is checked for a rotated token.
 const TOKEN_POLL: Duration = Duration::from_secs(2);
 /// How long an SVID that does not validate against the served bundle yet
@@ -724,11 +733,13 @@ impl Manager {
             // What to wait for is decided from what is held *now*, after
             // signing: the earliest renewal (or expiry) of any SVID, and a
             // retry with backoff for entries still without an SVID.
-            let (next_due, unserved) = {
+            let (next_due, unserved, expiring) = {
                 let now = SystemTime::now();
                 let inner = self.lock();
                 let mut next_due: Option<SystemTime> = None;
                 let mut unserved = false;
+                // The soonest expiry of an SVID that is due but still served.
+                let mut expiring: Option<SystemTime> = None;
                 for entry in inner.entries.values() {
                     if inner.is_awaiting(&entry.id, now) {
                         // Look again when the wait for its bundle is over.
@@ -743,13 +754,21 @@ impl Manager {
                             let t = inner.due_at(s).min(s.not_after);
                             next_due = Some(next_due.map_or(t, |n| n.min(t)));
                         }
+                        Some(s) if s.not_after > now => {
+                            unserved = true;
+                            expiring = Some(expiring.map_or(s.not_after, |e| e.min(s.not_after)));
+                        }
                         _ => unserved = true,
                     }
                 }
-                (next_due, unserved)
+                (next_due, unserved, expiring)
             };
             let retry = if failed || unserved {
-                backoff.next_delay()
+                // The backoff grows to max_backoff, but a retry never waits
+                // past an eighth of what is left of a served SVID that is
+                // due: a CA away for a while must not make it lapse.
+                let left = expiring.and_then(|t| t.duration_since(SystemTime::now()).ok());
+                capped_retry(backoff.next_delay(), left)
             } else {
                 backoff.reset();
                 Duration::from_secs(3600)
@@ -1206,6 +1225,22 @@ mod lifecycle;
 mod tests {
     use super::*;
     use crate::test_pki::TestCa;
+
+    #[test]
+    fn a_failed_renewal_is_retried_well_before_the_served_svid_expires() {
+        let s = Duration::from_secs;
+        // Far from expiry: the backoff as it is.
+        assert_eq!(capped_retry(s(2), Some(s(3600))), s(2));
+        assert_eq!(capped_retry(s(30), None), s(30));
+        // 24 s left: at most 3 s between tries, however long the backoff.
+        assert_eq!(capped_retry(s(30), Some(s(24))), s(3));
+        // Almost expired: every half second, never a busy loop.
+        assert_eq!(capped_retry(s(30), Some(Duration::ZERO)), RETRY_FLOOR);
+        assert_eq!(
+            capped_retry(Duration::from_millis(100), Some(s(1))),
+            Duration::from_millis(100)
+        );
+    }
 
     fn entry(id: &str) -> Entry {
         Entry {
