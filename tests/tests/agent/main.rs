@@ -25,6 +25,7 @@ mod pod_policy;
 mod postgres;
 mod propagation;
 mod replica_chaos;
+mod replicas;
 mod restart;
 mod rotation;
 mod status;
