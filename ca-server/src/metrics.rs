@@ -289,17 +289,18 @@ fn bundle_standing(reported: u64, current: u64) -> &'static str {
 impl Collector for CaState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // First, so that this scrape's own queries below count in the next.
-        let mut statements = encoder.encode_descriptor(
-            "signet_ca_store_statements",
-            "Statements sent to the store by this process, by backend (on PostgreSQL every round trip: prepare, query, BEGIN, COMMIT)",
-            None,
-            MetricType::Counter,
-        )?;
-        for backend in Backend::ALL {
-            ConstCounter::new(statements_sent(backend))
-                .encode(statements.encode_family(&[("backend", backend.as_str())])?)?;
+        {
+            let mut statements = encoder.encode_descriptor(
+                "signet_ca_store_statements",
+                "Statements sent to the store by this process, by backend (on PostgreSQL every round trip: prepare, query, BEGIN, COMMIT)",
+                None,
+                MetricType::Counter,
+            )?;
+            for backend in Backend::ALL {
+                ConstCounter::new(statements_sent(backend))
+                    .encode(statements.encode_family(&[("backend", backend.as_str())])?)?;
+            }
         }
-        drop(statements);
         let now = self.ca.now();
         let current = self.ca.bundle().sequence();
         encode_gauges(

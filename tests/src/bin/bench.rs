@@ -362,7 +362,9 @@ async fn statements(replicas: &[&Replica]) -> anyhow::Result<f64> {
         for backend in ["sqlite", "postgres"] {
             total += s
                 .value("signet_ca_store_statements_total", &[("backend", backend)])
-                .with_context(|| format!("no signet_ca_store_statements_total{{backend={backend}}}"))?;
+                .with_context(|| {
+                    format!("no signet_ca_store_statements_total{{backend={backend}}}")
+                })?;
         }
     }
     Ok(total)
@@ -387,7 +389,15 @@ async fn counted(
 ) -> anyhow::Result<Counted> {
     let mut nodes = Vec::new();
     for (i, r) in replicas.iter().enumerate() {
-        nodes.extend(setup(&r.ca, &format!("{run}-r{i}"), nodes_per_replica, batch.max(4)).await?);
+        nodes.extend(
+            setup(
+                &r.ca,
+                &format!("{run}-r{i}"),
+                nodes_per_replica,
+                batch.max(4),
+            )
+            .await?,
+        );
     }
     // Each difference of two scrape rounds holds the first round's own
     // queries (the counter is read before them) and the background work
@@ -445,7 +455,9 @@ async fn propagation(a: &Replica, b: &Replica, samples: usize) -> anyhow::Result
         loop {
             let update = tokio::time::timeout(limit, stream.message())
                 .await
-                .with_context(|| format!("entry {n} did not reach the other replica in {limit:?}"))??
+                .with_context(|| {
+                    format!("entry {n} did not reach the other replica in {limit:?}")
+                })??
                 .context("stream ended")?;
             if update.upserted.iter().any(|e| e.id == id) {
                 break;
@@ -478,7 +490,10 @@ async fn replicas(dur: Duration, ceiling_all: f64) -> anyhow::Result<()> {
         ca: CaProcess::start(opts).await?,
         metrics,
     };
-    for (what, nodes, batch) in [("single requests, 1 node", 1, 1), ("batches of 100, 4 nodes", 4, 100)] {
+    for (what, nodes, batch) in [
+        ("single requests, 1 node", 1, 1),
+        ("batches of 100, 4 nodes", 4, 100),
+    ] {
         let c = counted(what, &[&sqlite], "sq", nodes, batch, dur).await?;
         rows.push(("SQLite, 1 CA".into(), c));
     }
@@ -489,7 +504,10 @@ async fn replicas(dur: Duration, ceiling_all: f64) -> anyhow::Result<()> {
         ca: CaProcess::start(opts).await?,
         metrics,
     };
-    for (what, nodes, batch) in [("single requests, 1 node", 1, 1), ("batches of 100, 4 nodes", 4, 100)] {
+    for (what, nodes, batch) in [
+        ("single requests, 1 node", 1, 1),
+        ("batches of 100, 4 nodes", 4, 100),
+    ] {
         let c = counted(what, &[&a], "pg1", nodes, batch, dur).await?;
         rows.push(("PostgreSQL, 1 replica".into(), c));
     }
@@ -503,7 +521,9 @@ async fn replicas(dur: Duration, ceiling_all: f64) -> anyhow::Result<()> {
     }
 
     println!();
-    println!("| store | run | SVIDs/s | p50 | p99 | of {cores}-core ceiling | statements per SVID |");
+    println!(
+        "| store | run | SVIDs/s | p50 | p99 | of {cores}-core ceiling | statements per SVID |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (store, c) in &rows {
         let r = &c.figures;

@@ -96,9 +96,8 @@ async fn ca_and_agent_metrics_follow_issuance() {
         ca.family_type("signet_ca_store_statements"),
         Some("counter")
     );
-    let statements = |backend: &str| {
-        ca.value("signet_ca_store_statements_total", &[("backend", backend)])
-    };
+    let statements =
+        |backend: &str| ca.value("signet_ca_store_statements_total", &[("backend", backend)]);
     assert!(statements("sqlite").unwrap() >= 10.0, "{ca:#?}");
     assert_eq!(statements("postgres"), Some(0.0), "{ca:#?}");
 
