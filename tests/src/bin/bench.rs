@@ -490,11 +490,14 @@ async fn replicas(dur: Duration, ceiling_all: f64) -> anyhow::Result<()> {
         ca: CaProcess::start(opts).await?,
         metrics,
     };
-    for (what, nodes, batch) in [
+    for (k, (what, nodes, batch)) in [
         ("single requests, 1 node", 1, 1),
         ("batches of 100, 4 nodes", 4, 100),
-    ] {
-        let c = counted(what, &[&sqlite], "sq", nodes, batch, dur).await?;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = counted(what, &[&sqlite], &format!("sq{k}"), nodes, batch, dur).await?;
         rows.push(("SQLite, 1 CA".into(), c));
     }
     drop(sqlite);
@@ -504,19 +507,25 @@ async fn replicas(dur: Duration, ceiling_all: f64) -> anyhow::Result<()> {
         ca: CaProcess::start(opts).await?,
         metrics,
     };
-    for (what, nodes, batch) in [
+    for (k, (what, nodes, batch)) in [
         ("single requests, 1 node", 1, 1),
         ("batches of 100, 4 nodes", 4, 100),
-    ] {
-        let c = counted(what, &[&a], "pg1", nodes, batch, dur).await?;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = counted(what, &[&a], &format!("pg1{k}"), nodes, batch, dur).await?;
         rows.push(("PostgreSQL, 1 replica".into(), c));
     }
     let b = second_replica(&a, db.url()).await?;
-    for (what, nodes, batch) in [
+    for (k, (what, nodes, batch)) in [
         ("single requests, 1 node per replica", 1, 1),
         ("batches of 100, 2 nodes per replica", 2, 100),
-    ] {
-        let c = counted(what, &[&a, &b], "pg2", nodes, batch, dur).await?;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = counted(what, &[&a, &b], &format!("pg2{k}"), nodes, batch, dur).await?;
         rows.push(("PostgreSQL, 2 replicas".into(), c));
     }
 
