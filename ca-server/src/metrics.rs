@@ -17,8 +17,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use tonic::{Code, Status};
 
 use crate::ca::{Ca, ItemResult};
+use crate::store::{Backend, statements_sent};
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -286,6 +288,19 @@ fn bundle_standing(reported: u64, current: u64) -> &'static str {
 
 impl Collector for CaState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // First, so that this scrape's own queries below count in the next.
+        {
+            let mut statements = encoder.encode_descriptor(
+                "signet_ca_store_statements",
+                "Statements sent to the store by this process, by backend (on PostgreSQL every round trip: prepare, query, BEGIN, COMMIT)",
+                None,
+                MetricType::Counter,
+            )?;
+            for backend in Backend::ALL {
+                ConstCounter::new(statements_sent(backend))
+                    .encode(statements.encode_family(&[("backend", backend.as_str())])?)?;
+            }
+        }
         let now = self.ca.now();
         let current = self.ca.bundle().sequence();
         encode_gauges(

@@ -4,8 +4,28 @@
 //! dialects agree. Statements use numbered placeholders (`?1`, `?2`); the
 //! PostgreSQL backend rewrites them to `$1`, `$2`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::StoreError;
 use super::postgres::PgConn;
+
+/// Statements this process has sent to each backend (indexed by
+/// [`Backend::index`]): on PostgreSQL every round trip to the server
+/// (prepare, execute, query, BEGIN, COMMIT, ROLLBACK); on SQLite every
+/// statement run through a [`Tx`] plus the BEGIN and COMMIT (or ROLLBACK)
+/// of each transaction. Read by the metrics endpoint and the benchmarks.
+static STATEMENTS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Counts `n` statements sent to `backend`.
+pub(super) fn count_statements(backend: Backend, n: u64) {
+    STATEMENTS[backend.index()].fetch_add(n, Ordering::Relaxed);
+}
+
+/// How many statements this process has sent to `backend` so far (see
+/// what counts as one at [`STATEMENTS`]).
+pub fn statements_sent(backend: Backend) -> u64 {
+    STATEMENTS[backend.index()].load(Ordering::Relaxed)
+}
 
 /// Which database a [`Tx`] talks to, for the few statements whose SQL
 /// differs between the dialects.
@@ -15,6 +35,26 @@ pub enum Backend {
     Sqlite,
     /// A PostgreSQL server.
     Postgres,
+}
+
+impl Backend {
+    /// Both backends, for label sets.
+    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+    /// The name used in metric labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Sqlite => 0,
+            Self::Postgres => 1,
+        }
+    }
 }
 
 /// A value bound to a placeholder or read from a column. Integers are
@@ -211,7 +251,10 @@ impl<'a> Tx<'a> {
     /// errors; [`StoreError::Unavailable`] when the database is unreachable.
     pub fn execute(&self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
         match self.0 {
-            Inner::Sqlite(c) => super::sqlite::execute(c, sql, args),
+            Inner::Sqlite(c) => {
+                count_statements(Backend::Sqlite, 1);
+                super::sqlite::execute(c, sql, args)
+            }
             Inner::Postgres(c) => c.execute(sql, args),
         }
     }
@@ -222,7 +265,10 @@ impl<'a> Tx<'a> {
     /// As [`Tx::execute`].
     pub fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
         match self.0 {
-            Inner::Sqlite(c) => super::sqlite::query(c, sql, args),
+            Inner::Sqlite(c) => {
+                count_statements(Backend::Sqlite, 1);
+                super::sqlite::query(c, sql, args)
+            }
             Inner::Postgres(c) => c.query(sql, args),
         }
     }
@@ -241,7 +287,10 @@ impl<'a> Tx<'a> {
     /// As [`Tx::execute`].
     pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match self.0 {
-            Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Inner::Sqlite(c) => {
+                count_statements(Backend::Sqlite, 1);
+                Ok(c.execute_batch(sql)?)
+            }
             Inner::Postgres(c) => c.batch(sql),
         }
     }

@@ -30,7 +30,7 @@ pub mod replicas;
 mod sqlite;
 
 pub use audit::AuditLog;
-pub use db::{Backend, FromValue, Row, Tx, Value};
+pub use db::{Backend, FromValue, Row, Tx, Value, statements_sent};
 pub use location::{LocationError, PgUrl, StoreLocation, StoreSetting, TlsMode};
 pub use once::{OnceGuard, OnceWork, lock_bundle};
 pub use postgres::PgOptions;
@@ -419,6 +419,8 @@ impl Store {
         match &*self.backend {
             BackendImpl::Sqlite(db) => {
                 let mut conn = db.lock();
+                // BEGIN, then COMMIT or (when `tx` is dropped) ROLLBACK.
+                db::count_statements(Backend::Sqlite, 2);
                 let tx = conn.transaction().map_err(StoreError::from)?;
                 let out = f(&Tx(Inner::Sqlite(&tx)))?;
                 tx.commit().map_err(StoreError::from)?;
@@ -1064,6 +1066,23 @@ mod tests {
             revision: 0,
             federates_with: vec!["remote.org".into()],
         }
+    }
+
+    #[test]
+    fn statements_sent_are_counted_per_backend() {
+        each_backend::run(|f| statements_counted(&f.store));
+    }
+
+    fn statements_counted(store: &Store) {
+        let backend = store.backend();
+        let before = statements_sent(backend);
+        store
+            .transaction(|tx| tx.query("SELECT 1", &[]).map(drop))
+            .unwrap();
+        // BEGIN, the query (and on PostgreSQL its prepare), COMMIT. Other
+        // tests of this process may add to the count, never take from it.
+        let sent = statements_sent(backend) - before;
+        assert!(sent >= 3, "{backend:?}: {sent} statements counted");
     }
 
     #[test]

@@ -411,6 +411,7 @@ impl PgConn {
         &self,
         fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        super::db::count_statements(super::Backend::Postgres, 1);
         let res = block_on_handle(&self.handle, self.timeout, fut);
         if let Err(StoreError::Unavailable(_)) = &res {
             self.broken.store(true, Ordering::Relaxed);

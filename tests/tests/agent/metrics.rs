@@ -91,6 +91,15 @@ async fn ca_and_agent_metrics_follow_issuance() {
             .unwrap()
             >= 2.0
     );
+    // The store's statements, by backend: this CA is on SQLite.
+    assert_eq!(
+        ca.family_type("signet_ca_store_statements"),
+        Some("counter")
+    );
+    let statements =
+        |backend: &str| ca.value("signet_ca_store_statements_total", &[("backend", backend)]);
+    assert!(statements("sqlite").unwrap() >= 10.0, "{ca:#?}");
+    assert_eq!(statements("postgres"), Some(0.0), "{ca:#?}");
 
     // The agent, with one Workload API stream held open.
     let client = node.client().await;
