@@ -345,12 +345,11 @@ fn replica_options(store: Option<&str>) -> anyhow::Result<(CaOptions, std::net::
     Ok((opts, metrics))
 }
 
-/// The second replica, on the first's database. The one place that says
-/// how: a copy of the first's data directory (its key files) with a replica
-/// id of its own, until each replica makes its own authorities.
+/// The second replica, on the first's database, with a data directory of
+/// its own (its own root, intermediate and keys).
 async fn second_replica(first: &Replica, store: &str) -> anyhow::Result<Replica> {
     let (opts, metrics) = replica_options(Some(store))?;
-    let ca = first.ca.start_copy(0, opts).await?;
+    let ca = first.ca.start_replica(0, opts).await?;
     Ok(Replica { ca, metrics })
 }
 
