@@ -7,9 +7,10 @@
 //!   authorities behind. One replica at a time (an advisory lock) retires
 //!   them: they stay in the bundle until everything they signed can have
 //!   expired, then leave it, as a rotation's retired authorities do.
-//! - A replica still running whose authorities were retired that way (it
-//!   was cut off from the store for longer than the expiry) makes new
-//!   ones, published before they sign, as on a first start.
+//! - A replica still running whose active authority was retired that way
+//!   (it was cut off from the store for longer than the expiry), or was
+//!   tainted through another replica, makes a new one, published before it
+//!   signs, as on a first start.
 //!
 //! Only a replica that has itself reached the store for a whole expiry
 //! judges another gone: after an outage every replica's heartbeat is
@@ -324,29 +325,44 @@ mod tests {
     }
 
     #[test]
-    fn another_replicas_active_authority_cannot_be_activated_or_tainted_here() {
+    fn another_replicas_authority_is_activated_only_by_it_and_tainted_from_anywhere() {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let clock = TestClock::new();
         let a = testing::open(da.path(), &clock, short());
         let b = testing::open_replica(da.path(), db.path(), &clock, short());
         b.register_replica("127.0.0.1:4001").unwrap();
-        let theirs = own_active(&b, AuthorityKind::Intermediate).id;
-        let err = a.taint_authority(&theirs, "admin").unwrap_err();
-        assert!(
-            matches!(&err, CaError::FailedPrecondition(m) if m.contains(b.replica_id()) && m.contains("127.0.0.1:4001")),
-            "{err:?}"
-        );
         let (next, _) = b
             .prepare_authority(Some(AuthorityKind::Intermediate), "admin")
             .unwrap();
         let err = a
             .activate_authority(&next.row.id, true, "admin")
             .unwrap_err();
-        assert!(matches!(err, CaError::FailedPrecondition(_)), "{err:?}");
-        // Nothing changed; the owner can.
-        assert_eq!(row(&a, &theirs).state, AuthorityState::Active);
-        b.activate_authority(&next.row.id, true, "admin").unwrap();
-        assert_eq!(row(&a, &theirs).state, AuthorityState::Retired);
+        assert!(
+            matches!(&err, CaError::FailedPrecondition(m) if m.contains(b.replica_id()) && m.contains("127.0.0.1:4001")),
+            "{err:?}"
+        );
+        assert_eq!(row(&a, &next.row.id).state, AuthorityState::Prepared);
+
+        // B's active root tainted through A (B may be compromised): B
+        // replaces it, and its intermediate, as soon as it follows the
+        // bundle, and signs under the new root from then on.
+        let theirs = own_active(&b, AuthorityKind::Root).id;
+        let ours = own_active(&a, AuthorityKind::Root).id;
+        a.taint_authority(&theirs, "admin").unwrap();
+        assert_eq!(row(&a, &theirs).state, AuthorityState::Tainted);
+        assert_eq!(own_active(&a, AuthorityKind::Root).id, ours);
+        b.follow_bundle().unwrap();
+        let fresh = own_active(&b, AuthorityKind::Root);
+        assert_ne!(fresh.id, theirs);
+        assert!(fresh.published_sequence.is_some());
+        let svid = sign(&b);
+        assert_eq!(root_of(&b, &svid), fresh.id);
+        verify_x509_svid(&svid.chain, &b.bundle(), clock.now()).unwrap();
+        // And it can be revoked (out of every bundle) through A too.
+        a.revoke_authority(&theirs, true, "admin").unwrap();
+        b.follow_bundle().unwrap();
+        assert!(!roots_in(&b).contains(&theirs));
+        assert!(!roots_in(&a).contains(&theirs));
     }
 
     #[test]

@@ -202,13 +202,17 @@ impl Ca {
     /// Another replica changed the bundle (or may have, while this one was
     /// not listening): publishes the bundle as the shared rows now define
     /// it, so that this replica's agents receive it. The signing state is
-    /// left alone: each replica signs with what it loaded.
+    /// left alone (each replica signs with its own authorities) unless this
+    /// replica's active authority was tainted or retired by another.
     ///
     /// # Errors
     /// As publishing.
     pub fn follow_bundle(&self) -> Result<(), super::CaError> {
         let _writer = self.writer();
         self.publish(super::authorities::SELF)?;
+        // Another replica may have tainted or retired this one's active
+        // authority: replace it now, not at the next tick.
+        self.heal_own(self.now())?;
         Ok(())
     }
 }

@@ -26,13 +26,16 @@ impl Ca {
                 let now = self.now();
                 let t = unix(now);
                 let row = self.find(&self.store.authorities(None)?, id)?;
-                if row.state == AuthorityState::Active {
-                    // Its successor is its replica's to make and activate.
-                    self.must_own(&row, "tainted while active")?;
-                }
                 let rows = self.keys.own()?;
                 let mut changes = match row.state {
                     AuthorityState::Retired => Vec::new(),
+                    // Another replica's: its successor is that replica's to
+                    // make. It does so as soon as the bundle change reaches
+                    // it (or at its next start): a replica without an active
+                    // authority of a kind makes one (see `orphans`). A
+                    // replica that may be compromised is tainted this way
+                    // from any other.
+                    AuthorityState::Active if !self.keys.owns(&row) => Vec::new(),
                     AuthorityState::Active => match row.kind {
                         AuthorityKind::Intermediate => {
                             let fresh = self.prepare_locked(AuthorityKind::Intermediate, caller, now)?;
