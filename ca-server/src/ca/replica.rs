@@ -179,7 +179,7 @@ pub async fn heartbeat(ca: Arc<Ca>, address: String, mut shutdown: watch::Receiv
         let writer = ca.clone();
         let address = address.clone();
         beats = beats.wrapping_add(1);
-        let clean = beats % CLEANUP_EVERY_HEARTBEATS == 0;
+        let clean = beats.is_multiple_of(CLEANUP_EVERY_HEARTBEATS);
         let written = tokio::task::spawn_blocking(move || {
             let row = writer.replica_row(&address, 0);
             writer.store.replica_heartbeat(&row)?;
