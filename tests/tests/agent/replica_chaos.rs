@@ -26,13 +26,17 @@ use signet_tests::{
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// Every workload SVID's lifetime. The agent renews at about half of it,
-/// so a renewal that falls into the 20 s database outage is retried with
-/// its backoff and still lands well before expiry.
+/// Every workload SVID's lifetime. The agent renews at about half of it;
+/// the renewals that fall into the 20 s database outage are retried (never
+/// later than an eighth of the life left) and land well before expiry.
 const SVID_TTL: &str = "60s";
 
 /// How long PostgreSQL stays down.
 const OUTAGE: Duration = Duration::from_secs(20);
+
+/// PostgreSQL is stopped once both presented SVIDs have this much life
+/// left: their renewal (at about half of SVID_TTL) falls inside the outage.
+const OUTAGE_STARTS_AT_LEFT: Duration = Duration::from_secs(40);
 
 /// A served SVID must never have less than this left: an agent that
 /// renews at half the lifetime keeps about 30 s.
@@ -112,6 +116,8 @@ struct Watch {
     serials: [Vec<String>; 2],
     /// Per Envoy: the least lifetime left seen on a presented SVID.
     least_left: [Duration; 2],
+    /// Per Envoy: the lifetime left of what it presented at the last sample.
+    last_left: [Duration; 2],
     /// Anything wrong: a certificate too close to expiry, one openssl
     /// refused, an Envoy that could not be read.
     problems: Vec<String>,
@@ -126,6 +132,7 @@ impl Watch {
             started: Instant::now(),
             serials: [Vec::new(), Vec::new()],
             least_left: [Duration::MAX; 2],
+            last_left: [Duration::MAX; 2],
             problems: Vec::new(),
             roots: tempfile::NamedTempFile::new().unwrap(),
             samples: 0,
@@ -150,6 +157,7 @@ impl Watch {
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
             self.least_left[i] = self.least_left[i].min(left);
+            self.last_left[i] = left;
             if left < MARGIN {
                 self.problems.push(format!(
                     "at {at:.1?}: {} presents {} with {left:.1?} left",
@@ -364,9 +372,23 @@ async fn envoys_carry_traffic_through_a_replica_crash_and_a_database_outage() {
     // 2. A comes back on the same data directory and database.
     a.start_again().await.unwrap();
     eprintln!("at {:.1?}: replica A restarted", watch.started.elapsed());
-    watch
-        .run_for(Duration::from_secs(2), [&client, &server], [&a, &b])
-        .await;
+    // The outage must cover a renewal: it starts once both SVIDs are
+    // within OUTAGE_STARTS_AT_LEFT of expiry, so that their renewal points
+    // (about half their life) fall while the database is away, and the
+    // agents must renew them after it returns, before they lapse.
+    let deadline = Instant::now() + LONG_WAIT;
+    loop {
+        watch.sample([&client, &server], [&a, &b]).await;
+        if watch.last_left.iter().all(|l| *l <= OUTAGE_STARTS_AT_LEFT) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the SVIDs never came within {OUTAGE_STARTS_AT_LEFT:?} of expiry: {:?}",
+            watch.last_left
+        );
+        tokio::time::sleep(SAMPLE_INTERVAL).await;
+    }
 
     // 3. The database goes away for 20 s: both replicas say NOT_SERVING,
     //    the agents keep serving what they hold, the traffic goes on.
