@@ -154,21 +154,7 @@ impl CaProcess {
     pub async fn start(opts: CaOptions) -> anyhow::Result<Self> {
         let trust_domain = TrustDomain::new(&opts.trust_domain)
             .with_context(|| format!("invalid trust domain {:?}", opts.trust_domain))?;
-        let dir = tempfile::Builder::new()
-            .prefix("signet-ca-")
-            .tempdir()
-            .context("creating the CA's temporary directory")?;
-        let data_dir = dir.path().join("data");
-        let mut ca = Self {
-            child: None,
-            trust_domain,
-            port: 0,
-            admin_socket: data_dir.join("admin.sock"),
-            data_dir,
-            log_path: dir.path().join("signet-ca.log"),
-            dir,
-            opts,
-        };
+        let mut ca = Self::unstarted(trust_domain, 0, opts)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -207,23 +193,29 @@ impl CaProcess {
         if port == 0 {
             return Self::start(opts).await;
         }
+        let mut ca = Self::unstarted(self.trust_domain.clone(), port, opts)?;
+        ca.launch().await?;
+        Ok(ca)
+    }
+
+    /// A CA not started yet, in a new temporary directory (its data
+    /// directory `data/`, its log beside it), to serve on `port`.
+    fn unstarted(trust_domain: TrustDomain, port: u16, opts: CaOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("signet-ca-")
             .tempdir()
-            .context("creating the replica's temporary directory")?;
+            .context("creating the CA's temporary directory")?;
         let data_dir = dir.path().join("data");
-        let mut ca = Self {
+        Ok(Self {
             child: None,
-            trust_domain: self.trust_domain.clone(),
+            trust_domain,
             port,
             admin_socket: data_dir.join("admin.sock"),
             data_dir,
             log_path: dir.path().join("signet-ca.log"),
             dir,
             opts,
-        };
-        ca.launch().await?;
-        Ok(ca)
+        })
     }
 
     /// A second replica of this CA, to test agent failover until replicas
@@ -243,30 +235,17 @@ impl CaProcess {
         if opts.trust_domain != self.opts.trust_domain {
             bail!("a replica serves the same trust domain");
         }
-        let dir = tempfile::Builder::new()
-            .prefix("signet-ca-")
-            .tempdir()
-            .context("creating the replica's temporary directory")?;
-        let data_dir = dir.path().join("data");
-        copy_data_dir(&self.data_dir, &data_dir)?;
+        let port = if port == 0 { free_port()? } else { port };
+        let mut ca = Self::unstarted(self.trust_domain.clone(), port, opts)?;
+        copy_data_dir(&self.data_dir, &ca.data_dir)?;
         // A CA on PostgreSQL has no database file: the copy shares the
         // database and is a real second replica.
         if self.data_dir.join("signet.db").exists() {
-            let db = data_dir.join("signet.db");
+            let db = ca.data_dir.join("signet.db");
             self.open_db()?
                 .execute("VACUUM INTO ?1", [db.to_string_lossy()])
                 .context("copying the database (VACUUM INTO)")?;
         }
-        let mut ca = Self {
-            child: None,
-            trust_domain: self.trust_domain.clone(),
-            port: if port == 0 { free_port()? } else { port },
-            admin_socket: data_dir.join("admin.sock"),
-            data_dir,
-            log_path: dir.path().join("signet-ca.log"),
-            dir,
-            opts,
-        };
         ca.launch().await?;
         Ok(ca)
     }

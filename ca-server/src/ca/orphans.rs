@@ -198,22 +198,9 @@ mod tests {
 
     use super::*;
     use crate::ca::authorities::cert_id;
-    use crate::ca::testing::{self, TestClock};
-    use crate::config::Settings;
+    use crate::ca::testing::{self, TestClock, short};
 
     const HOUR: Duration = Duration::from_secs(3600);
-    const DAY: Duration = Duration::from_secs(86_400);
-
-    fn short() -> Settings {
-        Settings {
-            root_ttl: Some(6 * DAY),
-            intermediate_ttl: Some(DAY),
-            jwt_key_ttl: Some(DAY),
-            max_x509_svid_ttl: Some(4 * HOUR),
-            node_svid_ttl: Some(HOUR),
-            ..Settings::default()
-        }
-    }
 
     fn own_active(ca: &Ca, kind: AuthorityKind) -> AuthorityRow {
         ca.keys()

@@ -9,24 +9,11 @@ use signet_identity::x509::{VerifiedCsr, verify_x509_svid};
 use signet_identity::{SpiffeId, TrustBundle};
 
 use super::*;
-use crate::ca::testing::{self, TestClock};
+use crate::ca::testing::{self, TestClock, short};
 use crate::config::Settings;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// Short lifetimes that still satisfy the rotation rules: a root lives 6
-/// days, an intermediate and a JWT key 1 day, SVIDs at most 4 hours.
-fn short() -> Settings {
-    Settings {
-        root_ttl: Some(6 * DAY),
-        intermediate_ttl: Some(DAY),
-        jwt_key_ttl: Some(DAY),
-        max_x509_svid_ttl: Some(4 * HOUR),
-        node_svid_ttl: Some(HOUR),
-        ..Settings::default()
-    }
-}
 
 fn rows(ca: &Ca, kind: AuthorityKind) -> Vec<AuthorityRow> {
     ca.store().authorities(Some(kind)).unwrap()

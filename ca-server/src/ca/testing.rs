@@ -171,3 +171,18 @@ pub fn repair_audit_log(ca: &Ca) {
 pub fn audit(ca: &Ca) -> Vec<crate::store::AuditRecord> {
     ca.store().audit_tail(1_000_000).unwrap()
 }
+
+/// Short lifetimes that still satisfy the rotation rules: a root lives 6
+/// days, an intermediate and a JWT key 1 day, SVIDs at most 4 hours.
+pub fn short() -> Settings {
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(86_400);
+    Settings {
+        root_ttl: Some(6 * DAY),
+        intermediate_ttl: Some(DAY),
+        jwt_key_ttl: Some(DAY),
+        max_x509_svid_ttl: Some(4 * HOUR),
+        node_svid_ttl: Some(HOUR),
+        ..Settings::default()
+    }
+}
